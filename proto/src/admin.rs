@@ -1,0 +1,173 @@
+//! The federation admin API's JSON shapes (served by cluster-registry, used
+//! by the `tether` CLI and scripts), and the records the control plane keeps
+//! in the coordination store.
+//!
+//! Field names here are a contract: `tether volume get NAME -o json` prints
+//! [`VolumeView`] as is. Add fields; never rename.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/clusters`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterView {
+    pub name: String,
+    pub role: String,
+    pub nodes_up: usize,
+}
+
+/// `GET /v1/nodes`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub cluster: String,
+    /// "up" while the node's lease is alive.
+    pub state: String,
+    pub capacity_bytes: u64,
+    pub provisioned_bytes: u64,
+    pub volumes: usize,
+    pub io_backend: String,
+}
+
+/// One copy of a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyView {
+    pub node: String,
+    /// "master" | "replica"
+    pub role: String,
+    /// "in-sync" | "syncing" | "faulted"
+    pub state: String,
+}
+
+/// Where a volume is presented over NBD.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachmentView {
+    pub uri: String,
+    /// The cluster the consumer attached from (this cluster for local attaches).
+    pub from: String,
+}
+
+/// `GET /v1/volumes/{name}`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeView {
+    pub name: String,
+    pub size_bytes: u64,
+    pub cluster: String,
+    pub epoch: u64,
+    pub master: String,
+    pub copies: Vec<CopyView>,
+    pub attachments: Vec<AttachmentView>,
+    pub chunk_size_bytes: u64,
+    /// Bytes the volume occupies in its pool (thin provisioning).
+    pub allocated_bytes: u64,
+    /// Chunks whose hash is being recomputed after writes.
+    pub dirty_chunks: u64,
+}
+
+/// `POST /v1/volumes`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateVolumeRequest {
+    pub name: String,
+    pub size_bytes: u64,
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /v1/volumes/{name}/resize`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResizeVolumeRequest {
+    pub size_bytes: u64,
+}
+
+/// `POST /v1/volumes/{name}/attach`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// `unix:PATH` or `tcp:HOST:PORT`
+    pub nbd: String,
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// Answer to an attach: the NBD URI a client connects to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachResponse {
+    pub uri: String,
+}
+
+/// Every error the admin API returns, as JSON with a non-2xx status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// One line for a person.
+    pub error: String,
+    /// Stable, for scripts: "not_found", "already_exists", "invalid", "pool_full", "unavailable", "internal".
+    pub code: String,
+}
+
+/// The volume spec in the coordination store, written by the registry and
+/// acted on by the node named `master`.
+///
+/// Key: `/tether/v1/{cluster}/volumes/{name}`. Versioned: `version` is
+/// [`VolumeSpec::VERSION`]; readers refuse newer versions rather than guess.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub version: u32,
+    pub name: String,
+    pub size_bytes: u64,
+    pub replicas: u32,
+    pub master: String,
+    pub epoch: u64,
+    /// NBD endpoints the master must serve the volume on (`unix:PATH`, `tcp:HOST:PORT`).
+    pub attachments: Vec<AttachmentSpec>,
+}
+
+impl VolumeSpec {
+    pub const VERSION: u32 = 1;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachmentSpec {
+    pub endpoint: String,
+    pub from: String,
+}
+
+/// A node's registration, bound to the node's lease so it vanishes when the
+/// node dies. Key: `/tether/v1/{cluster}/nodes/{node}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub version: u32,
+    pub name: String,
+    pub capacity_bytes: u64,
+    pub io_backend: String,
+    pub metrics_addr: Option<String>,
+    pub pid: u32,
+}
+
+impl NodeRecord {
+    pub const VERSION: u32 = 1;
+}
+
+/// What the master node reports about a volume it serves. Key:
+/// `/tether/v1/{cluster}/status/{volume}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct VolumeStatus {
+    pub version: u32,
+    pub node: String,
+    /// Size the engine currently serves (catches up with the spec after a resize).
+    pub size_bytes: u64,
+    pub chunk_size_bytes: u64,
+    pub allocated_bytes: u64,
+    pub dirty_chunks: u64,
+    /// Endpoints now listening, as NBD URIs, keyed by the endpoint asked for.
+    pub serving: Vec<ServingEndpoint>,
+    /// The last error acting on the spec (e.g. an endpoint that could not be bound).
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServingEndpoint {
+    pub endpoint: String,
+    pub uri: String,
+}

@@ -1,0 +1,27 @@
+//! Tether's wire formats, with no I/O: nothing here opens a socket, reads a
+//! clock or knows about tokio, etcd or rustls. The daemons own the sockets and
+//! feed bytes in; this crate hands back frames.
+//!
+//! Read first:
+//! - [`nbd::ServerHandshake`]: the NBD newstyle-fixed option haggling, as a
+//!   state machine over bytes.
+//! - [`nbd::decode_request`] / [`nbd::encode_simple_reply`]: the NBD
+//!   transmission phase.
+//! - [`admin`]: the JSON shapes of the federation admin API.
+//! - [`etcd`]: generated gRPC client stubs for etcd's KV, Watch and Lease
+//!   services (the coordination store speaks them).
+
+pub mod admin;
+pub mod nbd;
+
+/// etcd's v3 API (trimmed to KV, Watch and Lease), generated at build time by
+/// protox + tonic-prost-build.
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}

@@ -1,0 +1,21 @@
+use thiserror::Error;
+
+/// A protocol violation by the peer. Every variant ends the connection: the
+/// stream is no longer in a state both sides agree on.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NbdError {
+    #[error("client did not set the fixed-newstyle flag (client flags {client_flags:#x})")]
+    NotFixedNewstyle { client_flags: u32 },
+    #[error("unknown client flags {client_flags:#x}")]
+    UnknownClientFlags { client_flags: u32 },
+    #[error("option magic {found:#x} is not IHAVEOPT")]
+    BadOptionMagic { found: u64 },
+    #[error("option {option} has length {length}, over the limit of {max}")]
+    OptionTooLarge { option: u32, length: u32, max: u32 },
+    #[error("request magic {found:#x} is not NBD_REQUEST_MAGIC")]
+    BadRequestMagic { found: u32 },
+    #[error("request {cookie:#x} asks for {length} bytes, over the limit of {max}")]
+    RequestTooLarge { cookie: u64, length: u32, max: u32 },
+    #[error("handshake input after the handshake finished")]
+    HandshakeFinished,
+}
