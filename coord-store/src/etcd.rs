@@ -1,0 +1,349 @@
+//! The etcd v3 store, over the gRPC stubs in `tether_proto::etcd`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tether_proto::etcd::etcdserverpb as pb;
+use tether_proto::etcd::mvccpb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    Compare, CoordStore, KeyValue, LeaseId, Result, StoreError, Txn, TxnOp, TxnResponse,
+    WatchEvent, WatchStream,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of one etcd cluster. Cheap to clone (one HTTP/2 channel).
+#[derive(Clone)]
+pub struct EtcdStore {
+    kv: pb::kv_client::KvClient<Channel>,
+    lease: pb::lease_client::LeaseClient<Channel>,
+    watch: pb::watch_client::WatchClient<Channel>,
+}
+
+impl EtcdStore {
+    /// Connects to the first endpoint of `endpoints` (`http://host:port`) that answers.
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        let mut last_error = None;
+        for endpoint in endpoints {
+            let built = Endpoint::from_shared(endpoint.clone()).map_err(|source| StoreError::Connect {
+                endpoints: endpoint.clone(),
+                source,
+            })?;
+            match built
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect()
+                .await
+            {
+                Ok(channel) => {
+                    return Ok(Self {
+                        kv: pb::kv_client::KvClient::new(channel.clone()),
+                        lease: pb::lease_client::LeaseClient::new(channel.clone()),
+                        watch: pb::watch_client::WatchClient::new(channel),
+                    })
+                }
+                Err(source) => last_error = Some(StoreError::Connect { endpoints: endpoint.clone(), source }),
+            }
+        }
+        Err(last_error.unwrap_or(StoreError::EtcdProcess { reason: "no etcd endpoints given".into() }))
+    }
+}
+
+/// The key just past every key starting with `prefix` (etcd's range end).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn rpc_error(op: &'static str, key: &str, status: tonic::Status) -> StoreError {
+    StoreError::Rpc { op, key: key.to_string(), source: status }
+}
+
+fn lease_error(op: &'static str, key: &str, lease: Option<LeaseId>, status: tonic::Status) -> StoreError {
+    match lease {
+        Some(lease) if status.message().contains("lease not found") => StoreError::LeaseExpired { lease },
+        _ => rpc_error(op, key, status),
+    }
+}
+
+fn from_pb(kv: mvccpb::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        lease: (kv.lease != 0).then_some(kv.lease),
+    }
+}
+
+fn revision_of(header: Option<pb::ResponseHeader>) -> i64 {
+    header.map_or(0, |header| header.revision)
+}
+
+fn op_to_pb(op: TxnOp) -> pb::RequestOp {
+    use pb::request_op::Request;
+    let request = match op {
+        TxnOp::Put { key, value, lease } => Request::RequestPut(pb::PutRequest {
+            key: key.into_bytes(),
+            value,
+            lease: lease.unwrap_or(0),
+            ..Default::default()
+        }),
+        TxnOp::Delete { key } => {
+            Request::RequestDeleteRange(pb::DeleteRangeRequest { key: key.into_bytes(), ..Default::default() })
+        }
+        TxnOp::Get { key } => Request::RequestRange(pb::RangeRequest { key: key.into_bytes(), ..Default::default() }),
+    };
+    pb::RequestOp { request: Some(request) }
+}
+
+fn compare_to_pb(compare: Compare) -> pb::Compare {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let (key, target, union) = match compare {
+        Compare::ModRevision { key, revision } => (key, CompareTarget::Mod, TargetUnion::ModRevision(revision)),
+        Compare::Value { key, value } => (key, CompareTarget::Value, TargetUnion::Value(value)),
+    };
+    pb::Compare {
+        result: CompareResult::Equal as i32,
+        target: target as i32,
+        key: key.into_bytes(),
+        range_end: Vec::new(),
+        target_union: Some(union),
+    }
+}
+
+#[async_trait]
+impl CoordStore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let response = self
+            .kv
+            .clone()
+            .range(pb::RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })
+            .await
+            .map_err(|status| rpc_error("range", key, status))?
+            .into_inner();
+        Ok(response.kvs.into_iter().next().map(from_pb))
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let response = self
+            .kv
+            .clone()
+            .range(pb::RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| rpc_error("range", prefix, status))?
+            .into_inner();
+        let revision = revision_of(response.header);
+        Ok((response.kvs.into_iter().map(from_pb).collect(), revision))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64> {
+        let response = self
+            .kv
+            .clone()
+            .put(pb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                value,
+                lease: lease.unwrap_or(0),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| lease_error("put", key, lease, status))?
+            .into_inner();
+        Ok(revision_of(response.header))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let response = self
+            .kv
+            .clone()
+            .delete_range(pb::DeleteRangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })
+            .await
+            .map_err(|status| rpc_error("delete", key, status))?
+            .into_inner();
+        Ok(response.deleted > 0)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let first_key = txn
+            .compares
+            .first()
+            .map(|compare| match compare {
+                Compare::ModRevision { key, .. } | Compare::Value { key, .. } => key.clone(),
+            })
+            .unwrap_or_default();
+        let first_lease = txn.success.iter().chain(&txn.failure).find_map(|op| match op {
+            TxnOp::Put { lease, .. } => *lease,
+            _ => None,
+        });
+        let request = pb::TxnRequest {
+            compare: txn.compares.into_iter().map(compare_to_pb).collect(),
+            success: txn.success.into_iter().map(op_to_pb).collect(),
+            failure: txn.failure.into_iter().map(op_to_pb).collect(),
+        };
+        let response = self
+            .kv
+            .clone()
+            .txn(request)
+            .await
+            .map_err(|status| lease_error("txn", &first_key, first_lease, status))?
+            .into_inner();
+        let gets = response
+            .responses
+            .into_iter()
+            .filter_map(|op| match op.response {
+                Some(pb::response_op::Response::ResponseRange(range)) => {
+                    Some(range.kvs.into_iter().next().map(from_pb))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(TxnResponse { succeeded: response.succeeded, revision: revision_of(response.header), gets })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        let response = self
+            .lease
+            .clone()
+            .lease_grant(pb::LeaseGrantRequest { ttl: ttl.as_secs().max(1) as i64, id: 0 })
+            .await
+            .map_err(|status| rpc_error("lease grant", "", status))?
+            .into_inner();
+        Ok(response.id)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        let (sender, receiver) = mpsc::channel(1);
+        sender.send(pb::LeaseKeepAliveRequest { id: lease }).await.expect("receiver is alive");
+        let mut responses = self
+            .lease
+            .clone()
+            .lease_keep_alive(ReceiverStream::new(receiver))
+            .await
+            .map_err(|status| rpc_error("lease keep-alive", "", status))?
+            .into_inner();
+        let response = responses
+            .message()
+            .await
+            .map_err(|status| rpc_error("lease keep-alive", "", status))?
+            .ok_or(StoreError::LeaseExpired { lease })?;
+        if response.ttl <= 0 {
+            return Err(StoreError::LeaseExpired { lease });
+        }
+        Ok(Duration::from_secs(response.ttl as u64))
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.lease
+            .clone()
+            .lease_revoke(pb::LeaseRevokeRequest { id: lease })
+            .await
+            .map_err(|status| lease_error("lease revoke", "", Some(lease), status))?;
+        Ok(())
+    }
+
+    async fn watch_prefix(&self, prefix: &str, start_revision: i64) -> Result<WatchStream> {
+        let (request_sender, request_receiver) = mpsc::channel(1);
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix),
+                start_revision,
+                ..Default::default()
+            })),
+        };
+        request_sender.send(create).await.expect("receiver is alive");
+        let mut responses = self
+            .watch
+            .clone()
+            .watch(ReceiverStream::new(request_receiver))
+            .await
+            .map_err(|status| rpc_error("watch", prefix, status))?
+            .into_inner();
+        // Wait for the watch to exist, so a change made after we return is seen.
+        let first = responses
+            .message()
+            .await
+            .map_err(|status| rpc_error("watch", prefix, status))?
+            .ok_or_else(|| StoreError::WatchBroken { prefix: prefix.into(), reason: "stream closed".into() })?;
+        if first.compact_revision > 0 {
+            return Err(StoreError::Compacted { prefix: prefix.into(), revision: start_revision });
+        }
+        let (sender, receiver) = mpsc::channel(1024);
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            let _keep_request_stream_open = request_sender;
+            let mut pending = Some(first);
+            loop {
+                let response = match pending.take() {
+                    Some(response) => response,
+                    None => match responses.message().await {
+                        Ok(Some(response)) => response,
+                        Ok(None) => {
+                            let reason = "stream closed by etcd".to_string();
+                            let _ = sender.send(Err(StoreError::WatchBroken { prefix, reason })).await;
+                            return;
+                        }
+                        Err(status) => {
+                            let _ = sender.send(Err(rpc_error("watch", &prefix, status))).await;
+                            return;
+                        }
+                    },
+                };
+                if response.compact_revision > 0 {
+                    let revision = response.compact_revision;
+                    let _ = sender.send(Err(StoreError::Compacted { prefix, revision })).await;
+                    return;
+                }
+                if response.canceled {
+                    let reason = response.cancel_reason;
+                    let _ = sender.send(Err(StoreError::WatchBroken { prefix, reason })).await;
+                    return;
+                }
+                for event in response.events {
+                    let Some(kv) = event.kv else { continue };
+                    let mapped = if event.r#type == mvccpb::event::EventType::Delete as i32 {
+                        WatchEvent::Delete {
+                            key: String::from_utf8_lossy(&kv.key).into_owned(),
+                            mod_revision: kv.mod_revision,
+                        }
+                    } else {
+                        WatchEvent::Put(from_pb(kv))
+                    };
+                    if sender.send(Ok(mapped)).await.is_err() {
+                        return; // the watcher went away; dropping the stream cancels the watch
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+}

@@ -1,0 +1,131 @@
+//! Starts a single-member etcd on loopback, for tests and `tether dev up`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{CoordStore, EtcdStore, Result, StoreError};
+
+/// How long a fresh etcd gets to answer its first request.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running etcd. Killed on drop unless [`EtcdProcess::detach`]ed.
+pub struct EtcdProcess {
+    child: Option<Child>,
+    pub pid: u32,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("binding 127.0.0.1:0 works")
+}
+
+/// The `etcd` binary on PATH, if there is one.
+pub fn find_etcd() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("etcd")).find(|candidate| candidate.is_file())
+}
+
+impl EtcdProcess {
+    /// Starts etcd with its data in `data_dir` and its log in `log_path`, on
+    /// the given ports (or free ones), and waits until it answers.
+    pub async fn start(
+        data_dir: &Path,
+        log_path: &Path,
+        ports: Option<(u16, u16)>,
+    ) -> Result<Self> {
+        let etcd = find_etcd().ok_or_else(|| StoreError::EtcdProcess {
+            reason: "no `etcd` on PATH (Debian: apt-get install etcd-server)".into(),
+        })?;
+        let (client_port, peer_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
+        std::fs::create_dir_all(data_dir).map_err(|err| StoreError::EtcdProcess {
+            reason: format!("creating {}: {err}", data_dir.display()),
+        })?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).map_err(|err| {
+            StoreError::EtcdProcess { reason: format!("opening {}: {err}", log_path.display()) }
+        })?;
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new(etcd);
+        command
+            .arg("--name=tether")
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=tether={peer_url}"))
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle clones"))
+            .stderr(log);
+        {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0); // not killed by the terminal's Ctrl-C aimed at `tether`
+        }
+        let child = command
+            .spawn()
+            .map_err(|err| StoreError::EtcdProcess { reason: format!("spawning etcd: {err}") })?;
+        let mut process = Self {
+            pid: child.id(),
+            child: Some(child),
+            client_port,
+            peer_port,
+            endpoint: client_url,
+            data_dir: data_dir.to_path_buf(),
+        };
+        process.wait_ready(log_path).await?;
+        Ok(process)
+    }
+
+    async fn wait_ready(&mut self, log_path: &Path) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(StoreError::EtcdProcess {
+                        reason: format!("etcd exited with {status}; see {}", log_path.display()),
+                    });
+                }
+            }
+            if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&self.endpoint)).await {
+                if store.get("/tether/ready-probe").await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(StoreError::EtcdProcess {
+                    reason: format!(
+                        "etcd at {} not ready after {READY_TIMEOUT:?}; see {}",
+                        self.endpoint,
+                        log_path.display()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Leaves etcd running after this handle is dropped.
+    pub fn detach(mut self) -> u32 {
+        self.child = None;
+        self.pid
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
