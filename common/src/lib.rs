@@ -1,0 +1,17 @@
+//! What every Tether binary shares: [`telemetry`] (JSON logs, Prometheus
+//! metrics) and [`size`] (parsing "10GiB").
+
+pub mod size;
+pub mod telemetry;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CommonError {
+    #[error("{input:?} is not a size (try 512MiB, 10GiB, 1TiB or a number of bytes)")]
+    BadSize { input: String },
+    #[error("{input:?} is not a log format (json or pretty)")]
+    BadLogFormat { input: String },
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Metrics { addr: String, reason: String },
+}

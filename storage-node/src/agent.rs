@@ -1,0 +1,334 @@
+//! The node agent: keeps the node registered (one lease per node, so store
+//! load grows with nodes, not volumes), acts on the volume specs assigned to
+//! this node, and reports each volume's status.
+//!
+//! Keys (under `/tether/v1/{cluster}/`):
+//! - `nodes/{node}`: [`NodeRecord`], bound to the node lease;
+//! - `volumes/{name}`: [`VolumeSpec`], written by the registry;
+//! - `status/{name}`: [`VolumeStatus`], written by the node serving it, bound to its lease.
+//!
+//! A local volume whose spec disappears while the node watches is deleted; a
+//! local volume with no spec at start is kept and logged (a lost store must
+//! not delete data).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coord_store::{CoordStore, EtcdStore, StoreError, WatchEvent};
+use tether_proto::admin::{NodeRecord, ServingEndpoint, VolumeSpec, VolumeStatus};
+use tokio::sync::Mutex;
+
+use crate::config::{NodeConfig, StoreConfig};
+use crate::engine::{IoEngine, Pool, Volume, VolumeOptions};
+use crate::error::Result;
+use crate::frontend::nbd::{self, NbdServer};
+
+/// Writes are coalesced this long before their chunks are rehashed.
+const REHASH_DELAY: Duration = Duration::from_millis(500);
+/// Clean extents are unmarked in the activity log this often.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+pub fn cluster_prefix(cluster: &str) -> String {
+    format!("/tether/v1/{cluster}/")
+}
+
+struct Agent {
+    config: NodeConfig,
+    store: Arc<dyn CoordStore>,
+    pool: Arc<Pool>,
+    lease: AtomicI64,
+    /// Listeners per volume, keyed by endpoint.
+    servers: Mutex<HashMap<String, HashMap<String, NbdServer>>>,
+    /// Last error acting on each volume's spec.
+    errors: std::sync::Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// Runs a storage node until `shutdown` resolves, then stops serving, settles
+/// every hash list and deregisters.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let store: Arc<dyn CoordStore> = match &config.store {
+        StoreConfig::Etcd(endpoints) => Arc::new(EtcdStore::connect(endpoints).await?),
+        StoreConfig::Shared(store) => store.clone(),
+    };
+    let io = IoEngine::start(config.io_uring);
+    let options = VolumeOptions { hash_upkeep: config.hash_upkeep };
+    let (data_dir, capacity) = (config.data_dir.clone(), config.capacity_bytes);
+    let pool = tokio::task::spawn_blocking(move || Pool::open(&data_dir, capacity, io, options))
+        .await
+        .expect("pool open does not panic")?;
+    let agent = Arc::new(Agent {
+        config,
+        store,
+        pool: Arc::new(pool),
+        lease: AtomicI64::new(0),
+        servers: Mutex::new(HashMap::new()),
+        errors: Default::default(),
+    });
+    for volume in agent.pool.list() {
+        spawn_rehasher(volume);
+    }
+    agent.register().await?;
+    tracing::info!(
+        cluster = %agent.config.cluster,
+        node = %agent.config.node,
+        io_backend = agent.pool.io_backend().kind().as_str(),
+        "storage node up"
+    );
+    let keep_alive = tokio::spawn(agent.clone().keep_alive_loop());
+    let reconcile = tokio::spawn(agent.clone().reconcile_loop());
+    shutdown.await;
+    tracing::info!(node = %agent.config.node, "shutting down");
+    reconcile.abort();
+    keep_alive.abort();
+    agent.servers.lock().await.clear();
+    agent.pool.settle_all().await;
+    let _ = agent.store.revoke_lease(agent.lease.load(Ordering::Acquire)).await;
+    Ok(())
+}
+
+impl Agent {
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}/{name}", cluster_prefix(&self.config.cluster))
+    }
+
+    async fn register(&self) -> Result<()> {
+        let lease = self.store.grant_lease(self.config.lease_ttl).await?;
+        self.lease.store(lease, Ordering::Release);
+        let record = NodeRecord {
+            version: NodeRecord::VERSION,
+            name: self.config.node.clone(),
+            capacity_bytes: self.pool.capacity_bytes(),
+            io_backend: self.pool.io_backend().kind().as_str().to_string(),
+            metrics_addr: self.config.metrics_addr.map(|addr| addr.to_string()),
+            pid: std::process::id(),
+        };
+        let value = serde_json::to_vec(&record).expect("record serializes");
+        self.store.put(&self.key("nodes", &self.config.node), value, Some(lease)).await?;
+        Ok(())
+    }
+
+    /// Renews the node lease at a third of its TTL; if it was lost (the node
+    /// was paused or cut off), registers again and republishes its statuses.
+    async fn keep_alive_loop(self: Arc<Self>) {
+        let interval = self.config.lease_ttl / 3;
+        loop {
+            tokio::time::sleep(interval).await;
+            let lease = self.lease.load(Ordering::Acquire);
+            match self.store.keep_alive(lease).await {
+                Ok(_) => {}
+                Err(StoreError::LeaseExpired { .. }) => {
+                    tracing::warn!(node = %self.config.node, "node lease expired; registering again");
+                    if let Err(err) = self.register().await {
+                        tracing::error!(error = %err, "re-registration failed");
+                        continue;
+                    }
+                    for volume in self.pool.list() {
+                        self.publish_status(&volume).await;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "lease keep-alive failed; retrying"),
+            }
+        }
+    }
+
+    /// Lists the specs, acts on them, then follows changes; re-lists when the watch breaks.
+    async fn reconcile_loop(self: Arc<Self>) {
+        let prefix = format!("{}volumes/", cluster_prefix(&self.config.cluster));
+        loop {
+            let (specs, revision) = match self.store.get_prefix(&prefix).await {
+                Ok(listing) => listing,
+                Err(err) => {
+                    tracing::warn!(error = %err, "listing volume specs failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut known = std::collections::HashSet::new();
+            for kv in specs {
+                if let Some(spec) = self.decode_spec(&kv.key, &kv.value) {
+                    known.insert(spec.name.clone());
+                    self.apply(spec).await;
+                }
+            }
+            for volume in self.pool.list() {
+                if !known.contains(volume.name()) {
+                    tracing::warn!(volume = volume.name(), "local volume has no spec; keeping its data");
+                }
+            }
+            let mut events = match self.store.watch_prefix(&prefix, revision + 1).await {
+                Ok(events) => events,
+                Err(err) => {
+                    tracing::warn!(error = %err, "watching volume specs failed; re-listing");
+                    continue;
+                }
+            };
+            while let Some(event) = events.recv().await {
+                match event {
+                    Ok(WatchEvent::Put(kv)) => {
+                        if let Some(spec) = self.decode_spec(&kv.key, &kv.value) {
+                            self.apply(spec).await;
+                        }
+                    }
+                    Ok(WatchEvent::Delete { key, .. }) => {
+                        let name = key.rsplit('/').next().unwrap_or_default().to_string();
+                        self.remove(&name).await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "volume watch broke; re-listing");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_spec(&self, key: &str, value: &[u8]) -> Option<VolumeSpec> {
+        match serde_json::from_slice::<VolumeSpec>(value) {
+            Ok(spec) if spec.version <= VolumeSpec::VERSION => Some(spec),
+            Ok(spec) => {
+                tracing::error!(key, version = spec.version, "volume spec from a newer version; ignoring it");
+                None
+            }
+            Err(err) => {
+                tracing::error!(key, error = %err, "unreadable volume spec; ignoring it");
+                None
+            }
+        }
+    }
+
+    fn record_error(&self, volume: &str, error: String) {
+        tracing::error!(volume, %error, "acting on the volume spec failed");
+        self.errors.lock().unwrap().entry(volume.to_string()).or_default().push(error);
+    }
+
+    /// Brings the local state of one volume in line with its spec.
+    async fn apply(&self, spec: VolumeSpec) {
+        if spec.master != self.config.node {
+            return;
+        }
+        self.errors.lock().unwrap().remove(&spec.name);
+        let volume = match self.pool.get(&spec.name) {
+            Some(volume) => volume,
+            None => match self.pool.create(&spec.name, spec.size_bytes).await {
+                Ok(volume) => {
+                    spawn_rehasher(volume.clone());
+                    volume
+                }
+                Err(err) => {
+                    self.record_error(&spec.name, err.to_string());
+                    self.publish_status_for(&spec.name, None).await;
+                    return;
+                }
+            },
+        };
+        if spec.size_bytes != volume.size_bytes() {
+            if let Err(err) = self.pool.resize(&spec.name, spec.size_bytes).await {
+                self.record_error(&spec.name, err.to_string());
+            }
+        }
+        {
+            let mut servers = self.servers.lock().await;
+            let serving = servers.entry(spec.name.clone()).or_default();
+            let wanted: std::collections::HashSet<&str> =
+                spec.attachments.iter().map(|attachment| attachment.endpoint.as_str()).collect();
+            serving.retain(|endpoint, _| wanted.contains(endpoint.as_str()));
+            for attachment in &spec.attachments {
+                if serving.contains_key(&attachment.endpoint) {
+                    continue;
+                }
+                match nbd::serve(&attachment.endpoint, volume.clone()).await {
+                    Ok(server) => {
+                        tracing::info!(volume = %spec.name, uri = %server.uri, "serving over NBD");
+                        serving.insert(attachment.endpoint.clone(), server);
+                    }
+                    Err(err) => self.record_error(&spec.name, err.to_string()),
+                }
+            }
+        }
+        self.publish_status(&volume).await;
+    }
+
+    async fn remove(&self, name: &str) {
+        self.servers.lock().await.remove(name);
+        if self.pool.get(name).is_some() {
+            if let Err(err) = self.pool.delete(name).await {
+                tracing::error!(volume = name, error = %err, "deleting the volume failed");
+            }
+        }
+        self.errors.lock().unwrap().remove(name);
+        let _ = self.store.delete(&self.key("status", name)).await;
+    }
+
+    async fn publish_status(&self, volume: &Arc<Volume>) {
+        self.publish_status_for(volume.name(), Some(volume)).await
+    }
+
+    async fn publish_status_for(&self, name: &str, volume: Option<&Arc<Volume>>) {
+        let stats = volume.map(|volume| volume.stats()).unwrap_or_default();
+        let serving = {
+            let servers = self.servers.lock().await;
+            servers
+                .get(name)
+                .map(|by_endpoint| {
+                    by_endpoint
+                        .values()
+                        .map(|server| ServingEndpoint { endpoint: server.endpoint.clone(), uri: server.uri.clone() })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let status = VolumeStatus {
+            version: 1,
+            node: self.config.node.clone(),
+            size_bytes: stats.size_bytes,
+            chunk_size_bytes: stats.chunk_size_bytes,
+            allocated_bytes: stats.allocated_bytes,
+            dirty_chunks: stats.dirty_chunks,
+            serving,
+            errors: self.errors.lock().unwrap().get(name).cloned().unwrap_or_default(),
+        };
+        let value = serde_json::to_vec(&status).expect("status serializes");
+        let lease = self.lease.load(Ordering::Acquire);
+        if let Err(err) = self.store.put(&self.key("status", name), value, Some(lease)).await {
+            tracing::warn!(volume = name, error = %err, "publishing volume status failed");
+        }
+    }
+}
+
+/// Keeps one volume's hash list current: after writes settle for
+/// [`REHASH_DELAY`], rehash the dirty chunks; every [`CHECKPOINT_INTERVAL`],
+/// persist clean extents. Ends when the volume is dropped by its pool.
+fn spawn_rehasher(volume: Arc<Volume>) {
+    if !volume.options().hash_upkeep {
+        return;
+    }
+    let weak = Arc::downgrade(&volume);
+    drop(volume);
+    tokio::spawn(async move {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let Some(volume) = weak.upgrade() else { return };
+            let woken = tokio::time::timeout(CHECKPOINT_INTERVAL, volume.rehash_wanted()).await.is_ok();
+            if woken {
+                tokio::time::sleep(REHASH_DELAY).await;
+            }
+            if Arc::strong_count(&volume) == 1 {
+                return; // deleted: only this task still holds it
+            }
+            if let Err(err) = volume.rehash_dirty().await {
+                tracing::error!(volume = volume.name(), error = %err, "rehash failed");
+            }
+            metrics::gauge!("tether_hashlist_dirty_chunks", "volume" => volume.name().to_string())
+                .set(volume.stats().dirty_chunks as f64);
+            if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                if let Err(err) = volume.checkpoint().await {
+                    tracing::error!(volume = volume.name(), error = %err, "hash checkpoint failed");
+                }
+                last_checkpoint = Instant::now();
+            }
+        }
+    });
+}

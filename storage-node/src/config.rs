@@ -1,0 +1,107 @@
+//! The storage node's configuration: flags (shared by `tether-node` and
+//! `tether daemon node`) resolved into a [`NodeConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_store::CoordStore;
+use tether_common::size::parse_size;
+
+use crate::error::{NodeError, Result};
+
+/// Where the coordination store is.
+#[derive(Clone)]
+pub enum StoreConfig {
+    /// etcd endpoints, `http://host:port`.
+    Etcd(Vec<String>),
+    /// A store this process already holds (the one-process dev federation).
+    Shared(Arc<dyn CoordStore>),
+}
+
+/// Flags of the storage-node daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Cluster this node belongs to.
+    #[arg(long, default_value = "central")]
+    pub cluster: String,
+    /// This node's name, unique in the cluster.
+    #[arg(long)]
+    pub name: String,
+    /// Directory of this node's pool (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// etcd endpoints, comma-separated (http://127.0.0.1:2379).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// Pool capacity (e.g. 100GiB); default: the size of the filesystem holding --data-dir.
+    #[arg(long)]
+    pub capacity: Option<String>,
+    /// Serve Prometheus metrics here (http://ADDR/metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Use the portable thread-pool I/O backend instead of io_uring.
+    #[arg(long)]
+    pub no_io_uring: bool,
+    /// Do not keep hash lists current during I/O (only to measure what upkeep costs).
+    #[arg(long, hide = true)]
+    pub no_hash_upkeep: bool,
+}
+
+/// Everything a storage node needs to run.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub cluster: String,
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub capacity_bytes: u64,
+    pub metrics_addr: Option<SocketAddr>,
+    pub io_uring: bool,
+    pub hash_upkeep: bool,
+    /// TTL of the node's liveness lease.
+    pub lease_ttl: Duration,
+}
+
+/// Default TTL of the node lease: a dead node's registration vanishes this long after its last keep-alive.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+impl NodeConfig {
+    pub fn from_args(args: NodeArgs) -> Result<Self> {
+        let capacity_bytes = match &args.capacity {
+            Some(capacity) => parse_size(capacity).map_err(|err| NodeError::Config { reason: err.to_string() })?,
+            None => {
+                std::fs::create_dir_all(&args.data_dir).map_err(|err| NodeError::Config {
+                    reason: format!("creating {}: {err}", args.data_dir.display()),
+                })?;
+                filesystem_size(&args.data_dir)?
+            }
+        };
+        Ok(Self {
+            cluster: args.cluster,
+            node: args.name,
+            data_dir: args.data_dir,
+            store: StoreConfig::Etcd(args.etcd),
+            capacity_bytes,
+            metrics_addr: args.metrics_addr,
+            io_uring: !args.no_io_uring,
+            hash_upkeep: !args.no_hash_upkeep,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        })
+    }
+}
+
+/// Total size of the filesystem holding `path`.
+pub fn filesystem_size(path: &std::path::Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| NodeError::Config { reason: format!("{} contains NUL", path.display()) })?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(NodeError::Config {
+            reason: format!("statvfs {}: {}", path.display(), std::io::Error::last_os_error()),
+        });
+    }
+    Ok(stat.f_blocks as u64 * stat.f_frsize as u64)
+}

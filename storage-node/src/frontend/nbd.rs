@@ -1,0 +1,354 @@
+//! The NBD server: one listener per attachment endpoint, any number of
+//! connections per listener, pipelined requests answered out of order.
+//!
+//! The protocol itself (handshake state machine, request codec) lives in
+//! `tether_proto::nbd`; this module owns the sockets. A protocol violation
+//! closes that one connection with a log line naming the peer and volume;
+//! every other connection carries on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tether_proto::nbd::{
+    self, Command, ExportCatalog, ExportInfo, HandshakeOutcome, NbdError, Request, ServerHandshake,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
+
+use crate::engine::Volume;
+use crate::error::{NodeError, Result};
+
+/// Requests one connection may have in flight; more wait in the socket.
+const MAX_IN_FLIGHT: usize = 128;
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Where to serve: `unix:PATH` or `tcp:HOST:PORT` (port 0 picks one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Endpoint {
+    pub fn parse(input: &str) -> Result<Self> {
+        let bad = |reason: &str| NodeError::BadEndpoint { endpoint: input.to_string(), reason: reason.to_string() };
+        if let Some(path) = input.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("unix: needs a socket path"));
+            }
+            Ok(Endpoint::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = input.strip_prefix("tcp:") {
+            match addr.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(Endpoint::Tcp(addr.to_string())),
+                _ => Err(bad("tcp: needs HOST:PORT")),
+            }
+        } else {
+            Err(bad("expected unix:PATH or tcp:HOST:PORT"))
+        }
+    }
+}
+
+/// A running listener. Dropping it (or [`NbdServer::stop`]) stops accepting
+/// and closes its connections.
+pub struct NbdServer {
+    pub endpoint: String,
+    pub uri: String,
+    shutdown: watch::Sender<bool>,
+    unix_path: Option<PathBuf>,
+}
+
+impl NbdServer {
+    pub fn stop(self) {}
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+struct VolumeCatalog(Arc<Volume>);
+
+impl ExportCatalog for VolumeCatalog {
+    fn lookup(&self, name: &str) -> Option<ExportInfo> {
+        (name.is_empty() || name == self.0.name()).then(|| ExportInfo {
+            name: self.0.name().to_string(),
+            size_bytes: self.0.size_bytes(),
+            transmission_flags: nbd::TFLAG_SEND_FLUSH
+                | nbd::TFLAG_SEND_FUA
+                | nbd::TFLAG_SEND_TRIM
+                | nbd::TFLAG_SEND_WRITE_ZEROES
+                | nbd::TFLAG_CAN_MULTI_CONN,
+            max_request_bytes: nbd::MAX_REQUEST_LEN,
+        })
+    }
+    fn names(&self) -> Vec<String> {
+        vec![self.0.name().to_string()]
+    }
+}
+
+/// Starts serving `volume` on `endpoint`.
+pub async fn serve(endpoint_spec: &str, volume: Arc<Volume>) -> Result<NbdServer> {
+    let endpoint = Endpoint::parse(endpoint_spec)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let bind_err = |source: std::io::Error| NodeError::BadEndpoint {
+        endpoint: endpoint_spec.to_string(),
+        reason: format!("cannot listen: {source}"),
+    };
+    let name = volume.name().to_string();
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(&addr).await.map_err(bind_err)?;
+            let local = listener.local_addr().map_err(bind_err)?;
+            let uri = format!("nbd://{local}/{name}");
+            tokio::spawn(accept_loop_tcp(listener, volume, shutdown_rx));
+            Ok(NbdServer { endpoint: endpoint_spec.to_string(), uri, shutdown, unix_path: None })
+        }
+        Endpoint::Unix(path) => {
+            if path.exists() {
+                // A socket nobody answers on is left over from a crash: replace it.
+                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                    return Err(NodeError::BadEndpoint {
+                        endpoint: endpoint_spec.to_string(),
+                        reason: "another server is listening there".into(),
+                    });
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
+            let uri = format!("nbd+unix:///{name}?socket={}", path.display());
+            tokio::spawn(accept_loop_unix(listener, volume, shutdown_rx));
+            Ok(NbdServer { endpoint: endpoint_spec.to_string(), uri, shutdown, unix_path: Some(path) })
+        }
+    }
+}
+
+async fn accept_loop_tcp(listener: tokio::net::TcpListener, volume: Arc<Volume>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(stream, peer.to_string(), volume.clone(), shutdown.clone());
+                }
+                Err(err) => tracing::warn!(volume = volume.name(), error = %err, "accept failed"),
+            }
+        }
+    }
+}
+
+async fn accept_loop_unix(listener: tokio::net::UnixListener, volume: Arc<Volume>, mut shutdown: watch::Receiver<bool>) {
+    let mut n_accepted = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    n_accepted += 1;
+                    spawn_connection(stream, format!("unix#{n_accepted}"), volume.clone(), shutdown.clone());
+                }
+                Err(err) => tracing::warn!(volume = volume.name(), error = %err, "accept failed"),
+            }
+        }
+    }
+}
+
+fn spawn_connection<S>(stream: S, peer: String, volume: Arc<Volume>, shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let span = tracing::info_span!("nbd", volume = %volume.name(), peer = %peer);
+    tokio::spawn(
+        async move {
+            metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string()).increment(1.0);
+            match handle_connection(stream, volume.clone(), shutdown).await {
+                Ok(()) => tracing::debug!("connection closed"),
+                Err(ConnectionError::Protocol(err)) => {
+                    tracing::warn!(error = %err, "protocol violation; closing this connection")
+                }
+                Err(ConnectionError::Io(err)) => tracing::debug!(error = %err, "connection ended"),
+            }
+            metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string()).decrement(1.0);
+        }
+        .instrument(span),
+    );
+}
+
+enum ConnectionError {
+    Protocol(NbdError),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ConnectionError {
+    fn from(err: std::io::Error) -> Self {
+        ConnectionError::Io(err)
+    }
+}
+
+impl From<NbdError> for ConnectionError {
+    fn from(err: NbdError) -> Self {
+        ConnectionError::Protocol(err)
+    }
+}
+
+/// A finished request, ready to frame.
+struct Reply {
+    cookie: u64,
+    error: u32,
+    data: Option<Vec<u8>>,
+}
+
+async fn handle_connection<S>(
+    stream: S,
+    volume: Arc<Volume>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let catalog = VolumeCatalog(volume.clone());
+    let mut handshake = ServerHandshake::new();
+    let mut input = BytesMut::with_capacity(READ_BUFFER);
+    if let Some(out) = handshake.poll_transmit() {
+        writer.write_all(&out).await?;
+    }
+    let export = loop {
+        if reader.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+        let outcome = handshake.handle_input(&mut input, &catalog)?;
+        if let Some(out) = handshake.poll_transmit() {
+            writer.write_all(&out).await?;
+        }
+        match outcome {
+            Some(HandshakeOutcome::Transmission(export)) => break export,
+            Some(HandshakeOutcome::Closed { reason }) => {
+                tracing::info!(%reason, "handshake ended without transmission");
+                return Ok(());
+            }
+            None => {}
+        }
+    };
+    tracing::debug!(size_bytes = export.size_bytes, "transmission started");
+
+    let (reply_sender, reply_receiver) = mpsc::channel::<Reply>(MAX_IN_FLIGHT * 2);
+    let writer_task = tokio::spawn(write_replies(writer, reply_receiver));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let result: Result<(), ConnectionError> = async {
+        loop {
+            while let Some(request) = nbd::decode_request(&mut input, nbd::MAX_REQUEST_LEN)? {
+                if request.command == Command::Disconnect {
+                    return Ok(());
+                }
+                let permit = in_flight.clone().acquire_owned().await.expect("semaphore is never closed");
+                let volume = volume.clone();
+                let replies = reply_sender.clone();
+                tokio::spawn(async move {
+                    let reply = execute(&volume, request).await;
+                    let _ = replies.send(reply).await;
+                    drop(permit);
+                });
+            }
+            if input.capacity() - input.len() < READ_BUFFER / 4 {
+                input.reserve(READ_BUFFER);
+            }
+            tokio::select! {
+                read = reader.read_buf(&mut input) => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                }
+                _ = shutdown.changed() => {
+                    tracing::info!("volume detached; closing connection");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    // Let requests already taken finish and their replies go out.
+    drop(reply_sender);
+    let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
+    let _ = writer_task.await;
+    result
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::Receiver<Reply>) {
+    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    while let Some(reply) = replies.recv().await {
+        nbd::encode_simple_reply(reply.cookie, reply.error, reply.data.as_deref(), &mut out);
+        // Batch whatever else is ready into the same write.
+        while out.len() < READ_BUFFER {
+            match replies.try_recv() {
+                Ok(reply) => nbd::encode_simple_reply(reply.cookie, reply.error, reply.data.as_deref(), &mut out),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Runs one request against the volume and maps the outcome to an NBD error number.
+async fn execute(volume: &Volume, request: Request) -> Reply {
+    let started = Instant::now();
+    let Request { cookie, command } = request;
+    let (op, bytes, result): (&'static str, u64, Result<Option<Vec<u8>>>) = match command {
+        Command::Read { offset, length } => ("read", length as u64, volume.read(offset, length).await.map(Some)),
+        Command::Write { offset, data, fua } => {
+            let length = data.len() as u64;
+            ("write", length, volume.write(offset, data, fua).await.map(|_| None))
+        }
+        Command::Flush => ("flush", 0, volume.flush().await.map(|_| None)),
+        Command::Trim { offset, length, fua } => {
+            ("trim", length as u64, volume.write_zeroes(offset, length as u64, true, fua).await.map(|_| None))
+        }
+        Command::WriteZeroes { offset, length, fua, no_hole } => (
+            "write_zeroes",
+            length as u64,
+            volume.write_zeroes(offset, length as u64, !no_hole, fua).await.map(|_| None),
+        ),
+        Command::Disconnect => ("disconnect", 0, Ok(None)),
+        Command::Unknown { command_type } => {
+            tracing::info!(command_type, "unknown command; answered EINVAL");
+            return Reply { cookie, error: nbd::EINVAL, data: None };
+        }
+    };
+    let labels = [("volume", volume.name().to_string()), ("op", op.to_string())];
+    metrics::histogram!("tether_volume_op_seconds", &labels).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(data) => {
+            metrics::counter!("tether_volume_ops_total", &labels).increment(1);
+            metrics::counter!("tether_volume_bytes_total", &labels).increment(bytes);
+            Reply { cookie, error: 0, data }
+        }
+        Err(err) => {
+            metrics::counter!("tether_volume_errors_total", &labels).increment(1);
+            let error = match &err {
+                NodeError::OutOfRange { op: "write", .. } | NodeError::OutOfRange { op: "write zeroes", .. } => {
+                    if op == "trim" {
+                        nbd::EINVAL
+                    } else {
+                        nbd::ENOSPC
+                    }
+                }
+                NodeError::OutOfRange { .. } => nbd::EINVAL,
+                NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => nbd::ENOSPC,
+                _ => nbd::EIO,
+            };
+            tracing::warn!(op, error = %err, "request failed");
+            Reply { cookie, error, data: None }
+        }
+    }
+}

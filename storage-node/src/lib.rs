@@ -1,0 +1,22 @@
+//! Tether's storage node: the data plane and the node's control loop.
+//!
+//! Read first:
+//! - [`engine::Pool`] and [`engine::Volume`]: thin volumes in a pool
+//!   directory, I/O through io_uring (or the fallback), and the write
+//!   ordering that keeps hash lists true across crashes;
+//! - [`hashlist::HashTree`]: per-chunk BLAKE3 hashes as a tree, for Delta Sync;
+//! - [`frontend::nbd`]: the NBD server (TCP and Unix sockets);
+//! - [`agent`]: registers the node in the coordination store, acts on the
+//!   volume specs assigned to it and reports their status;
+//! - [`run`]: the daemon, as `tether-node` and `tether daemon node` start it.
+
+pub mod agent;
+pub mod config;
+pub mod engine;
+mod error;
+pub mod frontend;
+pub mod hashlist;
+
+pub use agent::run;
+pub use config::NodeConfig;
+pub use error::{NodeError, Result};
