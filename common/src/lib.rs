@@ -15,3 +15,13 @@ pub enum CommonError {
     #[error("cannot serve metrics on {addr}: {reason}")]
     Metrics { addr: String, reason: String },
 }
+
+/// Resolves on SIGTERM or SIGINT: how every daemon learns to stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -7,6 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Volume names the admin API accepts: 1–63 of `[a-z0-9._-]`, starting with a
+/// letter or digit (safe as a directory name and in an NBD URI).
+pub fn valid_volume_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 /// `GET /v1/clusters`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClusterView {

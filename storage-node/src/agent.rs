@@ -30,6 +30,9 @@ use crate::frontend::nbd::{self, NbdServer};
 const REHASH_DELAY: Duration = Duration::from_millis(500);
 /// Clean extents are unmarked in the activity log this often.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// Volume statuses are compared with what was last published this often;
+/// only changes are written, so an idle node writes nothing.
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
 pub fn cluster_prefix(cluster: &str) -> String {
     format!("/tether/v1/{cluster}/")
@@ -44,6 +47,8 @@ struct Agent {
     servers: Mutex<HashMap<String, HashMap<String, NbdServer>>>,
     /// Last error acting on each volume's spec.
     errors: std::sync::Mutex<HashMap<String, Vec<String>>>,
+    /// What was last written to each status key.
+    published: std::sync::Mutex<HashMap<String, VolumeStatus>>,
 }
 
 /// Runs a storage node until `shutdown` resolves, then stops serving, settles
@@ -66,6 +71,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         lease: AtomicI64::new(0),
         servers: Mutex::new(HashMap::new()),
         errors: Default::default(),
+        published: Default::default(),
     });
     for volume in agent.pool.list() {
         spawn_rehasher(volume);
@@ -79,9 +85,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     );
     let keep_alive = tokio::spawn(agent.clone().keep_alive_loop());
     let reconcile = tokio::spawn(agent.clone().reconcile_loop());
+    let status = tokio::spawn(agent.clone().status_loop());
     shutdown.await;
     tracing::info!(node = %agent.config.node, "shutting down");
     reconcile.abort();
+    status.abort();
     keep_alive.abort();
     agent.servers.lock().await.clear();
     agent.pool.settle_all().await;
@@ -125,11 +133,23 @@ impl Agent {
                         tracing::error!(error = %err, "re-registration failed");
                         continue;
                     }
+                    self.published.lock().unwrap().clear();
                     for volume in self.pool.list() {
                         self.publish_status(&volume).await;
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "lease keep-alive failed; retrying"),
+            }
+        }
+    }
+
+    /// Republishes the status of volumes whose numbers changed (allocation
+    /// grows with writes, dirty chunks come and go).
+    async fn status_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(STATUS_INTERVAL).await;
+            for volume in self.pool.list() {
+                self.publish_status(&volume).await;
             }
         }
     }
@@ -259,6 +279,7 @@ impl Agent {
             }
         }
         self.errors.lock().unwrap().remove(name);
+        self.published.lock().unwrap().remove(name);
         let _ = self.store.delete(&self.key("status", name)).await;
     }
 
@@ -290,10 +311,16 @@ impl Agent {
             serving,
             errors: self.errors.lock().unwrap().get(name).cloned().unwrap_or_default(),
         };
+        if self.published.lock().unwrap().get(name) == Some(&status) {
+            return;
+        }
         let value = serde_json::to_vec(&status).expect("status serializes");
         let lease = self.lease.load(Ordering::Acquire);
-        if let Err(err) = self.store.put(&self.key("status", name), value, Some(lease)).await {
-            tracing::warn!(volume = name, error = %err, "publishing volume status failed");
+        match self.store.put(&self.key("status", name), value, Some(lease)).await {
+            Ok(_) => {
+                self.published.lock().unwrap().insert(name.to_string(), status);
+            }
+            Err(err) => tracing::warn!(volume = name, error = %err, "publishing volume status failed"),
         }
     }
 }

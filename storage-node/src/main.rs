@@ -22,15 +22,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_addr {
         telemetry::serve_metrics(addr)?;
     }
-    storage_node::run(config, shutdown_signal()).await?;
+    storage_node::run(config, tether_common::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

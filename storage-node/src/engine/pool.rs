@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use tether_proto::admin::valid_volume_name;
+
 use super::io::IoEngine;
 use super::meta::VolumeMeta;
 use super::volume::{Volume, VolumeOptions};
@@ -17,14 +19,6 @@ pub struct Pool {
     io: IoEngine,
     options: VolumeOptions,
     volumes: Mutex<BTreeMap<String, Arc<Volume>>>,
-}
-
-/// Volume names: what the admin API accepts, and safe as a directory name.
-pub fn valid_volume_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 impl Pool {

@@ -556,11 +556,13 @@ impl Volume {
         for _ in 0..1000 {
             self.rehash_dirty().await?;
             self.checkpoint().await?;
-            let state = self.state.lock().unwrap();
-            if state.dirty.is_empty() && state.activity.marked_extents().is_empty() {
+            let settled = {
+                let state = self.state.lock().unwrap();
+                state.dirty.is_empty() && state.activity.marked_extents().is_empty()
+            };
+            if settled {
                 return Ok(());
             }
-            drop(state);
             tokio::task::yield_now().await;
         }
         Ok(())

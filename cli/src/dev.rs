@@ -1,0 +1,361 @@
+//! `tether dev up/down/serve`: a whole local cluster in the background.
+//!
+//! With `etcd` on PATH: a local etcd, one registry process and one process
+//! per node, each with its own pool directory. Without it (or with
+//! `--embedded`): one process (`tether dev serve`) running the registry and
+//! every node on the embedded store, persisted in `DIR/store.json`.
+//! Either way `DIR/federation.json` records what runs where, and `dev up` on
+//! a directory that holds a stopped federation brings the same one back.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use coord_store::etcd_process::{find_etcd, free_port, EtcdProcess};
+use coord_store::{CoordStore, EmbeddedStore};
+use storage_node::config::{NodeConfig, StoreConfig, DEFAULT_LEASE_TTL};
+use tether_proto::admin::NodeView;
+
+use crate::client::AdminClient;
+use crate::federation::{ClusterEntry, EtcdEntry, Federation, NodeEntry, ProcessEntry};
+
+const CLUSTER: &str = "central";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub embedded: bool,
+    pub capacity: Option<String>,
+}
+
+/// True if `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))
+}
+
+fn log_file(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening log {}", path.display()))?;
+    Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
+}
+
+/// Starts `tether ARGS` in the background, logging to `log`, in its own
+/// process group (a Ctrl-C aimed at this CLI does not reach it).
+fn spawn_self(args: &[String], log: &Path) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the tether executable")?;
+    let (stdout, stderr) = log_file(log)?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting tether {}", args.join(" ")))
+}
+
+/// Brings the federation in `options.dir` up (new, or the stopped one there).
+pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
+    let dir = absolute(&options.dir)?;
+    let previous = Federation::load(&dir)?;
+    if let Some(previous) = &previous {
+        let running: Vec<u32> = previous.pids_in_stop_order().into_iter().filter(|pid| alive(*pid)).collect();
+        if !running.is_empty() {
+            if running.len() == previous.pids_in_stop_order().len() {
+                println!("federation in {} is already running; admin API at {}", dir.display(), previous.admin);
+                return Ok(previous.clone());
+            }
+            bail!(
+                "federation in {} is partly running (pids {running:?}); run `tether dev down --dir {}` first",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let use_etcd = match &previous {
+        Some(previous) => previous.mode == "etcd",
+        None => !options.embedded && find_etcd().is_some(),
+    };
+    if use_etcd && find_etcd().is_none() {
+        bail!("this federation was created with etcd, and no `etcd` is on PATH now (Debian: apt-get install etcd-server)");
+    }
+    let federation = if use_etcd { up_with_etcd(&dir, &options, previous)? } else { up_embedded(&dir, &options, previous)? };
+    federation.store(&dir)?;
+    Ok(federation)
+}
+
+fn up_with_etcd(dir: &Path, options: &UpOptions, previous: Option<Federation>) -> anyhow::Result<Federation> {
+    let previous_cluster = previous.as_ref().and_then(|federation| federation.clusters.first().cloned());
+    let runtime = tokio::runtime::Runtime::new()?;
+    let etcd_ports = previous_cluster.as_ref().and_then(|cluster| cluster.etcd.as_ref()).map(|etcd| (etcd.client_port, etcd.peer_port));
+    let etcd_dir = dir.join(CLUSTER).join("etcd");
+    let etcd_log = dir.join("logs").join("etcd.log");
+    let etcd = runtime
+        .block_on(EtcdProcess::start(&etcd_dir, &etcd_log, etcd_ports))
+        .with_context(|| format!("starting etcd (log: {})", etcd_log.display()))?;
+    let etcd_entry = EtcdEntry {
+        endpoints: vec![etcd.endpoint.clone()],
+        pid: etcd.pid,
+        client_port: etcd.client_port,
+        peer_port: etcd.peer_port,
+        data_dir: etcd_dir,
+        log: etcd_log,
+    };
+    let etcd_pid = etcd.detach();
+    let endpoint = etcd_entry.endpoints[0].clone();
+
+    let mut children = Vec::new();
+    let result = (|| -> anyhow::Result<Federation> {
+        let admin_listen = previous_cluster
+            .as_ref()
+            .map(|cluster| cluster.registry.listen.clone())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let registry_log = dir.join("logs").join("registry.log");
+        let registry = spawn_self(
+            &["daemon".into(), "registry".into(), format!("--cluster={CLUSTER}"), format!("--listen={admin_listen}"), format!("--etcd={endpoint}")],
+            &registry_log,
+        )?;
+        let registry_entry = ProcessEntry { pid: registry.id(), log: registry_log, listen: admin_listen.clone() };
+        children.push(("registry".to_string(), registry, registry_entry.log.clone()));
+
+        let node_names: Vec<(String, String)> = match &previous_cluster {
+            Some(cluster) => cluster.nodes.iter().map(|node| (node.name.clone(), node.metrics.clone())).collect(),
+            None => (1..=options.nodes).map(|i| (format!("node-{i}"), format!("127.0.0.1:{}", free_port()))).collect(),
+        };
+        let mut nodes = Vec::new();
+        for (name, metrics) in node_names {
+            let data_dir = dir.join(CLUSTER).join(&name);
+            let log = dir.join("logs").join(format!("{name}.log"));
+            let mut args = vec![
+                "daemon".into(),
+                "node".into(),
+                format!("--cluster={CLUSTER}"),
+                format!("--name={name}"),
+                format!("--data-dir={}", data_dir.display()),
+                format!("--etcd={endpoint}"),
+                format!("--metrics-addr={metrics}"),
+            ];
+            if let Some(capacity) = &options.capacity {
+                args.push(format!("--capacity={capacity}"));
+            }
+            let child = spawn_self(&args, &log)?;
+            nodes.push(NodeEntry { name: name.clone(), pid: child.id(), data_dir, log: log.clone(), metrics });
+            children.push((name, child, log));
+        }
+        let admin = format!("http://{admin_listen}");
+        wait_ready(&admin, nodes.len(), &mut children)?;
+        Ok(Federation {
+            admin,
+            mode: "etcd".into(),
+            clusters: vec![ClusterEntry {
+                name: CLUSTER.into(),
+                role: "central".into(),
+                etcd: Some(etcd_entry),
+                registry: registry_entry,
+                nodes,
+                gateway: None,
+            }],
+            satellites: vec![],
+        })
+    })();
+    if result.is_err() {
+        for (_, child, _) in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        stop_pid(etcd_pid);
+    }
+    result
+}
+
+fn up_embedded(dir: &Path, options: &UpOptions, previous: Option<Federation>) -> anyhow::Result<Federation> {
+    let previous_cluster = previous.as_ref().and_then(|federation| federation.clusters.first().cloned());
+    let (admin_listen, metrics, node_names) = match &previous_cluster {
+        Some(cluster) => (
+            cluster.registry.listen.clone(),
+            cluster.nodes.first().map(|node| node.metrics.clone()).unwrap_or_else(|| format!("127.0.0.1:{}", free_port())),
+            cluster.nodes.iter().map(|node| node.name.clone()).collect::<Vec<_>>(),
+        ),
+        None => (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+            (1..=options.nodes).map(|i| format!("node-{i}")).collect(),
+        ),
+    };
+    let log = dir.join("logs").join("federation.log");
+    let mut args = vec![
+        "dev".into(),
+        "serve".into(),
+        format!("--dir={}", dir.display()),
+        format!("--admin-listen={admin_listen}"),
+        format!("--metrics-addr={metrics}"),
+        format!("--node-names={}", node_names.join(",")),
+    ];
+    if let Some(capacity) = &options.capacity {
+        args.push(format!("--capacity={capacity}"));
+    }
+    let child = spawn_self(&args, &log)?;
+    let pid = child.id();
+    let mut children = vec![("federation".to_string(), child, log.clone())];
+    let admin = format!("http://{admin_listen}");
+    if let Err(err) = wait_ready(&admin, node_names.len(), &mut children) {
+        let _ = children[0].1.kill();
+        let _ = children[0].1.wait();
+        return Err(err);
+    }
+    let nodes = node_names
+        .iter()
+        .map(|name| NodeEntry {
+            name: name.clone(),
+            pid,
+            data_dir: dir.join(CLUSTER).join(name),
+            log: log.clone(),
+            metrics: metrics.clone(),
+        })
+        .collect();
+    Ok(Federation {
+        admin,
+        mode: "embedded".into(),
+        clusters: vec![ClusterEntry {
+            name: CLUSTER.into(),
+            role: "central".into(),
+            etcd: None,
+            registry: ProcessEntry { pid, log, listen: admin_listen },
+            nodes,
+            gateway: None,
+        }],
+        satellites: vec![],
+    })
+}
+
+/// Waits until the admin API answers and lists `n_nodes` nodes; fails fast,
+/// naming the log, if a process exits first.
+fn wait_ready(admin: &str, n_nodes: usize, children: &mut [(String, Child, PathBuf)]) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin);
+    let started = Instant::now();
+    loop {
+        for (name, child, log) in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                let tail = std::fs::read_to_string(&*log).unwrap_or_default();
+                let last: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!("{name} exited with {status} during start-up; log {}:\n{}", log.display(), last.join("\n"));
+            }
+        }
+        if let Ok(nodes) = client.get::<Vec<NodeView>>("/v1/nodes") {
+            if nodes.len() >= n_nodes {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!("the federation did not come up within {READY_TIMEOUT:?}; see the logs in {}", children[0].2.parent().unwrap().display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited after 20 s.
+fn stop_pid(pid: u32) {
+    if !alive(pid) {
+        return;
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        eprintln!("process {pid} did not stop within 20 s; killing it");
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+pub fn down(dir: &Path) -> anyhow::Result<usize> {
+    let Some(federation) = Federation::load(dir)? else {
+        bail!("no federation in {} (no federation.json)", dir.display());
+    };
+    let pids = federation.pids_in_stop_order();
+    let running = pids.iter().filter(|pid| alive(**pid)).count();
+    for pid in pids {
+        stop_pid(pid);
+    }
+    Ok(running)
+}
+
+pub struct ServeOptions {
+    pub dir: PathBuf,
+    pub admin_listen: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub node_names: Vec<String>,
+    pub capacity: Option<String>,
+}
+
+/// The one-process federation: embedded store, registry and every node.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let store: Arc<dyn CoordStore> = Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
+    tether_common::telemetry::serve_metrics(options.metrics_addr)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for name in &options.node_names {
+        let data_dir = options.dir.join(CLUSTER).join(name);
+        std::fs::create_dir_all(&data_dir)?;
+        let capacity_bytes = match &options.capacity {
+            Some(capacity) => tether_common::size::parse_size(capacity)?,
+            None => storage_node::config::filesystem_size(&data_dir)?,
+        };
+        let config = NodeConfig {
+            cluster: CLUSTER.into(),
+            node: name.clone(),
+            data_dir,
+            store: StoreConfig::Shared(store.clone()),
+            capacity_bytes,
+            metrics_addr: Some(options.metrics_addr),
+            io_uring: true,
+            hash_upkeep: true,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        };
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            storage_node::run(config, async move {
+                let _ = stopped.changed().await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        }));
+    }
+    let registry_config = cluster_registry::RegistryConfig {
+        cluster: CLUSTER.into(),
+        listen: options.admin_listen,
+        store: cluster_registry::RegistryStore::Shared(store.clone()),
+    };
+    let mut registry_stopped = stopped.clone();
+    tasks.push(tokio::spawn(async move {
+        cluster_registry::run(registry_config, |_| {}, async move {
+            let _ = registry_stopped.changed().await;
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    }));
+    tether_common::shutdown_signal().await;
+    let _ = stop.send(true);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `federation.json`: what `tether dev up` started, so `tether` finds the
+//! admin API and `tether dev down` / a second `dev up` find the processes.
+//! The names here are a contract for scripts (see DESIGN.md); add, never rename.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Federation {
+    /// Admin API base URL.
+    pub admin: String,
+    /// "etcd" (one process per node, a local etcd) or "embedded" (one process, embedded store).
+    pub mode: String,
+    pub clusters: Vec<ClusterEntry>,
+    pub satellites: Vec<SatelliteEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterEntry {
+    pub name: String,
+    pub role: String,
+    pub etcd: Option<EtcdEntry>,
+    pub registry: ProcessEntry,
+    pub nodes: Vec<NodeEntry>,
+    pub gateway: Option<GatewayEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdEntry {
+    pub endpoints: Vec<String>,
+    pub pid: u32,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    pub pid: u32,
+    pub log: PathBuf,
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub name: String,
+    pub pid: u32,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub metrics: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayEntry {
+    pub endpoint: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SatelliteEntry {
+    pub name: String,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl Federation {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("federation.json")
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = Self::path(dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is unreadable", path.display()))?)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn store(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(dir);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Every process of the federation, nodes first (they stop before what they depend on).
+    pub fn pids_in_stop_order(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for cluster in &self.clusters {
+            pids.extend(cluster.nodes.iter().map(|node| node.pid));
+        }
+        for cluster in &self.clusters {
+            pids.push(cluster.registry.pid);
+        }
+        for cluster in &self.clusters {
+            pids.extend(cluster.etcd.iter().map(|etcd| etcd.pid));
+        }
+        let mut seen = std::collections::HashSet::new();
+        pids.retain(|pid| seen.insert(*pid));
+        pids
+    }
+}

@@ -1,0 +1,393 @@
+//! `tether`: the admin CLI over the federation admin API, `tether dev up`
+//! for a local federation, and the daemons themselves (`tether daemon ...`,
+//! so one binary is all a developer needs to build).
+
+mod client;
+mod dev;
+mod federation;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tether_common::size::{format_size, parse_size};
+use tether_common::telemetry::{self, LogFormat};
+use tether_proto::admin::{
+    AttachRequest, AttachResponse, ClusterView, CreateVolumeRequest, NodeView, ResizeVolumeRequest, VolumeView,
+};
+
+use crate::client::AdminClient;
+use crate::federation::Federation;
+
+#[derive(Parser)]
+#[command(name = "tether", about = "Tether: federated block storage for Kubernetes", version)]
+struct Cli {
+    /// Admin API URL (default: $TETHER_ADMIN, else DIR/federation.json).
+    #[arg(long, global = true, env = "TETHER_ADMIN")]
+    admin: Option<String>,
+    /// Directory of the dev federation.
+    #[arg(long, global = true, default_value = ".tether")]
+    dir: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Log format of daemons started from this binary: json or pretty.
+    #[arg(long, global = true, default_value = "json")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// A local federation for development and tests.
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Clusters of the federation.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Storage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Run a daemon in the foreground (what `dev up` starts).
+    #[command(subcommand, hide = true)]
+    Daemon(DaemonCommand),
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Start a local central cluster in the background (or bring back the one in --dir).
+    Up {
+        /// Storage nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Run everything in one process on the embedded store, even if etcd is installed.
+        #[arg(long)]
+        embedded: bool,
+        /// Pool capacity of each node (default: the size of the filesystem).
+        #[arg(long)]
+        capacity: Option<String>,
+    },
+    /// Stop the federation in --dir (its data stays; `dev up` brings it back).
+    Down,
+    /// The one-process federation `dev up --embedded` starts.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        admin_listen: SocketAddr,
+        #[arg(long)]
+        metrics_addr: SocketAddr,
+        #[arg(long, value_delimiter = ',')]
+        node_names: Vec<String>,
+        #[arg(long)]
+        capacity: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List clusters.
+    List,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List storage nodes.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Create a thin-provisioned volume.
+    Create {
+        name: String,
+        /// Size, e.g. 10GiB.
+        #[arg(long)]
+        size: String,
+        /// Copies of the data (1 until volume groups land).
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// List volumes.
+    List,
+    /// Show one volume.
+    Get { name: String },
+    /// Grow a volume (clients see the new size when they reconnect).
+    Resize {
+        name: String,
+        #[arg(long)]
+        size: String,
+    },
+    /// Serve a volume over NBD and print its URI.
+    Attach {
+        name: String,
+        /// unix:PATH or tcp:HOST:PORT
+        #[arg(long)]
+        nbd: String,
+        /// The cluster attaching (satellites come with the federation gateway).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Stop serving a volume.
+    Detach { name: String },
+    /// Delete a volume and its data.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum DaemonCommand {
+    /// A storage node.
+    Node(storage_node::config::NodeArgs),
+    /// The cluster registry (admin API).
+    Registry {
+        #[arg(long, default_value = "central")]
+        cluster: String,
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: SocketAddr,
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli) {
+        eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
+
+fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient> {
+    if let Some(admin) = &cli.admin {
+        return Ok(AdminClient::new(admin));
+    }
+    match Federation::load(&cli.dir)? {
+        Some(federation) => Ok(AdminClient::new(&federation.admin)),
+        None => anyhow::bail!(
+            "no admin API: pass --admin URL, set TETHER_ADMIN, or start one with `tether dev up` (looked for {})",
+            Federation::path(&cli.dir).display()
+        ),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Commands::Daemon(daemon) => run_daemon(daemon, cli.log_format),
+        Commands::Dev(dev) => run_dev(&cli, dev),
+        Commands::Cluster(ClusterCommand::List) => {
+            let clusters: Vec<ClusterView> = admin_client(&cli)?.get("/v1/clusters")?;
+            if cli.output == Output::Json {
+                return print_json(&clusters);
+            }
+            println!("{:<16} {:<10} {:>8}", "NAME", "ROLE", "NODES-UP");
+            for cluster in clusters {
+                println!("{:<16} {:<10} {:>8}", cluster.name, cluster.role, cluster.nodes_up);
+            }
+            Ok(())
+        }
+        Commands::Node(NodeCommand::List { cluster }) => {
+            let mut nodes: Vec<NodeView> = admin_client(&cli)?.get("/v1/nodes")?;
+            if let Some(cluster) = cluster {
+                nodes.retain(|node| &node.cluster == cluster);
+            }
+            if cli.output == Output::Json {
+                return print_json(&nodes);
+            }
+            println!("{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<8}", "NAME", "CLUSTER", "STATE", "CAPACITY", "PROVISIONED", "VOLUMES", "IO");
+            for node in nodes {
+                println!(
+                    "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<8}",
+                    node.name,
+                    node.cluster,
+                    node.state,
+                    format_size(node.capacity_bytes),
+                    format_size(node.provisioned_bytes),
+                    node.volumes,
+                    node.io_backend
+                );
+            }
+            Ok(())
+        }
+        Commands::Volume(volume) => run_volume(&cli, volume),
+    }
+}
+
+fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
+    let client = admin_client(cli)?;
+    match command {
+        VolumeCommand::Create { name, size, replicas, cluster } => {
+            if let Some(cluster) = cluster {
+                anyhow::ensure!(cluster == "central", "unknown cluster {cluster:?} (this federation has: central)");
+            }
+            let size_bytes = parse_size(size)?;
+            let request = CreateVolumeRequest { name: name.clone(), size_bytes, replicas: *replicas };
+            let view: VolumeView = client.post("/v1/volumes", &request)?;
+            if cli.output == Output::Json {
+                return print_json(&view);
+            }
+            println!("volume {} created: {} on {}", view.name, format_size(view.size_bytes), view.master);
+        }
+        VolumeCommand::List => {
+            let volumes: Vec<VolumeView> = client.get("/v1/volumes")?;
+            if cli.output == Output::Json {
+                return print_json(&volumes);
+            }
+            println!("{:<20} {:>10} {:>10} {:<10} {:<10} {}", "NAME", "SIZE", "ALLOCATED", "MASTER", "STATE", "ATTACHED");
+            for volume in volumes {
+                print_volume_row(&volume);
+            }
+        }
+        VolumeCommand::Get { name } => {
+            let volume: VolumeView = client.get(&format!("/v1/volumes/{name}"))?;
+            if cli.output == Output::Json {
+                return print_json(&volume);
+            }
+            println!("name:        {}", volume.name);
+            println!("cluster:     {}", volume.cluster);
+            println!("size:        {} ({} bytes)", format_size(volume.size_bytes), volume.size_bytes);
+            println!("allocated:   {}", format_size(volume.allocated_bytes));
+            println!("epoch:       {}", volume.epoch);
+            println!("master:      {}", volume.master);
+            println!("chunk size:  {}", format_size(volume.chunk_size_bytes));
+            println!("dirty:       {} chunks awaiting rehash", volume.dirty_chunks);
+            for copy in &volume.copies {
+                println!("copy:        {} ({}, {})", copy.node, copy.role, copy.state);
+            }
+            for attachment in &volume.attachments {
+                println!("attached:    {} (from {})", attachment.uri, attachment.from);
+            }
+        }
+        VolumeCommand::Resize { name, size } => {
+            let request = ResizeVolumeRequest { size_bytes: parse_size(size)? };
+            let view: VolumeView = client.post(&format!("/v1/volumes/{name}/resize"), &request)?;
+            if cli.output == Output::Json {
+                return print_json(&view);
+            }
+            println!("volume {} is now {} (clients see it when they reconnect)", view.name, format_size(view.size_bytes));
+        }
+        VolumeCommand::Attach { name, nbd, from } => {
+            let request = AttachRequest { nbd: nbd.clone(), from: from.clone() };
+            let response: AttachResponse = client.post(&format!("/v1/volumes/{name}/attach"), &request)?;
+            if cli.output == Output::Json {
+                return print_json(&response);
+            }
+            println!("{}", response.uri);
+        }
+        VolumeCommand::Detach { name } => {
+            let view: VolumeView = client.post(&format!("/v1/volumes/{name}/detach"), &serde_json::json!({}))?;
+            if cli.output == Output::Json {
+                return print_json(&view);
+            }
+            println!("volume {name} detached");
+        }
+        VolumeCommand::Delete { name } => {
+            client.delete(&format!("/v1/volumes/{name}"))?;
+            if cli.output == Output::Json {
+                return print_json(&serde_json::json!({"deleted": name}));
+            }
+            println!("volume {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+fn print_volume_row(volume: &VolumeView) {
+    let state = volume.copies.first().map_or("-", |copy| copy.state.as_str());
+    let attached: Vec<&str> = volume.attachments.iter().map(|attachment| attachment.uri.as_str()).collect();
+    println!(
+        "{:<20} {:>10} {:>10} {:<10} {:<10} {}",
+        volume.name,
+        format_size(volume.size_bytes),
+        format_size(volume.allocated_bytes),
+        volume.master,
+        state,
+        if attached.is_empty() { "-".to_string() } else { attached.join(",") }
+    );
+}
+
+fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
+    match command {
+        DevCommand::Up { nodes, embedded, capacity } => {
+            anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
+            if let Some(capacity) = capacity {
+                parse_size(capacity)?;
+            }
+            let federation = dev::up(dev::UpOptions {
+                dir: cli.dir.clone(),
+                nodes: *nodes,
+                embedded: *embedded,
+                capacity: capacity.clone(),
+            })?;
+            if cli.output == Output::Json {
+                return print_json(&federation);
+            }
+            let cluster = &federation.clusters[0];
+            println!("Tether dev federation is up ({} mode): cluster {}, {} nodes", federation.mode, cluster.name, cluster.nodes.len());
+            println!("  admin API: {}", federation.admin);
+            println!("  state:     {}", Federation::path(&std::fs::canonicalize(&cli.dir)?).display());
+            println!("  logs:      {}", std::fs::canonicalize(&cli.dir)?.join("logs").display());
+            println!("  metrics:   http://{}/metrics", cluster.nodes[0].metrics);
+            println!("Next: tether volume create vol1 --size 1GiB && tether volume attach vol1 --nbd unix:/tmp/vol1.sock");
+            Ok(())
+        }
+        DevCommand::Down => {
+            let stopped = dev::down(&cli.dir)?;
+            println!("stopped {stopped} processes; data kept in {} (`tether dev up` brings it back)", cli.dir.display());
+            Ok(())
+        }
+        DevCommand::Serve { admin_listen, metrics_addr, node_names, capacity } => {
+            telemetry::init_logging(cli.log_format);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dev::serve(dev::ServeOptions {
+                dir: std::fs::canonicalize(&cli.dir).with_context(|| format!("resolving {}", cli.dir.display()))?,
+                admin_listen: *admin_listen,
+                metrics_addr: *metrics_addr,
+                node_names: node_names.clone(),
+                capacity: capacity.clone(),
+            }))
+        }
+    }
+}
+
+fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<()> {
+    telemetry::init_logging(log_format);
+    let runtime = tokio::runtime::Runtime::new()?;
+    match command {
+        DaemonCommand::Node(args) => {
+            let config = storage_node::NodeConfig::from_args(args.clone())?;
+            if let Some(addr) = config.metrics_addr {
+                telemetry::serve_metrics(addr)?;
+            }
+            runtime.block_on(storage_node::run(config, tether_common::shutdown_signal()))?;
+        }
+        DaemonCommand::Registry { cluster, listen, etcd } => {
+            let config = cluster_registry::RegistryConfig {
+                cluster: cluster.clone(),
+                listen: *listen,
+                store: cluster_registry::RegistryStore::Etcd(etcd.clone()),
+            };
+            runtime.block_on(cluster_registry::run(config, |_| {}, tether_common::shutdown_signal()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The admin API's endpoints (JSON over HTTP):
+//!
+//! | method | path | body → answer |
+//! | --- | --- | --- |
+//! | GET | /v1/health | → `{"ok": true}` |
+//! | GET | /v1/clusters | → `[ClusterView]` |
+//! | GET | /v1/nodes | → `[NodeView]` |
+//! | GET, POST | /v1/volumes | `CreateVolumeRequest` → `VolumeView` |
+//! | GET, DELETE | /v1/volumes/{name} | → `VolumeView` |
+//! | POST | /v1/volumes/{name}/resize | `ResizeVolumeRequest` → `VolumeView` |
+//! | POST | /v1/volumes/{name}/attach | `AttachRequest` → `AttachResponse` |
+//! | POST | /v1/volumes/{name}/detach | → `VolumeView` |
+//!
+//! Errors are `ErrorBody` with a 4xx/5xx status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coord_store::{Compare, CoordStore, Txn, TxnOp};
+use tether_proto::admin::{
+    valid_volume_name, AttachRequest, AttachResponse, AttachmentSpec, AttachmentView, ClusterView, CopyView,
+    CreateVolumeRequest, NodeRecord, NodeView, ResizeVolumeRequest, VolumeSpec, VolumeStatus, VolumeView,
+};
+
+use crate::placement;
+use crate::RegistryError;
+
+/// How long an API call waits for the storage node to act on a spec.
+const NODE_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: String,
+    pub store: Arc<dyn CoordStore>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route("/v1/clusters", get(list_clusters))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/volumes", get(list_volumes).post(create_volume))
+        .route("/v1/volumes/{name}", get(get_volume).delete(delete_volume))
+        .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/v1/volumes/{name}/attach", post(attach_volume))
+        .route("/v1/volumes/{name}/detach", post(detach_volume))
+        .with_state(state)
+}
+
+type ApiResult<T> = Result<T, RegistryError>;
+
+impl AppState {
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("/tether/v1/{}/{kind}/{name}", self.cluster)
+    }
+
+    fn prefix(&self, kind: &str) -> String {
+        format!("/tether/v1/{}/{kind}/", self.cluster)
+    }
+
+    async fn nodes(&self) -> ApiResult<Vec<NodeRecord>> {
+        let (kvs, _) = self.store.get_prefix(&self.prefix("nodes")).await?;
+        kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    async fn specs(&self) -> ApiResult<Vec<VolumeSpec>> {
+        let (kvs, _) = self.store.get_prefix(&self.prefix("volumes")).await?;
+        kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    async fn spec(&self, name: &str) -> ApiResult<(VolumeSpec, i64)> {
+        let key = self.key("volumes", name);
+        let kv = self.store.get(&key).await?.ok_or_else(|| RegistryError::VolumeNotFound { name: name.into() })?;
+        Ok((decode(&key, &kv.value)?, kv.mod_revision))
+    }
+
+    async fn status(&self, name: &str) -> ApiResult<Option<VolumeStatus>> {
+        let key = self.key("status", name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Read-modify-write of a spec, retried while someone else changes it.
+    async fn update_spec(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut VolumeSpec) -> ApiResult<()>,
+    ) -> ApiResult<VolumeSpec> {
+        loop {
+            let (mut spec, revision) = self.spec(name).await?;
+            change(&mut spec)?;
+            let key = self.key("volumes", name);
+            let txn = Txn {
+                compares: vec![Compare::ModRevision { key: key.clone(), revision }],
+                success: vec![TxnOp::Put { key, value: serde_json::to_vec(&spec).expect("spec serializes"), lease: None }],
+                failure: vec![],
+            };
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(spec);
+            }
+        }
+    }
+
+    /// Polls the volume's status until `check` decides, or the node takes too long.
+    async fn wait_for<T>(
+        &self,
+        name: &str,
+        node: &str,
+        what: &str,
+        mut check: impl FnMut(Option<&VolumeStatus>) -> Option<Result<T, String>>,
+    ) -> ApiResult<T> {
+        let deadline = Instant::now() + NODE_ACTION_TIMEOUT;
+        loop {
+            let status = self.status(name).await?;
+            match check(status.as_ref()) {
+                Some(Ok(value)) => return Ok(value),
+                Some(Err(reason)) => {
+                    return Err(RegistryError::NodeFailed { name: name.into(), node: node.into(), reason })
+                }
+                None if Instant::now() > deadline => {
+                    return Err(RegistryError::Unavailable {
+                        reason: format!("node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"),
+                    })
+                }
+                None => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
+    }
+
+    async fn view(&self, spec: VolumeSpec) -> ApiResult<VolumeView> {
+        let status = self.status(&spec.name).await?;
+        Ok(build_view(&self.cluster, spec, status.as_ref()))
+    }
+}
+
+fn build_view(cluster: &str, spec: VolumeSpec, status: Option<&VolumeStatus>) -> VolumeView {
+    // The status key is bound to the serving node's lease: present means the node is alive.
+    let state = match status {
+        Some(status) if status.errors.is_empty() && status.size_bytes > 0 => "in-sync",
+        _ => "faulted",
+    };
+    let attachments = spec
+        .attachments
+        .iter()
+        .map(|attachment| AttachmentView {
+            uri: status
+                .and_then(|status| status.serving.iter().find(|serving| serving.endpoint == attachment.endpoint))
+                .map(|serving| serving.uri.clone())
+                .unwrap_or_else(|| attachment.endpoint.clone()),
+            from: attachment.from.clone(),
+        })
+        .collect();
+    VolumeView {
+        size_bytes: spec.size_bytes,
+        cluster: cluster.to_string(),
+        epoch: spec.epoch,
+        master: spec.master.clone(),
+        copies: vec![CopyView { node: spec.master.clone(), role: "master".into(), state: state.into() }],
+        attachments,
+        chunk_size_bytes: status.map_or(0, |status| status.chunk_size_bytes),
+        allocated_bytes: status.map_or(0, |status| status.allocated_bytes),
+        dirty_chunks: status.map_or(0, |status| status.dirty_chunks),
+        name: spec.name,
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(value).map_err(|err| RegistryError::BadRecord { key: key.into(), reason: err.to_string() })
+}
+
+fn check_size(size_bytes: u64) -> ApiResult<()> {
+    if size_bytes == 0 || size_bytes % 512 != 0 {
+        return Err(RegistryError::Invalid {
+            field: "size",
+            reason: format!("{size_bytes} bytes is not a positive multiple of 512"),
+        });
+    }
+    Ok(())
+}
+
+async fn list_clusters(State(state): State<AppState>) -> ApiResult<Json<Vec<ClusterView>>> {
+    let nodes = state.nodes().await?;
+    Ok(Json(vec![ClusterView { name: state.cluster.clone(), role: "central".into(), nodes_up: nodes.len() }]))
+}
+
+async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeView>>> {
+    let (nodes, specs) = (state.nodes().await?, state.specs().await?);
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|node| NodeView {
+                provisioned_bytes: placement::provisioned_on(&node.name, &specs),
+                volumes: specs.iter().filter(|spec| spec.master == node.name).count(),
+                cluster: state.cluster.clone(),
+                state: "up".into(),
+                capacity_bytes: node.capacity_bytes,
+                io_backend: node.io_backend,
+                name: node.name,
+            })
+            .collect(),
+    ))
+}
+
+async fn list_volumes(State(state): State<AppState>) -> ApiResult<Json<Vec<VolumeView>>> {
+    let mut views = Vec::new();
+    for spec in state.specs().await? {
+        views.push(state.view(spec).await?);
+    }
+    Ok(Json(views))
+}
+
+async fn get_volume(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<VolumeView>> {
+    let (spec, _) = state.spec(&name).await?;
+    Ok(Json(state.view(spec).await?))
+}
+
+async fn create_volume(
+    State(state): State<AppState>,
+    Json(request): Json<CreateVolumeRequest>,
+) -> ApiResult<(StatusCode, Json<VolumeView>)> {
+    if !valid_volume_name(&request.name) {
+        return Err(RegistryError::Invalid {
+            field: "name",
+            reason: format!("{:?}: use 1-63 of a-z 0-9 . _ - starting with a letter or digit", request.name),
+        });
+    }
+    check_size(request.size_bytes)?;
+    if request.replicas != 1 {
+        return Err(RegistryError::Invalid {
+            field: "replicas",
+            reason: "replicated volume groups are not available yet; use --replicas 1".into(),
+        });
+    }
+    let master = placement::place(request.size_bytes, &state.nodes().await?, &state.specs().await?)?;
+    let spec = VolumeSpec {
+        version: VolumeSpec::VERSION,
+        name: request.name.clone(),
+        size_bytes: request.size_bytes,
+        replicas: request.replicas,
+        master: master.clone(),
+        epoch: 1,
+        attachments: vec![],
+    };
+    let key = state.key("volumes", &spec.name);
+    let created = state
+        .store
+        .txn(Txn {
+            compares: vec![Compare::ModRevision { key: key.clone(), revision: 0 }],
+            success: vec![TxnOp::Put { key: key.clone(), value: serde_json::to_vec(&spec).expect("spec serializes"), lease: None }],
+            failure: vec![],
+        })
+        .await?;
+    if !created.succeeded {
+        return Err(RegistryError::VolumeExists { name: spec.name });
+    }
+    tracing::info!(volume = %spec.name, size_bytes = spec.size_bytes, node = %master, "volume create requested");
+    let size = spec.size_bytes;
+    let outcome = state
+        .wait_for(&spec.name, &master, "create", |status| match status {
+            Some(status) if status.size_bytes == size => Some(Ok(())),
+            Some(status) if !status.errors.is_empty() => Some(Err(status.errors.join("; "))),
+            _ => None,
+        })
+        .await;
+    if let Err(err) = outcome {
+        // Roll back: the node deletes whatever it made when the spec goes.
+        let _ = state.store.delete(&key).await;
+        return Err(err);
+    }
+    Ok((StatusCode::CREATED, Json(state.view(spec).await?)))
+}
+
+async fn resize_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(request): Json<ResizeVolumeRequest>,
+) -> ApiResult<Json<VolumeView>> {
+    check_size(request.size_bytes)?;
+    let (nodes, specs) = (state.nodes().await?, state.specs().await?);
+    let spec = state
+        .update_spec(&name, |spec| {
+            if request.size_bytes < spec.size_bytes {
+                return Err(RegistryError::Invalid {
+                    field: "size",
+                    reason: format!(
+                        "volume {name} is {} bytes; shrinking a block device loses data, so only growing is allowed",
+                        spec.size_bytes
+                    ),
+                });
+            }
+            let growth = request.size_bytes - spec.size_bytes;
+            let node = nodes.iter().find(|node| node.name == spec.master);
+            let free = node.map_or(0, |node| node.capacity_bytes.saturating_sub(placement::provisioned_on(&node.name, &specs)));
+            if growth > free {
+                return Err(RegistryError::PoolFull { requested: growth, largest_free: free });
+            }
+            spec.size_bytes = request.size_bytes;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(volume = %name, size_bytes = spec.size_bytes, "volume resize requested");
+    let size = spec.size_bytes;
+    state
+        .wait_for(&name, &spec.master, "resize", |status| match status {
+            Some(status) if status.size_bytes == size => Some(Ok(())),
+            Some(status) if !status.errors.is_empty() => Some(Err(status.errors.join("; "))),
+            _ => None,
+        })
+        .await?;
+    Ok(Json(state.view(spec).await?))
+}
+
+async fn attach_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(request): Json<AttachRequest>,
+) -> ApiResult<Json<AttachResponse>> {
+    let endpoint = request.nbd.trim().to_string();
+    if !(endpoint.starts_with("unix:") || endpoint.starts_with("tcp:")) {
+        return Err(RegistryError::Invalid { field: "nbd", reason: format!("{endpoint:?}: expected unix:PATH or tcp:HOST:PORT") });
+    }
+    let from = request.from.unwrap_or_else(|| state.cluster.clone());
+    let spec = state
+        .update_spec(&name, |spec| {
+            if !spec.attachments.iter().any(|attachment| attachment.endpoint == endpoint) {
+                spec.attachments.push(AttachmentSpec { endpoint: endpoint.clone(), from: from.clone() });
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(volume = %name, %endpoint, "volume attach requested");
+    let outcome = state
+        .wait_for(&name, &spec.master, "serve", |status| {
+            let status = status?;
+            if let Some(serving) = status.serving.iter().find(|serving| serving.endpoint == endpoint) {
+                return Some(Ok(serving.uri.clone()));
+            }
+            status.errors.iter().find(|error| error.contains(&endpoint)).map(|error| Err(error.clone()))
+        })
+        .await;
+    match outcome {
+        Ok(uri) => Ok(Json(AttachResponse { uri })),
+        Err(err) => {
+            let _ = state
+                .update_spec(&name, |spec| {
+                    spec.attachments.retain(|attachment| attachment.endpoint != endpoint);
+                    Ok(())
+                })
+                .await;
+            Err(err)
+        }
+    }
+}
+
+async fn detach_volume(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<VolumeView>> {
+    let spec = state
+        .update_spec(&name, |spec| {
+            spec.attachments.clear();
+            Ok(())
+        })
+        .await?;
+    tracing::info!(volume = %name, "volume detach requested");
+    if state.status(&name).await?.is_some() {
+        state
+            .wait_for(&name, &spec.master, "stop serving", |status| match status {
+                Some(status) if !status.serving.is_empty() => None,
+                _ => Some(Ok(())),
+            })
+            .await?;
+    }
+    Ok(Json(state.view(spec).await?))
+}
+
+async fn delete_volume(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let (spec, revision) = state.spec(&name).await?;
+    if !spec.attachments.is_empty() {
+        let status = state.status(&name).await?;
+        let view = build_view(&state.cluster, spec, status.as_ref());
+        let uris: Vec<String> = view.attachments.into_iter().map(|attachment| attachment.uri).collect();
+        return Err(RegistryError::Attached { name, uris: uris.join(", ") });
+    }
+    let key = state.key("volumes", &name);
+    let deleted = state
+        .store
+        .txn(Txn {
+            compares: vec![Compare::ModRevision { key: key.clone(), revision }],
+            success: vec![TxnOp::Delete { key }],
+            failure: vec![],
+        })
+        .await?;
+    if !deleted.succeeded {
+        return Err(RegistryError::Unavailable { reason: format!("volume {name} changed while deleting; try again") });
+    }
+    tracing::info!(volume = %name, node = %spec.master, "volume deleted");
+    if state.nodes().await?.iter().any(|node| node.name == spec.master) {
+        state.wait_for(&name, &spec.master, "delete", |status| status.is_none().then_some(Ok(()))).await?;
+    } else {
+        tracing::warn!(volume = %name, node = %spec.master, "node is down; its copy is kept until an operator removes it");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

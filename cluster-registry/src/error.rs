@@ -1,0 +1,58 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tether_proto::admin::ErrorBody;
+use thiserror::Error;
+
+/// Errors of the registry; each maps to an HTTP status and a stable code.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("volume {name} not found")]
+    VolumeNotFound { name: String },
+    #[error("volume {name} already exists")]
+    VolumeExists { name: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("volume {name} is attached at {uris}; detach it first")]
+    Attached { name: String, uris: String },
+    #[error("no storage node has room for {requested} bytes (largest free: {largest_free} bytes)")]
+    PoolFull { requested: u64, largest_free: u64 },
+    #[error("{reason}")]
+    Unavailable { reason: String },
+    #[error("node {node} failed on volume {name}: {reason}")]
+    NodeFailed { name: String, node: String, reason: String },
+    #[error("coordination store: {0}")]
+    Store(#[from] coord_store::StoreError),
+    #[error("stored record {key} is unreadable: {reason}")]
+    BadRecord { key: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+impl RegistryError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            RegistryError::VolumeNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::VolumeExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            RegistryError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            RegistryError::Attached { .. } => (StatusCode::CONFLICT, "attached"),
+            RegistryError::PoolFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "pool_full"),
+            RegistryError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RegistryError::NodeFailed { .. } => (StatusCode::BAD_GATEWAY, "node_failed"),
+            RegistryError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RegistryError::BadRecord { .. } | RegistryError::Listen { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, code, "admin request failed");
+        }
+        let body = ErrorBody { error: self.to_string(), code: code.to_string() };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,57 @@
+//! The cluster registry: serves the federation admin API (JSON over HTTP;
+//! gRPC comes with the federation issues) over the coordination store.
+//!
+//! It never touches volume data. It writes volume specs; the storage node a
+//! spec names acts on it and reports status; the registry waits for that
+//! status so an API call returns only once the change is real (or failed).
+//!
+//! Read first: [`api::router`] (the endpoints), [`placement`].
+
+pub mod api;
+mod error;
+pub mod placement;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use coord_store::{CoordStore, EtcdStore};
+
+pub use error::RegistryError;
+
+/// Everything the registry needs to run.
+#[derive(Clone)]
+pub struct RegistryConfig {
+    pub cluster: String,
+    pub listen: SocketAddr,
+    pub store: RegistryStore,
+}
+
+#[derive(Clone)]
+pub enum RegistryStore {
+    Etcd(Vec<String>),
+    Shared(Arc<dyn CoordStore>),
+}
+
+/// Serves the admin API until `shutdown` resolves. `on_listening` gets the bound address.
+pub async fn run(
+    config: RegistryConfig,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RegistryError> {
+    let store: Arc<dyn CoordStore> = match config.store {
+        RegistryStore::Etcd(endpoints) => Arc::new(EtcdStore::connect(&endpoints).await?),
+        RegistryStore::Shared(store) => store,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RegistryError::Listen { addr: config.listen.to_string(), source })?;
+    let local = listener.local_addr().map_err(|source| RegistryError::Listen { addr: config.listen.to_string(), source })?;
+    tracing::info!(cluster = %config.cluster, admin = %local, "admin API listening");
+    on_listening(local);
+    let app = api::router(api::AppState { cluster: config.cluster, store });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| RegistryError::Listen { addr: local.to_string(), source })
+}
