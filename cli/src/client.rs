@@ -15,14 +15,20 @@ impl AdminClient {
             .timeout_connect(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(120))
             .build();
-        Self { base: base.trim_end_matches('/').to_string(), agent }
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            agent,
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn handle(&self, result: Result<ureq::Response, ureq::Error>) -> anyhow::Result<ureq::Response> {
+    fn handle(
+        &self,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> anyhow::Result<ureq::Response> {
         match result {
             Ok(response) => Ok(response),
             Err(ureq::Error::Status(status, response)) => {
@@ -40,11 +46,19 @@ impl AdminClient {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        Ok(self.handle(self.agent.get(&self.url(path)).call())?.into_json()?)
+        Ok(self
+            .handle(self.agent.get(&self.url(path)).call())?
+            .into_json()?)
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        Ok(self.handle(self.agent.post(&self.url(path)).send_json(body))?.into_json()?)
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        Ok(self
+            .handle(self.agent.post(&self.url(path)).send_json(body))?
+            .into_json()?)
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<()> {

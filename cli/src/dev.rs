@@ -30,12 +30,18 @@ pub struct UpOptions {
     pub nodes: usize,
     pub embedded: bool,
     pub capacity: Option<String>,
+    pub hash_upkeep: bool,
 }
 
 /// True if `pid` is a live (not zombie) process.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -75,10 +81,18 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
     let dir = absolute(&options.dir)?;
     let previous = Federation::load(&dir)?;
     if let Some(previous) = &previous {
-        let running: Vec<u32> = previous.pids_in_stop_order().into_iter().filter(|pid| alive(*pid)).collect();
+        let running: Vec<u32> = previous
+            .pids_in_stop_order()
+            .into_iter()
+            .filter(|pid| alive(*pid))
+            .collect();
         if !running.is_empty() {
             if running.len() == previous.pids_in_stop_order().len() {
-                println!("federation in {} is already running; admin API at {}", dir.display(), previous.admin);
+                println!(
+                    "federation in {} is already running; admin API at {}",
+                    dir.display(),
+                    previous.admin
+                );
                 return Ok(previous.clone());
             }
             bail!(
@@ -96,15 +110,28 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
     if use_etcd && find_etcd().is_none() {
         bail!("this federation was created with etcd, and no `etcd` is on PATH now (Debian: apt-get install etcd-server)");
     }
-    let federation = if use_etcd { up_with_etcd(&dir, &options, previous)? } else { up_embedded(&dir, &options, previous)? };
+    let federation = if use_etcd {
+        up_with_etcd(&dir, &options, previous)?
+    } else {
+        up_embedded(&dir, &options, previous)?
+    };
     federation.store(&dir)?;
     Ok(federation)
 }
 
-fn up_with_etcd(dir: &Path, options: &UpOptions, previous: Option<Federation>) -> anyhow::Result<Federation> {
-    let previous_cluster = previous.as_ref().and_then(|federation| federation.clusters.first().cloned());
+fn up_with_etcd(
+    dir: &Path,
+    options: &UpOptions,
+    previous: Option<Federation>,
+) -> anyhow::Result<Federation> {
+    let previous_cluster = previous
+        .as_ref()
+        .and_then(|federation| federation.clusters.first().cloned());
     let runtime = tokio::runtime::Runtime::new()?;
-    let etcd_ports = previous_cluster.as_ref().and_then(|cluster| cluster.etcd.as_ref()).map(|etcd| (etcd.client_port, etcd.peer_port));
+    let etcd_ports = previous_cluster
+        .as_ref()
+        .and_then(|cluster| cluster.etcd.as_ref())
+        .map(|etcd| (etcd.client_port, etcd.peer_port));
     let etcd_dir = dir.join(CLUSTER).join("etcd");
     let etcd_log = dir.join("logs").join("etcd.log");
     let etcd = runtime
@@ -129,15 +156,31 @@ fn up_with_etcd(dir: &Path, options: &UpOptions, previous: Option<Federation>) -
             .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let registry_log = dir.join("logs").join("registry.log");
         let registry = spawn_self(
-            &["daemon".into(), "registry".into(), format!("--cluster={CLUSTER}"), format!("--listen={admin_listen}"), format!("--etcd={endpoint}")],
+            &[
+                "daemon".into(),
+                "registry".into(),
+                format!("--cluster={CLUSTER}"),
+                format!("--listen={admin_listen}"),
+                format!("--etcd={endpoint}"),
+            ],
             &registry_log,
         )?;
-        let registry_entry = ProcessEntry { pid: registry.id(), log: registry_log, listen: admin_listen.clone() };
+        let registry_entry = ProcessEntry {
+            pid: registry.id(),
+            log: registry_log,
+            listen: admin_listen.clone(),
+        };
         children.push(("registry".to_string(), registry, registry_entry.log.clone()));
 
         let node_names: Vec<(String, String)> = match &previous_cluster {
-            Some(cluster) => cluster.nodes.iter().map(|node| (node.name.clone(), node.metrics.clone())).collect(),
-            None => (1..=options.nodes).map(|i| (format!("node-{i}"), format!("127.0.0.1:{}", free_port()))).collect(),
+            Some(cluster) => cluster
+                .nodes
+                .iter()
+                .map(|node| (node.name.clone(), node.metrics.clone()))
+                .collect(),
+            None => (1..=options.nodes)
+                .map(|i| (format!("node-{i}"), format!("127.0.0.1:{}", free_port())))
+                .collect(),
         };
         let mut nodes = Vec::new();
         for (name, metrics) in node_names {
@@ -155,8 +198,17 @@ fn up_with_etcd(dir: &Path, options: &UpOptions, previous: Option<Federation>) -
             if let Some(capacity) = &options.capacity {
                 args.push(format!("--capacity={capacity}"));
             }
+            if !options.hash_upkeep {
+                args.push("--no-hash-upkeep".into());
+            }
             let child = spawn_self(&args, &log)?;
-            nodes.push(NodeEntry { name: name.clone(), pid: child.id(), data_dir, log: log.clone(), metrics });
+            nodes.push(NodeEntry {
+                name: name.clone(),
+                pid: child.id(),
+                data_dir,
+                log: log.clone(),
+                metrics,
+            });
             children.push((name, child, log));
         }
         let admin = format!("http://{admin_listen}");
@@ -185,13 +237,27 @@ fn up_with_etcd(dir: &Path, options: &UpOptions, previous: Option<Federation>) -
     result
 }
 
-fn up_embedded(dir: &Path, options: &UpOptions, previous: Option<Federation>) -> anyhow::Result<Federation> {
-    let previous_cluster = previous.as_ref().and_then(|federation| federation.clusters.first().cloned());
+fn up_embedded(
+    dir: &Path,
+    options: &UpOptions,
+    previous: Option<Federation>,
+) -> anyhow::Result<Federation> {
+    let previous_cluster = previous
+        .as_ref()
+        .and_then(|federation| federation.clusters.first().cloned());
     let (admin_listen, metrics, node_names) = match &previous_cluster {
         Some(cluster) => (
             cluster.registry.listen.clone(),
-            cluster.nodes.first().map(|node| node.metrics.clone()).unwrap_or_else(|| format!("127.0.0.1:{}", free_port())),
-            cluster.nodes.iter().map(|node| node.name.clone()).collect::<Vec<_>>(),
+            cluster
+                .nodes
+                .first()
+                .map(|node| node.metrics.clone())
+                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port())),
+            cluster
+                .nodes
+                .iter()
+                .map(|node| node.name.clone())
+                .collect::<Vec<_>>(),
         ),
         None => (
             format!("127.0.0.1:{}", free_port()),
@@ -210,6 +276,9 @@ fn up_embedded(dir: &Path, options: &UpOptions, previous: Option<Federation>) ->
     ];
     if let Some(capacity) = &options.capacity {
         args.push(format!("--capacity={capacity}"));
+    }
+    if !options.hash_upkeep {
+        args.push("--no-hash-upkeep".into());
     }
     let child = spawn_self(&args, &log)?;
     let pid = child.id();
@@ -237,7 +306,11 @@ fn up_embedded(dir: &Path, options: &UpOptions, previous: Option<Federation>) ->
             name: CLUSTER.into(),
             role: "central".into(),
             etcd: None,
-            registry: ProcessEntry { pid, log, listen: admin_listen },
+            registry: ProcessEntry {
+                pid,
+                log,
+                listen: admin_listen,
+            },
             nodes,
             gateway: None,
         }],
@@ -247,15 +320,30 @@ fn up_embedded(dir: &Path, options: &UpOptions, previous: Option<Federation>) ->
 
 /// Waits until the admin API answers and lists `n_nodes` nodes; fails fast,
 /// naming the log, if a process exits first.
-fn wait_ready(admin: &str, n_nodes: usize, children: &mut [(String, Child, PathBuf)]) -> anyhow::Result<()> {
+fn wait_ready(
+    admin: &str,
+    n_nodes: usize,
+    children: &mut [(String, Child, PathBuf)],
+) -> anyhow::Result<()> {
     let client = AdminClient::new(admin);
     let started = Instant::now();
     loop {
         for (name, child, log) in children.iter_mut() {
             if let Some(status) = child.try_wait()? {
                 let tail = std::fs::read_to_string(&*log).unwrap_or_default();
-                let last: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-                bail!("{name} exited with {status} during start-up; log {}:\n{}", log.display(), last.join("\n"));
+                let last: Vec<&str> = tail
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                bail!(
+                    "{name} exited with {status} during start-up; log {}:\n{}",
+                    log.display(),
+                    last.join("\n")
+                );
             }
         }
         if let Ok(nodes) = client.get::<Vec<NodeView>>("/v1/nodes") {
@@ -264,7 +352,10 @@ fn wait_ready(admin: &str, n_nodes: usize, children: &mut [(String, Child, PathB
             }
         }
         if started.elapsed() > READY_TIMEOUT {
-            bail!("the federation did not come up within {READY_TIMEOUT:?}; see the logs in {}", children[0].2.parent().unwrap().display());
+            bail!(
+                "the federation did not come up within {READY_TIMEOUT:?}; see the logs in {}",
+                children[0].2.parent().unwrap().display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -304,11 +395,13 @@ pub struct ServeOptions {
     pub metrics_addr: SocketAddr,
     pub node_names: Vec<String>,
     pub capacity: Option<String>,
+    pub hash_upkeep: bool,
 }
 
 /// The one-process federation: embedded store, registry and every node.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    let store: Arc<dyn CoordStore> = Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
+    let store: Arc<dyn CoordStore> =
+        Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
     tether_common::telemetry::serve_metrics(options.metrics_addr)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -327,7 +420,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             capacity_bytes,
             metrics_addr: Some(options.metrics_addr),
             io_uring: true,
-            hash_upkeep: true,
+            hash_upkeep: options.hash_upkeep,
             lease_ttl: DEFAULT_LEASE_TTL,
         };
         let mut stopped = stopped.clone();

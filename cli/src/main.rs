@@ -14,14 +14,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tether_common::size::{format_size, parse_size};
 use tether_common::telemetry::{self, LogFormat};
 use tether_proto::admin::{
-    AttachRequest, AttachResponse, ClusterView, CreateVolumeRequest, NodeView, ResizeVolumeRequest, VolumeView,
+    AttachRequest, AttachResponse, ClusterView, CreateVolumeRequest, NodeView, ResizeVolumeRequest,
+    VolumeView,
 };
 
 use crate::client::AdminClient;
 use crate::federation::Federation;
 
 #[derive(Parser)]
-#[command(name = "tether", about = "Tether: federated block storage for Kubernetes", version)]
+#[command(
+    name = "tether",
+    about = "Tether: federated block storage for Kubernetes",
+    version
+)]
 struct Cli {
     /// Admin API URL (default: $TETHER_ADMIN, else DIR/federation.json).
     #[arg(long, global = true, env = "TETHER_ADMIN")]
@@ -77,6 +82,9 @@ enum DevCommand {
         /// Pool capacity of each node (default: the size of the filesystem).
         #[arg(long)]
         capacity: Option<String>,
+        /// Nodes do not keep hash lists current (only to measure what upkeep costs).
+        #[arg(long, hide = true)]
+        no_hash_upkeep: bool,
     },
     /// Stop the federation in --dir (its data stays; `dev up` brings it back).
     Down,
@@ -91,6 +99,8 @@ enum DevCommand {
         node_names: Vec<String>,
         #[arg(long)]
         capacity: Option<String>,
+        #[arg(long)]
+        no_hash_upkeep: bool,
     },
 }
 
@@ -151,6 +161,13 @@ enum VolumeCommand {
 
 #[derive(Subcommand)]
 enum DaemonCommand {
+    /// Offline check of a stopped node's pool: open it (recovering hash lists
+    /// as a restart would), recompute every chunk hash from the data and
+    /// report mismatches as JSON. Exits non-zero on any mismatch.
+    Scrub {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// A storage node.
     Node(storage_node::config::NodeArgs),
     /// The cluster registry (admin API).
@@ -201,7 +218,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{:<16} {:<10} {:>8}", "NAME", "ROLE", "NODES-UP");
             for cluster in clusters {
-                println!("{:<16} {:<10} {:>8}", cluster.name, cluster.role, cluster.nodes_up);
+                println!(
+                    "{:<16} {:<10} {:>8}",
+                    cluster.name, cluster.role, cluster.nodes_up
+                );
             }
             Ok(())
         }
@@ -213,7 +233,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.output == Output::Json {
                 return print_json(&nodes);
             }
-            println!("{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<8}", "NAME", "CLUSTER", "STATE", "CAPACITY", "PROVISIONED", "VOLUMES", "IO");
+            println!(
+                "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<8}",
+                "NAME", "CLUSTER", "STATE", "CAPACITY", "PROVISIONED", "VOLUMES", "IO"
+            );
             for node in nodes {
                 println!(
                     "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<8}",
@@ -235,24 +258,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
     let client = admin_client(cli)?;
     match command {
-        VolumeCommand::Create { name, size, replicas, cluster } => {
+        VolumeCommand::Create {
+            name,
+            size,
+            replicas,
+            cluster,
+        } => {
             if let Some(cluster) = cluster {
-                anyhow::ensure!(cluster == "central", "unknown cluster {cluster:?} (this federation has: central)");
+                anyhow::ensure!(
+                    cluster == "central",
+                    "unknown cluster {cluster:?} (this federation has: central)"
+                );
             }
             let size_bytes = parse_size(size)?;
-            let request = CreateVolumeRequest { name: name.clone(), size_bytes, replicas: *replicas };
+            let request = CreateVolumeRequest {
+                name: name.clone(),
+                size_bytes,
+                replicas: *replicas,
+            };
             let view: VolumeView = client.post("/v1/volumes", &request)?;
             if cli.output == Output::Json {
                 return print_json(&view);
             }
-            println!("volume {} created: {} on {}", view.name, format_size(view.size_bytes), view.master);
+            println!(
+                "volume {} created: {} on {}",
+                view.name,
+                format_size(view.size_bytes),
+                view.master
+            );
         }
         VolumeCommand::List => {
             let volumes: Vec<VolumeView> = client.get("/v1/volumes")?;
             if cli.output == Output::Json {
                 return print_json(&volumes);
             }
-            println!("{:<20} {:>10} {:>10} {:<10} {:<10} {}", "NAME", "SIZE", "ALLOCATED", "MASTER", "STATE", "ATTACHED");
+            println!(
+                "{:<20} {:>10} {:>10} {:<10} {:<10} ATTACHED",
+                "NAME", "SIZE", "ALLOCATED", "MASTER", "STATE"
+            );
             for volume in volumes {
                 print_volume_row(&volume);
             }
@@ -264,12 +307,19 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             }
             println!("name:        {}", volume.name);
             println!("cluster:     {}", volume.cluster);
-            println!("size:        {} ({} bytes)", format_size(volume.size_bytes), volume.size_bytes);
+            println!(
+                "size:        {} ({} bytes)",
+                format_size(volume.size_bytes),
+                volume.size_bytes
+            );
             println!("allocated:   {}", format_size(volume.allocated_bytes));
             println!("epoch:       {}", volume.epoch);
             println!("master:      {}", volume.master);
             println!("chunk size:  {}", format_size(volume.chunk_size_bytes));
-            println!("dirty:       {} chunks awaiting rehash", volume.dirty_chunks);
+            println!(
+                "dirty:       {} chunks awaiting rehash",
+                volume.dirty_chunks
+            );
             for copy in &volume.copies {
                 println!("copy:        {} ({}, {})", copy.node, copy.role, copy.state);
             }
@@ -278,23 +328,36 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             }
         }
         VolumeCommand::Resize { name, size } => {
-            let request = ResizeVolumeRequest { size_bytes: parse_size(size)? };
+            let request = ResizeVolumeRequest {
+                size_bytes: parse_size(size)?,
+            };
             let view: VolumeView = client.post(&format!("/v1/volumes/{name}/resize"), &request)?;
             if cli.output == Output::Json {
                 return print_json(&view);
             }
-            println!("volume {} is now {} (clients see it when they reconnect)", view.name, format_size(view.size_bytes));
+            println!(
+                "volume {} is now {} (clients see it when they reconnect)",
+                view.name,
+                format_size(view.size_bytes)
+            );
         }
         VolumeCommand::Attach { name, nbd, from } => {
-            let request = AttachRequest { nbd: nbd.clone(), from: from.clone() };
-            let response: AttachResponse = client.post(&format!("/v1/volumes/{name}/attach"), &request)?;
+            let request = AttachRequest {
+                nbd: nbd.clone(),
+                from: from.clone(),
+            };
+            let response: AttachResponse =
+                client.post(&format!("/v1/volumes/{name}/attach"), &request)?;
             if cli.output == Output::Json {
                 return print_json(&response);
             }
             println!("{}", response.uri);
         }
         VolumeCommand::Detach { name } => {
-            let view: VolumeView = client.post(&format!("/v1/volumes/{name}/detach"), &serde_json::json!({}))?;
+            let view: VolumeView = client.post(
+                &format!("/v1/volumes/{name}/detach"),
+                &serde_json::json!({}),
+            )?;
             if cli.output == Output::Json {
                 return print_json(&view);
             }
@@ -312,8 +375,15 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
 }
 
 fn print_volume_row(volume: &VolumeView) {
-    let state = volume.copies.first().map_or("-", |copy| copy.state.as_str());
-    let attached: Vec<&str> = volume.attachments.iter().map(|attachment| attachment.uri.as_str()).collect();
+    let state = volume
+        .copies
+        .first()
+        .map_or("-", |copy| copy.state.as_str());
+    let attached: Vec<&str> = volume
+        .attachments
+        .iter()
+        .map(|attachment| attachment.uri.as_str())
+        .collect();
     println!(
         "{:<20} {:>10} {:>10} {:<10} {:<10} {}",
         volume.name,
@@ -321,13 +391,22 @@ fn print_volume_row(volume: &VolumeView) {
         format_size(volume.allocated_bytes),
         volume.master,
         state,
-        if attached.is_empty() { "-".to_string() } else { attached.join(",") }
+        if attached.is_empty() {
+            "-".to_string()
+        } else {
+            attached.join(",")
+        }
     );
 }
 
 fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
     match command {
-        DevCommand::Up { nodes, embedded, capacity } => {
+        DevCommand::Up {
+            nodes,
+            embedded,
+            capacity,
+            no_hash_upkeep,
+        } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
             if let Some(capacity) = capacity {
                 parse_size(capacity)?;
@@ -337,42 +416,106 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 nodes: *nodes,
                 embedded: *embedded,
                 capacity: capacity.clone(),
+                hash_upkeep: !no_hash_upkeep,
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);
             }
             let cluster = &federation.clusters[0];
-            println!("Tether dev federation is up ({} mode): cluster {}, {} nodes", federation.mode, cluster.name, cluster.nodes.len());
+            println!(
+                "Tether dev federation is up ({} mode): cluster {}, {} nodes",
+                federation.mode,
+                cluster.name,
+                cluster.nodes.len()
+            );
             println!("  admin API: {}", federation.admin);
-            println!("  state:     {}", Federation::path(&std::fs::canonicalize(&cli.dir)?).display());
-            println!("  logs:      {}", std::fs::canonicalize(&cli.dir)?.join("logs").display());
+            println!(
+                "  state:     {}",
+                Federation::path(&std::fs::canonicalize(&cli.dir)?).display()
+            );
+            println!(
+                "  logs:      {}",
+                std::fs::canonicalize(&cli.dir)?.join("logs").display()
+            );
             println!("  metrics:   http://{}/metrics", cluster.nodes[0].metrics);
             println!("Next: tether volume create vol1 --size 1GiB && tether volume attach vol1 --nbd unix:/tmp/vol1.sock");
             Ok(())
         }
         DevCommand::Down => {
             let stopped = dev::down(&cli.dir)?;
-            println!("stopped {stopped} processes; data kept in {} (`tether dev up` brings it back)", cli.dir.display());
+            println!(
+                "stopped {stopped} processes; data kept in {} (`tether dev up` brings it back)",
+                cli.dir.display()
+            );
             Ok(())
         }
-        DevCommand::Serve { admin_listen, metrics_addr, node_names, capacity } => {
+        DevCommand::Serve {
+            admin_listen,
+            metrics_addr,
+            node_names,
+            capacity,
+            no_hash_upkeep,
+        } => {
             telemetry::init_logging(cli.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(dev::serve(dev::ServeOptions {
-                dir: std::fs::canonicalize(&cli.dir).with_context(|| format!("resolving {}", cli.dir.display()))?,
+                dir: std::fs::canonicalize(&cli.dir)
+                    .with_context(|| format!("resolving {}", cli.dir.display()))?,
                 admin_listen: *admin_listen,
                 metrics_addr: *metrics_addr,
                 node_names: node_names.clone(),
                 capacity: capacity.clone(),
+                hash_upkeep: !no_hash_upkeep,
             }))
         }
     }
+}
+
+async fn scrub(data_dir: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    use storage_node::engine::{IoEngine, Pool, VolumeOptions};
+    let pool = Pool::open(
+        data_dir,
+        u64::MAX,
+        IoEngine::start(true),
+        VolumeOptions::default(),
+    )?;
+    let mut report = Vec::new();
+    for volume in pool.list() {
+        let from_data = volume.compute_hashes_from_data().await?;
+        let tree = volume.hash_tree();
+        let mismatched = tree
+            .leaves()
+            .iter()
+            .zip(&from_data)
+            .filter(|(kept, computed)| kept != computed)
+            .count();
+        report.push(serde_json::json!({
+            "volume": volume.name(),
+            "chunks": from_data.len(),
+            "mismatched_chunks": mismatched,
+            "recovered_extents": volume.recovered_extents(),
+            "root": tree.root().iter().map(|byte| format!("{byte:02x}")).collect::<String>(),
+        }));
+    }
+    Ok(report)
 }
 
 fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<()> {
     telemetry::init_logging(log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     match command {
+        DaemonCommand::Scrub { data_dir } => {
+            let report = runtime.block_on(scrub(data_dir))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            let mismatched: u64 = report
+                .iter()
+                .map(|volume| volume["mismatched_chunks"].as_u64().unwrap_or(0))
+                .sum();
+            anyhow::ensure!(
+                mismatched == 0,
+                "{mismatched} chunks have hashes that do not match their data"
+            );
+        }
         DaemonCommand::Node(args) => {
             let config = storage_node::NodeConfig::from_args(args.clone())?;
             if let Some(addr) = config.metrics_addr {
@@ -380,13 +523,21 @@ fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<
             }
             runtime.block_on(storage_node::run(config, tether_common::shutdown_signal()))?;
         }
-        DaemonCommand::Registry { cluster, listen, etcd } => {
+        DaemonCommand::Registry {
+            cluster,
+            listen,
+            etcd,
+        } => {
             let config = cluster_registry::RegistryConfig {
                 cluster: cluster.clone(),
                 listen: *listen,
                 store: cluster_registry::RegistryStore::Etcd(etcd.clone()),
             };
-            runtime.block_on(cluster_registry::run(config, |_| {}, tether_common::shutdown_signal()))?;
+            runtime.block_on(cluster_registry::run(
+                config,
+                |_| {},
+                tether_common::shutdown_signal(),
+            ))?;
         }
     }
     Ok(())

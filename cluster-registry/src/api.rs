@@ -22,8 +22,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use coord_store::{Compare, CoordStore, Txn, TxnOp};
 use tether_proto::admin::{
-    valid_volume_name, AttachRequest, AttachResponse, AttachmentSpec, AttachmentView, ClusterView, CopyView,
-    CreateVolumeRequest, NodeRecord, NodeView, ResizeVolumeRequest, VolumeSpec, VolumeStatus, VolumeView,
+    valid_volume_name, AttachRequest, AttachResponse, AttachmentSpec, AttachmentView, ClusterView,
+    CopyView, CreateVolumeRequest, NodeRecord, NodeView, ResizeVolumeRequest, VolumeSpec,
+    VolumeStatus, VolumeView,
 };
 
 use crate::placement;
@@ -41,7 +42,10 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
         .route("/v1/clusters", get(list_clusters))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
@@ -75,7 +79,11 @@ impl AppState {
 
     async fn spec(&self, name: &str) -> ApiResult<(VolumeSpec, i64)> {
         let key = self.key("volumes", name);
-        let kv = self.store.get(&key).await?.ok_or_else(|| RegistryError::VolumeNotFound { name: name.into() })?;
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| RegistryError::VolumeNotFound { name: name.into() })?;
         Ok((decode(&key, &kv.value)?, kv.mod_revision))
     }
 
@@ -98,8 +106,15 @@ impl AppState {
             change(&mut spec)?;
             let key = self.key("volumes", name);
             let txn = Txn {
-                compares: vec![Compare::ModRevision { key: key.clone(), revision }],
-                success: vec![TxnOp::Put { key, value: serde_json::to_vec(&spec).expect("spec serializes"), lease: None }],
+                compares: vec![Compare::ModRevision {
+                    key: key.clone(),
+                    revision,
+                }],
+                success: vec![TxnOp::Put {
+                    key,
+                    value: serde_json::to_vec(&spec).expect("spec serializes"),
+                    lease: None,
+                }],
                 failure: vec![],
             };
             if self.store.txn(txn).await?.succeeded {
@@ -122,11 +137,17 @@ impl AppState {
             match check(status.as_ref()) {
                 Some(Ok(value)) => return Ok(value),
                 Some(Err(reason)) => {
-                    return Err(RegistryError::NodeFailed { name: name.into(), node: node.into(), reason })
+                    return Err(RegistryError::NodeFailed {
+                        name: name.into(),
+                        node: node.into(),
+                        reason,
+                    })
                 }
                 None if Instant::now() > deadline => {
                     return Err(RegistryError::Unavailable {
-                        reason: format!("node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"),
+                        reason: format!(
+                        "node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"
+                    ),
                     })
                 }
                 None => tokio::time::sleep(POLL_INTERVAL).await,
@@ -151,7 +172,12 @@ fn build_view(cluster: &str, spec: VolumeSpec, status: Option<&VolumeStatus>) ->
         .iter()
         .map(|attachment| AttachmentView {
             uri: status
-                .and_then(|status| status.serving.iter().find(|serving| serving.endpoint == attachment.endpoint))
+                .and_then(|status| {
+                    status
+                        .serving
+                        .iter()
+                        .find(|serving| serving.endpoint == attachment.endpoint)
+                })
                 .map(|serving| serving.uri.clone())
                 .unwrap_or_else(|| attachment.endpoint.clone()),
             from: attachment.from.clone(),
@@ -162,7 +188,11 @@ fn build_view(cluster: &str, spec: VolumeSpec, status: Option<&VolumeStatus>) ->
         cluster: cluster.to_string(),
         epoch: spec.epoch,
         master: spec.master.clone(),
-        copies: vec![CopyView { node: spec.master.clone(), role: "master".into(), state: state.into() }],
+        copies: vec![CopyView {
+            node: spec.master.clone(),
+            role: "master".into(),
+            state: state.into(),
+        }],
         attachments,
         chunk_size_bytes: status.map_or(0, |status| status.chunk_size_bytes),
         allocated_bytes: status.map_or(0, |status| status.allocated_bytes),
@@ -172,11 +202,14 @@ fn build_view(cluster: &str, spec: VolumeSpec, status: Option<&VolumeStatus>) ->
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(value).map_err(|err| RegistryError::BadRecord { key: key.into(), reason: err.to_string() })
+    serde_json::from_slice(value).map_err(|err| RegistryError::BadRecord {
+        key: key.into(),
+        reason: err.to_string(),
+    })
 }
 
 fn check_size(size_bytes: u64) -> ApiResult<()> {
-    if size_bytes == 0 || size_bytes % 512 != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(512) {
         return Err(RegistryError::Invalid {
             field: "size",
             reason: format!("{size_bytes} bytes is not a positive multiple of 512"),
@@ -187,7 +220,11 @@ fn check_size(size_bytes: u64) -> ApiResult<()> {
 
 async fn list_clusters(State(state): State<AppState>) -> ApiResult<Json<Vec<ClusterView>>> {
     let nodes = state.nodes().await?;
-    Ok(Json(vec![ClusterView { name: state.cluster.clone(), role: "central".into(), nodes_up: nodes.len() }]))
+    Ok(Json(vec![ClusterView {
+        name: state.cluster.clone(),
+        role: "central".into(),
+        nodes_up: nodes.len(),
+    }]))
 }
 
 async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeView>>> {
@@ -216,7 +253,10 @@ async fn list_volumes(State(state): State<AppState>) -> ApiResult<Json<Vec<Volum
     Ok(Json(views))
 }
 
-async fn get_volume(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<VolumeView>> {
+async fn get_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<VolumeView>> {
     let (spec, _) = state.spec(&name).await?;
     Ok(Json(state.view(spec).await?))
 }
@@ -228,7 +268,10 @@ async fn create_volume(
     if !valid_volume_name(&request.name) {
         return Err(RegistryError::Invalid {
             field: "name",
-            reason: format!("{:?}: use 1-63 of a-z 0-9 . _ - starting with a letter or digit", request.name),
+            reason: format!(
+                "{:?}: use 1-63 of a-z 0-9 . _ - starting with a letter or digit",
+                request.name
+            ),
         });
     }
     check_size(request.size_bytes)?;
@@ -238,7 +281,11 @@ async fn create_volume(
             reason: "replicated volume groups are not available yet; use --replicas 1".into(),
         });
     }
-    let master = placement::place(request.size_bytes, &state.nodes().await?, &state.specs().await?)?;
+    let master = placement::place(
+        request.size_bytes,
+        &state.nodes().await?,
+        &state.specs().await?,
+    )?;
     let spec = VolumeSpec {
         version: VolumeSpec::VERSION,
         name: request.name.clone(),
@@ -252,8 +299,15 @@ async fn create_volume(
     let created = state
         .store
         .txn(Txn {
-            compares: vec![Compare::ModRevision { key: key.clone(), revision: 0 }],
-            success: vec![TxnOp::Put { key: key.clone(), value: serde_json::to_vec(&spec).expect("spec serializes"), lease: None }],
+            compares: vec![Compare::ModRevision {
+                key: key.clone(),
+                revision: 0,
+            }],
+            success: vec![TxnOp::Put {
+                key: key.clone(),
+                value: serde_json::to_vec(&spec).expect("spec serializes"),
+                lease: None,
+            }],
             failure: vec![],
         })
         .await?;
@@ -324,13 +378,23 @@ async fn attach_volume(
 ) -> ApiResult<Json<AttachResponse>> {
     let endpoint = request.nbd.trim().to_string();
     if !(endpoint.starts_with("unix:") || endpoint.starts_with("tcp:")) {
-        return Err(RegistryError::Invalid { field: "nbd", reason: format!("{endpoint:?}: expected unix:PATH or tcp:HOST:PORT") });
+        return Err(RegistryError::Invalid {
+            field: "nbd",
+            reason: format!("{endpoint:?}: expected unix:PATH or tcp:HOST:PORT"),
+        });
     }
     let from = request.from.unwrap_or_else(|| state.cluster.clone());
     let spec = state
         .update_spec(&name, |spec| {
-            if !spec.attachments.iter().any(|attachment| attachment.endpoint == endpoint) {
-                spec.attachments.push(AttachmentSpec { endpoint: endpoint.clone(), from: from.clone() });
+            if !spec
+                .attachments
+                .iter()
+                .any(|attachment| attachment.endpoint == endpoint)
+            {
+                spec.attachments.push(AttachmentSpec {
+                    endpoint: endpoint.clone(),
+                    from: from.clone(),
+                });
             }
             Ok(())
         })
@@ -339,10 +403,18 @@ async fn attach_volume(
     let outcome = state
         .wait_for(&name, &spec.master, "serve", |status| {
             let status = status?;
-            if let Some(serving) = status.serving.iter().find(|serving| serving.endpoint == endpoint) {
+            if let Some(serving) = status
+                .serving
+                .iter()
+                .find(|serving| serving.endpoint == endpoint)
+            {
                 return Some(Ok(serving.uri.clone()));
             }
-            status.errors.iter().find(|error| error.contains(&endpoint)).map(|error| Err(error.clone()))
+            status
+                .errors
+                .iter()
+                .find(|error| error.contains(&endpoint))
+                .map(|error| Err(error.clone()))
         })
         .await;
     match outcome {
@@ -350,7 +422,8 @@ async fn attach_volume(
         Err(err) => {
             let _ = state
                 .update_spec(&name, |spec| {
-                    spec.attachments.retain(|attachment| attachment.endpoint != endpoint);
+                    spec.attachments
+                        .retain(|attachment| attachment.endpoint != endpoint);
                     Ok(())
                 })
                 .await;
@@ -359,7 +432,10 @@ async fn attach_volume(
     }
 }
 
-async fn detach_volume(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<VolumeView>> {
+async fn detach_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<VolumeView>> {
     let spec = state
         .update_spec(&name, |spec| {
             spec.attachments.clear();
@@ -378,29 +454,53 @@ async fn detach_volume(State(state): State<AppState>, Path(name): Path<String>) 
     Ok(Json(state.view(spec).await?))
 }
 
-async fn delete_volume(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     let (spec, revision) = state.spec(&name).await?;
     if !spec.attachments.is_empty() {
         let status = state.status(&name).await?;
         let view = build_view(&state.cluster, spec, status.as_ref());
-        let uris: Vec<String> = view.attachments.into_iter().map(|attachment| attachment.uri).collect();
-        return Err(RegistryError::Attached { name, uris: uris.join(", ") });
+        let uris: Vec<String> = view
+            .attachments
+            .into_iter()
+            .map(|attachment| attachment.uri)
+            .collect();
+        return Err(RegistryError::Attached {
+            name,
+            uris: uris.join(", "),
+        });
     }
     let key = state.key("volumes", &name);
     let deleted = state
         .store
         .txn(Txn {
-            compares: vec![Compare::ModRevision { key: key.clone(), revision }],
+            compares: vec![Compare::ModRevision {
+                key: key.clone(),
+                revision,
+            }],
             success: vec![TxnOp::Delete { key }],
             failure: vec![],
         })
         .await?;
     if !deleted.succeeded {
-        return Err(RegistryError::Unavailable { reason: format!("volume {name} changed while deleting; try again") });
+        return Err(RegistryError::Unavailable {
+            reason: format!("volume {name} changed while deleting; try again"),
+        });
     }
     tracing::info!(volume = %name, node = %spec.master, "volume deleted");
-    if state.nodes().await?.iter().any(|node| node.name == spec.master) {
-        state.wait_for(&name, &spec.master, "delete", |status| status.is_none().then_some(Ok(()))).await?;
+    if state
+        .nodes()
+        .await?
+        .iter()
+        .any(|node| node.name == spec.master)
+    {
+        state
+            .wait_for(&name, &spec.master, "delete", |status| {
+                status.is_none().then_some(Ok(()))
+            })
+            .await?;
     } else {
         tracing::warn!(volume = %name, node = %spec.master, "node is down; its copy is kept until an operator removes it");
     }

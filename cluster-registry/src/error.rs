@@ -19,13 +19,20 @@ pub enum RegistryError {
     #[error("{reason}")]
     Unavailable { reason: String },
     #[error("node {node} failed on volume {name}: {reason}")]
-    NodeFailed { name: String, node: String, reason: String },
+    NodeFailed {
+        name: String,
+        node: String,
+        reason: String,
+    },
     #[error("coordination store: {0}")]
     Store(#[from] coord_store::StoreError),
     #[error("stored record {key} is unreadable: {reason}")]
     BadRecord { key: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 impl RegistryError {
@@ -52,7 +59,10 @@ impl IntoResponse for RegistryError {
         if status.is_server_error() {
             tracing::error!(error = %self, code, "admin request failed");
         }
-        let body = ErrorBody { error: self.to_string(), code: code.to_string() };
+        let body = ErrorBody {
+            error: self.to_string(),
+            code: code.to_string(),
+        };
         (status, axum::Json(body)).into_response()
     }
 }

@@ -45,13 +45,27 @@ pub async fn run(
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| RegistryError::Listen { addr: config.listen.to_string(), source })?;
-    let local = listener.local_addr().map_err(|source| RegistryError::Listen { addr: config.listen.to_string(), source })?;
+        .map_err(|source| RegistryError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| RegistryError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
     tracing::info!(cluster = %config.cluster, admin = %local, "admin API listening");
     on_listening(local);
-    let app = api::router(api::AppState { cluster: config.cluster, store });
+    let app = api::router(api::AppState {
+        cluster: config.cluster,
+        store,
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|source| RegistryError::Listen { addr: local.to_string(), source })
+        .map_err(|source| RegistryError::Listen {
+            addr: local.to_string(),
+            source,
+        })
 }

@@ -7,7 +7,11 @@ use cluster_registry::{RegistryConfig, RegistryStore};
 use tether_common::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tether-registry", about = "Tether cluster registry and admin API", version)]
+#[command(
+    name = "tether-registry",
+    about = "Tether cluster registry and admin API",
+    version
+)]
 struct Cli {
     /// This cluster's name.
     #[arg(long, default_value = "central")]
@@ -27,7 +31,11 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
-    let config = RegistryConfig { cluster: cli.cluster, listen: cli.listen, store: RegistryStore::Etcd(cli.etcd) };
+    let config = RegistryConfig {
+        cluster: cli.cluster,
+        listen: cli.listen,
+        store: RegistryStore::Etcd(cli.etcd),
+    };
     cluster_registry::run(config, |_| {}, tether_common::shutdown_signal()).await?;
     Ok(())
 }

@@ -8,23 +8,42 @@ use crate::RegistryError;
 
 /// Provisioned bytes of `node`: the sizes of the volumes whose master it is.
 pub fn provisioned_on(node: &str, specs: &[VolumeSpec]) -> u64 {
-    specs.iter().filter(|spec| spec.master == node).map(|spec| spec.size_bytes).sum()
+    specs
+        .iter()
+        .filter(|spec| spec.master == node)
+        .map(|spec| spec.size_bytes)
+        .sum()
 }
 
 /// Picks the node for a new volume of `size_bytes`.
-pub fn place(size_bytes: u64, nodes: &[NodeRecord], specs: &[VolumeSpec]) -> Result<String, RegistryError> {
+pub fn place(
+    size_bytes: u64,
+    nodes: &[NodeRecord],
+    specs: &[VolumeSpec],
+) -> Result<String, RegistryError> {
     if nodes.is_empty() {
-        return Err(RegistryError::Unavailable { reason: "no storage node is up in this cluster".into() });
+        return Err(RegistryError::Unavailable {
+            reason: "no storage node is up in this cluster".into(),
+        });
     }
     let mut free: Vec<(u64, &str)> = nodes
         .iter()
-        .map(|node| (node.capacity_bytes.saturating_sub(provisioned_on(&node.name, specs)), node.name.as_str()))
+        .map(|node| {
+            (
+                node.capacity_bytes
+                    .saturating_sub(provisioned_on(&node.name, specs)),
+                node.name.as_str(),
+            )
+        })
         .collect();
     // Most free first; ties by name so placement is deterministic.
     free.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
     match free.first() {
         Some((largest, node)) if *largest >= size_bytes => Ok(node.to_string()),
-        Some((largest, _)) => Err(RegistryError::PoolFull { requested: size_bytes, largest_free: *largest }),
+        Some((largest, _)) => Err(RegistryError::PoolFull {
+            requested: size_bytes,
+            largest_free: *largest,
+        }),
         None => unreachable!("nodes is not empty"),
     }
 }
@@ -64,8 +83,14 @@ mod tests {
         assert_eq!(place(100, &nodes, &specs).unwrap(), "b");
         assert!(matches!(
             place(101, &nodes, &specs),
-            Err(RegistryError::PoolFull { requested: 101, largest_free: 100 })
+            Err(RegistryError::PoolFull {
+                requested: 101,
+                largest_free: 100
+            })
         ));
-        assert!(matches!(place(1, &[], &[]), Err(RegistryError::Unavailable { .. })));
+        assert!(matches!(
+            place(1, &[], &[]),
+            Err(RegistryError::Unavailable { .. })
+        ));
     }
 }

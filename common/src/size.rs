@@ -4,9 +4,13 @@ use crate::CommonError;
 
 /// Parses a size in bytes. Units are binary (`G` = `GiB` = 2^30); `B` may follow.
 pub fn parse_size(input: &str) -> Result<u64, CommonError> {
-    let bad = || CommonError::BadSize { input: input.to_string() };
+    let bad = || CommonError::BadSize {
+        input: input.to_string(),
+    };
     let trimmed = input.trim();
-    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(digits_end);
     let number: u64 = number.parse().map_err(|_| bad())?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {

@@ -25,7 +25,9 @@ impl FromStr for LogFormat {
         match input {
             "json" => Ok(LogFormat::Json),
             "pretty" => Ok(LogFormat::Pretty),
-            _ => Err(CommonError::BadLogFormat { input: input.to_string() }),
+            _ => Err(CommonError::BadLogFormat {
+                input: input.to_string(),
+            }),
         }
     }
 }
@@ -46,7 +48,9 @@ pub fn init_logging(format: LogFormat) {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
 }
 
@@ -55,10 +59,16 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), CommonError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(&[
-            0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-            0.25, 0.5, 1.0,
+            0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+            0.05, 0.1, 0.25, 0.5, 1.0,
         ])
-        .map_err(|err| CommonError::Metrics { addr: addr.to_string(), reason: err.to_string() })?
+        .map_err(|err| CommonError::Metrics {
+            addr: addr.to_string(),
+            reason: err.to_string(),
+        })?
         .install()
-        .map_err(|err| CommonError::Metrics { addr: addr.to_string(), reason: err.to_string() })
+        .map_err(|err| CommonError::Metrics {
+            addr: addr.to_string(),
+            reason: err.to_string(),
+        })
 }

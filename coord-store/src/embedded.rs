@@ -91,7 +91,10 @@ impl EmbeddedStore {
                 if state.format_version != FORMAT_VERSION {
                     return Err(StoreError::Corrupt {
                         path: path.display().to_string(),
-                        reason: format!("format version {} is not {FORMAT_VERSION}", state.format_version),
+                        reason: format!(
+                            "format version {} is not {FORMAT_VERSION}",
+                            state.format_version
+                        ),
                     });
                 }
                 inner.revision = state.revision;
@@ -111,7 +114,10 @@ impl EmbeddedStore {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(StoreError::Persist { path: path.display().to_string(), source })
+                return Err(StoreError::Persist {
+                    path: path.display().to_string(),
+                    source,
+                })
             }
         }
         Ok(Self::build(inner))
@@ -130,8 +136,12 @@ async fn expire_leases(inner: Weak<Mutex<Inner>>) {
         let Some(inner) = inner.upgrade() else { return };
         let mut inner = inner.lock().unwrap();
         let now = Instant::now();
-        let expired: Vec<LeaseId> =
-            inner.leases.iter().filter(|(_, lease)| lease.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<LeaseId> = inner
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for lease in expired {
             // A failed persist here would be retried by the next change; the
             // keys are leased ones, which are never persisted anyway.
@@ -164,9 +174,18 @@ impl Inner {
         self.history.push_back(event);
     }
 
-    fn apply_put(&mut self, key: &str, value: Vec<u8>, lease: Option<LeaseId>, revision: i64) -> Result<()> {
+    fn apply_put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+        revision: i64,
+    ) -> Result<()> {
         if let Some(lease) = lease {
-            let state = self.leases.get_mut(&lease).ok_or(StoreError::LeaseExpired { lease })?;
+            let state = self
+                .leases
+                .get_mut(&lease)
+                .ok_or(StoreError::LeaseExpired { lease })?;
             state.keys.insert(key.to_string());
         }
         let previous = self.kvs.get(key).cloned();
@@ -196,7 +215,10 @@ impl Inner {
                 if let Some(state) = kv.lease.and_then(|lease| self.leases.get_mut(&lease)) {
                     state.keys.remove(key);
                 }
-                self.publish(WatchEvent::Delete { key: key.to_string(), mod_revision: revision });
+                self.publish(WatchEvent::Delete {
+                    key: key.to_string(),
+                    mod_revision: revision,
+                });
                 true
             }
             None => false,
@@ -204,8 +226,15 @@ impl Inner {
     }
 
     fn revoke(&mut self, lease: LeaseId) -> Result<()> {
-        let state = self.leases.remove(&lease).ok_or(StoreError::LeaseExpired { lease })?;
-        let live: Vec<String> = state.keys.into_iter().filter(|key| self.kvs.contains_key(key)).collect();
+        let state = self
+            .leases
+            .remove(&lease)
+            .ok_or(StoreError::LeaseExpired { lease })?;
+        let live: Vec<String> = state
+            .keys
+            .into_iter()
+            .filter(|key| self.kvs.contains_key(key))
+            .collect();
         if !live.is_empty() {
             self.revision += 1;
             let revision = self.revision;
@@ -226,7 +255,9 @@ impl Inner {
     }
 
     fn persist(&self) -> Result<()> {
-        let Some(path) = &self.persist_path else { return Ok(()) };
+        let Some(path) = &self.persist_path else {
+            return Ok(());
+        };
         let state = PersistedState {
             format_version: FORMAT_VERSION,
             revision: self.revision,
@@ -244,8 +275,10 @@ impl Inner {
                 .collect(),
         };
         let bytes = serde_json::to_vec(&state).expect("store state serializes");
-        write_atomically(path, &bytes)
-            .map_err(|source| StoreError::Persist { path: path.display().to_string(), source })
+        write_atomically(path, &bytes).map_err(|source| StoreError::Persist {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 
@@ -309,11 +342,17 @@ impl CoordStore for EmbeddedStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         let mut inner = self.inner.lock().unwrap();
-        let succeeded = txn.compares.iter().all(|compare| inner.compare_holds(compare));
+        let succeeded = txn
+            .compares
+            .iter()
+            .all(|compare| inner.compare_holds(compare));
         let ops = if succeeded { txn.success } else { txn.failure };
         // Check leases first so a failing put leaves the transaction unapplied.
         for op in &ops {
-            if let TxnOp::Put { lease: Some(lease), .. } = op {
+            if let TxnOp::Put {
+                lease: Some(lease), ..
+            } = op
+            {
                 if !inner.leases.contains_key(lease) {
                     return Err(StoreError::LeaseExpired { lease: *lease });
                 }
@@ -327,7 +366,9 @@ impl CoordStore for EmbeddedStore {
         let mut gets = Vec::new();
         for op in ops {
             match op {
-                TxnOp::Put { key, value, lease } => inner.apply_put(&key, value, lease, revision)?,
+                TxnOp::Put { key, value, lease } => {
+                    inner.apply_put(&key, value, lease, revision)?
+                }
                 TxnOp::Delete { key } => {
                     inner.apply_delete(&key, revision);
                 }
@@ -337,22 +378,34 @@ impl CoordStore for EmbeddedStore {
         if writes {
             inner.persist()?;
         }
-        Ok(TxnResponse { succeeded, revision, gets })
+        Ok(TxnResponse {
+            succeeded,
+            revision,
+            gets,
+        })
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         let mut inner = self.inner.lock().unwrap();
         let lease = inner.next_lease;
         inner.next_lease += 1;
-        inner
-            .leases
-            .insert(lease, LeaseState { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() });
+        inner.leases.insert(
+            lease,
+            LeaseState {
+                ttl,
+                deadline: Instant::now() + ttl,
+                keys: BTreeSet::new(),
+            },
+        );
         Ok(lease)
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
         let mut inner = self.inner.lock().unwrap();
-        let state = inner.leases.get_mut(&lease).ok_or(StoreError::LeaseExpired { lease })?;
+        let state = inner
+            .leases
+            .get_mut(&lease)
+            .ok_or(StoreError::LeaseExpired { lease })?;
         state.deadline = Instant::now() + state.ttl;
         Ok(state.ttl)
     }
@@ -367,9 +420,15 @@ impl CoordStore for EmbeddedStore {
         let mut inner = self.inner.lock().unwrap();
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         if start_revision > 0 && start_revision <= inner.revision {
-            let oldest = inner.history.front().map_or(inner.revision + 1, |event| event.mod_revision());
+            let oldest = inner
+                .history
+                .front()
+                .map_or(inner.revision + 1, |event| event.mod_revision());
             if start_revision < oldest {
-                return Err(StoreError::Compacted { prefix: prefix.to_string(), revision: start_revision });
+                return Err(StoreError::Compacted {
+                    prefix: prefix.to_string(),
+                    revision: start_revision,
+                });
             }
             for event in inner.history.iter().filter(|event| {
                 event.mod_revision() >= start_revision && event.key().starts_with(prefix)
@@ -382,7 +441,10 @@ impl CoordStore for EmbeddedStore {
                 }
             }
         }
-        inner.watchers.push(Watcher { prefix: prefix.to_string(), sender });
+        inner.watchers.push(Watcher {
+            prefix: prefix.to_string(),
+            sender,
+        });
         Ok(receiver)
     }
 }

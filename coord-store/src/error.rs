@@ -4,9 +4,16 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("cannot connect to etcd at {endpoints}: {source}")]
-    Connect { endpoints: String, source: tonic::transport::Error },
+    Connect {
+        endpoints: String,
+        source: tonic::transport::Error,
+    },
     #[error("etcd {op} on {key:?} failed: {source}")]
-    Rpc { op: &'static str, key: String, source: tonic::Status },
+    Rpc {
+        op: &'static str,
+        key: String,
+        source: tonic::Status,
+    },
     #[error("lease {lease:#x} has expired or was revoked")]
     LeaseExpired { lease: i64 },
     #[error("watch on {prefix:?} broke: {reason}")]
@@ -14,7 +21,10 @@ pub enum StoreError {
     #[error("watch on {prefix:?} asked for revision {revision}, already compacted")]
     Compacted { prefix: String, revision: i64 },
     #[error("embedded store file {path}: {source}")]
-    Persist { path: String, source: std::io::Error },
+    Persist {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("embedded store file {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
     #[error("etcd process: {reason}")]

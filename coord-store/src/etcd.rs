@@ -30,10 +30,11 @@ impl EtcdStore {
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
         let mut last_error = None;
         for endpoint in endpoints {
-            let built = Endpoint::from_shared(endpoint.clone()).map_err(|source| StoreError::Connect {
-                endpoints: endpoint.clone(),
-                source,
-            })?;
+            let built =
+                Endpoint::from_shared(endpoint.clone()).map_err(|source| StoreError::Connect {
+                    endpoints: endpoint.clone(),
+                    source,
+                })?;
             match built
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(REQUEST_TIMEOUT)
@@ -48,10 +49,17 @@ impl EtcdStore {
                         watch: pb::watch_client::WatchClient::new(channel),
                     })
                 }
-                Err(source) => last_error = Some(StoreError::Connect { endpoints: endpoint.clone(), source }),
+                Err(source) => {
+                    last_error = Some(StoreError::Connect {
+                        endpoints: endpoint.clone(),
+                        source,
+                    })
+                }
             }
         }
-        Err(last_error.unwrap_or(StoreError::EtcdProcess { reason: "no etcd endpoints given".into() }))
+        Err(last_error.unwrap_or(StoreError::EtcdProcess {
+            reason: "no etcd endpoints given".into(),
+        }))
     }
 }
 
@@ -68,12 +76,23 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 fn rpc_error(op: &'static str, key: &str, status: tonic::Status) -> StoreError {
-    StoreError::Rpc { op, key: key.to_string(), source: status }
+    StoreError::Rpc {
+        op,
+        key: key.to_string(),
+        source: status,
+    }
 }
 
-fn lease_error(op: &'static str, key: &str, lease: Option<LeaseId>, status: tonic::Status) -> StoreError {
+fn lease_error(
+    op: &'static str,
+    key: &str,
+    lease: Option<LeaseId>,
+    status: tonic::Status,
+) -> StoreError {
     match lease {
-        Some(lease) if status.message().contains("lease not found") => StoreError::LeaseExpired { lease },
+        Some(lease) if status.message().contains("lease not found") => {
+            StoreError::LeaseExpired { lease }
+        }
         _ => rpc_error(op, key, status),
     }
 }
@@ -102,18 +121,26 @@ fn op_to_pb(op: TxnOp) -> pb::RequestOp {
             lease: lease.unwrap_or(0),
             ..Default::default()
         }),
-        TxnOp::Delete { key } => {
-            Request::RequestDeleteRange(pb::DeleteRangeRequest { key: key.into_bytes(), ..Default::default() })
-        }
-        TxnOp::Get { key } => Request::RequestRange(pb::RangeRequest { key: key.into_bytes(), ..Default::default() }),
+        TxnOp::Delete { key } => Request::RequestDeleteRange(pb::DeleteRangeRequest {
+            key: key.into_bytes(),
+            ..Default::default()
+        }),
+        TxnOp::Get { key } => Request::RequestRange(pb::RangeRequest {
+            key: key.into_bytes(),
+            ..Default::default()
+        }),
     };
-    pb::RequestOp { request: Some(request) }
+    pb::RequestOp {
+        request: Some(request),
+    }
 }
 
 fn compare_to_pb(compare: Compare) -> pb::Compare {
     use pb::compare::{CompareResult, CompareTarget, TargetUnion};
     let (key, target, union) = match compare {
-        Compare::ModRevision { key, revision } => (key, CompareTarget::Mod, TargetUnion::ModRevision(revision)),
+        Compare::ModRevision { key, revision } => {
+            (key, CompareTarget::Mod, TargetUnion::ModRevision(revision))
+        }
         Compare::Value { key, value } => (key, CompareTarget::Value, TargetUnion::Value(value)),
     };
     pb::Compare {
@@ -131,7 +158,10 @@ impl CoordStore for EtcdStore {
         let response = self
             .kv
             .clone()
-            .range(pb::RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })
+            .range(pb::RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
             .await
             .map_err(|status| rpc_error("range", key, status))?
             .into_inner();
@@ -174,7 +204,10 @@ impl CoordStore for EtcdStore {
         let response = self
             .kv
             .clone()
-            .delete_range(pb::DeleteRangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })
+            .delete_range(pb::DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
             .await
             .map_err(|status| rpc_error("delete", key, status))?
             .into_inner();
@@ -189,10 +222,14 @@ impl CoordStore for EtcdStore {
                 Compare::ModRevision { key, .. } | Compare::Value { key, .. } => key.clone(),
             })
             .unwrap_or_default();
-        let first_lease = txn.success.iter().chain(&txn.failure).find_map(|op| match op {
-            TxnOp::Put { lease, .. } => *lease,
-            _ => None,
-        });
+        let first_lease = txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .find_map(|op| match op {
+                TxnOp::Put { lease, .. } => *lease,
+                _ => None,
+            });
         let request = pb::TxnRequest {
             compare: txn.compares.into_iter().map(compare_to_pb).collect(),
             success: txn.success.into_iter().map(op_to_pb).collect(),
@@ -215,14 +252,21 @@ impl CoordStore for EtcdStore {
                 _ => None,
             })
             .collect();
-        Ok(TxnResponse { succeeded: response.succeeded, revision: revision_of(response.header), gets })
+        Ok(TxnResponse {
+            succeeded: response.succeeded,
+            revision: revision_of(response.header),
+            gets,
+        })
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         let response = self
             .lease
             .clone()
-            .lease_grant(pb::LeaseGrantRequest { ttl: ttl.as_secs().max(1) as i64, id: 0 })
+            .lease_grant(pb::LeaseGrantRequest {
+                ttl: ttl.as_secs().max(1) as i64,
+                id: 0,
+            })
             .await
             .map_err(|status| rpc_error("lease grant", "", status))?
             .into_inner();
@@ -231,7 +275,10 @@ impl CoordStore for EtcdStore {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
         let (sender, receiver) = mpsc::channel(1);
-        sender.send(pb::LeaseKeepAliveRequest { id: lease }).await.expect("receiver is alive");
+        sender
+            .send(pb::LeaseKeepAliveRequest { id: lease })
+            .await
+            .expect("receiver is alive");
         let mut responses = self
             .lease
             .clone()
@@ -262,14 +309,19 @@ impl CoordStore for EtcdStore {
     async fn watch_prefix(&self, prefix: &str, start_revision: i64) -> Result<WatchStream> {
         let (request_sender, request_receiver) = mpsc::channel(1);
         let create = pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
-                key: prefix.as_bytes().to_vec(),
-                range_end: prefix_end(prefix),
-                start_revision,
-                ..Default::default()
-            })),
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: prefix.as_bytes().to_vec(),
+                    range_end: prefix_end(prefix),
+                    start_revision,
+                    ..Default::default()
+                },
+            )),
         };
-        request_sender.send(create).await.expect("receiver is alive");
+        request_sender
+            .send(create)
+            .await
+            .expect("receiver is alive");
         let mut responses = self
             .watch
             .clone()
@@ -282,9 +334,15 @@ impl CoordStore for EtcdStore {
             .message()
             .await
             .map_err(|status| rpc_error("watch", prefix, status))?
-            .ok_or_else(|| StoreError::WatchBroken { prefix: prefix.into(), reason: "stream closed".into() })?;
+            .ok_or_else(|| StoreError::WatchBroken {
+                prefix: prefix.into(),
+                reason: "stream closed".into(),
+            })?;
         if first.compact_revision > 0 {
-            return Err(StoreError::Compacted { prefix: prefix.into(), revision: start_revision });
+            return Err(StoreError::Compacted {
+                prefix: prefix.into(),
+                revision: start_revision,
+            });
         }
         let (sender, receiver) = mpsc::channel(1024);
         let prefix = prefix.to_string();
@@ -298,7 +356,9 @@ impl CoordStore for EtcdStore {
                         Ok(Some(response)) => response,
                         Ok(None) => {
                             let reason = "stream closed by etcd".to_string();
-                            let _ = sender.send(Err(StoreError::WatchBroken { prefix, reason })).await;
+                            let _ = sender
+                                .send(Err(StoreError::WatchBroken { prefix, reason }))
+                                .await;
                             return;
                         }
                         Err(status) => {
@@ -309,12 +369,16 @@ impl CoordStore for EtcdStore {
                 };
                 if response.compact_revision > 0 {
                     let revision = response.compact_revision;
-                    let _ = sender.send(Err(StoreError::Compacted { prefix, revision })).await;
+                    let _ = sender
+                        .send(Err(StoreError::Compacted { prefix, revision }))
+                        .await;
                     return;
                 }
                 if response.canceled {
                     let reason = response.cancel_reason;
-                    let _ = sender.send(Err(StoreError::WatchBroken { prefix, reason })).await;
+                    let _ = sender
+                        .send(Err(StoreError::WatchBroken { prefix, reason }))
+                        .await;
                     return;
                 }
                 for event in response.events {

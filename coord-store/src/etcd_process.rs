@@ -30,7 +30,9 @@ pub fn free_port() -> u16 {
 /// The `etcd` binary on PATH, if there is one.
 pub fn find_etcd() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("etcd")).find(|candidate| candidate.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
 }
 
 impl EtcdProcess {
@@ -48,9 +50,13 @@ impl EtcdProcess {
         std::fs::create_dir_all(data_dir).map_err(|err| StoreError::EtcdProcess {
             reason: format!("creating {}: {err}", data_dir.display()),
         })?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).map_err(|err| {
-            StoreError::EtcdProcess { reason: format!("opening {}: {err}", log_path.display()) }
-        })?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(|err| StoreError::EtcdProcess {
+                reason: format!("opening {}: {err}", log_path.display()),
+            })?;
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut command = Command::new(etcd);
@@ -71,9 +77,9 @@ impl EtcdProcess {
             use std::os::unix::process::CommandExt;
             command.process_group(0); // not killed by the terminal's Ctrl-C aimed at `tether`
         }
-        let child = command
-            .spawn()
-            .map_err(|err| StoreError::EtcdProcess { reason: format!("spawning etcd: {err}") })?;
+        let child = command.spawn().map_err(|err| StoreError::EtcdProcess {
+            reason: format!("spawning etcd: {err}"),
+        })?;
         let mut process = Self {
             pid: child.id(),
             child: Some(child),

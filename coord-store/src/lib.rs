@@ -57,9 +57,17 @@ pub enum Compare {
 /// An operation of a transaction branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
-    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
-    Delete { key: String },
-    Get { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
 }
 
 /// `if all compares hold { success } else { failure }`, atomically.

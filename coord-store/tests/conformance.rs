@@ -24,10 +24,21 @@ async fn revisions_and_prefixes(store: &dyn CoordStore) {
     assert!(second > first, "revisions grow");
 
     let kv = store.get("/c/a/1").await.unwrap().unwrap();
-    assert_eq!((kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version), (&b"one"[..], first, first, 1));
+    assert_eq!(
+        (
+            kv.value.as_slice(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
+        (&b"one"[..], first, first, 1)
+    );
     let third = store.put("/c/a/1", b"uno".to_vec(), None).await.unwrap();
     let kv = store.get("/c/a/1").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (first, third, 2));
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (first, third, 2)
+    );
 
     let (kvs, revision) = store.get_prefix("/c/a/").await.unwrap();
     let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
@@ -42,9 +53,18 @@ async fn revisions_and_prefixes(store: &dyn CoordStore) {
 async fn compare_and_swap(store: &dyn CoordStore) {
     // Create-if-absent: mod revision 0 means "does not exist".
     let create = |value: &str| Txn {
-        compares: vec![Compare::ModRevision { key: "/t/lock".into(), revision: 0 }],
-        success: vec![TxnOp::Put { key: "/t/lock".into(), value: value.as_bytes().to_vec(), lease: None }],
-        failure: vec![TxnOp::Get { key: "/t/lock".into() }],
+        compares: vec![Compare::ModRevision {
+            key: "/t/lock".into(),
+            revision: 0,
+        }],
+        success: vec![TxnOp::Put {
+            key: "/t/lock".into(),
+            value: value.as_bytes().to_vec(),
+            lease: None,
+        }],
+        failure: vec![TxnOp::Get {
+            key: "/t/lock".into(),
+        }],
     };
     let won = store.txn(create("alice")).await.unwrap();
     assert!(won.succeeded);
@@ -56,10 +76,21 @@ async fn compare_and_swap(store: &dyn CoordStore) {
 
     // Swap on the current revision succeeds once; a stale revision fails.
     let swap = |revision: i64| Txn {
-        compares: vec![Compare::ModRevision { key: "/t/lock".into(), revision }],
+        compares: vec![Compare::ModRevision {
+            key: "/t/lock".into(),
+            revision,
+        }],
         success: vec![
-            TxnOp::Put { key: "/t/lock".into(), value: b"carol".to_vec(), lease: None },
-            TxnOp::Put { key: "/t/epoch".into(), value: b"2".to_vec(), lease: None },
+            TxnOp::Put {
+                key: "/t/lock".into(),
+                value: b"carol".to_vec(),
+                lease: None,
+            },
+            TxnOp::Put {
+                key: "/t/epoch".into(),
+                value: b"2".to_vec(),
+                lease: None,
+            },
         ],
         failure: vec![],
     };
@@ -73,18 +104,32 @@ async fn compare_and_swap(store: &dyn CoordStore) {
     assert_eq!(epoch.mod_revision, swapped.revision);
 
     let by_value = Txn {
-        compares: vec![Compare::Value { key: "/t/lock".into(), value: b"carol".to_vec() }],
-        success: vec![TxnOp::Delete { key: "/t/lock".into() }],
+        compares: vec![Compare::Value {
+            key: "/t/lock".into(),
+            value: b"carol".to_vec(),
+        }],
+        success: vec![TxnOp::Delete {
+            key: "/t/lock".into(),
+        }],
         failure: vec![],
     };
     assert!(store.txn(by_value.clone()).await.unwrap().succeeded);
-    assert!(!store.txn(by_value).await.unwrap().succeeded, "value compare on a missing key fails");
+    assert!(
+        !store.txn(by_value).await.unwrap().succeeded,
+        "value compare on a missing key fails"
+    );
 }
 
 async fn leases_expire_and_take_their_keys(store: &dyn CoordStore) {
     let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
-    store.put("/l/node", b"up".to_vec(), Some(lease)).await.unwrap();
-    assert_eq!(store.get("/l/node").await.unwrap().unwrap().lease, Some(lease));
+    store
+        .put("/l/node", b"up".to_vec(), Some(lease))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("/l/node").await.unwrap().unwrap().lease,
+        Some(lease)
+    );
     let mut watch = store.watch_prefix("/l/", 0).await.unwrap();
 
     // Kept alive, the key stays past its TTL.
@@ -95,10 +140,20 @@ async fn leases_expire_and_take_their_keys(store: &dyn CoordStore) {
     assert!(store.get("/l/node").await.unwrap().is_some());
 
     // Left alone, it expires (etcd may round the TTL up; allow generous time).
-    let event = tokio::time::timeout(Duration::from_secs(15), watch.recv()).await.unwrap().unwrap().unwrap();
-    assert!(matches!(event, WatchEvent::Delete { ref key, .. } if key == "/l/node"), "{event:?}");
+    let event = tokio::time::timeout(Duration::from_secs(15), watch.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(event, WatchEvent::Delete { ref key, .. } if key == "/l/node"),
+        "{event:?}"
+    );
     assert!(store.get("/l/node").await.unwrap().is_none());
-    assert!(matches!(store.keep_alive(lease).await, Err(StoreError::LeaseExpired { .. })));
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(StoreError::LeaseExpired { .. })
+    ));
     assert!(matches!(
         store.put("/l/late", b"x".to_vec(), Some(lease)).await,
         Err(StoreError::LeaseExpired { .. })
@@ -106,7 +161,10 @@ async fn leases_expire_and_take_their_keys(store: &dyn CoordStore) {
 
     // Revoking deletes at once.
     let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
-    store.put("/l/other", b"up".to_vec(), Some(lease)).await.unwrap();
+    store
+        .put("/l/other", b"up".to_vec(), Some(lease))
+        .await
+        .unwrap();
     store.revoke_lease(lease).await.unwrap();
     assert!(store.get("/l/other").await.unwrap().is_none());
 }
@@ -115,19 +173,27 @@ async fn watches_see_changes_in_order(store: &dyn CoordStore) {
     let before = store.put("/w/seed", b"0".to_vec(), None).await.unwrap();
     let mut live = store.watch_prefix("/w/", 0).await.unwrap();
     let r1 = store.put("/w/x", b"1".to_vec(), None).await.unwrap();
-    store.put("/elsewhere", b"ignored".to_vec(), None).await.unwrap();
+    store
+        .put("/elsewhere", b"ignored".to_vec(), None)
+        .await
+        .unwrap();
     let r2 = store.put("/w/x", b"2".to_vec(), None).await.unwrap();
     store.delete("/w/x").await.unwrap();
 
     match next_event(&mut live).await {
-        WatchEvent::Put(kv) => assert_eq!((kv.key.as_str(), kv.value.as_slice(), kv.mod_revision), ("/w/x", &b"1"[..], r1)),
+        WatchEvent::Put(kv) => assert_eq!(
+            (kv.key.as_str(), kv.value.as_slice(), kv.mod_revision),
+            ("/w/x", &b"1"[..], r1)
+        ),
         other => panic!("{other:?}"),
     }
     match next_event(&mut live).await {
         WatchEvent::Put(kv) => assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"2"[..], r2)),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(next_event(&mut live).await, WatchEvent::Delete { ref key, .. } if key == "/w/x"));
+    assert!(
+        matches!(next_event(&mut live).await, WatchEvent::Delete { ref key, .. } if key == "/w/x")
+    );
 
     // A watch from a past revision replays history first.
     let mut replay = store.watch_prefix("/w/", before).await.unwrap();
@@ -140,7 +206,10 @@ async fn watches_see_changes_in_order(store: &dyn CoordStore) {
     .iter()
     .map(|event| format!("{}@{}", event.key(), matches!(event, WatchEvent::Put(_))))
     .collect();
-    assert_eq!(keys, ["/w/seed@true", "/w/x@true", "/w/x@true", "/w/x@false"]);
+    assert_eq!(
+        keys,
+        ["/w/seed@true", "/w/x@true", "/w/x@true", "/w/x@false"]
+    );
 }
 
 async fn suite(store: Arc<dyn CoordStore>) {
@@ -161,7 +230,9 @@ async fn etcd_store_conforms() {
     let etcd = EtcdProcess::start(&dir.path().join("etcd"), &dir.path().join("etcd.log"), None)
         .await
         .expect("etcd starts (install Debian's etcd-server; the README's test command does)");
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .unwrap();
     suite(Arc::new(store)).await;
 }
 
@@ -171,15 +242,30 @@ async fn embedded_store_persists_unleased_keys() {
     let path = dir.path().join("store.json");
     let revision = {
         let store = EmbeddedStore::open(&path).unwrap();
-        store.put("/p/volume", b"spec".to_vec(), None).await.unwrap();
+        store
+            .put("/p/volume", b"spec".to_vec(), None)
+            .await
+            .unwrap();
         let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
-        store.put("/p/node", b"up".to_vec(), Some(lease)).await.unwrap()
+        store
+            .put("/p/node", b"up".to_vec(), Some(lease))
+            .await
+            .unwrap()
     };
     let store = EmbeddedStore::open(&path).unwrap();
-    assert_eq!(store.get("/p/volume").await.unwrap().unwrap().value, b"spec");
-    assert!(store.get("/p/node").await.unwrap().is_none(), "leased keys die with the process");
+    assert_eq!(
+        store.get("/p/volume").await.unwrap().unwrap().value,
+        b"spec"
+    );
+    assert!(
+        store.get("/p/node").await.unwrap().is_none(),
+        "leased keys die with the process"
+    );
     assert!(store.put("/p/next", b"x".to_vec(), None).await.unwrap() > revision - 1);
 
     std::fs::write(&path, b"{not json").unwrap();
-    assert!(matches!(EmbeddedStore::open(&path), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        EmbeddedStore::open(&path),
+        Err(StoreError::Corrupt { .. })
+    ));
 }

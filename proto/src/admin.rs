@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 pub fn valid_volume_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
         && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 

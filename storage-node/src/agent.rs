@@ -59,7 +59,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         StoreConfig::Shared(store) => store.clone(),
     };
     let io = IoEngine::start(config.io_uring);
-    let options = VolumeOptions { hash_upkeep: config.hash_upkeep };
+    let options = VolumeOptions {
+        hash_upkeep: config.hash_upkeep,
+    };
     let (data_dir, capacity) = (config.data_dir.clone(), config.capacity_bytes);
     let pool = tokio::task::spawn_blocking(move || Pool::open(&data_dir, capacity, io, options))
         .await
@@ -93,7 +95,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     keep_alive.abort();
     agent.servers.lock().await.clear();
     agent.pool.settle_all().await;
-    let _ = agent.store.revoke_lease(agent.lease.load(Ordering::Acquire)).await;
+    let _ = agent
+        .store
+        .revoke_lease(agent.lease.load(Ordering::Acquire))
+        .await;
     Ok(())
 }
 
@@ -114,7 +119,9 @@ impl Agent {
             pid: std::process::id(),
         };
         let value = serde_json::to_vec(&record).expect("record serializes");
-        self.store.put(&self.key("nodes", &self.config.node), value, Some(lease)).await?;
+        self.store
+            .put(&self.key("nodes", &self.config.node), value, Some(lease))
+            .await?;
         Ok(())
     }
 
@@ -175,7 +182,10 @@ impl Agent {
             }
             for volume in self.pool.list() {
                 if !known.contains(volume.name()) {
-                    tracing::warn!(volume = volume.name(), "local volume has no spec; keeping its data");
+                    tracing::warn!(
+                        volume = volume.name(),
+                        "local volume has no spec; keeping its data"
+                    );
                 }
             }
             let mut events = match self.store.watch_prefix(&prefix, revision + 1).await {
@@ -209,7 +219,11 @@ impl Agent {
         match serde_json::from_slice::<VolumeSpec>(value) {
             Ok(spec) if spec.version <= VolumeSpec::VERSION => Some(spec),
             Ok(spec) => {
-                tracing::error!(key, version = spec.version, "volume spec from a newer version; ignoring it");
+                tracing::error!(
+                    key,
+                    version = spec.version,
+                    "volume spec from a newer version; ignoring it"
+                );
                 None
             }
             Err(err) => {
@@ -221,7 +235,12 @@ impl Agent {
 
     fn record_error(&self, volume: &str, error: String) {
         tracing::error!(volume, %error, "acting on the volume spec failed");
-        self.errors.lock().unwrap().entry(volume.to_string()).or_default().push(error);
+        self.errors
+            .lock()
+            .unwrap()
+            .entry(volume.to_string())
+            .or_default()
+            .push(error);
     }
 
     /// Brings the local state of one volume in line with its spec.
@@ -252,8 +271,11 @@ impl Agent {
         {
             let mut servers = self.servers.lock().await;
             let serving = servers.entry(spec.name.clone()).or_default();
-            let wanted: std::collections::HashSet<&str> =
-                spec.attachments.iter().map(|attachment| attachment.endpoint.as_str()).collect();
+            let wanted: std::collections::HashSet<&str> = spec
+                .attachments
+                .iter()
+                .map(|attachment| attachment.endpoint.as_str())
+                .collect();
             serving.retain(|endpoint, _| wanted.contains(endpoint.as_str()));
             for attachment in &spec.attachments {
                 if serving.contains_key(&attachment.endpoint) {
@@ -296,7 +318,10 @@ impl Agent {
                 .map(|by_endpoint| {
                     by_endpoint
                         .values()
-                        .map(|server| ServingEndpoint { endpoint: server.endpoint.clone(), uri: server.uri.clone() })
+                        .map(|server| ServingEndpoint {
+                            endpoint: server.endpoint.clone(),
+                            uri: server.uri.clone(),
+                        })
                         .collect()
                 })
                 .unwrap_or_default()
@@ -309,18 +334,33 @@ impl Agent {
             allocated_bytes: stats.allocated_bytes,
             dirty_chunks: stats.dirty_chunks,
             serving,
-            errors: self.errors.lock().unwrap().get(name).cloned().unwrap_or_default(),
+            errors: self
+                .errors
+                .lock()
+                .unwrap()
+                .get(name)
+                .cloned()
+                .unwrap_or_default(),
         };
         if self.published.lock().unwrap().get(name) == Some(&status) {
             return;
         }
         let value = serde_json::to_vec(&status).expect("status serializes");
         let lease = self.lease.load(Ordering::Acquire);
-        match self.store.put(&self.key("status", name), value, Some(lease)).await {
+        match self
+            .store
+            .put(&self.key("status", name), value, Some(lease))
+            .await
+        {
             Ok(_) => {
-                self.published.lock().unwrap().insert(name.to_string(), status);
+                self.published
+                    .lock()
+                    .unwrap()
+                    .insert(name.to_string(), status);
             }
-            Err(err) => tracing::warn!(volume = name, error = %err, "publishing volume status failed"),
+            Err(err) => {
+                tracing::warn!(volume = name, error = %err, "publishing volume status failed")
+            }
         }
     }
 }
@@ -338,7 +378,9 @@ fn spawn_rehasher(volume: Arc<Volume>) {
         let mut last_checkpoint = Instant::now();
         loop {
             let Some(volume) = weak.upgrade() else { return };
-            let woken = tokio::time::timeout(CHECKPOINT_INTERVAL, volume.rehash_wanted()).await.is_ok();
+            let woken = tokio::time::timeout(CHECKPOINT_INTERVAL, volume.rehash_wanted())
+                .await
+                .is_ok();
             if woken {
                 tokio::time::sleep(REHASH_DELAY).await;
             }

@@ -70,7 +70,9 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 impl NodeConfig {
     pub fn from_args(args: NodeArgs) -> Result<Self> {
         let capacity_bytes = match &args.capacity {
-            Some(capacity) => parse_size(capacity).map_err(|err| NodeError::Config { reason: err.to_string() })?,
+            Some(capacity) => parse_size(capacity).map_err(|err| NodeError::Config {
+                reason: err.to_string(),
+            })?,
             None => {
                 std::fs::create_dir_all(&args.data_dir).map_err(|err| NodeError::Config {
                     reason: format!("creating {}: {err}", args.data_dir.display()),
@@ -95,12 +97,18 @@ impl NodeConfig {
 /// Total size of the filesystem holding `path`.
 pub fn filesystem_size(path: &std::path::Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| NodeError::Config { reason: format!("{} contains NUL", path.display()) })?;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| NodeError::Config {
+            reason: format!("{} contains NUL", path.display()),
+        })?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
         return Err(NodeError::Config {
-            reason: format!("statvfs {}: {}", path.display(), std::io::Error::last_os_error()),
+            reason: format!(
+                "statvfs {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ),
         });
     }
     Ok(stat.f_blocks as u64 * stat.f_frsize as u64)

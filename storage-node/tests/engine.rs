@@ -11,7 +11,13 @@ use storage_node::NodeError;
 const MIB: u64 = 1 << 20;
 
 fn pool(dir: &std::path::Path, capacity: u64) -> Pool {
-    Pool::open(dir, capacity, IoEngine::start(true), VolumeOptions::default()).unwrap()
+    Pool::open(
+        dir,
+        capacity,
+        IoEngine::start(true),
+        VolumeOptions::default(),
+    )
+    .unwrap()
 }
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -21,7 +27,11 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 
 async fn assert_hashes_match_data(volume: &Volume) {
     let from_data = volume.compute_hashes_from_data().await.unwrap();
-    assert_eq!(volume.hash_tree().leaves(), from_data.as_slice(), "hash list matches the data");
+    assert_eq!(
+        volume.hash_tree().leaves(),
+        from_data.as_slice(),
+        "hash list matches the data"
+    );
 }
 
 #[tokio::test]
@@ -30,10 +40,20 @@ async fn writes_read_back_and_hash_lists_follow() {
     let pool = pool(dir.path(), 1 << 30);
     let volume = pool.create("vol1", 64 * MIB).await.unwrap();
     let data = random_bytes(1, 3 * MIB as usize + 123);
-    volume.write(5 * MIB - 7, Bytes::from(data.clone()), false).await.unwrap();
+    volume
+        .write(5 * MIB - 7, Bytes::from(data.clone()), false)
+        .await
+        .unwrap();
     volume.flush().await.unwrap();
-    assert_eq!(volume.read(5 * MIB - 7, data.len() as u32).await.unwrap(), data);
-    assert_eq!(volume.read(0, 4096).await.unwrap(), vec![0u8; 4096], "unwritten space reads as zeros");
+    assert_eq!(
+        volume.read(5 * MIB - 7, data.len() as u32).await.unwrap(),
+        data
+    );
+    assert_eq!(
+        volume.read(0, 4096).await.unwrap(),
+        vec![0u8; 4096],
+        "unwritten space reads as zeros"
+    );
     assert!(volume.stats().dirty_chunks > 0);
     volume.settle().await.unwrap();
     assert_eq!(volume.stats().dirty_chunks, 0);
@@ -46,18 +66,33 @@ async fn volumes_are_thin_and_trim_releases_space() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(dir.path(), 1 << 40);
     let volume = pool.create("thin", 100 << 30).await.unwrap();
-    assert!(volume.stats().allocated_bytes < MIB, "a new 100 GiB volume uses no space");
-    volume.write(0, Bytes::from(vec![7u8; 8 * MIB as usize]), true).await.unwrap();
+    assert!(
+        volume.stats().allocated_bytes < MIB,
+        "a new 100 GiB volume uses no space"
+    );
+    volume
+        .write(0, Bytes::from(vec![7u8; 8 * MIB as usize]), true)
+        .await
+        .unwrap();
     let written = volume.stats().allocated_bytes;
     assert!(written >= 8 * MIB, "allocated {written}");
     volume.write_zeroes(0, 8 * MIB, true, true).await.unwrap();
-    assert!(volume.stats().allocated_bytes < written, "trim released space");
+    assert!(
+        volume.stats().allocated_bytes < written,
+        "trim released space"
+    );
     assert_eq!(volume.read(0, 4096).await.unwrap(), vec![0u8; 4096]);
 
     let small = pool.create("small", 32 * MIB).await.unwrap();
-    small.write(0, Bytes::from(vec![7u8; 8 * MIB as usize]), false).await.unwrap();
+    small
+        .write(0, Bytes::from(vec![7u8; 8 * MIB as usize]), false)
+        .await
+        .unwrap();
     small.write_zeroes(MIB, 3 * MIB, true, false).await.unwrap();
-    small.write_zeroes(5 * MIB, 4096, false, false).await.unwrap();
+    small
+        .write_zeroes(5 * MIB, 4096, false, false)
+        .await
+        .unwrap();
     small.settle().await.unwrap();
     assert_hashes_match_data(&small).await;
 }
@@ -67,17 +102,43 @@ async fn bad_input_is_refused_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(dir.path(), 100 * MIB);
     let volume = pool.create("vol", 16 * MIB).await.unwrap();
-    volume.write(0, Bytes::from_static(b"keep me"), true).await.unwrap();
-    assert!(matches!(volume.read(16 * MIB - 10, 20).await, Err(NodeError::OutOfRange { .. })));
-    assert!(matches!(volume.write(u64::MAX - 2, Bytes::from_static(b"xyz"), false).await, Err(NodeError::OutOfRange { .. })));
-    assert!(matches!(volume.write_zeroes(16 * MIB, 1, true, false).await, Err(NodeError::OutOfRange { .. })));
+    volume
+        .write(0, Bytes::from_static(b"keep me"), true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        volume.read(16 * MIB - 10, 20).await,
+        Err(NodeError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        volume
+            .write(u64::MAX - 2, Bytes::from_static(b"xyz"), false)
+            .await,
+        Err(NodeError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        volume.write_zeroes(16 * MIB, 1, true, false).await,
+        Err(NodeError::OutOfRange { .. })
+    ));
     assert_eq!(volume.read(0, 7).await.unwrap(), b"keep me");
 
-    assert!(matches!(pool.create("big", 90 * MIB).await, Err(NodeError::PoolFull { .. })));
-    assert!(matches!(pool.create("vol", MIB).await, Err(NodeError::VolumeExists { .. })));
-    assert!(matches!(pool.create("odd", 1000).await, Err(NodeError::BadSize { .. })));
+    assert!(matches!(
+        pool.create("big", 90 * MIB).await,
+        Err(NodeError::PoolFull { .. })
+    ));
+    assert!(matches!(
+        pool.create("vol", MIB).await,
+        Err(NodeError::VolumeExists { .. })
+    ));
+    assert!(matches!(
+        pool.create("odd", 1000).await,
+        Err(NodeError::BadSize { .. })
+    ));
     assert!(pool.create("../escape", MIB).await.is_err());
-    assert!(matches!(volume.resize(8 * MIB).await, Err(NodeError::ShrinkRefused { .. })));
+    assert!(matches!(
+        volume.resize(8 * MIB).await,
+        Err(NodeError::ShrinkRefused { .. })
+    ));
 }
 
 #[tokio::test]
@@ -86,10 +147,16 @@ async fn resize_grows_and_keeps_data_and_hashes() {
     let pool = pool(dir.path(), 1 << 30);
     let volume = pool.create("grow", 10 * MIB + 512).await.unwrap();
     let data = random_bytes(2, MIB as usize);
-    volume.write(9 * MIB, Bytes::from(data.clone()), true).await.unwrap();
+    volume
+        .write(9 * MIB, Bytes::from(data.clone()), true)
+        .await
+        .unwrap();
     pool.resize("grow", 40 * MIB).await.unwrap();
     assert_eq!(volume.size_bytes(), 40 * MIB);
-    volume.write(39 * MIB, Bytes::from(data.clone()), true).await.unwrap();
+    volume
+        .write(39 * MIB, Bytes::from(data.clone()), true)
+        .await
+        .unwrap();
     assert_eq!(volume.read(9 * MIB, MIB as u32).await.unwrap(), data);
     volume.settle().await.unwrap();
     assert_hashes_match_data(&volume).await;
@@ -116,7 +183,10 @@ async fn after_a_crash_the_hash_list_matches_the_data() {
             for _ in 0..200 {
                 let offset = rng.random_range(0..(256 * MIB - 65536)) & !511;
                 let len = rng.random_range(1..128) * 512;
-                volume.write(offset, Bytes::from(random_bytes(rng.random(), len)), false).await.unwrap();
+                volume
+                    .write(offset, Bytes::from(random_bytes(rng.random(), len)), false)
+                    .await
+                    .unwrap();
             }
             volume.flush().await.unwrap();
             if round == 0 {
@@ -124,7 +194,10 @@ async fn after_a_crash_the_hash_list_matches_the_data() {
             } else {
                 // Half of the dirty chunks rehashed, nothing checkpointed.
                 volume.rehash_dirty().await.unwrap();
-                volume.write(0, Bytes::from(vec![9u8; 4096]), true).await.unwrap();
+                volume
+                    .write(0, Bytes::from(vec![9u8; 4096]), true)
+                    .await
+                    .unwrap();
             }
         }
         assert!(volume.stats().marked_extents > 0);
@@ -132,7 +205,11 @@ async fn after_a_crash_the_hash_list_matches_the_data() {
     }
     let pool = pool(dir.path(), 1 << 30);
     let volume = pool.get("crashy").unwrap();
-    assert_eq!(volume.stats().marked_extents, 0, "recovery unmarked every extent");
+    assert_eq!(
+        volume.stats().marked_extents,
+        0,
+        "recovery unmarked every extent"
+    );
     assert_eq!(volume.read(0, 4096).await.unwrap(), vec![9u8; 4096]);
     assert_hashes_match_data(&volume).await;
 }
@@ -147,7 +224,10 @@ async fn concurrent_writes_to_one_chunk_leave_a_true_hash() {
         let volume = volume.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50u64 {
-                volume.write((i % 16) * 4096, Bytes::from(vec![writer; 4096]), false).await.unwrap();
+                volume
+                    .write((i % 16) * 4096, Bytes::from(vec![writer; 4096]), false)
+                    .await
+                    .unwrap();
                 if i % 10 == 0 {
                     volume.rehash_dirty().await.unwrap();
                 }

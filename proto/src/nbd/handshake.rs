@@ -71,7 +71,11 @@ impl ServerHandshake {
         out.put_u64(NBDMAGIC);
         out.put_u64(IHAVEOPT);
         out.put_u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
-        Self { state: State::AwaitClientFlags, no_zeroes: false, out }
+        Self {
+            state: State::AwaitClientFlags,
+            no_zeroes: false,
+            out,
+        }
     }
 
     /// Bytes to send to the client, if any are pending.
@@ -165,7 +169,9 @@ impl ServerHandshake {
             }
             OPT_ABORT => {
                 self.reply(option, REP_ACK, &[]);
-                Some(HandshakeOutcome::Closed { reason: "client aborted the handshake".into() })
+                Some(HandshakeOutcome::Closed {
+                    reason: "client aborted the handshake".into(),
+                })
             }
             OPT_LIST => {
                 if !data.is_empty() {

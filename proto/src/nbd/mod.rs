@@ -16,9 +16,7 @@ mod transmission;
 pub use consts::*;
 pub use error::NbdError;
 pub use handshake::{ExportCatalog, ExportInfo, HandshakeOutcome, ServerHandshake};
-pub use transmission::{
-    decode_request, encode_simple_reply, Command, Request, REQUEST_HEADER_LEN,
-};
+pub use transmission::{decode_request, encode_simple_reply, Command, Request, REQUEST_HEADER_LEN};
 
 #[cfg(test)]
 mod tests;

@@ -57,7 +57,10 @@ fn started() -> ServerHandshake {
     let greeting = server.poll_transmit().unwrap();
     assert_eq!(&greeting[..8], &NBDMAGIC.to_be_bytes());
     assert_eq!(&greeting[8..16], &IHAVEOPT.to_be_bytes());
-    assert_eq!(u16::from_be_bytes([greeting[16], greeting[17]]), FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+    assert_eq!(
+        u16::from_be_bytes([greeting[16], greeting[17]]),
+        FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES
+    );
     server
 }
 
@@ -66,11 +69,17 @@ fn go_reports_size_flags_and_block_size_then_starts_transmission() {
     let mut server = started();
     let mut input = BytesMut::new();
     input.put_u32(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
-    option(&mut input, OPT_GO, &info_request("vol1", &[INFO_BLOCK_SIZE, INFO_NAME]));
+    option(
+        &mut input,
+        OPT_GO,
+        &info_request("vol1", &[INFO_BLOCK_SIZE, INFO_NAME]),
+    );
     input.put_slice(b"extra"); // first bytes of the transmission phase stay put
 
     let outcome = server.handle_input(&mut input, &OneExport).unwrap();
-    let Some(HandshakeOutcome::Transmission(export)) = outcome else { panic!("{outcome:?}") };
+    let Some(HandshakeOutcome::Transmission(export)) = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(export.size_bytes, 1 << 30);
     assert_eq!(&input[..], b"extra");
 
@@ -80,10 +89,16 @@ fn go_reports_size_flags_and_block_size_then_starts_transmission() {
     let mut export_info = parsed[0].2.clone();
     assert_eq!(export_info.get_u16(), INFO_EXPORT);
     assert_eq!(export_info.get_u64(), 1 << 30);
-    assert_eq!(export_info.get_u16(), TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA);
+    assert_eq!(
+        export_info.get_u16(),
+        TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA
+    );
     let mut block = parsed[1].2.clone();
     assert_eq!(block.get_u16(), INFO_BLOCK_SIZE);
-    assert_eq!((block.get_u32(), block.get_u32(), block.get_u32()), (1, 4096, MAX_REQUEST_LEN));
+    assert_eq!(
+        (block.get_u32(), block.get_u32(), block.get_u32()),
+        (1, 4096, MAX_REQUEST_LEN)
+    );
     assert_eq!(&parsed[2].2[2..], b"vol1");
 }
 
@@ -119,8 +134,19 @@ fn unknown_export_on_info_is_an_error_reply_and_haggling_continues() {
     option(&mut input, 999, &[]);
     option(&mut input, OPT_INFO, &[0, 0]); // malformed
     assert_eq!(server.handle_input(&mut input, &OneExport).unwrap(), None);
-    let types: Vec<u32> = replies(server.poll_transmit().unwrap()).iter().map(|r| r.1).collect();
-    assert_eq!(types, vec![REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_ERR_UNSUP, REP_ERR_INVALID]);
+    let types: Vec<u32> = replies(server.poll_transmit().unwrap())
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            REP_ERR_UNKNOWN,
+            REP_ERR_UNSUP,
+            REP_ERR_UNSUP,
+            REP_ERR_INVALID
+        ]
+    );
 }
 
 #[test]
@@ -204,11 +230,27 @@ fn requests_decode_and_wait_for_their_payload() {
         vec![
             Request {
                 cookie: 7,
-                command: Command::Write { offset: 4096, data: Bytes::from_static(b"abcd"), fua: true }
+                command: Command::Write {
+                    offset: 4096,
+                    data: Bytes::from_static(b"abcd"),
+                    fua: true
+                }
             },
-            Request { cookie: 8, command: Command::Read { offset: 0, length: 512 } },
-            Request { cookie: 9, command: Command::Flush },
-            Request { cookie: 10, command: Command::Unknown { command_type: 42 } },
+            Request {
+                cookie: 8,
+                command: Command::Read {
+                    offset: 0,
+                    length: 512
+                }
+            },
+            Request {
+                cookie: 9,
+                command: Command::Flush
+            },
+            Request {
+                cookie: 10,
+                command: Command::Unknown { command_type: 42 }
+            },
         ]
     );
     assert!(input.is_empty());

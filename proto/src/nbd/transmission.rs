@@ -18,14 +18,32 @@ pub const REQUEST_HEADER_LEN: usize = 28;
 /// One transmission-phase command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Read { offset: u64, length: u32 },
-    Write { offset: u64, data: Bytes, fua: bool },
+    Read {
+        offset: u64,
+        length: u32,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
     Flush,
-    Trim { offset: u64, length: u32, fua: bool },
-    WriteZeroes { offset: u64, length: u32, fua: bool, no_hole: bool },
+    Trim {
+        offset: u64,
+        length: u32,
+        fua: bool,
+    },
+    WriteZeroes {
+        offset: u64,
+        length: u32,
+        fua: bool,
+        no_hole: bool,
+    },
     Disconnect,
     /// A command type this server does not implement; answered with EINVAL.
-    Unknown { command_type: u16 },
+    Unknown {
+        command_type: u16,
+    },
 }
 
 /// A request as received: the cookie (handle) echoes back in the reply.
@@ -61,7 +79,11 @@ pub fn decode_request(
 
     let has_payload = command_type == CMD_WRITE;
     if (has_payload || command_type == CMD_READ) && length > max_request_bytes {
-        return Err(NbdError::RequestTooLarge { cookie, length, max: max_request_bytes });
+        return Err(NbdError::RequestTooLarge {
+            cookie,
+            length,
+            max: max_request_bytes,
+        });
     }
     let payload_len = if has_payload { length as usize } else { 0 };
     if input.len() < REQUEST_HEADER_LEN + payload_len {
@@ -71,17 +93,27 @@ pub fn decode_request(
     input.advance(REQUEST_HEADER_LEN);
     let command = match command_type {
         CMD_READ => Command::Read { offset, length },
-        CMD_WRITE => Command::Write { offset, data: input.split_to(payload_len).freeze(), fua },
+        CMD_WRITE => Command::Write {
+            offset,
+            data: input.split_to(payload_len).freeze(),
+            fua,
+        },
         CMD_DISC => Command::Disconnect,
         CMD_FLUSH => Command::Flush,
-        CMD_TRIM => Command::Trim { offset, length, fua },
+        CMD_TRIM => Command::Trim {
+            offset,
+            length,
+            fua,
+        },
         CMD_WRITE_ZEROES => Command::WriteZeroes {
             offset,
             length,
             fua,
             no_hole: flags & CMD_FLAG_NO_HOLE != 0,
         },
-        other => Command::Unknown { command_type: other },
+        other => Command::Unknown {
+            command_type: other,
+        },
     };
     Ok(Some(Request { cookie, command }))
 }

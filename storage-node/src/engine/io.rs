@@ -79,14 +79,19 @@ impl IoEngine {
             match start_uring_thread() {
                 Ok(handle) => {
                     tracing::info!(io_backend = "io_uring", "I/O backend chosen");
-                    return Self { uring: Some(handle) };
+                    return Self {
+                        uring: Some(handle),
+                    };
                 }
                 Err(err) => {
                     tracing::warn!(io_backend = "threads", error = %err, "io_uring unavailable; using the portable fallback");
                 }
             }
         } else {
-            tracing::info!(io_backend = "threads", "I/O backend chosen by configuration");
+            tracing::info!(
+                io_backend = "threads",
+                "I/O backend chosen by configuration"
+            );
         }
         Self { uring: None }
     }
@@ -100,12 +105,19 @@ impl IoEngine {
     }
 
     /// Reads exactly `length` bytes at `offset`; bytes past the end of the file read as zero.
-    pub async fn read_at(&self, file: &Arc<File>, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+    pub async fn read_at(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        length: usize,
+    ) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; length];
         let mut done = 0;
         while done < length {
             let chunk = std::mem::take(&mut buf);
-            let (result, returned) = self.read_once(file, offset + done as u64, chunk, done).await;
+            let (result, returned) = self
+                .read_once(file, offset + done as u64, chunk, done)
+                .await;
             buf = returned;
             match result? {
                 0 => break, // end of file: the rest stays zero
@@ -116,13 +128,20 @@ impl IoEngine {
     }
 
     /// One read into `buf[start..]`; returns the buffer either way.
-    async fn read_once(&self, file: &Arc<File>, offset: u64, mut buf: Vec<u8>, start: usize) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_once(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        mut buf: Vec<u8>,
+        start: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
         match &self.uring {
             Some(uring) => {
                 // The ring reads into the front of the buffer it is given, so
                 // hand it the tail and stitch it back.
                 let tail = buf.split_off(start);
-                let (result, returned) = uring.submit(file, offset, OpKind::Read { buf: tail }).await;
+                let (result, returned) =
+                    uring.submit(file, offset, OpKind::Read { buf: tail }).await;
                 buf.extend_from_slice(&returned.unwrap_or_default());
                 (result, buf)
             }
@@ -144,7 +163,12 @@ impl IoEngine {
         while written < data.len() {
             let rest = data.slice(written..);
             let n = match &self.uring {
-                Some(uring) => uring.submit(file, offset + written as u64, OpKind::Write { data: rest }).await.0?,
+                Some(uring) => {
+                    uring
+                        .submit(file, offset + written as u64, OpKind::Write { data: rest })
+                        .await
+                        .0?
+                }
                 None => {
                     let file = file.clone();
                     let at = offset + written as u64;
@@ -167,7 +191,9 @@ impl IoEngine {
             Some(uring) => uring.submit(file, 0, OpKind::Fdatasync).await.0.map(|_| ()),
             None => {
                 let file = file.clone();
-                tokio::task::spawn_blocking(move || file.sync_data()).await.expect("fdatasync task does not panic")
+                tokio::task::spawn_blocking(move || file.sync_data())
+                    .await
+                    .expect("fdatasync task does not panic")
             }
         }
     }
@@ -196,15 +222,30 @@ pub async fn punch_hole(file: &Arc<File>, offset: u64, length: u64) -> io::Resul
 }
 
 impl UringHandle {
-    async fn submit(&self, file: &Arc<File>, offset: u64, kind: OpKind) -> (io::Result<usize>, Option<Vec<u8>>) {
+    async fn submit(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        kind: OpKind,
+    ) -> (io::Result<usize>, Option<Vec<u8>>) {
         let (reply, receiver) = oneshot::channel();
-        let op = UringOp { file: file.clone(), offset, kind, reply };
+        let op = UringOp {
+            file: file.clone(),
+            offset,
+            kind,
+            reply,
+        };
         if self.sender.send(op).is_err() {
             return (Err(io::Error::other("io_uring thread has stopped")), None);
         }
         let one: u64 = 1;
         unsafe { libc::write(self.wake_fd.0, &one as *const u64 as *const libc::c_void, 8) };
-        receiver.await.unwrap_or_else(|_| (Err(io::Error::other("io_uring thread dropped an operation")), None))
+        receiver.await.unwrap_or_else(|_| {
+            (
+                Err(io::Error::other("io_uring thread dropped an operation")),
+                None,
+            )
+        })
     }
 }
 
@@ -232,7 +273,9 @@ fn run_ring(mut ring: IoUring, receiver: std_mpsc::Receiver<UringOp>, wake_fd: A
     let mut backlog: std::collections::VecDeque<UringOp> = Default::default();
     loop {
         if !wake_armed {
-            let read = opcode::Read::new(types::Fd(wake_fd.0), wake_buf.as_mut_ptr(), 8).build().user_data(WAKE_TOKEN);
+            let read = opcode::Read::new(types::Fd(wake_fd.0), wake_buf.as_mut_ptr(), 8)
+                .build()
+                .user_data(WAKE_TOKEN);
             if unsafe { ring.submission().push(&read) }.is_ok() {
                 wake_armed = true;
             }
@@ -255,10 +298,16 @@ fn run_ring(mut ring: IoUring, receiver: std_mpsc::Receiver<UringOp>, wake_fd: A
             let fd = types::Fd(op.file.as_raw_fd());
             let entry = match &op.kind {
                 OpKind::Read { buf } => {
-                    opcode::Read::new(fd, buf.as_ptr() as *mut u8, buf.len() as u32).offset(op.offset).build()
+                    opcode::Read::new(fd, buf.as_ptr() as *mut u8, buf.len() as u32)
+                        .offset(op.offset)
+                        .build()
                 }
-                OpKind::Write { data } => opcode::Write::new(fd, data.as_ptr(), data.len() as u32).offset(op.offset).build(),
-                OpKind::Fdatasync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+                OpKind::Write { data } => opcode::Write::new(fd, data.as_ptr(), data.len() as u32)
+                    .offset(op.offset)
+                    .build(),
+                OpKind::Fdatasync => opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
             }
             .user_data(token);
             if unsafe { ring.submission().push(&entry) }.is_err() {
@@ -274,18 +323,29 @@ fn run_ring(mut ring: IoUring, receiver: std_mpsc::Receiver<UringOp>, wake_fd: A
             }
             tracing::error!(error = %err, "io_uring submit failed; failing in-flight operations");
             for (_, op) in in_flight.drain() {
-                let _ = op.reply.send((Err(io::Error::other(err.to_string())), None));
+                let _ = op
+                    .reply
+                    .send((Err(io::Error::other(err.to_string())), None));
             }
             continue;
         }
-        let completions: Vec<(u64, i32)> = ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
+        let completions: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|cqe| (cqe.user_data(), cqe.result()))
+            .collect();
         for (token, result) in completions {
             if token == WAKE_TOKEN {
                 wake_armed = false;
                 continue;
             }
-            let Some(op) = in_flight.remove(&token) else { continue };
-            let result = if result < 0 { Err(io::Error::from_raw_os_error(-result)) } else { Ok(result as usize) };
+            let Some(op) = in_flight.remove(&token) else {
+                continue;
+            };
+            let result = if result < 0 {
+                Err(io::Error::from_raw_os_error(-result))
+            } else {
+                Ok(result as usize)
+            };
             let buf = match op.kind {
                 OpKind::Read { buf } => Some(buf),
                 _ => None,
@@ -302,13 +362,25 @@ mod tests {
     async fn round_trip(engine: IoEngine) {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap(),
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("f"))
+                .unwrap(),
         );
         file.set_len(1 << 20).unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        engine.write_at(&file, 12_345, Bytes::from(data.clone())).await.unwrap();
+        engine
+            .write_at(&file, 12_345, Bytes::from(data.clone()))
+            .await
+            .unwrap();
         engine.fdatasync(&file).await.unwrap();
-        assert_eq!(engine.read_at(&file, 12_345, data.len()).await.unwrap(), data);
+        assert_eq!(
+            engine.read_at(&file, 12_345, data.len()).await.unwrap(),
+            data
+        );
         // Past the end of the file reads as zeros.
         let tail = engine.read_at(&file, (1 << 20) - 10, 100).await.unwrap();
         assert_eq!(tail, vec![0u8; 100]);
@@ -320,7 +392,11 @@ mod tests {
     #[tokio::test]
     async fn io_uring_round_trip() {
         let engine = IoEngine::start(true);
-        assert_eq!(engine.kind(), IoBackendKind::IoUring, "this kernel has io_uring");
+        assert_eq!(
+            engine.kind(),
+            IoBackendKind::IoUring,
+            "this kernel has io_uring"
+        );
         round_trip(engine).await;
     }
 

@@ -57,8 +57,12 @@ impl VolumeMeta {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|err| bad(err.to_string()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|err| bad(err.to_string()))?;
-        let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|err| bad(err.to_string()))?;
+        let version = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as u32;
         if version > FORMAT_VERSION {
             return Err(bad(format!(
                 "format version {version} is newer than this build understands ({FORMAT_VERSION}); upgrade the node"
@@ -82,11 +86,14 @@ impl VolumeMeta {
         };
         let tmp = path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(io_error)?;
-        file.write_all(&serde_json::to_vec_pretty(self).expect("metadata serializes")).map_err(io_error)?;
+        file.write_all(&serde_json::to_vec_pretty(self).expect("metadata serializes"))
+            .map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         std::fs::rename(&tmp, path).map_err(io_error)?;
         if let Some(dir) = path.parent() {
-            std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(io_error)?;
+            std::fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io_error)?;
         }
         Ok(())
     }

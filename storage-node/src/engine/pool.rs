@@ -24,7 +24,12 @@ pub struct Pool {
 impl Pool {
     /// Opens (or creates) the pool at `dir`, opening every volume in it and
     /// recovering their hash lists. Blocking.
-    pub fn open(dir: &Path, capacity_bytes: u64, io: IoEngine, options: VolumeOptions) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        capacity_bytes: u64,
+        io: IoEngine,
+        options: VolumeOptions,
+    ) -> Result<Self> {
         let volumes_dir = dir.join("volumes");
         std::fs::create_dir_all(&volumes_dir).map_err(|source| NodeError::Io {
             volume: String::new(),
@@ -50,7 +55,13 @@ impl Pool {
             volumes.insert(volume.name().to_string(), volume);
         }
         tracing::info!(pool = %dir.display(), volumes = volumes.len(), capacity_bytes, "pool opened");
-        Ok(Self { dir: dir.to_path_buf(), capacity_bytes, io, options, volumes: Mutex::new(volumes) })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            capacity_bytes,
+            io,
+            options,
+            volumes: Mutex::new(volumes),
+        })
     }
 
     pub fn capacity_bytes(&self) -> u64 {
@@ -62,7 +73,12 @@ impl Pool {
     }
 
     pub fn provisioned_bytes(&self) -> u64 {
-        self.volumes.lock().unwrap().values().map(|volume| volume.size_bytes()).sum()
+        self.volumes
+            .lock()
+            .unwrap()
+            .values()
+            .map(|volume| volume.size_bytes())
+            .sum()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Volume>> {
@@ -95,7 +111,9 @@ impl Pool {
             });
         }
         if self.get(name).is_some() {
-            return Err(NodeError::VolumeExists { volume: name.to_string() });
+            return Err(NodeError::VolumeExists {
+                volume: name.to_string(),
+            });
         }
         self.check_room(size_bytes)?;
         let dir = self.dir.join("volumes").join(name);
@@ -104,13 +122,18 @@ impl Pool {
         let volume = tokio::task::spawn_blocking(move || Volume::create(&dir, meta, io, options))
             .await
             .expect("volume create does not panic")?;
-        self.volumes.lock().unwrap().insert(name.to_string(), volume.clone());
+        self.volumes
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), volume.clone());
         tracing::info!(volume = name, size_bytes, "volume created");
         Ok(volume)
     }
 
     pub async fn resize(&self, name: &str, size_bytes: u64) -> Result<()> {
-        let volume = self.get(name).ok_or_else(|| NodeError::VolumeNotFound { volume: name.to_string() })?;
+        let volume = self.get(name).ok_or_else(|| NodeError::VolumeNotFound {
+            volume: name.to_string(),
+        })?;
         let current = volume.size_bytes();
         if size_bytes > current {
             self.check_room(size_bytes - current)?;
@@ -120,23 +143,27 @@ impl Pool {
 
     /// Removes a volume and its data. Callers stop serving it first.
     pub async fn delete(&self, name: &str) -> Result<()> {
-        let volume = self
-            .volumes
-            .lock()
-            .unwrap()
-            .remove(name)
-            .ok_or_else(|| NodeError::VolumeNotFound { volume: name.to_string() })?;
+        let volume =
+            self.volumes
+                .lock()
+                .unwrap()
+                .remove(name)
+                .ok_or_else(|| NodeError::VolumeNotFound {
+                    volume: name.to_string(),
+                })?;
         let dir = volume.dir().to_path_buf();
         drop(volume);
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).map_err(|source| (dir, source)))
-            .await
-            .expect("remove does not panic")
-            .map_err(|(dir, source)| NodeError::Io {
-                volume: name.to_string(),
-                op: "delete",
-                path: dir.display().to_string(),
-                source,
-            })?;
+        tokio::task::spawn_blocking(move || {
+            std::fs::remove_dir_all(&dir).map_err(|source| (dir, source))
+        })
+        .await
+        .expect("remove does not panic")
+        .map_err(|(dir, source)| NodeError::Io {
+            volume: name.to_string(),
+            op: "delete",
+            path: dir.display().to_string(),
+            source,
+        })?;
         tracing::info!(volume = name, "volume deleted");
         Ok(())
     }

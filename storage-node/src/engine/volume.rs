@@ -108,7 +108,9 @@ impl ActivityState {
         self.write_generation.resize(n_extents as usize, 0);
     }
     fn marked_extents(&self) -> Vec<u64> {
-        (0..self.marked_at.len() as u64).filter(|extent| self.is_marked(*extent)).collect()
+        (0..self.marked_at.len() as u64)
+            .filter(|extent| self.is_marked(*extent))
+            .collect()
     }
 }
 
@@ -148,36 +150,56 @@ pub struct Volume {
     maintenance: tokio::sync::Mutex<()>,
     rehash_wanted: tokio::sync::Notify,
     options: VolumeOptions,
+    /// Extents rehashed by crash recovery when this volume was opened.
+    recovered_extents: AtomicU64,
 }
 
 fn io_err(volume: &str, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NodeError {
     let volume = volume.to_string();
     let path = path.display().to_string();
-    move |source| NodeError::Io { volume, op, path, source }
+    move |source| NodeError::Io {
+        volume,
+        op,
+        path,
+        source,
+    }
 }
 
 impl Volume {
     /// Creates a volume directory; the metadata file is written last, so a
     /// directory without one is an unfinished create (no data in it was
     /// ever acknowledged) and the pool removes it.
-    pub fn create(dir: &Path, meta: VolumeMeta, io: IoEngine, options: VolumeOptions) -> Result<Arc<Self>> {
+    pub fn create(
+        dir: &Path,
+        meta: VolumeMeta,
+        io: IoEngine,
+        options: VolumeOptions,
+    ) -> Result<Arc<Self>> {
         let name = meta.name.clone();
-        if meta.size_bytes == 0 || meta.size_bytes % 512 != 0 {
-            return Err(NodeError::BadSize { volume: name, size_bytes: meta.size_bytes });
+        if meta.size_bytes == 0 || !meta.size_bytes.is_multiple_of(512) {
+            return Err(NodeError::BadSize {
+                volume: name,
+                size_bytes: meta.size_bytes,
+            });
         }
         std::fs::create_dir_all(dir).map_err(io_err(&name, "create dir", dir))?;
         let data_path = dir.join("data");
         let data = File::create(&data_path).map_err(io_err(&name, "create data", &data_path))?;
-        data.set_len(meta.size_bytes).map_err(io_err(&name, "size data", &data_path))?;
-        data.sync_all().map_err(io_err(&name, "sync data", &data_path))?;
+        data.set_len(meta.size_bytes)
+            .map_err(io_err(&name, "size data", &data_path))?;
+        data.sync_all()
+            .map_err(io_err(&name, "sync data", &data_path))?;
 
         let zero = chunk_hash(&vec![0u8; meta.chunk_size_bytes as usize]);
         let hashes_path = dir.join("hashes");
-        let hashes = File::create(&hashes_path).map_err(io_err(&name, "create hashes", &hashes_path))?;
+        let hashes =
+            File::create(&hashes_path).map_err(io_err(&name, "create hashes", &hashes_path))?;
         let mut header = vec![0u8; HASHES_HEADER_LEN as usize];
         header[..8].copy_from_slice(HASHES_MAGIC);
         header[8..16].copy_from_slice(&meta.chunk_size_bytes.to_le_bytes());
-        hashes.write_all_at(&header, 0).map_err(io_err(&name, "write hashes", &hashes_path))?;
+        hashes
+            .write_all_at(&header, 0)
+            .map_err(io_err(&name, "write hashes", &hashes_path))?;
         write_leaves(&hashes, 0, &vec![zero; meta.n_chunks() as usize])
             .and_then(|_| hashes.sync_all())
             .map_err(io_err(&name, "write hashes", &hashes_path))?;
@@ -192,11 +214,18 @@ impl Volume {
     /// Opens a volume, rehashing the extents its activity log marks.
     pub fn open(dir: &Path, io: IoEngine, options: VolumeOptions) -> Result<Arc<Self>> {
         let meta_path = dir.join("volume.json");
-        let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let meta = VolumeMeta::load(&dir_name, &meta_path)?;
         let name = meta.name.clone();
         let open_rw = |path: &Path, op| {
-            std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io_err(&name, op, path))
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io_err(&name, op, path))
         };
         let data_path = dir.join("data");
         let data = open_rw(&data_path, "open data")?;
@@ -207,14 +236,20 @@ impl Volume {
         hashes
             .read_exact_at(&mut leaf_bytes, HASHES_HEADER_LEN)
             .map_err(io_err(&name, "read hashes", &hashes_path))?;
-        let leaves: Vec<ChunkHash> = leaf_bytes.chunks_exact(32).map(|leaf| leaf.try_into().unwrap()).collect();
+        let leaves: Vec<ChunkHash> = leaf_bytes
+            .chunks_exact(32)
+            .map(|leaf| leaf.try_into().unwrap())
+            .collect();
         let log_path = dir.join("activity.log");
         let (activity_log, marked) =
             ActivityLog::open(&log_path).map_err(io_err(&name, "open activity log", &log_path))?;
 
         let n_extents = meta.n_extents();
         let mut activity = ActivityState::new(n_extents);
-        let mut to_rehash: Vec<u64> = marked.into_iter().filter(|extent| *extent < n_extents).collect();
+        let mut to_rehash: Vec<u64> = marked
+            .into_iter()
+            .filter(|extent| *extent < n_extents)
+            .collect();
         if !options.hash_upkeep {
             // Without upkeep the list will go stale: mark everything now so the
             // next open with upkeep rehashes it all.
@@ -235,11 +270,17 @@ impl Volume {
             extent_chunks: meta.extent_chunks,
             zero_chunk_hash: chunk_hash(&vec![0u8; meta.chunk_size_bytes as usize]),
             meta: Mutex::new(meta),
-            state: Mutex::new(HashState { tree: HashTree::from_leaves(leaves), dirty: HashMap::new(), activity, n_extents }),
+            state: Mutex::new(HashState {
+                tree: HashTree::from_leaves(leaves),
+                dirty: HashMap::new(),
+                activity,
+                n_extents,
+            }),
             activity_persist: tokio::sync::Mutex::new(()),
             maintenance: tokio::sync::Mutex::new(()),
             rehash_wanted: tokio::sync::Notify::new(),
             options,
+            recovered_extents: AtomicU64::new(0),
         });
         if options.hash_upkeep && !to_rehash.is_empty() {
             volume.recover(&to_rehash)?;
@@ -269,16 +310,30 @@ impl Volume {
                     .map_err(io_err(&self.name, "rehash", &data_path))?;
                 state.tree.set_leaf(chunk_idx, chunk_hash(&buf));
             }
-            write_leaves(&self.hashes, first, &state.tree.leaves()[first as usize..last as usize])
-                .map_err(io_err(&self.name, "write hashes", &self.dir.join("hashes")))?;
+            write_leaves(
+                &self.hashes,
+                first,
+                &state.tree.leaves()[first as usize..last as usize],
+            )
+            .map_err(io_err(&self.name, "write hashes", &self.dir.join("hashes")))?;
         }
-        self.hashes.sync_data().map_err(io_err(&self.name, "sync hashes", &self.dir.join("hashes")))?;
+        self.hashes.sync_data().map_err(io_err(
+            &self.name,
+            "sync hashes",
+            &self.dir.join("hashes"),
+        ))?;
         for extent in extents {
             state.activity.set(*extent, false);
         }
         self.activity_log
             .write(&state.activity.marked, state.n_extents)
-            .map_err(io_err(&self.name, "write activity log", &self.dir.join("activity.log")))?;
+            .map_err(io_err(
+                &self.name,
+                "write activity log",
+                &self.dir.join("activity.log"),
+            ))?;
+        self.recovered_extents
+            .store(extents.len() as u64, Ordering::Release);
         tracing::info!(
             volume = %self.name,
             extents = extents.len(),
@@ -310,6 +365,11 @@ impl Volume {
         self.size_bytes().div_ceil(self.chunk_size).max(1)
     }
 
+    /// Extents crash recovery rehashed when the volume was opened (0 after a clean shutdown).
+    pub fn recovered_extents(&self) -> u64 {
+        self.recovered_extents.load(Ordering::Acquire)
+    }
+
     pub fn options(&self) -> VolumeOptions {
         self.options
     }
@@ -318,7 +378,13 @@ impl Volume {
         let size = self.size_bytes();
         match offset.checked_add(length) {
             Some(end) if end <= size => Ok(()),
-            _ => Err(NodeError::OutOfRange { volume: self.name.clone(), op, offset, length, size }),
+            _ => Err(NodeError::OutOfRange {
+                volume: self.name.clone(),
+                op,
+                offset,
+                length,
+                size,
+            }),
         }
     }
 
@@ -328,14 +394,21 @@ impl Volume {
 
     pub async fn read(&self, offset: u64, length: u32) -> Result<Vec<u8>> {
         self.check_range("read", offset, length as u64)?;
-        self.io.read_at(&self.data, offset, length as usize).await.map_err(self.data_err("read"))
+        self.io
+            .read_at(&self.data, offset, length as usize)
+            .await
+            .map_err(self.data_err("read"))
     }
 
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
         let length = data.len() as u64;
         self.check_range("write", offset, length)?;
         let chunks = self.begin_write(offset, length).await?;
-        let result = self.io.write_at(&self.data, offset, data).await.map_err(self.data_err("write"));
+        let result = self
+            .io
+            .write_at(&self.data, offset, data)
+            .await
+            .map_err(self.data_err("write"));
         self.end_write(chunks);
         result?;
         if fua {
@@ -346,16 +419,27 @@ impl Volume {
 
     /// Zeroes a range. With `may_punch` the space is released (TRIM,
     /// WRITE_ZEROES without NO_HOLE); otherwise zeros are written.
-    pub async fn write_zeroes(&self, offset: u64, length: u64, may_punch: bool, fua: bool) -> Result<()> {
+    pub async fn write_zeroes(
+        &self,
+        offset: u64,
+        length: u64,
+        may_punch: bool,
+        fua: bool,
+    ) -> Result<()> {
         self.check_range("write zeroes", offset, length)?;
         if length == 0 {
             return Ok(());
         }
         let chunks = self.begin_write(offset, length).await?;
         let result = if may_punch {
-            punch_hole(&self.data, offset, length).await.map_err(self.data_err("punch hole"))
+            punch_hole(&self.data, offset, length)
+                .await
+                .map_err(self.data_err("punch hole"))
         } else {
-            self.io.write_at(&self.data, offset, Bytes::from(vec![0u8; length as usize])).await.map_err(self.data_err("write zeroes"))
+            self.io
+                .write_at(&self.data, offset, Bytes::from(vec![0u8; length as usize]))
+                .await
+                .map_err(self.data_err("write zeroes"))
         };
         self.end_write(chunks);
         result?;
@@ -367,7 +451,10 @@ impl Volume {
 
     pub async fn flush(&self) -> Result<()> {
         let started = Instant::now();
-        self.io.fdatasync(&self.data).await.map_err(self.data_err("fdatasync"))?;
+        self.io
+            .fdatasync(&self.data)
+            .await
+            .map_err(self.data_err("fdatasync"))?;
         metrics::histogram!("tether_volume_flush_seconds", "volume" => self.name.clone())
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -431,13 +518,21 @@ impl Volume {
             if state.activity.durable_version >= version {
                 return Ok(());
             }
-            (state.activity.marked.clone(), state.n_extents, state.activity.version)
+            (
+                state.activity.marked.clone(),
+                state.n_extents,
+                state.activity.version,
+            )
         };
         let log = self.activity_log.clone();
         tokio::task::spawn_blocking(move || log.write(&bits, n_extents))
             .await
             .expect("activity log write does not panic")
-            .map_err(io_err(&self.name, "write activity log", &self.dir.join("activity.log")))?;
+            .map_err(io_err(
+                &self.name,
+                "write activity log",
+                &self.dir.join("activity.log"),
+            ))?;
         let mut state = self.state.lock().unwrap();
         state.activity.durable_version = state.activity.durable_version.max(snapshot_version);
         metrics::counter!("tether_hashlist_activity_log_writes_total", "volume" => self.name.clone()).increment(1);
@@ -465,7 +560,11 @@ impl Volume {
         for (chunk_idx, generation) in candidates {
             let buf = self
                 .io
-                .read_at(&self.data, chunk_idx * self.chunk_size, self.chunk_size as usize)
+                .read_at(
+                    &self.data,
+                    chunk_idx * self.chunk_size,
+                    self.chunk_size as usize,
+                )
                 .await
                 .map_err(self.data_err("rehash read"))?;
             let hash = chunk_hash(&buf);
@@ -497,8 +596,11 @@ impl Volume {
         let _maintenance = self.maintenance.lock().await;
         let candidates: Vec<(u64, u64, Vec<ChunkHash>)> = {
             let state = self.state.lock().unwrap();
-            let busy: std::collections::HashSet<u64> =
-                state.dirty.keys().map(|chunk_idx| chunk_idx / self.extent_chunks).collect();
+            let busy: std::collections::HashSet<u64> = state
+                .dirty
+                .keys()
+                .map(|chunk_idx| chunk_idx / self.extent_chunks)
+                .collect();
             let n_chunks = state.tree.n_chunks();
             state
                 .activity
@@ -508,18 +610,27 @@ impl Volume {
                 .map(|extent| {
                     let first = (extent * self.extent_chunks) as usize;
                     let last = (((extent + 1) * self.extent_chunks).min(n_chunks)) as usize;
-                    (extent, state.activity.write_generation[extent as usize], state.tree.leaves()[first..last].to_vec())
+                    (
+                        extent,
+                        state.activity.write_generation[extent as usize],
+                        state.tree.leaves()[first..last].to_vec(),
+                    )
                 })
                 .collect()
         };
         if candidates.is_empty() {
             return Ok(0);
         }
-        self.io.fdatasync(&self.data).await.map_err(self.data_err("checkpoint fdatasync"))?;
+        self.io
+            .fdatasync(&self.data)
+            .await
+            .map_err(self.data_err("checkpoint fdatasync"))?;
         let hashes = self.hashes.clone();
         let extent_chunks = self.extent_chunks;
-        let leaf_writes: Vec<(u64, Vec<ChunkHash>)> =
-            candidates.iter().map(|(extent, _, leaves)| (extent * extent_chunks, leaves.clone())).collect();
+        let leaf_writes: Vec<(u64, Vec<ChunkHash>)> = candidates
+            .iter()
+            .map(|(extent, _, leaves)| (extent * extent_chunks, leaves.clone()))
+            .collect();
         tokio::task::spawn_blocking(move || {
             for (first, leaves) in leaf_writes {
                 write_leaves(&hashes, first, &leaves)?;
@@ -528,7 +639,11 @@ impl Volume {
         })
         .await
         .expect("hash write does not panic")
-        .map_err(io_err(&self.name, "checkpoint hashes", &self.dir.join("hashes")))?;
+        .map_err(io_err(
+            &self.name,
+            "checkpoint hashes",
+            &self.dir.join("hashes"),
+        ))?;
         let version = {
             let mut state = self.state.lock().unwrap();
             let mut cleared = 0;
@@ -576,10 +691,17 @@ impl Volume {
             return Ok(());
         }
         if new_size < current {
-            return Err(NodeError::ShrinkRefused { volume: self.name.clone(), current, requested: new_size });
+            return Err(NodeError::ShrinkRefused {
+                volume: self.name.clone(),
+                current,
+                requested: new_size,
+            });
         }
-        if new_size % 512 != 0 {
-            return Err(NodeError::BadSize { volume: self.name.clone(), size_bytes: new_size });
+        if !new_size.is_multiple_of(512) {
+            return Err(NodeError::BadSize {
+                volume: self.name.clone(),
+                size_bytes: new_size,
+            });
         }
         let mut meta = self.meta.lock().unwrap().clone();
         let old_chunks = meta.n_chunks();
@@ -587,10 +709,17 @@ impl Volume {
         let new_chunks = meta.n_chunks();
         // Data file first, then zero hashes for the new chunks, then the
         // metadata that makes the new size real.
-        self.data.set_len(new_size).and_then(|_| self.data.sync_all()).map_err(self.data_err("grow data"))?;
-        write_leaves(&self.hashes, old_chunks, &vec![self.zero_chunk_hash; (new_chunks - old_chunks) as usize])
-            .and_then(|_| self.hashes.sync_data())
-            .map_err(io_err(&self.name, "grow hashes", &self.dir.join("hashes")))?;
+        self.data
+            .set_len(new_size)
+            .and_then(|_| self.data.sync_all())
+            .map_err(self.data_err("grow data"))?;
+        write_leaves(
+            &self.hashes,
+            old_chunks,
+            &vec![self.zero_chunk_hash; (new_chunks - old_chunks) as usize],
+        )
+        .and_then(|_| self.hashes.sync_data())
+        .map_err(io_err(&self.name, "grow hashes", &self.dir.join("hashes")))?;
         meta.store(&self.dir.join("volume.json"))?;
         {
             let mut state = self.state.lock().unwrap();
@@ -606,7 +735,11 @@ impl Volume {
     }
 
     pub fn stats(&self) -> VolumeStats {
-        let allocated_bytes = self.data.metadata().map(|meta| meta.blocks() * 512).unwrap_or(0);
+        let allocated_bytes = self
+            .data
+            .metadata()
+            .map(|meta| meta.blocks() * 512)
+            .unwrap_or(0);
         let state = self.state.lock().unwrap();
         VolumeStats {
             size_bytes: self.size_bytes(),
@@ -630,7 +763,11 @@ impl Volume {
         for chunk_idx in 0..n_chunks {
             let buf = self
                 .io
-                .read_at(&self.data, chunk_idx * self.chunk_size, self.chunk_size as usize)
+                .read_at(
+                    &self.data,
+                    chunk_idx * self.chunk_size,
+                    self.chunk_size as usize,
+                )
                 .await
                 .map_err(self.data_err("scrub read"))?;
             leaves.push(chunk_hash(&buf));

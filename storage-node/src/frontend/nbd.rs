@@ -34,7 +34,10 @@ pub enum Endpoint {
 
 impl Endpoint {
     pub fn parse(input: &str) -> Result<Self> {
-        let bad = |reason: &str| NodeError::BadEndpoint { endpoint: input.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| NodeError::BadEndpoint {
+            endpoint: input.to_string(),
+            reason: reason.to_string(),
+        };
         if let Some(path) = input.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(bad("unix: needs a socket path"));
@@ -42,7 +45,9 @@ impl Endpoint {
             Ok(Endpoint::Unix(PathBuf::from(path)))
         } else if let Some(addr) = input.strip_prefix("tcp:") {
             match addr.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(Endpoint::Tcp(addr.to_string())),
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(Endpoint::Tcp(addr.to_string()))
+                }
                 _ => Err(bad("tcp: needs HOST:PORT")),
             }
         } else {
@@ -104,11 +109,18 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Volume>) -> Result<NbdServer
     let name = volume.name().to_string();
     match endpoint {
         Endpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(&addr).await.map_err(bind_err)?;
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(bind_err)?;
             let local = listener.local_addr().map_err(bind_err)?;
             let uri = format!("nbd://{local}/{name}");
             tokio::spawn(accept_loop_tcp(listener, volume, shutdown_rx));
-            Ok(NbdServer { endpoint: endpoint_spec.to_string(), uri, shutdown, unix_path: None })
+            Ok(NbdServer {
+                endpoint: endpoint_spec.to_string(),
+                uri,
+                shutdown,
+                unix_path: None,
+            })
         }
         Endpoint::Unix(path) => {
             if path.exists() {
@@ -124,12 +136,21 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Volume>) -> Result<NbdServer
             let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
             let uri = format!("nbd+unix:///{name}?socket={}", path.display());
             tokio::spawn(accept_loop_unix(listener, volume, shutdown_rx));
-            Ok(NbdServer { endpoint: endpoint_spec.to_string(), uri, shutdown, unix_path: Some(path) })
+            Ok(NbdServer {
+                endpoint: endpoint_spec.to_string(),
+                uri,
+                shutdown,
+                unix_path: Some(path),
+            })
         }
     }
 }
 
-async fn accept_loop_tcp(listener: tokio::net::TcpListener, volume: Arc<Volume>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop_tcp(
+    listener: tokio::net::TcpListener,
+    volume: Arc<Volume>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -144,7 +165,11 @@ async fn accept_loop_tcp(listener: tokio::net::TcpListener, volume: Arc<Volume>,
     }
 }
 
-async fn accept_loop_unix(listener: tokio::net::UnixListener, volume: Arc<Volume>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop_unix(
+    listener: tokio::net::UnixListener,
+    volume: Arc<Volume>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut n_accepted = 0u64;
     loop {
         tokio::select! {
@@ -160,14 +185,19 @@ async fn accept_loop_unix(listener: tokio::net::UnixListener, volume: Arc<Volume
     }
 }
 
-fn spawn_connection<S>(stream: S, peer: String, volume: Arc<Volume>, shutdown: watch::Receiver<bool>)
-where
+fn spawn_connection<S>(
+    stream: S,
+    peer: String,
+    volume: Arc<Volume>,
+    shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let span = tracing::info_span!("nbd", volume = %volume.name(), peer = %peer);
     tokio::spawn(
         async move {
-            metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string()).increment(1.0);
+            metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string())
+                .increment(1.0);
             match handle_connection(stream, volume.clone(), shutdown).await {
                 Ok(()) => tracing::debug!("connection closed"),
                 Err(ConnectionError::Protocol(err)) => {
@@ -175,7 +205,8 @@ where
                 }
                 Err(ConnectionError::Io(err)) => tracing::debug!(error = %err, "connection ended"),
             }
-            metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string()).decrement(1.0);
+            metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string())
+                .decrement(1.0);
         }
         .instrument(span),
     );
@@ -248,7 +279,11 @@ where
                 if request.command == Command::Disconnect {
                     return Ok(());
                 }
-                let permit = in_flight.clone().acquire_owned().await.expect("semaphore is never closed");
+                let permit = in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
                 let volume = volume.clone();
                 let replies = reply_sender.clone();
                 tokio::spawn(async move {
@@ -288,7 +323,12 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::
         // Batch whatever else is ready into the same write.
         while out.len() < READ_BUFFER {
             match replies.try_recv() {
-                Ok(reply) => nbd::encode_simple_reply(reply.cookie, reply.error, reply.data.as_deref(), &mut out),
+                Ok(reply) => nbd::encode_simple_reply(
+                    reply.cookie,
+                    reply.error,
+                    reply.data.as_deref(),
+                    &mut out,
+                ),
                 Err(_) => break,
             }
         }
@@ -305,38 +345,78 @@ async fn execute(volume: &Volume, request: Request) -> Reply {
     let started = Instant::now();
     let Request { cookie, command } = request;
     let (op, bytes, result): (&'static str, u64, Result<Option<Vec<u8>>>) = match command {
-        Command::Read { offset, length } => ("read", length as u64, volume.read(offset, length).await.map(Some)),
+        Command::Read { offset, length } => (
+            "read",
+            length as u64,
+            volume.read(offset, length).await.map(Some),
+        ),
         Command::Write { offset, data, fua } => {
             let length = data.len() as u64;
-            ("write", length, volume.write(offset, data, fua).await.map(|_| None))
+            (
+                "write",
+                length,
+                volume.write(offset, data, fua).await.map(|_| None),
+            )
         }
         Command::Flush => ("flush", 0, volume.flush().await.map(|_| None)),
-        Command::Trim { offset, length, fua } => {
-            ("trim", length as u64, volume.write_zeroes(offset, length as u64, true, fua).await.map(|_| None))
-        }
-        Command::WriteZeroes { offset, length, fua, no_hole } => (
+        Command::Trim {
+            offset,
+            length,
+            fua,
+        } => (
+            "trim",
+            length as u64,
+            volume
+                .write_zeroes(offset, length as u64, true, fua)
+                .await
+                .map(|_| None),
+        ),
+        Command::WriteZeroes {
+            offset,
+            length,
+            fua,
+            no_hole,
+        } => (
             "write_zeroes",
             length as u64,
-            volume.write_zeroes(offset, length as u64, !no_hole, fua).await.map(|_| None),
+            volume
+                .write_zeroes(offset, length as u64, !no_hole, fua)
+                .await
+                .map(|_| None),
         ),
         Command::Disconnect => ("disconnect", 0, Ok(None)),
         Command::Unknown { command_type } => {
             tracing::info!(command_type, "unknown command; answered EINVAL");
-            return Reply { cookie, error: nbd::EINVAL, data: None };
+            return Reply {
+                cookie,
+                error: nbd::EINVAL,
+                data: None,
+            };
         }
     };
-    let labels = [("volume", volume.name().to_string()), ("op", op.to_string())];
-    metrics::histogram!("tether_volume_op_seconds", &labels).record(started.elapsed().as_secs_f64());
+    let labels = [
+        ("volume", volume.name().to_string()),
+        ("op", op.to_string()),
+    ];
+    metrics::histogram!("tether_volume_op_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     match result {
         Ok(data) => {
             metrics::counter!("tether_volume_ops_total", &labels).increment(1);
             metrics::counter!("tether_volume_bytes_total", &labels).increment(bytes);
-            Reply { cookie, error: 0, data }
+            Reply {
+                cookie,
+                error: 0,
+                data,
+            }
         }
         Err(err) => {
             metrics::counter!("tether_volume_errors_total", &labels).increment(1);
             let error = match &err {
-                NodeError::OutOfRange { op: "write", .. } | NodeError::OutOfRange { op: "write zeroes", .. } => {
+                NodeError::OutOfRange { op: "write", .. }
+                | NodeError::OutOfRange {
+                    op: "write zeroes", ..
+                } => {
                     if op == "trim" {
                         nbd::EINVAL
                     } else {
@@ -344,11 +424,17 @@ async fn execute(volume: &Volume, request: Request) -> Reply {
                     }
                 }
                 NodeError::OutOfRange { .. } => nbd::EINVAL,
-                NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => nbd::ENOSPC,
+                NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                    nbd::ENOSPC
+                }
                 _ => nbd::EIO,
             };
             tracing::warn!(op, error = %err, "request failed");
-            Reply { cookie, error, data: None }
+            Reply {
+                cookie,
+                error,
+                data: None,
+            }
         }
     }
 }

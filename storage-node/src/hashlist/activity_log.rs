@@ -32,39 +32,66 @@ pub struct ActivityLog {
 impl ActivityLog {
     /// Creates an empty log (no extent marked).
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         file.set_len(2 * SLOT_LEN)?;
-        let log = Self { file: Arc::new(file), next_sequence: 1.into() };
+        let log = Self {
+            file: Arc::new(file),
+            next_sequence: 1.into(),
+        };
         log.write(&[], 0)?;
         Ok(log)
     }
 
     /// Opens a log and returns the marked extents of its newest valid slot.
     pub fn open(path: &Path) -> std::io::Result<(Self, Vec<u64>)> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
         let mut best: Option<(u64, Vec<u64>)> = None;
         for slot in 0..2 {
             let mut buf = vec![0u8; SLOT_LEN as usize];
             file.read_exact_at(&mut buf, slot * SLOT_LEN)?;
             if let Some((sequence, marked)) = parse_slot(&buf) {
-                if best.as_ref().is_none_or(|(best_sequence, _)| sequence > *best_sequence) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(best_sequence, _)| sequence > *best_sequence)
+                {
                     best = Some((sequence, marked));
                 }
             }
         }
         let (sequence, marked) = best.ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "activity log has no valid slot")
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "activity log has no valid slot",
+            )
         })?;
-        Ok((Self { file: Arc::new(file), next_sequence: (sequence + 1).into() }, marked))
+        Ok((
+            Self {
+                file: Arc::new(file),
+                next_sequence: (sequence + 1).into(),
+            },
+            marked,
+        ))
     }
 
     /// Durably records `bits` (one u64 word per 64 extents) covering `n_extents`.
     /// Blocking: call from a blocking context.
     pub fn write(&self, bits: &[u64], n_extents: u64) -> std::io::Result<()> {
-        let sequence = self.next_sequence.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let sequence = self
+            .next_sequence
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let bitmap: Vec<u8> = bits.iter().flat_map(|word| word.to_le_bytes()).collect();
         let bitmap = &bitmap[..(n_extents.div_ceil(8) as usize).min(bitmap.len())];
-        assert!(HEADER_LEN + bitmap.len() <= SLOT_LEN as usize, "activity log slot overflow");
+        assert!(
+            HEADER_LEN + bitmap.len() <= SLOT_LEN as usize,
+            "activity log slot overflow"
+        );
         let mut slot = Vec::with_capacity(HEADER_LEN + bitmap.len());
         slot.extend_from_slice(MAGIC);
         slot.extend_from_slice(&sequence.to_le_bytes());
@@ -90,7 +117,9 @@ fn parse_slot(buf: &[u8]) -> Option<(u64, Vec<u64>)> {
     if blake3::hash(bitmap).as_bytes() != &buf[24..56] {
         return None;
     }
-    let marked = (0..n_extents).filter(|extent| bitmap[(extent / 8) as usize] & (1 << (extent % 8)) != 0).collect();
+    let marked = (0..n_extents)
+        .filter(|extent| bitmap[(extent / 8) as usize] & (1 << (extent % 8)) != 0)
+        .collect();
     Some((sequence, marked))
 }
 

@@ -37,7 +37,10 @@ impl HashTree {
         let mut levels = vec![leaves];
         while levels.last().unwrap().len() > 1 {
             let below = levels.last().unwrap();
-            let above = below.chunks(2).map(|pair| parent_hash(&pair[0], pair.get(1))).collect();
+            let above = below
+                .chunks(2)
+                .map(|pair| parent_hash(&pair[0], pair.get(1)))
+                .collect();
             levels.push(above);
         }
         Self { levels }
@@ -130,7 +133,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: u64, salt: u8) -> Vec<ChunkHash> {
-        (0..n).map(|i| chunk_hash(&[i.to_le_bytes().as_slice(), &[salt]].concat())).collect()
+        (0..n)
+            .map(|i| chunk_hash(&[i.to_le_bytes().as_slice(), &[salt]].concat()))
+            .collect()
     }
 
     #[test]
@@ -156,7 +161,12 @@ mod tests {
         }
         let (found, fetched) = local
             .diff_with(|level, indices| {
-                Ok::<_, ()>(indices.iter().map(|index| remote.node(level, *index).unwrap()).collect())
+                Ok::<_, ()>(
+                    indices
+                        .iter()
+                        .map(|index| remote.node(level, *index).unwrap())
+                        .collect(),
+                )
             })
             .unwrap();
         assert_eq!(found, changed);
@@ -167,7 +177,12 @@ mod tests {
 
         let (none, fetched) = local
             .diff_with(|level, indices| {
-                Ok::<_, ()>(indices.iter().map(|index| local.node(level, *index).unwrap()).collect())
+                Ok::<_, ()>(
+                    indices
+                        .iter()
+                        .map(|index| local.node(level, *index).unwrap())
+                        .collect(),
+                )
             })
             .unwrap();
         assert!(none.is_empty());

@@ -1,0 +1,72 @@
+//! Real NBD clients, run as processes: qemu-io, qemu-img, nbdcopy, nbdinfo, fio.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Runs a command and returns its stdout, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} exited with {}: {}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `qemu-io -f raw` with the given `-c` commands; fails if any command reports a mismatch or error.
+pub fn qemu_io(uri: &str, commands: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["-f", "raw"];
+    for command in commands {
+        args.extend(["-c", command]);
+    }
+    args.push(uri);
+    let out = run("qemu-io", &args)?;
+    if out.contains("Pattern verification failed") || out.contains("failed:") {
+        bail!("qemu-io reported a failure: {out}");
+    }
+    Ok(out)
+}
+
+/// `nbdinfo --json URI`, parsed.
+pub fn nbdinfo(uri: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&run("nbdinfo", &["--json", uri])?)?)
+}
+
+/// Copies a local file into the volume with nbdcopy.
+pub fn nbdcopy_in(file: &Path, uri: &str) -> anyhow::Result<()> {
+    run("nbdcopy", &[file.to_str().unwrap(), uri]).map(|_| ())
+}
+
+/// Copies the volume out to a local file with nbdcopy.
+pub fn nbdcopy_out(uri: &str, file: &Path) -> anyhow::Result<()> {
+    run("nbdcopy", &[uri, file.to_str().unwrap()]).map(|_| ())
+}
+
+/// BLAKE3 of the first `length` bytes of a file.
+pub fn file_hash(file: &Path, length: u64) -> anyhow::Result<blake3::Hash> {
+    use std::io::Read;
+    let mut reader = std::fs::File::open(file)?.take(length);
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut reader, &mut hasher)?;
+    Ok(hasher.finalize())
+}
+
+/// Writes `length` bytes of seeded random data to a file.
+pub fn random_file(path: &Path, length: usize, seed: u64) -> anyhow::Result<()> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; length];
+    rng.fill_bytes(&mut data);
+    std::fs::write(path, data)?;
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! The end-to-end harness: [`harness::DevFederation`] starts a federation
+//! with the real `tether` binary (`tether dev up`) in a temporary directory
+//! and stops it on drop; [`clients`] runs the real NBD clients (qemu-io,
+//! nbdcopy, nbdinfo, fio) against it.
+//!
+//! The `tether` binary is found through `TETHER_BIN`, else next to the test
+//! executable (`target/<profile>/tether`, which `cargo test --workspace`
+//! builds).
+
+pub mod clients;
+pub mod harness;

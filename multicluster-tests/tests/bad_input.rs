@@ -1,0 +1,150 @@
+//! Bad input over a raw socket: each bad request gets a clear answer or
+//! closes only its own connection; other clients carry on.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use multicluster_tests::clients::qemu_io;
+use multicluster_tests::harness::DevFederation;
+use tether_proto::nbd::*;
+
+const SIZE: u64 = 64 << 20;
+
+/// Connects and negotiates with GO; returns the stream ready for transmission.
+fn connect(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..8], &NBDMAGIC.to_be_bytes());
+    let mut out = Vec::new();
+    out.extend_from_slice(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes());
+    out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    out.extend_from_slice(&OPT_GO.to_be_bytes());
+    out.extend_from_slice(&6u32.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes()); // default export
+    out.extend_from_slice(&0u16.to_be_bytes());
+    stream.write_all(&out).unwrap();
+    loop {
+        let mut header = [0u8; 20];
+        stream.read_exact(&mut header).unwrap();
+        let reply_type = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        let length = u32::from_be_bytes(header[16..20].try_into().unwrap());
+        let mut data = vec![0u8; length as usize];
+        stream.read_exact(&mut data).unwrap();
+        if reply_type == REP_ACK {
+            return stream;
+        }
+        assert_eq!(reply_type, REP_INFO);
+    }
+}
+
+fn send_request(
+    stream: &mut TcpStream,
+    command_type: u16,
+    cookie: u64,
+    offset: u64,
+    length: u32,
+    payload: &[u8],
+) {
+    let mut out = Vec::new();
+    out.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&command_type.to_be_bytes());
+    out.extend_from_slice(&cookie.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(payload);
+    stream.write_all(&out).unwrap();
+}
+
+/// Reads one simple reply: (error, cookie).
+fn read_reply(stream: &mut TcpStream) -> (u32, u64) {
+    let mut header = [0u8; 16];
+    stream.read_exact(&mut header).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(header[..4].try_into().unwrap()),
+        SIMPLE_REPLY_MAGIC
+    );
+    (
+        u32::from_be_bytes(header[4..8].try_into().unwrap()),
+        u64::from_be_bytes(header[8..16].try_into().unwrap()),
+    )
+}
+
+fn assert_closed(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("connection should be closed, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_requests_get_errors_and_harm_no_one_else() {
+    let federation = DevFederation::builder().nodes(1).start().unwrap();
+    federation
+        .tether_ok(&["volume", "create", "target", "--size", "64MiB"])
+        .unwrap();
+    let uri = federation
+        .tether_ok(&["volume", "attach", "target", "--nbd", "tcp:127.0.0.1:0"])
+        .unwrap();
+    let uri = uri.trim().to_string();
+    let addr = uri
+        .trim_start_matches("nbd://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    qemu_io(&uri, &["write -P 0x42 0 1M"]).unwrap();
+
+    let mut good = connect(&addr);
+    let mut bad = connect(&addr);
+
+    // Out of range: EINVAL for reads and trims, ENOSPC for writes; the connection stays usable.
+    send_request(&mut bad, CMD_READ, 1, SIZE - 100, 4096, &[]);
+    assert_eq!(read_reply(&mut bad), (EINVAL, 1));
+    send_request(&mut bad, CMD_WRITE, 2, SIZE, 4, b"oops");
+    assert_eq!(read_reply(&mut bad), (ENOSPC, 2));
+    send_request(&mut bad, CMD_TRIM, 3, u64::MAX - 10, 4096, &[]);
+    assert_eq!(read_reply(&mut bad), (EINVAL, 3));
+    // Unknown command: EINVAL.
+    send_request(&mut bad, 42, 4, 0, 0, &[]);
+    assert_eq!(read_reply(&mut bad), (EINVAL, 4));
+    send_request(&mut bad, CMD_READ, 5, 0, 512, &[]);
+    assert_eq!(read_reply(&mut bad), (0, 5));
+    let mut data = [0u8; 512];
+    bad.read_exact(&mut data).unwrap();
+    assert!(data.iter().all(|b| *b == 0x42));
+
+    // Over 32 MiB: the connection is closed.
+    send_request(&mut bad, CMD_WRITE, 6, 0, (32 << 20) + 1, &[]);
+    assert_closed(&mut bad);
+    // A garbled frame: closed too.
+    let mut garbled = connect(&addr);
+    garbled.write_all(&[0xde; 28]).unwrap();
+    assert_closed(&mut garbled);
+
+    // The well-behaved connection and new clients carry on; nothing was written.
+    send_request(&mut good, CMD_READ, 7, 0, 4096, &[]);
+    assert_eq!(read_reply(&mut good), (0, 7));
+    let mut data = vec![0u8; 4096];
+    good.read_exact(&mut data).unwrap();
+    assert!(data.iter().all(|b| *b == 0x42));
+    qemu_io(&uri, &["read -P 0x42 0 1M", "read -P 0 1M 1M"]).unwrap();
+
+    let log = federation.node_log("node-1");
+    let violation = log
+        .lines()
+        .find(|line| line.contains("protocol violation"))
+        .expect("a log line for the violation");
+    assert!(violation.contains("\"volume\":\"target\""), "{violation}");
+    assert!(violation.contains("\"peer\":\"127.0.0.1:"), "{violation}");
+    assert!(
+        violation.contains("RequestTooLarge") || violation.contains("over the limit"),
+        "{violation}"
+    );
+}

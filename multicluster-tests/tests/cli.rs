@@ -1,0 +1,173 @@
+//! The CLI contract: clear one-line errors with a non-zero exit, stable JSON,
+//! and `dev up` bringing a federation back with its volumes and data.
+
+use multicluster_tests::clients::qemu_io;
+use multicluster_tests::harness::DevFederation;
+
+fn fails_with(federation: &DevFederation, args: &[&str], expected: &str) {
+    let output = federation.tether(args);
+    assert!(!output.status.success(), "tether {args:?} should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "tether {args:?}: {stderr:?} should mention {expected:?}"
+    );
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let federation = DevFederation::builder()
+        .nodes(2)
+        .capacity("1GiB")
+        .start()
+        .unwrap();
+    federation
+        .tether_ok(&["volume", "create", "taken", "--size", "100MiB"])
+        .unwrap();
+    fails_with(
+        &federation,
+        &["volume", "get", "missing"],
+        "volume missing not found",
+    );
+    fails_with(
+        &federation,
+        &["volume", "create", "x", "--size", "ten"],
+        "is not a size",
+    );
+    fails_with(
+        &federation,
+        &["volume", "create", "taken", "--size", "1MiB"],
+        "already exists",
+    );
+    fails_with(
+        &federation,
+        &["volume", "create", "huge", "--size", "2GiB"],
+        "no storage node has room",
+    );
+    fails_with(
+        &federation,
+        &["volume", "create", "Bad/Name", "--size", "1MiB"],
+        "invalid name",
+    );
+    fails_with(
+        &federation,
+        &["volume", "resize", "taken", "--size", "1MiB"],
+        "only growing",
+    );
+    fails_with(
+        &federation,
+        &["volume", "attach", "taken", "--nbd", "ftp:x"],
+        "expected unix:PATH or tcp:HOST:PORT",
+    );
+    fails_with(
+        &federation,
+        &[
+            "volume",
+            "attach",
+            "taken",
+            "--nbd",
+            "unix:/nonexistent/dir/x.sock",
+        ],
+        "cannot listen",
+    );
+    fails_with(&federation, &["volume", "delete", "missing"], "not found");
+    let attached = federation.dir().join("taken.sock");
+    federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "taken",
+            "--nbd",
+            &format!("unix:{}", attached.display()),
+        ])
+        .unwrap();
+    fails_with(
+        &federation,
+        &["volume", "delete", "taken"],
+        "detach it first",
+    );
+    federation
+        .tether_ok(&["volume", "detach", "taken"])
+        .unwrap();
+    federation
+        .tether_ok(&["volume", "delete", "taken"])
+        .unwrap();
+    fails_with(&federation, &["volume", "get", "taken"], "not found");
+
+    let nobody = std::process::Command::new(multicluster_tests::harness::tether_bin())
+        .args(["--admin", "http://127.0.0.1:1", "volume", "list"])
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("cannot reach the admin API"));
+}
+
+#[test]
+fn volume_json_has_the_contract_fields() {
+    let federation = DevFederation::builder().start().unwrap();
+    let uri = federation.create_attached("shape", "1GiB").unwrap();
+    let view = federation.tether_json(&["volume", "get", "shape"]).unwrap();
+    assert_eq!(view["name"], "shape");
+    assert_eq!(view["size_bytes"], 1u64 << 30);
+    assert_eq!(view["cluster"], "central");
+    assert_eq!(view["epoch"], 1);
+    let master = view["master"].as_str().unwrap();
+    assert_eq!(view["copies"][0]["node"], master);
+    assert_eq!(view["copies"][0]["role"], "master");
+    assert_eq!(view["copies"][0]["state"], "in-sync");
+    assert_eq!(view["attachments"][0]["uri"], uri.as_str());
+    assert_eq!(view["attachments"][0]["from"], "central");
+
+    let listing = federation.tether_json(&["volume", "list"]).unwrap();
+    assert_eq!(listing.as_array().unwrap().len(), 1);
+    let nodes = federation.tether_json(&["node", "list"]).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 3);
+    assert_eq!(nodes[0]["io_backend"], "io_uring");
+    let info = &federation.info;
+    assert!(info["admin"].as_str().unwrap().starts_with("http://"));
+    assert_eq!(info["clusters"][0]["role"], "central");
+    assert!(info["clusters"][0]["etcd"]["endpoints"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    assert_eq!(info["clusters"][0]["nodes"].as_array().unwrap().len(), 3);
+}
+
+fn survives_restart(embedded: bool) {
+    let federation = DevFederation::builder()
+        .nodes(2)
+        .embedded(embedded)
+        .start()
+        .unwrap();
+    assert_eq!(
+        federation.info["mode"],
+        if embedded { "embedded" } else { "etcd" }
+    );
+    let uri = federation.create_attached("keep", "256MiB").unwrap();
+    qemu_io(&uri, &["write -P 0x99 10M 3M", "flush"]).unwrap();
+    federation.down().unwrap();
+    assert!(
+        federation.tether(&["volume", "list"]).status.code() != Some(0),
+        "down means down"
+    );
+    let federation = federation.up().unwrap();
+    let view = federation.tether_json(&["volume", "get", "keep"]).unwrap();
+    assert_eq!(view["size_bytes"], 256u64 << 20);
+    assert_eq!(
+        view["attachments"][0]["uri"],
+        uri.as_str(),
+        "attachments come back too"
+    );
+    qemu_io(&uri, &["read -P 0x99 10M 3M", "read -P 0 0 10M"]).unwrap();
+}
+
+#[test]
+fn dev_up_brings_back_volumes_and_data_with_etcd() {
+    survives_restart(false);
+}
+
+#[test]
+fn dev_up_brings_back_volumes_and_data_embedded() {
+    survives_restart(true);
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test Tether has. Installs the Debian packages the tests need
+# (etcd-server, fio, libnbd-bin, qemu-utils, rsync) when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v fio >/dev/null || need+=(fio)
+command -v nbdcopy >/dev/null || need+=(libnbd-bin)
+command -v nbdinfo >/dev/null || need+=(libnbd-bin)
+command -v qemu-io >/dev/null || need+=(qemu-utils)
+command -v rsync >/dev/null || need+=(rsync)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! fio --enghelp 2>/dev/null | grep -qw nbd; then
+  echo "this fio has no nbd ioengine (Debian's fio has one)" >&2
+  exit 1
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# --workspace builds the tether binary the end-to-end tests drive.
+cargo test --workspace --no-fail-fast
