@@ -155,6 +155,10 @@ fn up_with_etcd(
             .map(|cluster| cluster.registry.listen.clone())
             .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let registry_log = dir.join("logs").join("registry.log");
+        let registry_metrics = previous_cluster
+            .as_ref()
+            .and_then(|cluster| cluster.registry.metrics.clone())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let registry = spawn_self(
             &[
                 "daemon".into(),
@@ -162,6 +166,7 @@ fn up_with_etcd(
                 format!("--cluster={CLUSTER}"),
                 format!("--listen={admin_listen}"),
                 format!("--etcd={endpoint}"),
+                format!("--metrics-addr={registry_metrics}"),
             ],
             &registry_log,
         )?;
@@ -169,6 +174,7 @@ fn up_with_etcd(
             pid: registry.id(),
             log: registry_log,
             listen: admin_listen.clone(),
+            metrics: Some(registry_metrics),
         };
         children.push(("registry".to_string(), registry, registry_entry.log.clone()));
 
@@ -310,6 +316,7 @@ fn up_embedded(
                 pid,
                 log,
                 listen: admin_listen,
+                metrics: Some(metrics.clone()),
             },
             nodes,
             gateway: None,

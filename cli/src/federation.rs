@@ -42,6 +42,9 @@ pub struct ProcessEntry {
     pub pid: u32,
     pub log: PathBuf,
     pub listen: String,
+    /// Prometheus metrics address.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

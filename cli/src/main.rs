@@ -178,6 +178,9 @@ enum DaemonCommand {
         listen: SocketAddr,
         #[arg(long, value_delimiter = ',', required = true)]
         etcd: Vec<String>,
+        /// Serve Prometheus metrics here (http://ADDR/metrics).
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
     },
 }
 
@@ -527,7 +530,11 @@ fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<
             cluster,
             listen,
             etcd,
+            metrics_addr,
         } => {
+            if let Some(addr) = metrics_addr {
+                telemetry::serve_metrics(*addr)?;
+            }
             let config = cluster_registry::RegistryConfig {
                 cluster: cluster.clone(),
                 listen: *listen,

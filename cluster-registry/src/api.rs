@@ -53,7 +53,29 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/volumes/{name}/resize", post(resize_volume))
         .route("/v1/volumes/{name}/attach", post(attach_volume))
         .route("/v1/volumes/{name}/detach", post(detach_volume))
+        .layer(axum::middleware::from_fn(record_request))
         .with_state(state)
+}
+
+/// Counts admin requests and their latency by route and status.
+async fn record_request(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = matched.map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("tether_admin_requests_total", &labels).increment(1);
+    metrics::histogram!("tether_admin_request_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 type ApiResult<T> = Result<T, RegistryError>;

@@ -22,6 +22,9 @@ struct Cli {
     /// etcd endpoints, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     etcd: Vec<String>,
+    /// Serve Prometheus metrics here (http://ADDR/metrics).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// json (default) or pretty.
     #[arg(long, default_value = "json")]
     log_format: LogFormat,
@@ -31,6 +34,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
+    if let Some(addr) = cli.metrics_addr {
+        telemetry::serve_metrics(addr)?;
+    }
     let config = RegistryConfig {
         cluster: cli.cluster,
         listen: cli.listen,
