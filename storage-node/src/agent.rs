@@ -26,8 +26,10 @@ use crate::engine::{IoEngine, Pool, Volume, VolumeOptions};
 use crate::error::Result;
 use crate::frontend::nbd::{self, NbdServer};
 
-/// Writes are coalesced this long before their chunks are rehashed.
-const REHASH_DELAY: Duration = Duration::from_millis(500);
+/// A dirty chunk is rehashed once no write has touched it for this long...
+const REHASH_QUIET: Duration = Duration::from_secs(1);
+/// ...or once it has been dirty this long, whichever comes first.
+const REHASH_MAX_STALENESS: Duration = Duration::from_secs(30);
 /// Clean extents are unmarked in the activity log this often.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Volume statuses are compared with what was last published this often;
@@ -365,9 +367,10 @@ impl Agent {
     }
 }
 
-/// Keeps one volume's hash list current: after writes settle for
-/// [`REHASH_DELAY`], rehash the dirty chunks; every [`CHECKPOINT_INTERVAL`],
-/// persist clean extents. Ends when the volume is dropped by its pool.
+/// Keeps one volume's hash list current: rehashes dirty chunks once they
+/// are quiet for [`REHASH_QUIET`] (or dirty for [`REHASH_MAX_STALENESS`]),
+/// and every [`CHECKPOINT_INTERVAL`] persists clean extents. Ends when the
+/// volume is dropped by its pool.
 fn spawn_rehasher(volume: Arc<Volume>) {
     if !volume.options().hash_upkeep {
         return;
@@ -378,20 +381,19 @@ fn spawn_rehasher(volume: Arc<Volume>) {
         let mut last_checkpoint = Instant::now();
         loop {
             let Some(volume) = weak.upgrade() else { return };
-            let woken = tokio::time::timeout(CHECKPOINT_INTERVAL, volume.rehash_wanted())
-                .await
-                .is_ok();
-            if woken {
-                tokio::time::sleep(REHASH_DELAY).await;
+            if volume.dirty_chunks() == 0 {
+                let _ = tokio::time::timeout(CHECKPOINT_INTERVAL, volume.rehash_wanted()).await;
+            } else {
+                tokio::time::sleep(REHASH_QUIET / 2).await;
             }
             if Arc::strong_count(&volume) == 1 {
                 return; // deleted: only this task still holds it
             }
-            if let Err(err) = volume.rehash_dirty().await {
+            if let Err(err) = volume.rehash_due(REHASH_QUIET, REHASH_MAX_STALENESS).await {
                 tracing::error!(volume = volume.name(), error = %err, "rehash failed");
             }
             metrics::gauge!("tether_hashlist_dirty_chunks", "volume" => volume.name().to_string())
-                .set(volume.stats().dirty_chunks as f64);
+                .set(volume.dirty_chunks() as f64);
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                 if let Err(err) = volume.checkpoint().await {
                     tracing::error!(volume = volume.name(), error = %err, "hash checkpoint failed");

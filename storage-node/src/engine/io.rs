@@ -136,9 +136,13 @@ impl IoEngine {
         start: usize,
     ) -> (io::Result<usize>, Vec<u8>) {
         match &self.uring {
+            Some(uring) if start == 0 => {
+                let (result, returned) = uring.submit(file, offset, OpKind::Read { buf }).await;
+                (result, returned.unwrap_or_default())
+            }
             Some(uring) => {
-                // The ring reads into the front of the buffer it is given, so
-                // hand it the tail and stitch it back.
+                // A short read left a tail to fill: the ring reads into the
+                // front of the buffer it is given, so hand it the tail.
                 let tail = buf.split_off(start);
                 let (result, returned) =
                     uring.submit(file, offset, OpKind::Read { buf: tail }).await;

@@ -30,7 +30,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -58,12 +58,16 @@ impl Default for VolumeOptions {
 }
 
 /// Per-chunk bookkeeping for chunks whose hash is not current.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct DirtyChunk {
     /// Writes issued and not yet completed.
     in_flight: u32,
     /// Bumped by every write; a rehash whose generation changed is discarded.
     generation: u64,
+    /// When the chunk became dirty: bounds how stale its hash may get.
+    first_dirtied: Instant,
+    /// The latest write: a chunk still being written is not worth hashing yet.
+    last_write: Instant,
 }
 
 /// The activity log's in-memory side.
@@ -469,11 +473,18 @@ impl Volume {
         let first = offset / self.chunk_size;
         let last = (offset + length - 1) / self.chunk_size;
         let needed_version = {
+            let now = Instant::now();
             let mut state = self.state.lock().unwrap();
             for chunk_idx in first..=last {
-                let dirty = state.dirty.entry(chunk_idx).or_default();
+                let dirty = state.dirty.entry(chunk_idx).or_insert(DirtyChunk {
+                    in_flight: 0,
+                    generation: 0,
+                    first_dirtied: now,
+                    last_write: now,
+                });
                 dirty.in_flight += 1;
                 dirty.generation += 1;
+                dirty.last_write = now;
             }
             let mut needed = 0;
             for extent in first / self.extent_chunks..=last / self.extent_chunks {
@@ -547,12 +558,25 @@ impl Volume {
     /// Step 3: recomputes the hash of every dirty chunk with no write in
     /// flight. Returns how many chunks became clean.
     pub async fn rehash_dirty(&self) -> Result<u64> {
+        self.rehash_due(Duration::ZERO, Duration::ZERO).await
+    }
+
+    /// Recomputes the hashes of dirty chunks that have had no write for
+    /// `quiet`, or have been dirty for `max_staleness`. Hashing a chunk that
+    /// is still being written is wasted work (the next write dirties it
+    /// again), so under a write storm hashing waits, for at most `max_staleness`.
+    pub async fn rehash_due(&self, quiet: Duration, max_staleness: Duration) -> Result<u64> {
+        let now = Instant::now();
         let candidates: Vec<(u64, u64)> = {
             let state = self.state.lock().unwrap();
             state
                 .dirty
                 .iter()
-                .filter(|(_, dirty)| dirty.in_flight == 0)
+                .filter(|(_, dirty)| {
+                    dirty.in_flight == 0
+                        && (now.duration_since(dirty.last_write) >= quiet
+                            || now.duration_since(dirty.first_dirtied) >= max_staleness)
+                })
                 .map(|(chunk_idx, dirty)| (*chunk_idx, dirty.generation))
                 .collect()
         };
@@ -732,6 +756,11 @@ impl Volume {
         self.size_bytes.store(new_size, Ordering::Release);
         tracing::info!(volume = %self.name, from = current, to = new_size, "volume resized");
         Ok(())
+    }
+
+    /// Chunks whose hash awaits recomputation.
+    pub fn dirty_chunks(&self) -> u64 {
+        self.state.lock().unwrap().dirty.len() as u64
     }
 
     pub fn stats(&self) -> VolumeStats {

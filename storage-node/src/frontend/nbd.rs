@@ -24,6 +24,8 @@ use crate::error::{NodeError, Result};
 /// Requests one connection may have in flight; more wait in the socket.
 const MAX_IN_FLIGHT: usize = 128;
 const READ_BUFFER: usize = 256 * 1024;
+/// Read payloads larger than this are written straight from their buffer.
+const LARGE_PAYLOAD: usize = 64 * 1024;
 
 /// Where to serve: `unix:PATH` or `tcp:HOST:PORT` (port 0 picks one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +231,44 @@ impl From<NbdError> for ConnectionError {
     }
 }
 
+/// Metric handles of one volume, resolved once per connection rather than
+/// per request (label lookup is not free on the I/O path).
+struct OpMetrics {
+    ops: metrics::Counter,
+    bytes: metrics::Counter,
+    errors: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+struct VolumeMetrics {
+    read: OpMetrics,
+    write: OpMetrics,
+    flush: OpMetrics,
+    trim: OpMetrics,
+    write_zeroes: OpMetrics,
+}
+
+impl VolumeMetrics {
+    fn new(volume: &str) -> Self {
+        let op = |op: &'static str| {
+            let labels = [("volume", volume.to_string()), ("op", op.to_string())];
+            OpMetrics {
+                ops: metrics::counter!("tether_volume_ops_total", &labels),
+                bytes: metrics::counter!("tether_volume_bytes_total", &labels),
+                errors: metrics::counter!("tether_volume_errors_total", &labels),
+                seconds: metrics::histogram!("tether_volume_op_seconds", &labels),
+            }
+        };
+        Self {
+            read: op("read"),
+            write: op("write"),
+            flush: op("flush"),
+            trim: op("trim"),
+            write_zeroes: op("write_zeroes"),
+        }
+    }
+}
+
 /// A finished request, ready to frame.
 struct Reply {
     cookie: u64,
@@ -270,6 +310,7 @@ where
     };
     tracing::debug!(size_bytes = export.size_bytes, "transmission started");
 
+    let volume_metrics = Arc::new(VolumeMetrics::new(volume.name()));
     let (reply_sender, reply_receiver) = mpsc::channel::<Reply>(MAX_IN_FLIGHT * 2);
     let writer_task = tokio::spawn(write_replies(writer, reply_receiver));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -286,8 +327,9 @@ where
                     .expect("semaphore is never closed");
                 let volume = volume.clone();
                 let replies = reply_sender.clone();
+                let volume_metrics = volume_metrics.clone();
                 tokio::spawn(async move {
-                    let reply = execute(&volume, request).await;
+                    let reply = execute(&volume, &volume_metrics, request).await;
                     let _ = replies.send(reply).await;
                     drop(permit);
                 });
@@ -318,73 +360,92 @@ where
 
 async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::Receiver<Reply>) {
     let mut out = BytesMut::with_capacity(READ_BUFFER);
-    while let Some(reply) = replies.recv().await {
-        nbd::encode_simple_reply(reply.cookie, reply.error, reply.data.as_deref(), &mut out);
-        // Batch whatever else is ready into the same write.
-        while out.len() < READ_BUFFER {
-            match replies.try_recv() {
-                Ok(reply) => nbd::encode_simple_reply(
-                    reply.cookie,
-                    reply.error,
-                    reply.data.as_deref(),
-                    &mut out,
-                ),
-                Err(_) => break,
+    while let Some(first) = replies.recv().await {
+        let mut next = Some(first);
+        // Batch whatever else is ready into one write; large read payloads
+        // go out from their own buffer rather than being copied into the batch.
+        while let Some(reply) = next.take() {
+            match reply.data.as_deref() {
+                Some(payload) if payload.len() > LARGE_PAYLOAD => {
+                    nbd::encode_simple_reply(reply.cookie, reply.error, None, &mut out);
+                    if writer.write_all(&out).await.is_err()
+                        || writer.write_all(payload).await.is_err()
+                    {
+                        return;
+                    }
+                    out.clear();
+                }
+                payload => nbd::encode_simple_reply(reply.cookie, reply.error, payload, &mut out),
+            }
+            if out.len() < READ_BUFFER {
+                next = replies.try_recv().ok();
             }
         }
-        if writer.write_all(&out).await.is_err() {
-            return;
+        if !out.is_empty() {
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
         }
-        out.clear();
     }
     let _ = writer.shutdown().await;
 }
 
 /// Runs one request against the volume and maps the outcome to an NBD error number.
-async fn execute(volume: &Volume, request: Request) -> Reply {
+async fn execute(volume: &Volume, volume_metrics: &VolumeMetrics, request: Request) -> Reply {
     let started = Instant::now();
     let Request { cookie, command } = request;
-    let (op, bytes, result): (&'static str, u64, Result<Option<Vec<u8>>>) = match command {
-        Command::Read { offset, length } => (
-            "read",
-            length as u64,
-            volume.read(offset, length).await.map(Some),
-        ),
+    // Out of range is ENOSPC for what writes (there is no space there), EINVAL otherwise.
+    let (op_metrics, bytes, writes, result) = match command {
+        Command::Read { offset, length } => {
+            let result = volume.read(offset, length).await.map(Some);
+            (&volume_metrics.read, length as u64, false, result)
+        }
         Command::Write { offset, data, fua } => {
             let length = data.len() as u64;
-            (
-                "write",
-                length,
-                volume.write(offset, data, fua).await.map(|_| None),
-            )
+            let result = volume.write(offset, data, fua).await.map(|_| None);
+            (&volume_metrics.write, length, true, result)
         }
-        Command::Flush => ("flush", 0, volume.flush().await.map(|_| None)),
+        Command::Flush => {
+            let result = volume.flush().await.map(|_| None);
+            (&volume_metrics.flush, 0, false, result)
+        }
         Command::Trim {
             offset,
             length,
             fua,
-        } => (
-            "trim",
-            length as u64,
-            volume
-                .write_zeroes(offset, length as u64, true, fua)
-                .await
-                .map(|_| None),
-        ),
+        } => {
+            let result = volume.write_zeroes(offset, length as u64, true, fua).await;
+            (
+                &volume_metrics.trim,
+                length as u64,
+                false,
+                result.map(|_| None),
+            )
+        }
         Command::WriteZeroes {
             offset,
             length,
             fua,
             no_hole,
-        } => (
-            "write_zeroes",
-            length as u64,
-            volume
+        } => {
+            let result = volume
                 .write_zeroes(offset, length as u64, !no_hole, fua)
-                .await
-                .map(|_| None),
-        ),
-        Command::Disconnect => ("disconnect", 0, Ok(None)),
+                .await;
+            (
+                &volume_metrics.write_zeroes,
+                length as u64,
+                true,
+                result.map(|_| None),
+            )
+        }
+        Command::Disconnect => {
+            return Reply {
+                cookie,
+                error: 0,
+                data: None,
+            }
+        }
         Command::Unknown { command_type } => {
             tracing::info!(command_type, "unknown command; answered EINVAL");
             return Reply {
@@ -394,16 +455,11 @@ async fn execute(volume: &Volume, request: Request) -> Reply {
             };
         }
     };
-    let labels = [
-        ("volume", volume.name().to_string()),
-        ("op", op.to_string()),
-    ];
-    metrics::histogram!("tether_volume_op_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    op_metrics.seconds.record(started.elapsed().as_secs_f64());
     match result {
         Ok(data) => {
-            metrics::counter!("tether_volume_ops_total", &labels).increment(1);
-            metrics::counter!("tether_volume_bytes_total", &labels).increment(bytes);
+            op_metrics.ops.increment(1);
+            op_metrics.bytes.increment(bytes);
             Reply {
                 cookie,
                 error: 0,
@@ -411,25 +467,16 @@ async fn execute(volume: &Volume, request: Request) -> Reply {
             }
         }
         Err(err) => {
-            metrics::counter!("tether_volume_errors_total", &labels).increment(1);
+            op_metrics.errors.increment(1);
             let error = match &err {
-                NodeError::OutOfRange { op: "write", .. }
-                | NodeError::OutOfRange {
-                    op: "write zeroes", ..
-                } => {
-                    if op == "trim" {
-                        nbd::EINVAL
-                    } else {
-                        nbd::ENOSPC
-                    }
-                }
+                NodeError::OutOfRange { .. } if writes => nbd::ENOSPC,
                 NodeError::OutOfRange { .. } => nbd::EINVAL,
                 NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                     nbd::ENOSPC
                 }
                 _ => nbd::EIO,
             };
-            tracing::warn!(op, error = %err, "request failed");
+            tracing::warn!(error = %err, "request failed");
             Reply {
                 cookie,
                 error,
