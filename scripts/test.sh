@@ -25,5 +25,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# --workspace builds the tether binary the end-to-end tests drive.
+# The end-to-end tests drive the real `tether` binary; `cargo test` alone
+# does not build it.
+cargo build --workspace --bins
 cargo test --workspace --no-fail-fast

@@ -70,3 +70,21 @@ pub fn random_file(path: &Path, length: usize, seed: u64) -> anyhow::Result<()> 
     std::fs::write(path, data)?;
     Ok(())
 }
+
+/// A plain HTTP/1.0 GET on loopback (metrics endpoints); returns the body.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("HTTP response without a body")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {head}"
+    );
+    Ok(body.to_string())
+}

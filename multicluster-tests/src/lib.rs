@@ -4,8 +4,8 @@
 //! nbdcopy, nbdinfo, fio) against it.
 //!
 //! The `tether` binary is found through `TETHER_BIN`, else next to the test
-//! executable (`target/<profile>/tether`, which `cargo test --workspace`
-//! builds).
+//! executable (`target/<profile>/tether`; `scripts/test.sh` builds it first,
+//! as `cargo test` alone does not).
 
 pub mod clients;
 pub mod harness;
