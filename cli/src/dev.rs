@@ -110,10 +110,11 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
     if use_etcd && find_etcd().is_none() {
         bail!("this federation was created with etcd, and no `etcd` is on PATH now (Debian: apt-get install etcd-server)");
     }
+    let previous_cluster = previous.and_then(|federation| federation.clusters.into_iter().next());
     let federation = if use_etcd {
-        up_with_etcd(&dir, &options, previous)?
+        up_with_etcd(&dir, &options, previous_cluster)?
     } else {
-        up_embedded(&dir, &options, previous)?
+        up_embedded(&dir, &options, previous_cluster)?
     };
     federation.store(&dir)?;
     Ok(federation)
@@ -122,11 +123,8 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
 fn up_with_etcd(
     dir: &Path,
     options: &UpOptions,
-    previous: Option<Federation>,
+    previous_cluster: Option<ClusterEntry>,
 ) -> anyhow::Result<Federation> {
-    let previous_cluster = previous
-        .as_ref()
-        .and_then(|federation| federation.clusters.first().cloned());
     let runtime = tokio::runtime::Runtime::new()?;
     let etcd_ports = previous_cluster
         .as_ref()
@@ -246,11 +244,8 @@ fn up_with_etcd(
 fn up_embedded(
     dir: &Path,
     options: &UpOptions,
-    previous: Option<Federation>,
+    previous_cluster: Option<ClusterEntry>,
 ) -> anyhow::Result<Federation> {
-    let previous_cluster = previous
-        .as_ref()
-        .and_then(|federation| federation.clusters.first().cloned());
     let (admin_listen, metrics, node_names) = match &previous_cluster {
         Some(cluster) => (
             cluster.registry.listen.clone(),

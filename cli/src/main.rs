@@ -171,17 +171,7 @@ enum DaemonCommand {
     /// A storage node.
     Node(storage_node::config::NodeArgs),
     /// The cluster registry (admin API).
-    Registry {
-        #[arg(long, default_value = "central")]
-        cluster: String,
-        #[arg(long, default_value = "127.0.0.1:7480")]
-        listen: SocketAddr,
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
-        /// Serve Prometheus metrics here (http://ADDR/metrics).
-        #[arg(long)]
-        metrics_addr: Option<SocketAddr>,
-    },
+    Registry(cluster_registry::RegistryArgs),
 }
 
 fn main() {
@@ -526,22 +516,12 @@ fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<
             }
             runtime.block_on(storage_node::run(config, tether_common::shutdown_signal()))?;
         }
-        DaemonCommand::Registry {
-            cluster,
-            listen,
-            etcd,
-            metrics_addr,
-        } => {
-            if let Some(addr) = metrics_addr {
-                telemetry::serve_metrics(*addr)?;
+        DaemonCommand::Registry(args) => {
+            if let Some(addr) = args.metrics_addr {
+                telemetry::serve_metrics(addr)?;
             }
-            let config = cluster_registry::RegistryConfig {
-                cluster: cluster.clone(),
-                listen: *listen,
-                store: cluster_registry::RegistryStore::Etcd(etcd.clone()),
-            };
             runtime.block_on(cluster_registry::run(
-                config,
+                args.config(),
                 |_| {},
                 tether_common::shutdown_signal(),
             ))?;

@@ -19,6 +19,33 @@ use coord_store::{CoordStore, EtcdStore};
 
 pub use error::RegistryError;
 
+/// Flags of the registry daemon (shared by `tether-registry` and `tether daemon registry`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// This cluster's name.
+    #[arg(long, default_value = "central")]
+    pub cluster: String,
+    /// Admin API address.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub listen: SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// Serve Prometheus metrics here (http://ADDR/metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl RegistryArgs {
+    pub fn config(&self) -> RegistryConfig {
+        RegistryConfig {
+            cluster: self.cluster.clone(),
+            listen: self.listen,
+            store: RegistryStore::Etcd(self.etcd.clone()),
+        }
+    }
+}
+
 /// Everything the registry needs to run.
 #[derive(Clone)]
 pub struct RegistryConfig {

@@ -80,6 +80,19 @@ enum Target<'a> {
     Nbd(&'a str),
 }
 
+impl Target<'_> {
+    /// The fio engine and target arguments.
+    fn fio_args(&self) -> [String; 2] {
+        match self {
+            Target::File(path) => [
+                "--ioengine=io_uring".into(),
+                format!("--filename={}", path.display()),
+            ],
+            Target::Nbd(uri) => ["--ioengine=nbd".into(), format!("--uri={uri}")],
+        }
+    }
+}
+
 fn fio(target: &Target, workload: Workload, runtime: u64, size: &str) -> anyhow::Result<Measured> {
     // Write back what earlier runs dirtied, so no run pays for another's writeback.
     Command::new("sync").status()?;
@@ -96,16 +109,7 @@ fn fio(target: &Target, workload: Workload, runtime: u64, size: &str) -> anyhow:
         "--norandommap".into(),
         "--output-format=json".into(),
     ];
-    match target {
-        Target::File(path) => {
-            args.push("--ioengine=io_uring".into());
-            args.push(format!("--filename={}", path.display()));
-        }
-        Target::Nbd(uri) => {
-            args.push("--ioengine=nbd".into());
-            args.push(format!("--uri={uri}"));
-        }
-    }
+    args.extend(target.fio_args());
     let output = Command::new("fio")
         .args(&args)
         .output()
@@ -144,16 +148,7 @@ fn prefill(target: &Target, size: &str) -> anyhow::Result<()> {
         "--iodepth=8".into(),
         format!("--size={size}"),
     ];
-    match target {
-        Target::File(path) => {
-            args.push("--ioengine=io_uring".into());
-            args.push(format!("--filename={}", path.display()));
-        }
-        Target::Nbd(uri) => {
-            args.push("--ioengine=nbd".into());
-            args.push(format!("--uri={uri}"));
-        }
-    }
+    args.extend(target.fio_args());
     let status = Command::new("fio")
         .args(&args)
         .stdout(Stdio::null())

@@ -582,16 +582,7 @@ impl Volume {
         };
         let mut cleaned = 0;
         for (chunk_idx, generation) in candidates {
-            let buf = self
-                .io
-                .read_at(
-                    &self.data,
-                    chunk_idx * self.chunk_size,
-                    self.chunk_size as usize,
-                )
-                .await
-                .map_err(self.data_err("rehash read"))?;
-            let hash = chunk_hash(&buf);
+            let hash = self.hash_chunk_on_disk(chunk_idx, "rehash read").await?;
             let mut state = self.state.lock().unwrap();
             let unchanged = state
                 .dirty
@@ -785,21 +776,23 @@ impl Volume {
         self.state.lock().unwrap().tree.clone()
     }
 
+    /// The hash of one chunk as it is in the data file (zero-padded past the end).
+    async fn hash_chunk_on_disk(&self, chunk_idx: u64, op: &'static str) -> Result<ChunkHash> {
+        let offset = chunk_idx * self.chunk_size;
+        let buf = self
+            .io
+            .read_at(&self.data, offset, self.chunk_size as usize)
+            .await
+            .map_err(self.data_err(op))?;
+        Ok(chunk_hash(&buf))
+    }
+
     /// Recomputes every chunk hash from the data on disk (scrub, tests).
     pub async fn compute_hashes_from_data(&self) -> Result<Vec<ChunkHash>> {
         let n_chunks = self.n_chunks();
         let mut leaves = Vec::with_capacity(n_chunks as usize);
         for chunk_idx in 0..n_chunks {
-            let buf = self
-                .io
-                .read_at(
-                    &self.data,
-                    chunk_idx * self.chunk_size,
-                    self.chunk_size as usize,
-                )
-                .await
-                .map_err(self.data_err("scrub read"))?;
-            leaves.push(chunk_hash(&buf));
+            leaves.push(self.hash_chunk_on_disk(chunk_idx, "scrub read").await?);
         }
         Ok(leaves)
     }
