@@ -142,6 +142,8 @@ fn bad_requests_get_errors_and_harm_no_one_else() {
         .find(|line| line.contains("protocol violation"))
         .expect("a log line for the violation");
     assert!(violation.contains("\"volume\":\"target\""), "{violation}");
+    assert!(violation.contains("\"node\":\"node-1\""), "{violation}");
+    assert!(violation.contains("\"cluster\":\"central\""), "{violation}");
     assert!(violation.contains("\"peer\":\"127.0.0.1:"), "{violation}");
     assert!(
         violation.contains("RequestTooLarge") || violation.contains("over the limit"),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use coord_store::{CoordStore, EtcdStore, StoreError, WatchEvent};
 use tether_proto::admin::{NodeRecord, ServingEndpoint, VolumeSpec, VolumeStatus};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::config::{NodeConfig, StoreConfig};
 use crate::engine::{IoEngine, Pool, Volume, VolumeOptions};
@@ -56,6 +57,12 @@ struct Agent {
 /// Runs a storage node until `shutdown` resolves, then stops serving, settles
 /// every hash list and deregisters.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // Every log line of this node, and of the tasks it spawns, carries cluster and node.
+    let span = tracing::info_span!("node", cluster = %config.cluster, node = %config.node);
+    run_in_span(config, shutdown).instrument(span).await
+}
+
+async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let store: Arc<dyn CoordStore> = match &config.store {
         StoreConfig::Etcd(endpoints) => Arc::new(EtcdStore::connect(endpoints).await?),
         StoreConfig::Shared(store) => store.clone(),
@@ -87,9 +94,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         io_backend = agent.pool.io_backend().kind().as_str(),
         "storage node up"
     );
-    let keep_alive = tokio::spawn(agent.clone().keep_alive_loop());
-    let reconcile = tokio::spawn(agent.clone().reconcile_loop());
-    let status = tokio::spawn(agent.clone().status_loop());
+    let keep_alive = tokio::spawn(agent.clone().keep_alive_loop().in_current_span());
+    let reconcile = tokio::spawn(agent.clone().reconcile_loop().in_current_span());
+    let status = tokio::spawn(agent.clone().status_loop().in_current_span());
     shutdown.await;
     tracing::info!(node = %agent.config.node, "shutting down");
     reconcile.abort();
@@ -401,5 +408,5 @@ fn spawn_rehasher(volume: Arc<Volume>) {
                 last_checkpoint = Instant::now();
             }
         }
-    });
+    }.in_current_span());
 }

@@ -116,7 +116,7 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Volume>) -> Result<NbdServer
                 .map_err(bind_err)?;
             let local = listener.local_addr().map_err(bind_err)?;
             let uri = format!("nbd://{local}/{name}");
-            tokio::spawn(accept_loop_tcp(listener, volume, shutdown_rx));
+            tokio::spawn(accept_loop_tcp(listener, volume, shutdown_rx).in_current_span());
             Ok(NbdServer {
                 endpoint: endpoint_spec.to_string(),
                 uri,
@@ -137,7 +137,7 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Volume>) -> Result<NbdServer
             }
             let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
             let uri = format!("nbd+unix:///{name}?socket={}", path.display());
-            tokio::spawn(accept_loop_unix(listener, volume, shutdown_rx));
+            tokio::spawn(accept_loop_unix(listener, volume, shutdown_rx).in_current_span());
             Ok(NbdServer {
                 endpoint: endpoint_spec.to_string(),
                 uri,
