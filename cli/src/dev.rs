@@ -332,19 +332,16 @@ fn wait_ready(
     loop {
         for (name, child, log) in children.iter_mut() {
             if let Some(status) = child.try_wait()? {
-                let tail = std::fs::read_to_string(&*log).unwrap_or_default();
-                let last: Vec<&str> = tail
+                let log_text = std::fs::read_to_string(&*log).unwrap_or_default();
+                let last = log_text
                     .lines()
                     .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                    .find(|line| !line.trim().is_empty())
+                    .unwrap_or("");
                 bail!(
-                    "{name} exited with {status} during start-up; log {}:\n{}",
-                    log.display(),
-                    last.join("\n")
+                    "{name} exited with {status} during start-up: {} (log: {})",
+                    last.trim_start_matches("error: "),
+                    log.display()
                 );
             }
         }
@@ -406,6 +403,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
     tether_common::telemetry::serve_metrics(options.metrics_addr)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // A node or the registry that fails stops the whole process, so
+    // `dev up` (and whoever watches the process) sees it.
+    let (failed, mut failures) = tokio::sync::mpsc::channel::<anyhow::Error>(4);
     let mut tasks = Vec::new();
     for name in &options.node_names {
         let data_dir = options.dir.join(CLUSTER).join(name);
@@ -425,13 +425,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             hash_upkeep: options.hash_upkeep,
             lease_ttl: DEFAULT_LEASE_TTL,
         };
-        let mut stopped = stopped.clone();
+        let (mut stopped, failed) = (stopped.clone(), failed.clone());
+        let node = name.clone();
         tasks.push(tokio::spawn(async move {
-            storage_node::run(config, async move {
+            let stop_requested = async move {
                 let _ = stopped.changed().await;
-            })
-            .await
-            .map_err(anyhow::Error::from)
+            };
+            if let Err(err) = storage_node::run(config, stop_requested).await {
+                let _ = failed
+                    .send(anyhow::Error::from(err).context(format!("node {node}")))
+                    .await;
+            }
         }));
     }
     let registry_config = cluster_registry::RegistryConfig {
@@ -441,16 +445,28 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     };
     let mut registry_stopped = stopped.clone();
     tasks.push(tokio::spawn(async move {
-        cluster_registry::run(registry_config, |_| {}, async move {
+        let stop_requested = async move {
             let _ = registry_stopped.changed().await;
-        })
-        .await
-        .map_err(anyhow::Error::from)
+        };
+        if let Err(err) = cluster_registry::run(registry_config, |_| {}, stop_requested).await {
+            let _ = failed
+                .send(anyhow::Error::from(err).context("registry"))
+                .await;
+        }
     }));
-    tether_common::shutdown_signal().await;
+    let failure = tokio::select! {
+        _ = tether_common::shutdown_signal() => None,
+        Some(err) = failures.recv() => Some(err),
+    };
+    if let Some(err) = &failure {
+        tracing::error!(error = %format!("{err:#}"), "stopping the federation");
+    }
     let _ = stop.send(true);
     for task in tasks {
-        task.await??;
+        let _ = task.await;
     }
-    Ok(())
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }

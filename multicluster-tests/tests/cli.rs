@@ -171,3 +171,30 @@ fn dev_up_brings_back_volumes_and_data_with_etcd() {
 fn dev_up_brings_back_volumes_and_data_embedded() {
     survives_restart(true);
 }
+
+#[test]
+fn volume_metadata_from_a_newer_version_is_refused_with_a_clear_error() {
+    let federation = DevFederation::builder().nodes(1).start().unwrap();
+    federation
+        .tether_ok(&["volume", "create", "future", "--size", "64MiB"])
+        .unwrap();
+    federation.down().unwrap();
+    let node = federation.node("node-1");
+    let meta =
+        std::path::Path::new(node["data_dir"].as_str().unwrap()).join("volumes/future/volume.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(
+        &meta,
+        text.replace("\"format_version\": 1", "\"format_version\": 9"),
+    )
+    .unwrap();
+    fails_with(
+        &federation,
+        &["dev", "up"],
+        "format version 9 is newer than this build understands",
+    );
+    // Nothing was changed: the file is as we left it.
+    assert!(std::fs::read_to_string(&meta)
+        .unwrap()
+        .contains("\"format_version\": 9"));
+}
