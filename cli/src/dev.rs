@@ -346,7 +346,7 @@ fn wait_ready(
             }
         }
         if let Ok(nodes) = client.get::<Vec<NodeView>>("/v1/nodes") {
-            if nodes.len() >= n_nodes {
+            if nodes.iter().filter(|node| node.state == "up").count() >= n_nodes {
                 return Ok(());
             }
         }

@@ -249,22 +249,33 @@ async fn list_clusters(State(state): State<AppState>) -> ApiResult<Json<Vec<Clus
     }]))
 }
 
+/// Live nodes (their lease-bound registration exists) are "up"; a node that
+/// still owns volumes but has no registration is listed as "down".
 async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeView>>> {
     let (nodes, specs) = (state.nodes().await?, state.specs().await?);
-    Ok(Json(
-        nodes
-            .into_iter()
-            .map(|node| NodeView {
-                provisioned_bytes: placement::provisioned_on(&node.name, &specs),
-                volumes: specs.iter().filter(|spec| spec.master == node.name).count(),
-                cluster: state.cluster.clone(),
-                state: "up".into(),
-                capacity_bytes: node.capacity_bytes,
-                io_backend: node.io_backend,
-                name: node.name,
-            })
-            .collect(),
-    ))
+    let view = |name: &str, up: Option<&NodeRecord>| NodeView {
+        name: name.to_string(),
+        cluster: state.cluster.clone(),
+        state: if up.is_some() { "up" } else { "down" }.into(),
+        capacity_bytes: up.map_or(0, |node| node.capacity_bytes),
+        provisioned_bytes: placement::provisioned_on(name, &specs),
+        volumes: specs.iter().filter(|spec| spec.master == name).count(),
+        io_backend: up.map_or_else(|| "-".to_string(), |node| node.io_backend.clone()),
+    };
+    let mut views: Vec<NodeView> = nodes
+        .iter()
+        .map(|node| view(&node.name, Some(node)))
+        .collect();
+    let mut down: Vec<&str> = specs
+        .iter()
+        .map(|spec| spec.master.as_str())
+        .filter(|master| !nodes.iter().any(|node| node.name == *master))
+        .collect();
+    down.sort_unstable();
+    down.dedup();
+    views.extend(down.into_iter().map(|name| view(name, None)));
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(views))
 }
 
 async fn list_volumes(State(state): State<AppState>) -> ApiResult<Json<Vec<VolumeView>>> {

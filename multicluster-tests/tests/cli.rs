@@ -198,3 +198,42 @@ fn volume_metadata_from_a_newer_version_is_refused_with_a_clear_error() {
         .unwrap()
         .contains("\"format_version\": 9"));
 }
+
+#[test]
+fn a_dead_node_is_listed_down_and_its_volumes_faulted() {
+    let federation = DevFederation::builder().nodes(2).start().unwrap();
+    federation
+        .tether_ok(&["volume", "create", "orphan", "--size", "64MiB"])
+        .unwrap();
+    let master = federation
+        .tether_json(&["volume", "get", "orphan"])
+        .unwrap()["master"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    federation.kill9(federation.node(&master)["pid"].as_u64().unwrap());
+    // The node's lease (10 s TTL) expires; then the registry reports it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let nodes = federation.tether_json(&["node", "list"]).unwrap();
+        let entry = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|node| node["name"] == master.as_str())
+            .cloned();
+        if entry.as_ref().is_some_and(|node| node["state"] == "down") {
+            assert_eq!(entry.unwrap()["volumes"], 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node never listed down: {nodes}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let view = federation
+        .tether_json(&["volume", "get", "orphan"])
+        .unwrap();
+    assert_eq!(view["copies"][0]["state"], "faulted", "{view}");
+}
