@@ -7,12 +7,19 @@
 //!   state machine over bytes.
 //! - [`nbd::decode_request`] / [`nbd::encode_simple_reply`]: the NBD
 //!   transmission phase.
+//! - [`block::Frame`]: node-to-node block frames (replicated writes with
+//!   their epoch, acknowledgements, Delta Sync's hash-tree and chunk
+//!   exchange), with [`block::decode_frame`] / [`block::encode_frame`].
 //! - [`admin`]: the JSON shapes of the federation admin API.
 //! - [`etcd`]: generated gRPC client stubs for etcd's KV, Watch and Lease
 //!   services (the coordination store speaks them).
 
 pub mod admin;
+pub mod block;
+mod error;
 pub mod nbd;
+
+pub use error::ProtoError;
 
 /// etcd's v3 API (trimmed to KV, Watch and Lease), generated at build time by
 /// protox + tonic-prost-build.

@@ -12,7 +12,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::consts::*;
-use super::error::NbdError;
+use crate::error::ProtoError;
 
 /// What the handshake needs to know about one export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,20 +95,20 @@ impl ServerHandshake {
         &mut self,
         input: &mut BytesMut,
         catalog: &dyn ExportCatalog,
-    ) -> Result<Option<HandshakeOutcome>, NbdError> {
+    ) -> Result<Option<HandshakeOutcome>, ProtoError> {
         loop {
             match self.state {
-                State::Finished => return Err(NbdError::HandshakeFinished),
+                State::Finished => return Err(ProtoError::HandshakeFinished),
                 State::AwaitClientFlags => {
                     if input.len() < 4 {
                         return Ok(None);
                     }
                     let client_flags = input.get_u32();
                     if client_flags & FLAG_C_FIXED_NEWSTYLE == 0 {
-                        return Err(NbdError::NotFixedNewstyle { client_flags });
+                        return Err(ProtoError::NotFixedNewstyle { client_flags });
                     }
                     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
-                        return Err(NbdError::UnknownClientFlags { client_flags });
+                        return Err(ProtoError::UnknownClientFlags { client_flags });
                     }
                     self.no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
                     self.state = State::AwaitOption;
@@ -119,12 +119,12 @@ impl ServerHandshake {
                     }
                     let magic = u64::from_be_bytes(input[0..8].try_into().unwrap());
                     if magic != IHAVEOPT {
-                        return Err(NbdError::BadOptionMagic { found: magic });
+                        return Err(ProtoError::BadOptionMagic { found: magic });
                     }
                     let option = u32::from_be_bytes(input[8..12].try_into().unwrap());
                     let length = u32::from_be_bytes(input[12..16].try_into().unwrap());
                     if length > MAX_OPTION_LEN {
-                        return Err(NbdError::OptionTooLarge {
+                        return Err(ProtoError::OptionTooLarge {
                             option,
                             length,
                             max: MAX_OPTION_LEN,

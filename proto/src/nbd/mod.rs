@@ -9,12 +9,12 @@
 //! Reference: the NBD protocol document (NetworkBlockDevice/nbd `doc/proto.md`).
 
 mod consts;
-mod error;
+
 mod handshake;
 mod transmission;
 
 pub use consts::*;
-pub use error::NbdError;
+
 pub use handshake::{ExportCatalog, ExportInfo, HandshakeOutcome, ServerHandshake};
 pub use transmission::{decode_request, encode_simple_reply, Command, Request, REQUEST_HEADER_LEN};
 

@@ -4,6 +4,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::*;
+use crate::ProtoError;
 
 struct OneExport;
 
@@ -179,7 +180,7 @@ fn protocol_violations_are_errors() {
     input.put_u32(0);
     assert_eq!(
         server.handle_input(&mut input, &OneExport),
-        Err(NbdError::NotFixedNewstyle { client_flags: 0 })
+        Err(ProtoError::NotFixedNewstyle { client_flags: 0 })
     );
 
     let mut server = started();
@@ -189,7 +190,7 @@ fn protocol_violations_are_errors() {
     input.put_u64(0);
     assert!(matches!(
         server.handle_input(&mut input, &OneExport),
-        Err(NbdError::BadOptionMagic { .. })
+        Err(ProtoError::BadOptionMagic { .. })
     ));
 
     let mut server = started();
@@ -200,7 +201,7 @@ fn protocol_violations_are_errors() {
     input.put_u32(MAX_OPTION_LEN + 1);
     assert!(matches!(
         server.handle_input(&mut input, &OneExport),
-        Err(NbdError::OptionTooLarge { .. })
+        Err(ProtoError::OptionTooLarge { .. })
     ));
 }
 
@@ -261,14 +262,14 @@ fn oversized_and_garbled_requests_are_errors() {
     let mut input = request(0, CMD_WRITE, 1, 0, MAX_REQUEST_LEN + 1);
     assert!(matches!(
         decode_request(&mut input, MAX_REQUEST_LEN),
-        Err(NbdError::RequestTooLarge { cookie: 1, .. })
+        Err(ProtoError::RequestTooLarge { cookie: 1, .. })
     ));
     let mut input = request(0, CMD_READ, 2, 0, MAX_REQUEST_LEN + 1);
     assert!(decode_request(&mut input, MAX_REQUEST_LEN).is_err());
     let mut input = BytesMut::from(&[0u8; 28][..]);
     assert_eq!(
         decode_request(&mut input, MAX_REQUEST_LEN),
-        Err(NbdError::BadRequestMagic { found: 0 })
+        Err(ProtoError::BadRequestMagic { found: 0 })
     );
 }
 

@@ -10,7 +10,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::consts::*;
-use super::error::NbdError;
+use crate::error::ProtoError;
 
 /// Length of a request header on the wire.
 pub const REQUEST_HEADER_LEN: usize = 28;
@@ -61,14 +61,14 @@ pub struct Request {
 pub fn decode_request(
     input: &mut BytesMut,
     max_request_bytes: u32,
-) -> Result<Option<Request>, NbdError> {
+) -> Result<Option<Request>, ProtoError> {
     if input.len() < REQUEST_HEADER_LEN {
         return Ok(None);
     }
     let mut header = &input[..REQUEST_HEADER_LEN];
     let magic = header.get_u32();
     if magic != REQUEST_MAGIC {
-        return Err(NbdError::BadRequestMagic { found: magic });
+        return Err(ProtoError::BadRequestMagic { found: magic });
     }
     let flags = header.get_u16();
     let command_type = header.get_u16();
@@ -79,7 +79,7 @@ pub fn decode_request(
 
     let has_payload = command_type == CMD_WRITE;
     if (has_payload || command_type == CMD_READ) && length > max_request_bytes {
-        return Err(NbdError::RequestTooLarge {
+        return Err(ProtoError::RequestTooLarge {
             cookie,
             length,
             max: max_request_bytes,

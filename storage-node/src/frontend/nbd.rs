@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tether_proto::nbd::{
-    self, Command, ExportCatalog, ExportInfo, HandshakeOutcome, NbdError, Request, ServerHandshake,
+    self, Command, ExportCatalog, ExportInfo, HandshakeOutcome, Request, ServerHandshake,
 };
+use tether_proto::ProtoError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::Instrument;
@@ -215,7 +216,7 @@ fn spawn_connection<S>(
 }
 
 enum ConnectionError {
-    Protocol(NbdError),
+    Protocol(ProtoError),
     Io(std::io::Error),
 }
 
@@ -225,8 +226,8 @@ impl From<std::io::Error> for ConnectionError {
     }
 }
 
-impl From<NbdError> for ConnectionError {
-    fn from(err: NbdError) -> Self {
+impl From<ProtoError> for ConnectionError {
+    fn from(err: ProtoError) -> Self {
         ConnectionError::Protocol(err)
     }
 }

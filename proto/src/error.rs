@@ -1,9 +1,10 @@
 use thiserror::Error;
 
-/// A protocol violation by the peer. Every variant ends the connection: the
-/// stream is no longer in a state both sides agree on.
+/// A protocol violation by the peer, in NBD or in Tether's block frames.
+/// Every variant ends the connection: the stream is no longer in a state
+/// both sides agree on.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum NbdError {
+pub enum ProtoError {
     #[error("client did not set the fixed-newstyle flag (client flags {client_flags:#x})")]
     NotFixedNewstyle { client_flags: u32 },
     #[error("unknown client flags {client_flags:#x}")]
@@ -18,4 +19,18 @@ pub enum NbdError {
     RequestTooLarge { cookie: u64, length: u32, max: u32 },
     #[error("handshake input after the handshake finished")]
     HandshakeFinished,
+    #[error("block frame magic {found:#x} is not TBLK")]
+    BadFrameMagic { found: u32 },
+    #[error("block frame version {version} is not supported (this build speaks {supported})")]
+    UnsupportedFrameVersion { version: u8, supported: u8 },
+    #[error("block frame kind {kind} is unknown")]
+    UnknownFrameKind { kind: u8 },
+    #[error("block frame {seq} carries {length} payload bytes, over the limit of {max}")]
+    FrameTooLarge { seq: u64, length: u32, max: u32 },
+    #[error("block frame {seq} (kind {kind}) is malformed: {reason}")]
+    MalformedFrame {
+        seq: u64,
+        kind: u8,
+        reason: &'static str,
+    },
 }
