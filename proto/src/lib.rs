@@ -21,6 +21,9 @@ pub mod nbd;
 
 pub use error::ProtoError;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 /// etcd's v3 API (trimmed to KV, Watch and Lease), generated at build time by
 /// protox + tonic-prost-build.
 #[allow(clippy::all, missing_docs)]
