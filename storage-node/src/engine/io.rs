@@ -20,8 +20,7 @@ use io_uring::{opcode, types, IoUring};
 use tokio::sync::oneshot;
 
 /// Which backend a node runs; reported in logs, metrics and `tether node list`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoBackendKind {
     IoUring,
     Threads,

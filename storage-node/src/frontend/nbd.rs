@@ -59,17 +59,12 @@ impl Endpoint {
     }
 }
 
-/// A running listener. Dropping it (or [`NbdServer::stop`]) stops accepting
-/// and closes its connections.
+/// A running listener. Dropping it stops accepting and closes its connections.
 pub struct NbdServer {
     pub endpoint: String,
     pub uri: String,
     shutdown: watch::Sender<bool>,
     unix_path: Option<PathBuf>,
-}
-
-impl NbdServer {
-    pub fn stop(self) {}
 }
 
 impl Drop for NbdServer {

@@ -54,10 +54,6 @@ impl HashTree {
         &self.levels[0]
     }
 
-    pub fn leaf(&self, chunk_idx: u64) -> ChunkHash {
-        self.levels[0][chunk_idx as usize]
-    }
-
     pub fn root(&self) -> ChunkHash {
         self.levels.last().unwrap()[0]
     }
