@@ -19,10 +19,17 @@ use coord_store::{CoordStore, EmbeddedStore};
 use storage_node::config::{NodeConfig, StoreConfig, DEFAULT_LEASE_TTL};
 use tether_proto::admin::NodeView;
 
+use cluster_registry::placement::FAILURE_DOMAIN_LABEL;
+
 use crate::client::AdminClient;
 use crate::federation::{ClusterEntry, EtcdEntry, Federation, NodeEntry, ProcessEntry};
 
 const CLUSTER: &str = "central";
+
+/// Each dev node is its own failure domain: `node-2` is in `zone=zone-2`.
+fn dev_zone(node: &str) -> String {
+    format!("zone-{}", node.trim_start_matches("node-"))
+}
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct UpOptions {
@@ -198,6 +205,7 @@ fn up_with_etcd(
                 format!("--data-dir={}", data_dir.display()),
                 format!("--etcd={endpoint}"),
                 format!("--metrics-addr={metrics}"),
+                format!("--label={FAILURE_DOMAIN_LABEL}={}", dev_zone(&name)),
             ];
             if let Some(capacity) = &options.capacity {
                 args.push(format!("--capacity={capacity}"));
@@ -424,6 +432,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             io_uring: true,
             hash_upkeep: options.hash_upkeep,
             lease_ttl: DEFAULT_LEASE_TTL,
+            labels: [(FAILURE_DOMAIN_LABEL.to_string(), dev_zone(name))].into(),
         };
         let (mut stopped, failed) = (stopped.clone(), failed.clone());
         let node = name.clone();

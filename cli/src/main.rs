@@ -132,6 +132,9 @@ enum VolumeCommand {
         replicas: u32,
         #[arg(long)]
         cluster: Option<String>,
+        /// Only on nodes with this label, key=value (repeatable), e.g. zone=zone-2.
+        #[arg(long, value_parser = storage_node::config::parse_label)]
+        placement: Vec<(String, String)>,
     },
     /// List volumes.
     List,
@@ -175,7 +178,21 @@ enum DaemonCommand {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            // One line, like every other error; `--help` has the rest.
+            let rendered = err.to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            eprintln!("error: {first} (see --help)");
+            std::process::exit(2);
+        }
+    };
     if let Err(err) = run(cli) {
         eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
         std::process::exit(1);
@@ -227,19 +244,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&nodes);
             }
             println!(
-                "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<8}",
+                "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<9} LABELS",
                 "NAME", "CLUSTER", "STATE", "CAPACITY", "PROVISIONED", "VOLUMES", "IO"
             );
             for node in nodes {
                 println!(
-                    "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<8}",
+                    "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<9} {}",
                     node.name,
                     node.cluster,
                     node.state,
                     format_size(node.capacity_bytes),
                     format_size(node.provisioned_bytes),
                     node.volumes,
-                    node.io_backend
+                    node.io_backend,
+                    cluster_registry::placement::format_labels(&node.labels)
                 );
             }
             Ok(())
@@ -256,6 +274,7 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             size,
             replicas,
             cluster,
+            placement,
         } => {
             if let Some(cluster) = cluster {
                 anyhow::ensure!(
@@ -268,6 +287,7 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
                 name: name.clone(),
                 size_bytes,
                 replicas: *replicas,
+                placement: placement.iter().cloned().collect(),
             };
             let view: VolumeView = client.post("/v1/volumes", &request)?;
             if cli.output == Output::Json {

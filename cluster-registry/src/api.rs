@@ -261,6 +261,7 @@ async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeVie
         provisioned_bytes: placement::provisioned_on(name, &specs),
         volumes: specs.iter().filter(|spec| spec.master == name).count(),
         io_backend: up.map_or_else(|| "-".to_string(), |node| node.io_backend.clone()),
+        labels: up.map(|node| node.labels.clone()).unwrap_or_default(),
     };
     let mut views: Vec<NodeView> = nodes
         .iter()
@@ -314,11 +315,14 @@ async fn create_volume(
             reason: "replicated volume groups are not available yet; use --replicas 1".into(),
         });
     }
-    let master = placement::place(
+    let copies = placement::place(
         request.size_bytes,
+        request.replicas as usize,
+        &request.placement,
         &state.nodes().await?,
         &state.specs().await?,
     )?;
+    let master = copies[0].clone();
     let spec = VolumeSpec {
         version: VolumeSpec::VERSION,
         name: request.name.clone(),
@@ -327,6 +331,7 @@ async fn create_volume(
         master: master.clone(),
         epoch: 1,
         attachments: vec![],
+        placement: request.placement.clone(),
     };
     let key = state.key("volumes", &spec.name);
     let created = state

@@ -18,6 +18,8 @@ pub enum RegistryError {
     PoolFull { requested: u64, largest_free: u64 },
     #[error("{reason}")]
     Unavailable { reason: String },
+    #[error("cannot place the volume: {reason}")]
+    NoPlacement { reason: String },
     #[error("node {node} failed on volume {name}: {reason}")]
     NodeFailed {
         name: String,
@@ -44,6 +46,7 @@ impl RegistryError {
             RegistryError::Attached { .. } => (StatusCode::CONFLICT, "attached"),
             RegistryError::PoolFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "pool_full"),
             RegistryError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RegistryError::NoPlacement { .. } => (StatusCode::CONFLICT, "no_placement"),
             RegistryError::NodeFailed { .. } => (StatusCode::BAD_GATEWAY, "node_failed"),
             RegistryError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             RegistryError::BadRecord { .. } | RegistryError::Listen { .. } => {

@@ -237,3 +237,56 @@ fn a_dead_node_is_listed_down_and_its_volumes_faulted() {
         .unwrap();
     assert_eq!(view["copies"][0]["state"], "faulted", "{view}");
 }
+
+#[test]
+fn placement_follows_node_labels() {
+    let federation = DevFederation::builder().nodes(3).start().unwrap();
+    let nodes = federation.tether_json(&["node", "list"]).unwrap();
+    assert_eq!(
+        nodes[1]["labels"]["zone"], "zone-2",
+        "dev nodes are their own zones: {nodes}"
+    );
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "pinned",
+            "--size",
+            "64MiB",
+            "--placement",
+            "zone=zone-2",
+        ])
+        .unwrap();
+    assert_eq!(
+        federation
+            .tether_json(&["volume", "get", "pinned"])
+            .unwrap()["master"],
+        "node-2"
+    );
+    fails_with(
+        &federation,
+        &[
+            "volume",
+            "create",
+            "lost",
+            "--size",
+            "64MiB",
+            "--placement",
+            "zone=mars",
+        ],
+        "no live node matches zone=mars",
+    );
+    fails_with(
+        &federation,
+        &[
+            "volume",
+            "create",
+            "bad",
+            "--size",
+            "64MiB",
+            "--placement",
+            "zone",
+        ],
+        "expected key=value",
+    );
+}

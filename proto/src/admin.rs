@@ -5,6 +5,8 @@
 //! Field names here are a contract: `tether volume get NAME -o json` prints
 //! [`VolumeView`] as is. Add fields; never rename.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Volume names the admin API accepts: 1–63 of `[a-z0-9._-]`, starting with a
@@ -37,6 +39,8 @@ pub struct NodeView {
     pub provisioned_bytes: u64,
     pub volumes: usize,
     pub io_backend: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One copy of a volume.
@@ -81,6 +85,9 @@ pub struct CreateVolumeRequest {
     pub size_bytes: u64,
     #[serde(default = "one")]
     pub replicas: u32,
+    /// Node labels every copy's node must carry (`zone=eu-1a`).
+    #[serde(default)]
+    pub placement: BTreeMap<String, String>,
 }
 
 fn one() -> u32 {
@@ -132,6 +139,9 @@ pub struct VolumeSpec {
     pub epoch: u64,
     /// NBD endpoints the master must serve the volume on (`unix:PATH`, `tcp:HOST:PORT`).
     pub attachments: Vec<AttachmentSpec>,
+    /// The placement constraints the volume was created with; replacements honour them too.
+    #[serde(default)]
+    pub placement: BTreeMap<String, String>,
 }
 
 impl VolumeSpec {
@@ -154,6 +164,9 @@ pub struct NodeRecord {
     pub io_backend: String,
     pub metrics_addr: Option<String>,
     pub pid: u32,
+    /// Operator-given labels (e.g. `zone=eu-1a`): placement constraints and failure domains.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeRecord {

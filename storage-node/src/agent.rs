@@ -126,6 +126,7 @@ impl Agent {
             io_backend: self.pool.io_backend().kind().as_str().to_string(),
             metrics_addr: self.config.metrics_addr.map(|addr| addr.to_string()),
             pid: std::process::id(),
+            labels: self.config.labels.clone(),
         };
         let value = serde_json::to_vec(&record).expect("record serializes");
         self.store

@@ -44,6 +44,9 @@ pub struct NodeArgs {
     /// Use the portable thread-pool I/O backend instead of io_uring.
     #[arg(long)]
     pub no_io_uring: bool,
+    /// A label for placement, key=value (repeatable), e.g. --label zone=eu-1a.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Do not keep hash lists current during I/O (only to measure what upkeep costs).
     #[arg(long, hide = true)]
     pub no_hash_upkeep: bool,
@@ -62,6 +65,8 @@ pub struct NodeConfig {
     pub hash_upkeep: bool,
     /// TTL of the node's liveness lease.
     pub lease_ttl: Duration,
+    /// Placement labels (`zone` is the failure domain).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Default TTL of the node lease: a dead node's registration vanishes this long after its last keep-alive.
@@ -90,7 +95,18 @@ impl NodeConfig {
             io_uring: !args.no_io_uring,
             hash_upkeep: !args.no_hash_upkeep,
             lease_ttl: DEFAULT_LEASE_TTL,
+            labels: args.labels.into_iter().collect(),
         })
+    }
+}
+
+/// Parses `key=value` (labels and placement constraints).
+pub fn parse_label(input: &str) -> std::result::Result<(String, String), String> {
+    match input.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!("{input:?}: expected key=value")),
     }
 }
 
