@@ -31,6 +31,14 @@ fn dev_zone(node: &str) -> String {
     format!("zone-{}", node.trim_start_matches("node-"))
 }
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Start-up attempts of a new federation when a chosen port turns out taken.
+const START_ATTEMPTS: usize = 3;
+
+fn is_port_collision(err: &anyhow::Error) -> bool {
+    format!("{err:#}")
+        .to_ascii_lowercase()
+        .contains("address already in use")
+}
 
 pub struct UpOptions {
     pub dir: PathBuf,
@@ -118,10 +126,28 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
         bail!("this federation was created with etcd, and no `etcd` is on PATH now (Debian: apt-get install etcd-server)");
     }
     let previous_cluster = previous.and_then(|federation| federation.clusters.into_iter().next());
-    let federation = if use_etcd {
-        up_with_etcd(&dir, &options, previous_cluster)?
-    } else {
-        up_embedded(&dir, &options, previous_cluster)?
+    // A new federation picks free ports, and a port free a moment ago can be
+    // taken before the child binds it (other federations starting at once):
+    // then start again with new ports. A federation brought back keeps its ports.
+    let mut attempt = 1;
+    let federation = loop {
+        let started = if use_etcd {
+            up_with_etcd(&dir, &options, previous_cluster.clone())
+        } else {
+            up_embedded(&dir, &options, previous_cluster.clone())
+        };
+        match started {
+            Err(err)
+                if previous_cluster.is_none()
+                    && attempt < START_ATTEMPTS
+                    && is_port_collision(&err) =>
+            {
+                eprintln!("a port was taken while starting (attempt {attempt}); starting again with new ports");
+                let _ = std::fs::remove_dir_all(dir.join(CLUSTER).join("etcd"));
+                attempt += 1;
+            }
+            other => break other?,
+        }
     };
     federation.store(&dir)?;
     Ok(federation)

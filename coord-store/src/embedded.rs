@@ -51,6 +51,8 @@ struct Inner {
     watchers: Vec<Watcher>,
     history: VecDeque<WatchEvent>,
     persist_path: Option<PathBuf>,
+    /// An unleased (persisted) key changed since the file was last written.
+    unpersisted_changes: bool,
 }
 
 /// On-disk form: `{"format_version": 1, "revision": N, "kvs": [...]}`.
@@ -160,6 +162,7 @@ impl Inner {
             watchers: Vec::new(),
             history: VecDeque::new(),
             persist_path,
+            unpersisted_changes: false,
         }
     }
 
@@ -204,6 +207,10 @@ impl Inner {
             version: previous.as_ref().map_or(1, |kv| kv.version + 1),
             lease,
         };
+        // Leased keys die with their lease and are never persisted.
+        if lease.is_none() || previous.is_some_and(|kv| kv.lease.is_none()) {
+            self.unpersisted_changes = true;
+        }
         self.kvs.insert(key.to_string(), kv.clone());
         self.publish(WatchEvent::Put(kv));
         Ok(())
@@ -212,8 +219,11 @@ impl Inner {
     fn apply_delete(&mut self, key: &str, revision: i64) -> bool {
         match self.kvs.remove(key) {
             Some(kv) => {
-                if let Some(state) = kv.lease.and_then(|lease| self.leases.get_mut(&lease)) {
-                    state.keys.remove(key);
+                match kv.lease.and_then(|lease| self.leases.get_mut(&lease)) {
+                    Some(state) => {
+                        state.keys.remove(key);
+                    }
+                    None => self.unpersisted_changes |= kv.lease.is_none(),
                 }
                 self.publish(WatchEvent::Delete {
                     key: key.to_string(),
@@ -254,10 +264,14 @@ impl Inner {
         }
     }
 
-    fn persist(&self) -> Result<()> {
+    /// Writes the persisted (unleased) keys, if any changed.
+    fn persist(&mut self) -> Result<()> {
         let Some(path) = &self.persist_path else {
             return Ok(());
         };
+        if !self.unpersisted_changes {
+            return Ok(());
+        }
         let state = PersistedState {
             format_version: FORMAT_VERSION,
             revision: self.revision,
@@ -278,7 +292,9 @@ impl Inner {
         write_atomically(path, &bytes).map_err(|source| StoreError::Persist {
             path: path.display().to_string(),
             source,
-        })
+        })?;
+        self.unpersisted_changes = false;
+        Ok(())
     }
 }
 

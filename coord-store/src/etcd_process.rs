@@ -97,8 +97,17 @@ impl EtcdProcess {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                    let last = log
+                        .lines()
+                        .rev()
+                        .find(|line| !line.trim().is_empty())
+                        .unwrap_or("");
                     return Err(StoreError::EtcdProcess {
-                        reason: format!("etcd exited with {status}; see {}", log_path.display()),
+                        reason: format!(
+                            "etcd exited with {status}: {last} (log: {})",
+                            log_path.display()
+                        ),
                     });
                 }
             }

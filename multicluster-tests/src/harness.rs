@@ -189,7 +189,7 @@ impl DevFederation {
 
     /// Sends SIGKILL to a process and waits until it is gone.
     pub fn kill9(&self, pid: u64) {
-        unsafe_kill(pid as i32, 9);
+        send_signal(pid as i32, 9);
         wait_gone(pid as u32);
     }
 
@@ -212,7 +212,7 @@ impl Drop for DevFederation {
     }
 }
 
-fn unsafe_kill(pid: i32, signal: i32) {
+fn send_signal(pid: i32, signal: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())

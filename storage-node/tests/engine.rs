@@ -93,6 +93,21 @@ async fn volumes_are_thin_and_trim_releases_space() {
         .write_zeroes(5 * MIB, 4096, false, false)
         .await
         .unwrap();
+    // NO_HOLE zeroing of a large range: no buffer of zeros, space stays allocated.
+    small
+        .write(8 * MIB, Bytes::from(vec![3u8; 16 * MIB as usize]), false)
+        .await
+        .unwrap();
+    let before = small.stats().allocated_bytes;
+    small
+        .write_zeroes(8 * MIB, 16 * MIB, false, false)
+        .await
+        .unwrap();
+    assert_eq!(small.read(8 * MIB, 4096).await.unwrap(), vec![0u8; 4096]);
+    assert!(
+        small.stats().allocated_bytes >= before,
+        "NO_HOLE keeps the range allocated"
+    );
     small.settle().await.unwrap();
     assert_hashes_match_data(&small).await;
 }

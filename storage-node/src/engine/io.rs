@@ -202,14 +202,26 @@ impl IoEngine {
     }
 }
 
-/// Deallocates `[offset, offset+length)`; reads there return zeros afterwards.
-pub async fn punch_hole(file: &Arc<File>, offset: u64, length: u64) -> io::Result<()> {
+/// Zeroes `[offset, offset+length)` without a buffer of zeros: with
+/// `release` the space is deallocated (a hole), otherwise it stays allocated
+/// (NBD's NO_HOLE). Reads there return zeros afterwards either way.
+pub async fn zero_range(
+    file: &Arc<File>,
+    offset: u64,
+    length: u64,
+    release: bool,
+) -> io::Result<()> {
     let file = file.clone();
+    let mode = if release {
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+    } else {
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+    };
     tokio::task::spawn_blocking(move || {
         let rc = unsafe {
             libc::fallocate(
                 file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                mode,
                 offset as libc::off_t,
                 length as libc::off_t,
             )
@@ -387,7 +399,7 @@ mod tests {
         // Past the end of the file reads as zeros.
         let tail = engine.read_at(&file, (1 << 20) - 10, 100).await.unwrap();
         assert_eq!(tail, vec![0u8; 100]);
-        punch_hole(&file, 12_288, 8192).await.unwrap();
+        zero_range(&file, 12_288, 8192, true).await.unwrap();
         let punched = engine.read_at(&file, 12_345, 10).await.unwrap();
         assert_eq!(punched, vec![0u8; 10]);
     }

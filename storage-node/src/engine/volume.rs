@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::io::{punch_hole, IoEngine};
+use super::io::{zero_range, IoEngine};
 use super::meta::VolumeMeta;
 use crate::error::{NodeError, Result};
 use crate::hashlist::{chunk_hash, ActivityLog, ChunkHash, HashTree};
@@ -124,6 +124,11 @@ struct HashState {
     activity: ActivityState,
     n_extents: u64,
 }
+
+/// An extent and its write generation when a checkpoint looked at it.
+type ExtentGeneration = (u64, u64);
+/// Leaves to persist, starting at a chunk index.
+type LeafRun = (u64, Vec<ChunkHash>);
 
 /// Counters a volume reports (API and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -422,7 +427,7 @@ impl Volume {
     }
 
     /// Zeroes a range. With `may_punch` the space is released (TRIM,
-    /// WRITE_ZEROES without NO_HOLE); otherwise zeros are written.
+    /// WRITE_ZEROES without NO_HOLE); otherwise it stays allocated.
     pub async fn write_zeroes(
         &self,
         offset: u64,
@@ -435,16 +440,9 @@ impl Volume {
             return Ok(());
         }
         let chunks = self.begin_write(offset, length).await?;
-        let result = if may_punch {
-            punch_hole(&self.data, offset, length)
-                .await
-                .map_err(self.data_err("punch hole"))
-        } else {
-            self.io
-                .write_at(&self.data, offset, Bytes::from(vec![0u8; length as usize]))
-                .await
-                .map_err(self.data_err("write zeroes"))
-        };
+        let result = zero_range(&self.data, offset, length, may_punch)
+            .await
+            .map_err(self.data_err("zero range"));
         self.end_write(chunks);
         result?;
         if fua {
@@ -609,7 +607,9 @@ impl Volume {
             return Ok(0);
         }
         let _maintenance = self.maintenance.lock().await;
-        let candidates: Vec<(u64, u64, Vec<ChunkHash>)> = {
+        // Clean, marked extents: their write generations (to clear them only
+        // if untouched meanwhile) and their leaves as of now (to persist).
+        let (generations, leaf_writes): (Vec<ExtentGeneration>, Vec<LeafRun>) = {
             let state = self.state.lock().unwrap();
             let busy: std::collections::HashSet<u64> = state
                 .dirty
@@ -623,17 +623,17 @@ impl Volume {
                 .into_iter()
                 .filter(|extent| !busy.contains(extent))
                 .map(|extent| {
-                    let first = (extent * self.extent_chunks) as usize;
-                    let last = (((extent + 1) * self.extent_chunks).min(n_chunks)) as usize;
+                    let first = extent * self.extent_chunks;
+                    let last = ((extent + 1) * self.extent_chunks).min(n_chunks);
+                    let leaves = state.tree.leaves()[first as usize..last as usize].to_vec();
                     (
-                        extent,
-                        state.activity.write_generation[extent as usize],
-                        state.tree.leaves()[first..last].to_vec(),
+                        (extent, state.activity.write_generation[extent as usize]),
+                        (first, leaves),
                     )
                 })
-                .collect()
+                .unzip()
         };
-        if candidates.is_empty() {
+        if generations.is_empty() {
             return Ok(0);
         }
         self.io
@@ -641,11 +641,6 @@ impl Volume {
             .await
             .map_err(self.data_err("checkpoint fdatasync"))?;
         let hashes = self.hashes.clone();
-        let extent_chunks = self.extent_chunks;
-        let leaf_writes: Vec<(u64, Vec<ChunkHash>)> = candidates
-            .iter()
-            .map(|(extent, _, leaves)| (extent * extent_chunks, leaves.clone()))
-            .collect();
         tokio::task::spawn_blocking(move || {
             for (first, leaves) in leaf_writes {
                 write_leaves(&hashes, first, &leaves)?;
@@ -659,10 +654,10 @@ impl Volume {
             "checkpoint hashes",
             &self.dir.join("hashes"),
         ))?;
-        let version = {
+        let (version, cleared) = {
             let mut state = self.state.lock().unwrap();
             let mut cleared = 0;
-            for (extent, generation, _) in &candidates {
+            for (extent, generation) in &generations {
                 if state.activity.write_generation[*extent as usize] == *generation {
                     state.activity.set(*extent, false);
                     cleared += 1;
@@ -674,8 +669,8 @@ impl Volume {
             state.activity.version += 1;
             (state.activity.version, cleared)
         };
-        self.persist_activity(version.0).await?;
-        Ok(version.1)
+        self.persist_activity(version).await?;
+        Ok(cleared)
     }
 
     /// Rehashes and checkpoints until nothing is dirty or marked (clean shutdown, and before comparisons).
