@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use coord_store::etcd_process::{find_etcd, free_port, EtcdProcess};
 use coord_store::{CoordStore, EmbeddedStore};
-use storage_node::config::{NodeConfig, StoreConfig, DEFAULT_LEASE_TTL};
+use storage_node::config::{NodeConfig, StoreConfig, DEFAULT_LEASE_TTL, DEFAULT_REPLICA_TIMEOUT};
 use tether_proto::admin::NodeView;
 
 use cluster_registry::placement::FAILURE_DOMAIN_LABEL;
@@ -459,6 +459,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             hash_upkeep: options.hash_upkeep,
             lease_ttl: DEFAULT_LEASE_TTL,
             labels: [(FAILURE_DOMAIN_LABEL.to_string(), dev_zone(name))].into(),
+            block_listen: "127.0.0.1:0".into(),
+            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
+            sync_rate_limit: 0,
         };
         let (mut stopped, failed) = (stopped.clone(), failed.clone());
         let node = name.clone();

@@ -127,7 +127,7 @@ enum VolumeCommand {
         /// Size, e.g. 10GiB.
         #[arg(long)]
         size: String,
-        /// Copies of the data (1 until volume groups land).
+        /// Copies of the data, master included, each on a different node.
         #[arg(long, default_value_t = 1)]
         replicas: u32,
         #[arg(long)]
@@ -139,7 +139,12 @@ enum VolumeCommand {
     /// List volumes.
     List,
     /// Show one volume.
-    Get { name: String },
+    Get {
+        name: String,
+        /// Follow Delta Sync progress with a progress bar until every copy is in sync.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Grow a volume (clients see the new size when they reconnect).
     Resize {
         name: String,
@@ -155,6 +160,9 @@ enum VolumeCommand {
         /// The cluster attaching (satellites come with the federation gateway).
         #[arg(long)]
         from: Option<String>,
+        /// The node that presents the volume (default: its master); it follows failovers.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Stop serving a volume.
     Detach { name: String },
@@ -313,8 +321,11 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
                 print_volume_row(&volume);
             }
         }
-        VolumeCommand::Get { name } => {
+        VolumeCommand::Get { name, watch } => {
             let volume: VolumeView = client.get(&format!("/v1/volumes/{name}"))?;
+            if *watch {
+                return watch_sync(&client, volume);
+            }
             if cli.output == Output::Json {
                 return print_json(&volume);
             }
@@ -336,6 +347,20 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             for copy in &volume.copies {
                 println!("copy:        {} ({}, {})", copy.node, copy.role, copy.state);
             }
+            for sync in &volume.syncs {
+                println!(
+                    "delta sync:  {} {}: compared {}/{} chunks, copied {}/{} ({}), {}/s, ETA {} s",
+                    sync.node,
+                    sync.phase,
+                    sync.chunks_compared,
+                    sync.chunks_total,
+                    sync.chunks_copied,
+                    sync.chunks_differing,
+                    format_size(sync.bytes_copied),
+                    format_size(sync.bytes_per_sec),
+                    sync.eta_seconds
+                );
+            }
             for attachment in &volume.attachments {
                 println!("attached:    {} (from {})", attachment.uri, attachment.from);
             }
@@ -354,10 +379,16 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
                 format_size(view.size_bytes)
             );
         }
-        VolumeCommand::Attach { name, nbd, from } => {
+        VolumeCommand::Attach {
+            name,
+            nbd,
+            from,
+            node,
+        } => {
             let request = AttachRequest {
                 nbd: nbd.clone(),
                 from: from.clone(),
+                node: node.clone(),
             };
             let response: AttachResponse =
                 client.post(&format!("/v1/volumes/{name}/attach"), &request)?;
@@ -385,6 +416,49 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Draws a progress bar per Delta Sync until every copy is in sync.
+fn watch_sync(client: &client::AdminClient, mut volume: VolumeView) -> anyhow::Result<()> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} chunks {msg}")
+        .expect("template is valid")
+        .progress_chars("=> ");
+    let bars = MultiProgress::new();
+    let mut by_node: std::collections::HashMap<String, ProgressBar> = Default::default();
+    loop {
+        for sync in &volume.syncs {
+            let bar = by_node.entry(sync.node.clone()).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(0));
+                bar.set_style(style.clone());
+                bar.set_prefix(sync.node.clone());
+                bar
+            });
+            bar.set_length(sync.chunks_differing.max(1));
+            bar.set_position(sync.chunks_copied);
+            bar.set_message(format!(
+                "{} ({} copied, {}/s, ETA {} s)",
+                sync.phase,
+                format_size(sync.bytes_copied),
+                format_size(sync.bytes_per_sec),
+                sync.eta_seconds
+            ));
+        }
+        if volume.copies.iter().all(|copy| copy.state == "in-sync") {
+            for bar in by_node.values() {
+                bar.finish();
+            }
+            println!(
+                "volume {}: all {} copies in sync at epoch {}",
+                volume.name,
+                volume.copies.len(),
+                volume.epoch
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        volume = client.get(&format!("/v1/volumes/{}", volume.name))?;
+    }
 }
 
 fn print_volume_row(volume: &VolumeView) {

@@ -23,15 +23,18 @@ use axum::{Json, Router};
 use coord_store::{Compare, CoordStore, Txn, TxnOp};
 use tether_proto::admin::{
     valid_volume_name, AttachRequest, AttachResponse, AttachmentSpec, AttachmentView, ClusterView,
-    CopyView, CreateVolumeRequest, NodeRecord, NodeView, ResizeVolumeRequest, VolumeSpec,
-    VolumeStatus, VolumeView,
+    CopyView, CreateVolumeRequest, NodeRecord, NodeView, PresentingStatus, ResizeVolumeRequest,
+    VolumeSpec, VolumeStatus, VolumeView,
 };
+use tether_proto::group::GroupRecord;
 
 use crate::placement;
 use crate::RegistryError;
 
 /// How long an API call waits for the storage node to act on a spec.
 const NODE_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most copies a volume may have.
+const MAX_COPIES: u32 = 5;
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 #[derive(Clone)]
@@ -117,6 +120,55 @@ impl AppState {
         }
     }
 
+    async fn group(&self, name: &str) -> ApiResult<Option<GroupRecord>> {
+        let key = self.key("groups", name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What each presenting node reports for the volume.
+    async fn presenting(&self, name: &str) -> ApiResult<Vec<PresentingStatus>> {
+        let prefix = format!("{}{name}/", self.prefix("presenting"));
+        let (kvs, _) = self.store.get_prefix(&prefix).await?;
+        kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    /// Polls the presenting status of `node` until `check` decides.
+    async fn wait_for_presenter<T>(
+        &self,
+        name: &str,
+        node: &str,
+        what: &str,
+        mut check: impl FnMut(Option<&PresentingStatus>) -> Option<Result<T, String>>,
+    ) -> ApiResult<T> {
+        let deadline = Instant::now() + NODE_ACTION_TIMEOUT;
+        let key = self.key("presenting", &format!("{name}/{node}"));
+        loop {
+            let status: Option<PresentingStatus> = match self.store.get(&key).await? {
+                Some(kv) => Some(decode(&key, &kv.value)?),
+                None => None,
+            };
+            match check(status.as_ref()) {
+                Some(Ok(value)) => return Ok(value),
+                Some(Err(reason)) => {
+                    return Err(RegistryError::NodeFailed {
+                        name: name.into(),
+                        node: node.into(),
+                        reason,
+                    })
+                }
+                None if Instant::now() > deadline => return Err(RegistryError::Unavailable {
+                    reason: format!(
+                        "node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"
+                    ),
+                }),
+                None => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
+    }
+
     /// Read-modify-write of a spec, retried while someone else changes it.
     async fn update_spec(
         &self,
@@ -179,27 +231,77 @@ impl AppState {
 
     async fn view(&self, spec: VolumeSpec) -> ApiResult<VolumeView> {
         let status = self.status(&spec.name).await?;
-        Ok(build_view(&self.cluster, spec, status.as_ref()))
+        let group = self.group(&spec.name).await?;
+        let presenting = self.presenting(&spec.name).await?;
+        let nodes = self.nodes().await?;
+        Ok(build_view(
+            &self.cluster,
+            spec,
+            &Observed {
+                status: status.as_ref(),
+                group: group.as_ref(),
+                presenting: &presenting,
+                nodes: &nodes,
+            },
+        ))
     }
 }
 
-fn build_view(cluster: &str, spec: VolumeSpec, status: Option<&VolumeStatus>) -> VolumeView {
-    // The status key is bound to the serving node's lease: present means the node is alive.
-    let state = match status {
-        Some(status) if status.errors.is_empty() && status.size_bytes > 0 => "in-sync",
-        _ => "faulted",
-    };
+/// What the store says about a volume besides its spec.
+struct Observed<'a> {
+    status: Option<&'a VolumeStatus>,
+    group: Option<&'a GroupRecord>,
+    presenting: &'a [PresentingStatus],
+    nodes: &'a [NodeRecord],
+}
+
+fn build_view(cluster: &str, spec: VolumeSpec, observed: &Observed) -> VolumeView {
+    let status = observed.status;
+    let alive = |node: &str| observed.nodes.iter().any(|record| record.name == node);
+    let master = observed
+        .group
+        .map_or_else(|| spec.master.clone(), |group| group.master.clone());
+    let copies = spec
+        .copy_nodes()
+        .into_iter()
+        .map(|node| {
+            let syncing = status.is_some_and(|status| {
+                status
+                    .syncs
+                    .iter()
+                    .any(|sync| sync.node == node && sync.phase != "done")
+            });
+            let in_sync = observed.group.is_none_or(|group| group.in_sync(&node));
+            // The status key is bound to the master's lease: present means it serves.
+            let state = if node == master {
+                match status {
+                    Some(status) if status.errors.is_empty() && status.size_bytes > 0 => "in-sync",
+                    _ => "faulted",
+                }
+            } else if syncing {
+                "syncing"
+            } else if in_sync && alive(&node) {
+                "in-sync"
+            } else {
+                "faulted"
+            };
+            CopyView {
+                role: if node == master { "master" } else { "replica" }.into(),
+                state: state.into(),
+                node,
+            }
+        })
+        .collect();
     let attachments = spec
         .attachments
         .iter()
         .map(|attachment| AttachmentView {
-            uri: status
-                .and_then(|status| {
-                    status
-                        .serving
-                        .iter()
-                        .find(|serving| serving.endpoint == attachment.endpoint)
-                })
+            uri: observed
+                .presenting
+                .iter()
+                .filter(|presenting| presenting.node == attachment.presenter(&spec))
+                .flat_map(|presenting| presenting.serving.iter())
+                .find(|serving| serving.endpoint == attachment.endpoint)
                 .map(|serving| serving.uri.clone())
                 .unwrap_or_else(|| attachment.endpoint.clone()),
             from: attachment.from.clone(),
@@ -208,17 +310,16 @@ fn build_view(cluster: &str, spec: VolumeSpec, status: Option<&VolumeStatus>) ->
     VolumeView {
         size_bytes: spec.size_bytes,
         cluster: cluster.to_string(),
-        epoch: spec.epoch,
-        master: spec.master.clone(),
-        copies: vec![CopyView {
-            node: spec.master.clone(),
-            role: "master".into(),
-            state: state.into(),
-        }],
+        epoch: observed.group.map_or(spec.epoch, |group| group.epoch),
+        master,
+        copies,
         attachments,
         chunk_size_bytes: status.map_or(0, |status| status.chunk_size_bytes),
         allocated_bytes: status.map_or(0, |status| status.allocated_bytes),
         dirty_chunks: status.map_or(0, |status| status.dirty_chunks),
+        syncs: status
+            .map(|status| status.syncs.clone())
+            .unwrap_or_default(),
         name: spec.name,
     }
 }
@@ -259,7 +360,10 @@ async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeVie
         state: if up.is_some() { "up" } else { "down" }.into(),
         capacity_bytes: up.map_or(0, |node| node.capacity_bytes),
         provisioned_bytes: placement::provisioned_on(name, &specs),
-        volumes: specs.iter().filter(|spec| spec.master == name).count(),
+        volumes: specs
+            .iter()
+            .filter(|spec| spec.copy_nodes().iter().any(|copy| copy == name))
+            .count(),
         io_backend: up.map_or_else(|| "-".to_string(), |node| node.io_backend.clone()),
         labels: up.map(|node| node.labels.clone()).unwrap_or_default(),
     };
@@ -267,14 +371,14 @@ async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeVie
         .iter()
         .map(|node| view(&node.name, Some(node)))
         .collect();
-    let mut down: Vec<&str> = specs
+    let mut down: Vec<String> = specs
         .iter()
-        .map(|spec| spec.master.as_str())
-        .filter(|master| !nodes.iter().any(|node| node.name == *master))
+        .flat_map(|spec| spec.copy_nodes())
+        .filter(|copy| !nodes.iter().any(|node| node.name == *copy))
         .collect();
     down.sort_unstable();
     down.dedup();
-    views.extend(down.into_iter().map(|name| view(name, None)));
+    views.extend(down.iter().map(|name| view(name, None)));
     views.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(views))
 }
@@ -309,10 +413,13 @@ async fn create_volume(
         });
     }
     check_size(request.size_bytes)?;
-    if request.replicas != 1 {
+    if !(1..=MAX_COPIES).contains(&request.replicas) {
         return Err(RegistryError::Invalid {
             field: "replicas",
-            reason: "replicated volume groups are not available yet; use --replicas 1".into(),
+            reason: format!(
+                "{}: a volume has 1 to {MAX_COPIES} copies (master included)",
+                request.replicas
+            ),
         });
     }
     let copies = placement::place(
@@ -332,8 +439,10 @@ async fn create_volume(
         epoch: 1,
         attachments: vec![],
         placement: request.placement.clone(),
+        copies: copies.clone(),
     };
     let key = state.key("volumes", &spec.name);
+    let group = GroupRecord::new(&copies);
     let created = state
         .store
         .txn(Txn {
@@ -341,18 +450,25 @@ async fn create_volume(
                 key: key.clone(),
                 revision: 0,
             }],
-            success: vec![TxnOp::Put {
-                key: key.clone(),
-                value: serde_json::to_vec(&spec).expect("spec serializes"),
-                lease: None,
-            }],
+            success: vec![
+                TxnOp::Put {
+                    key: key.clone(),
+                    value: serde_json::to_vec(&spec).expect("spec serializes"),
+                    lease: None,
+                },
+                TxnOp::Put {
+                    key: state.key("groups", &spec.name),
+                    value: serde_json::to_vec(&group).expect("group serializes"),
+                    lease: None,
+                },
+            ],
             failure: vec![],
         })
         .await?;
     if !created.succeeded {
         return Err(RegistryError::VolumeExists { name: spec.name });
     }
-    tracing::info!(volume = %spec.name, size_bytes = spec.size_bytes, node = %master, "volume create requested");
+    tracing::info!(volume = %spec.name, size_bytes = spec.size_bytes, node = %master, copies = ?copies, "volume create requested");
     let size = spec.size_bytes;
     let outcome = state
         .wait_for(&spec.name, &master, "create", |status| match status {
@@ -362,8 +478,9 @@ async fn create_volume(
         })
         .await;
     if let Err(err) = outcome {
-        // Roll back: the node deletes whatever it made when the spec goes.
+        // Roll back: the nodes delete whatever they made when the spec goes.
         let _ = state.store.delete(&key).await;
+        let _ = state.store.delete(&state.key("groups", &spec.name)).await;
         return Err(err);
     }
     Ok((StatusCode::CREATED, Json(state.view(spec).await?)))
@@ -388,10 +505,12 @@ async fn resize_volume(
                 });
             }
             let growth = request.size_bytes - spec.size_bytes;
-            let node = nodes.iter().find(|node| node.name == spec.master);
-            let free = node.map_or(0, |node| node.capacity_bytes.saturating_sub(placement::provisioned_on(&node.name, &specs)));
-            if growth > free {
-                return Err(RegistryError::PoolFull { requested: growth, largest_free: free });
+            for copy in spec.copy_nodes() {
+                let node = nodes.iter().find(|node| node.name == copy);
+                let free = node.map_or(0, |node| node.capacity_bytes.saturating_sub(placement::provisioned_on(&node.name, &specs)));
+                if growth > free {
+                    return Err(RegistryError::PoolFull { requested: growth, largest_free: free });
+                }
             }
             spec.size_bytes = request.size_bytes;
             Ok(())
@@ -422,24 +541,57 @@ async fn attach_volume(
         });
     }
     let from = request.from.unwrap_or_else(|| state.cluster.clone());
+    // The presenting node: as asked, or the master now.
+    let (spec, _) = state.spec(&name).await?;
+    let presenter = match request.node {
+        Some(node) => {
+            if !state
+                .nodes()
+                .await?
+                .iter()
+                .any(|record| record.name == node)
+            {
+                return Err(RegistryError::Invalid {
+                    field: "node",
+                    reason: format!("node {node} is not up in cluster {}", state.cluster),
+                });
+            }
+            node
+        }
+        None => state
+            .group(&name)
+            .await?
+            .map_or(spec.master.clone(), |group| group.master),
+    };
     let spec = state
         .update_spec(&name, |spec| {
-            if !spec
+            if let Some(existing) = spec
                 .attachments
                 .iter()
-                .any(|attachment| attachment.endpoint == endpoint)
+                .find(|attachment| attachment.endpoint == endpoint)
             {
+                if existing.presenter(spec) != presenter {
+                    return Err(RegistryError::Invalid {
+                        field: "nbd",
+                        reason: format!(
+                            "{endpoint} is already presented by node {}",
+                            existing.presenter(spec)
+                        ),
+                    });
+                }
+            } else {
                 spec.attachments.push(AttachmentSpec {
                     endpoint: endpoint.clone(),
                     from: from.clone(),
+                    node: Some(presenter.clone()),
                 });
             }
             Ok(())
         })
         .await?;
-    tracing::info!(volume = %name, %endpoint, "volume attach requested");
+    tracing::info!(volume = %name, %endpoint, node = %presenter, "volume attach requested");
     let outcome = state
-        .wait_for(&name, &spec.master, "serve", |status| {
+        .wait_for_presenter(&name, &presenter, "serve", |status| {
             let status = status?;
             if let Some(serving) = status
                 .serving
@@ -455,6 +607,7 @@ async fn attach_volume(
                 .map(|error| Err(error.clone()))
         })
         .await;
+    let _ = spec;
     match outcome {
         Ok(uri) => Ok(Json(AttachResponse { uri })),
         Err(err) => {
@@ -474,6 +627,7 @@ async fn detach_volume(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<VolumeView>> {
+    let (before, _) = state.spec(&name).await?;
     let spec = state
         .update_spec(&name, |spec| {
             spec.attachments.clear();
@@ -481,9 +635,14 @@ async fn detach_volume(
         })
         .await?;
     tracing::info!(volume = %name, "volume detach requested");
-    if state.status(&name).await?.is_some() {
+    let live = state.nodes().await?;
+    for attachment in &before.attachments {
+        let node = attachment.presenter(&before);
+        if !live.iter().any(|record| record.name == node) {
+            continue;
+        }
         state
-            .wait_for(&name, &spec.master, "stop serving", |status| match status {
+            .wait_for_presenter(&name, node, "stop serving", |status| match status {
                 Some(status) if !status.serving.is_empty() => None,
                 _ => Some(Ok(())),
             })
@@ -498,8 +657,7 @@ async fn delete_volume(
 ) -> ApiResult<StatusCode> {
     let (spec, revision) = state.spec(&name).await?;
     if !spec.attachments.is_empty() {
-        let status = state.status(&name).await?;
-        let view = build_view(&state.cluster, spec, status.as_ref());
+        let view = state.view(spec).await?;
         let uris: Vec<String> = view
             .attachments
             .into_iter()
@@ -518,7 +676,12 @@ async fn delete_volume(
                 key: key.clone(),
                 revision,
             }],
-            success: vec![TxnOp::Delete { key }],
+            success: vec![
+                TxnOp::Delete { key },
+                TxnOp::Delete {
+                    key: state.key("groups", &name),
+                },
+            ],
             failure: vec![],
         })
         .await?;

@@ -16,11 +16,11 @@ use crate::RegistryError;
 /// land in different ones when the nodes allow it.
 pub const FAILURE_DOMAIN_LABEL: &str = "zone";
 
-/// Provisioned bytes of `node`: the sizes of the volumes whose master it is.
+/// Provisioned bytes of `node`: the sizes of the volumes it holds a copy of.
 pub fn provisioned_on(node: &str, specs: &[VolumeSpec]) -> u64 {
     specs
         .iter()
-        .filter(|spec| spec.master == node)
+        .filter(|spec| spec.copy_nodes().iter().any(|copy| copy == node))
         .map(|spec| spec.size_bytes)
         .sum()
 }
@@ -119,6 +119,7 @@ mod tests {
             metrics_addr: None,
             pid: 1,
             labels: [("zone".to_string(), zone.to_string())].into(),
+            block_addr: None,
         }
     }
 
@@ -132,6 +133,7 @@ mod tests {
             epoch: 1,
             attachments: vec![],
             placement: BTreeMap::new(),
+            copies: vec![],
         }
     }
 

@@ -76,6 +76,29 @@ pub struct VolumeView {
     pub allocated_bytes: u64,
     /// Chunks whose hash is being recomputed after writes.
     pub dirty_chunks: u64,
+    /// Delta Sync runs bringing copies back in sync, with their progress.
+    #[serde(default)]
+    pub syncs: Vec<SyncProgress>,
+}
+
+/// Progress of one Delta Sync: the master reconciling one copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SyncProgress {
+    /// The copy being brought in sync.
+    pub node: String,
+    /// "comparing" | "copying" | "done"
+    pub phase: String,
+    pub chunks_total: u64,
+    /// Chunks whose hashes were compared (all of them once comparing ends).
+    pub chunks_compared: u64,
+    /// Chunks found different, to copy.
+    pub chunks_differing: u64,
+    pub chunks_copied: u64,
+    pub bytes_copied: u64,
+    /// Remote hashes fetched while comparing (the hash-tree overhead).
+    pub hashes_fetched: u64,
+    pub bytes_per_sec: u64,
+    pub eta_seconds: u64,
 }
 
 /// `POST /v1/volumes`
@@ -83,6 +106,7 @@ pub struct VolumeView {
 pub struct CreateVolumeRequest {
     pub name: String,
     pub size_bytes: u64,
+    /// Copies in all, master included.
     #[serde(default = "one")]
     pub replicas: u32,
     /// Node labels every copy's node must carry (`zone=eu-1a`).
@@ -107,6 +131,9 @@ pub struct AttachRequest {
     pub nbd: String,
     #[serde(default)]
     pub from: Option<String>,
+    /// The node that presents the volume (default: its master when attached).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Answer to an attach: the NBD URI a client connects to.
@@ -135,6 +162,7 @@ pub struct VolumeSpec {
     pub name: String,
     pub size_bytes: u64,
     pub replicas: u32,
+    /// The node chosen to be master first; the group record says who is master now.
     pub master: String,
     pub epoch: u64,
     /// NBD endpoints the master must serve the volume on (`unix:PATH`, `tcp:HOST:PORT`).
@@ -142,16 +170,39 @@ pub struct VolumeSpec {
     /// The placement constraints the volume was created with; replacements honour them too.
     #[serde(default)]
     pub placement: BTreeMap<String, String>,
+    /// The nodes holding a copy, master first (empty in specs from before
+    /// volume groups: then the master alone).
+    #[serde(default)]
+    pub copies: Vec<String>,
 }
 
 impl VolumeSpec {
     pub const VERSION: u32 = 1;
+
+    /// Every node that holds a copy.
+    pub fn copy_nodes(&self) -> Vec<String> {
+        if self.copies.is_empty() {
+            vec![self.master.clone()]
+        } else {
+            self.copies.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AttachmentSpec {
     pub endpoint: String,
     pub from: String,
+    /// The node presenting the volume on `endpoint` (none in specs from
+    /// before volume groups: then the master).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl AttachmentSpec {
+    pub fn presenter<'a>(&'a self, spec: &'a VolumeSpec) -> &'a str {
+        self.node.as_deref().unwrap_or(&spec.master)
+    }
 }
 
 /// A node's registration, bound to the node's lease so it vanishes when the
@@ -167,6 +218,9 @@ pub struct NodeRecord {
     /// Operator-given labels (e.g. `zone=eu-1a`): placement constraints and failure domains.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where the node takes block frames (replication, Delta Sync, presenters).
+    #[serde(default)]
+    pub block_addr: Option<String>,
 }
 
 impl NodeRecord {
@@ -174,7 +228,7 @@ impl NodeRecord {
 }
 
 /// What the master node reports about a volume it serves. Key:
-/// `/tether/v1/{cluster}/status/{volume}`.
+/// `/tether/v1/{cluster}/status/{volume}`, bound to the master's lease.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct VolumeStatus {
     pub version: u32,
@@ -184,9 +238,28 @@ pub struct VolumeStatus {
     pub chunk_size_bytes: u64,
     pub allocated_bytes: u64,
     pub dirty_chunks: u64,
-    /// Endpoints now listening, as NBD URIs, keyed by the endpoint asked for.
+    /// Endpoints now listening, as NBD URIs (kept for readers of version 1;
+    /// presenting nodes report in [`PresentingStatus`]).
     pub serving: Vec<ServingEndpoint>,
-    /// The last error acting on the spec (e.g. an endpoint that could not be bound).
+    /// The last error acting on the spec (e.g. a pool that is full).
+    pub errors: Vec<String>,
+    /// The epoch the master serves.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Delta Sync runs in progress (or just finished).
+    #[serde(default)]
+    pub syncs: Vec<SyncProgress>,
+}
+
+/// What a presenting node reports about the NBD endpoints it serves for one
+/// volume. Key: `/tether/v1/{cluster}/presenting/{volume}/{node}`, bound to
+/// that node's lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PresentingStatus {
+    pub version: u32,
+    pub node: String,
+    pub serving: Vec<ServingEndpoint>,
+    /// Endpoints that could not be served, with why.
     pub errors: Vec<String>,
 }
 

@@ -10,6 +10,8 @@
 //! - [`block::Frame`]: node-to-node block frames (replicated writes with
 //!   their epoch, acknowledgements, Delta Sync's hash-tree and chunk
 //!   exchange), with [`block::decode_frame`] / [`block::encode_frame`].
+//! - [`group`]: the volume-group protocol's decisions (promotion, epochs,
+//!   the in-sync replica set, fencing), shared with the model checker.
 //! - [`admin`]: the JSON shapes of the federation admin API.
 //! - [`etcd`]: generated gRPC client stubs for etcd's KV, Watch and Lease
 //!   services (the coordination store speaks them).
@@ -17,6 +19,7 @@
 pub mod admin;
 pub mod block;
 mod error;
+pub mod group;
 pub mod nbd;
 
 pub use error::ProtoError;

@@ -5,7 +5,9 @@
 //! Keys (under `/tether/v1/{cluster}/`):
 //! - `nodes/{node}`: [`NodeRecord`], bound to the node lease;
 //! - `volumes/{name}`: [`VolumeSpec`], written by the registry;
-//! - `status/{name}`: [`VolumeStatus`], written by the node serving it, bound to its lease.
+//! - `status/{name}`: [`VolumeStatus`], written by the volume's master, bound to its lease;
+//! - `presenting/{name}/{node}`: [`PresentingStatus`], written by each presenting node;
+//! - `groups/{name}` and `locks/{name}`: the volume group (see [`crate::group`]).
 //!
 //! A local volume whose spec disappears while the node watches is deleted; a
 //! local volume with no spec at start is kept and logged (a lost store must
@@ -18,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coord_store::{CoordStore, EtcdStore, StoreError, WatchEvent};
-use tether_proto::admin::{NodeRecord, ServingEndpoint, VolumeSpec, VolumeStatus};
+use tether_proto::admin::{
+    NodeRecord, PresentingStatus, ServingEndpoint, VolumeSpec, VolumeStatus,
+};
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
@@ -26,6 +30,7 @@ use crate::config::{NodeConfig, StoreConfig};
 use crate::engine::{IoEngine, Pool, Volume, VolumeOptions};
 use crate::error::Result;
 use crate::frontend::nbd::{self, NbdServer};
+use crate::group::{self, GroupContext, LeaseClock, Mirror, Presenter};
 
 /// A dirty chunk is rehashed once no write has touched it for this long...
 const REHASH_QUIET: Duration = Duration::from_secs(1);
@@ -37,6 +42,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// only changes are written, so an idle node writes nothing.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A volume this node presents: its presenter and its NBD listeners by endpoint.
+type Presented = (Arc<Presenter>, HashMap<String, NbdServer>);
+
 pub fn cluster_prefix(cluster: &str) -> String {
     format!("/tether/v1/{cluster}/")
 }
@@ -45,13 +53,20 @@ struct Agent {
     config: NodeConfig,
     store: Arc<dyn CoordStore>,
     pool: Arc<Pool>,
-    lease: AtomicI64,
-    /// Listeners per volume, keyed by endpoint.
-    servers: Mutex<HashMap<String, HashMap<String, NbdServer>>>,
+    lease: Arc<AtomicI64>,
+    group: Arc<GroupContext>,
+    block_addr: String,
+    /// The group controller of each local copy.
+    controllers: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// What this node presents: the presenter and its listeners by endpoint, per volume.
+    servers: Mutex<HashMap<String, Presented>>,
     /// Last error acting on each volume's spec.
     errors: std::sync::Mutex<HashMap<String, Vec<String>>>,
+    /// Endpoints that could not be served, per volume.
+    presenting_errors: std::sync::Mutex<HashMap<String, Vec<String>>>,
     /// What was last written to each status key.
     published: std::sync::Mutex<HashMap<String, VolumeStatus>>,
+    published_presenting: std::sync::Mutex<HashMap<String, PresentingStatus>>,
 }
 
 /// Runs a storage node until `shutdown` resolves, then stops serving, settles
@@ -75,23 +90,47 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     let pool = tokio::task::spawn_blocking(move || Pool::open(&data_dir, capacity, io, options))
         .await
         .expect("pool open does not panic")?;
+    let pool = Arc::new(pool);
+    let lease = Arc::new(AtomicI64::new(0));
+    let mirror = Mirror::new(&config.cluster);
+    let group = Arc::new(GroupContext {
+        cluster: config.cluster.clone(),
+        node: config.node.clone(),
+        store: store.clone(),
+        mirror: mirror.clone(),
+        lease_clock: Arc::new(LeaseClock::new(config.lease_ttl)),
+        lease: lease.clone(),
+        replica_timeout: config.replica_timeout,
+        sync_rate_limit: config.sync_rate_limit,
+        masters: Default::default(),
+        epochs: Default::default(),
+    });
+    let block_addr =
+        group::server::listen(&config.block_listen, group.clone(), pool.clone()).await?;
     let agent = Arc::new(Agent {
         config,
-        store,
-        pool: Arc::new(pool),
-        lease: AtomicI64::new(0),
+        store: store.clone(),
+        pool,
+        lease,
+        group,
+        block_addr: block_addr.to_string(),
+        controllers: Default::default(),
         servers: Mutex::new(HashMap::new()),
         errors: Default::default(),
+        presenting_errors: Default::default(),
         published: Default::default(),
+        published_presenting: Default::default(),
     });
     for volume in agent.pool.list() {
         spawn_rehasher(volume);
     }
     agent.register().await?;
+    let mirror_task = tokio::spawn(mirror.run(store).in_current_span());
     tracing::info!(
         cluster = %agent.config.cluster,
         node = %agent.config.node,
         io_backend = agent.pool.io_backend().kind().as_str(),
+        block_addr = %agent.block_addr,
         "storage node up"
     );
     let keep_alive = tokio::spawn(agent.clone().keep_alive_loop().in_current_span());
@@ -102,6 +141,13 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     reconcile.abort();
     status.abort();
     keep_alive.abort();
+    mirror_task.abort();
+    for (_, controller) in agent.controllers.lock().unwrap().drain() {
+        controller.abort();
+    }
+    for (_, master) in agent.group.masters.write().unwrap().drain() {
+        master.depose();
+    }
     agent.servers.lock().await.clear();
     agent.pool.settle_all().await;
     let _ = agent
@@ -117,8 +163,11 @@ impl Agent {
     }
 
     async fn register(&self) -> Result<()> {
+        let sent = Instant::now();
         let lease = self.store.grant_lease(self.config.lease_ttl).await?;
+        // The id first: a master bound to the old lease is invalid from here on.
         self.lease.store(lease, Ordering::Release);
+        self.group.lease_clock.renewed(sent);
         let record = NodeRecord {
             version: NodeRecord::VERSION,
             name: self.config.node.clone(),
@@ -127,6 +176,7 @@ impl Agent {
             metrics_addr: self.config.metrics_addr.map(|addr| addr.to_string()),
             pid: std::process::id(),
             labels: self.config.labels.clone(),
+            block_addr: Some(self.block_addr.clone()),
         };
         let value = serde_json::to_vec(&record).expect("record serializes");
         self.store
@@ -135,25 +185,28 @@ impl Agent {
         Ok(())
     }
 
-    /// Renews the node lease at a third of its TTL; if it was lost (the node
-    /// was paused or cut off), registers again and republishes its statuses.
+    /// Renews the node lease at a quarter of its TTL, moving the deadline
+    /// masters answer by (from when each keep-alive was sent); if the lease
+    /// was lost (the node was paused or cut off), registers again and
+    /// republishes its statuses.
     async fn keep_alive_loop(self: Arc<Self>) {
-        let interval = self.config.lease_ttl / 3;
+        let interval = self.config.lease_ttl / 4;
         loop {
             tokio::time::sleep(interval).await;
             let lease = self.lease.load(Ordering::Acquire);
+            let sent = Instant::now();
             match self.store.keep_alive(lease).await {
-                Ok(_) => {}
+                Ok(_) => self.group.lease_clock.renewed(sent),
                 Err(StoreError::LeaseExpired { .. }) => {
+                    self.group.lease_clock.lost();
                     tracing::warn!(node = %self.config.node, "node lease expired; registering again");
                     if let Err(err) = self.register().await {
                         tracing::error!(error = %err, "re-registration failed");
                         continue;
                     }
                     self.published.lock().unwrap().clear();
-                    for volume in self.pool.list() {
-                        self.publish_status(&volume).await;
-                    }
+                    self.published_presenting.lock().unwrap().clear();
+                    self.publish_all().await;
                 }
                 Err(err) => tracing::warn!(error = %err, "lease keep-alive failed; retrying"),
             }
@@ -163,11 +216,25 @@ impl Agent {
     /// Republishes the status of volumes whose numbers changed (allocation
     /// grows with writes, dirty chunks come and go).
     async fn status_loop(self: Arc<Self>) {
+        // Also soon after any change in the store (a takeover, a new ISR), so
+        // the admin API sees it without waiting a whole interval.
+        let mut changes = self.group.mirror.subscribe();
         loop {
-            tokio::time::sleep(STATUS_INTERVAL).await;
-            for volume in self.pool.list() {
-                self.publish_status(&volume).await;
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+                _ = changes.changed() => tokio::time::sleep(Duration::from_millis(50)).await,
             }
+            self.publish_all().await;
+        }
+    }
+
+    async fn publish_all(&self) {
+        for volume in self.pool.list() {
+            self.publish_status(&volume).await;
+        }
+        let presented: Vec<String> = self.servers.lock().await.keys().cloned().collect();
+        for name in presented {
+            self.publish_presenting(&name).await;
         }
     }
 
@@ -253,11 +320,17 @@ impl Agent {
             .push(error);
     }
 
-    /// Brings the local state of one volume in line with its spec.
+    /// Brings the local state of one volume in line with its spec: a copy
+    /// (with its group controller) if this node holds one, and NBD
+    /// listeners for the attachments this node presents.
     async fn apply(&self, spec: VolumeSpec) {
-        if spec.master != self.config.node {
-            return;
+        if spec.copy_nodes().contains(&self.config.node) {
+            self.apply_copy(&spec).await;
         }
+        self.apply_presenting(&spec).await;
+    }
+
+    async fn apply_copy(&self, spec: &VolumeSpec) {
         self.errors.lock().unwrap().remove(&spec.name);
         let volume = match self.pool.get(&spec.name) {
             Some(volume) => volume,
@@ -268,7 +341,9 @@ impl Agent {
                 }
                 Err(err) => {
                     self.record_error(&spec.name, err.to_string());
-                    self.publish_status_for(&spec.name, None).await;
+                    if spec.master == self.config.node {
+                        self.publish_status_for(&spec.name, None).await;
+                    }
                     return;
                 }
             },
@@ -279,31 +354,69 @@ impl Agent {
             }
         }
         {
-            let mut servers = self.servers.lock().await;
-            let serving = servers.entry(spec.name.clone()).or_default();
-            let wanted: std::collections::HashSet<&str> = spec
-                .attachments
-                .iter()
-                .map(|attachment| attachment.endpoint.as_str())
-                .collect();
-            serving.retain(|endpoint, _| wanted.contains(endpoint.as_str()));
-            for attachment in &spec.attachments {
-                if serving.contains_key(&attachment.endpoint) {
-                    continue;
-                }
-                match nbd::serve(&attachment.endpoint, volume.clone()).await {
-                    Ok(server) => {
-                        tracing::info!(volume = %spec.name, uri = %server.uri, "serving over NBD");
-                        serving.insert(attachment.endpoint.clone(), server);
-                    }
-                    Err(err) => self.record_error(&spec.name, err.to_string()),
-                }
+            let mut controllers = self.controllers.lock().unwrap();
+            if !controllers.contains_key(&spec.name) {
+                controllers.insert(
+                    spec.name.clone(),
+                    group::controller::spawn(self.group.clone(), volume.clone()),
+                );
             }
         }
         self.publish_status(&volume).await;
     }
 
+    async fn apply_presenting(&self, spec: &VolumeSpec) {
+        let wanted: Vec<&str> = spec
+            .attachments
+            .iter()
+            .filter(|attachment| attachment.presenter(spec) == self.config.node)
+            .map(|attachment| attachment.endpoint.as_str())
+            .collect();
+        let mut servers = self.servers.lock().await;
+        if wanted.is_empty() {
+            if servers.remove(&spec.name).is_some() {
+                drop(servers);
+                self.publish_presenting(&spec.name).await;
+            }
+            return;
+        }
+        let (presenter, serving) = servers.entry(spec.name.clone()).or_insert_with(|| {
+            (
+                Presenter::new(self.group.clone(), self.pool.clone(), &spec.name),
+                HashMap::new(),
+            )
+        });
+        serving.retain(|endpoint, _| wanted.contains(&endpoint.as_str()));
+        let mut errors = Vec::new();
+        for endpoint in wanted {
+            if serving.contains_key(endpoint) {
+                continue;
+            }
+            match nbd::serve(endpoint, presenter.clone()).await {
+                Ok(server) => {
+                    tracing::info!(volume = %spec.name, uri = %server.uri, "serving over NBD");
+                    serving.insert(endpoint.to_string(), server);
+                }
+                Err(err) => {
+                    tracing::error!(volume = %spec.name, error = %err, "cannot serve the attachment");
+                    errors.push(err.to_string());
+                }
+            }
+        }
+        self.presenting_errors
+            .lock()
+            .unwrap()
+            .insert(spec.name.clone(), errors);
+        drop(servers);
+        self.publish_presenting(&spec.name).await;
+    }
+
     async fn remove(&self, name: &str) {
+        if let Some(controller) = self.controllers.lock().unwrap().remove(name) {
+            controller.abort();
+        }
+        let was_master = self.group.master(name).is_some();
+        self.group.forget(name);
         self.servers.lock().await.remove(name);
         if self.pool.get(name).is_some() {
             if let Err(err) = self.pool.delete(name).await {
@@ -311,21 +424,26 @@ impl Agent {
             }
         }
         self.errors.lock().unwrap().remove(name);
-        self.published.lock().unwrap().remove(name);
-        let _ = self.store.delete(&self.key("status", name)).await;
+        self.presenting_errors.lock().unwrap().remove(name);
+        self.published_presenting.lock().unwrap().remove(name);
+        let _ = self
+            .store
+            .delete(&self.key("presenting", &format!("{name}/{}", self.config.node)))
+            .await;
+        if self.published.lock().unwrap().remove(name).is_some() || was_master {
+            let _ = self.store.delete(&self.key("status", name)).await;
+            let _ = self.store.delete(&self.key("locks", name)).await;
+            let _ = self.store.delete(&self.key("groups", name)).await;
+        }
     }
 
-    async fn publish_status(&self, volume: &Arc<Volume>) {
-        self.publish_status_for(volume.name(), Some(volume)).await
-    }
-
-    async fn publish_status_for(&self, name: &str, volume: Option<&Arc<Volume>>) {
-        let stats = volume.map(|volume| volume.stats()).unwrap_or_default();
-        let serving = {
+    /// Publishes which endpoints this node serves for `name` (only changes are written).
+    async fn publish_presenting(&self, name: &str) {
+        let serving: Vec<ServingEndpoint> = {
             let servers = self.servers.lock().await;
             servers
                 .get(name)
-                .map(|by_endpoint| {
+                .map(|(_, by_endpoint)| {
                     by_endpoint
                         .values()
                         .map(|server| ServingEndpoint {
@@ -336,6 +454,62 @@ impl Agent {
                 })
                 .unwrap_or_default()
         };
+        let status = PresentingStatus {
+            version: 1,
+            node: self.config.node.clone(),
+            serving,
+            errors: self
+                .presenting_errors
+                .lock()
+                .unwrap()
+                .get(name)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        if self.published_presenting.lock().unwrap().get(name) == Some(&status) {
+            return;
+        }
+        let key = self.key("presenting", &format!("{name}/{}", self.config.node));
+        let value = serde_json::to_vec(&status).expect("status serializes");
+        let lease = self.lease.load(Ordering::Acquire);
+        match self.store.put(&key, value, Some(lease)).await {
+            Ok(_) => {
+                self.published_presenting
+                    .lock()
+                    .unwrap()
+                    .insert(name.to_string(), status);
+            }
+            Err(err) => {
+                tracing::warn!(volume = name, error = %err, "publishing presenting status failed")
+            }
+        }
+    }
+
+    async fn publish_status(&self, volume: &Arc<Volume>) {
+        self.publish_status_for(volume.name(), Some(volume)).await
+    }
+
+    /// Publishes the volume's status if this node is its master (or, before
+    /// any master, the errors of the copy meant to be master).
+    async fn publish_status_for(&self, name: &str, volume: Option<&Arc<Volume>>) {
+        let master = self.group.master(name);
+        let has_errors = self
+            .errors
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|errors| !errors.is_empty());
+        if master.is_none() && !has_errors {
+            return;
+        }
+        let stats = volume.map(|volume| volume.stats()).unwrap_or_default();
+        let (epoch, syncs) = match &master {
+            Some(master) => (
+                master.epoch,
+                master.syncs.lock().unwrap().values().cloned().collect(),
+            ),
+            None => (0, vec![]),
+        };
         let status = VolumeStatus {
             version: 1,
             node: self.config.node.clone(),
@@ -343,7 +517,9 @@ impl Agent {
             chunk_size_bytes: stats.chunk_size_bytes,
             allocated_bytes: stats.allocated_bytes,
             dirty_chunks: stats.dirty_chunks,
-            serving,
+            serving: vec![],
+            epoch,
+            syncs,
             errors: self
                 .errors
                 .lock()

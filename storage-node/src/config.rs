@@ -50,6 +50,36 @@ pub struct NodeArgs {
     /// Do not keep hash lists current during I/O (only to measure what upkeep costs).
     #[arg(long, hide = true)]
     pub no_hash_upkeep: bool,
+    /// Where to take node-to-node block streams (replication, Delta Sync, presenting nodes).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub block_listen: String,
+    /// TTL of the node's liveness lease; a dead master's volumes fail over about this long after it dies.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// A replica that does not answer a write this long leaves the in-sync set.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub replica_timeout: Duration,
+    /// Delta Sync copy rate limit per volume, e.g. 100MiB (per second); default: none.
+    #[arg(long)]
+    pub sync_rate_limit: Option<String>,
+}
+
+/// Parses `500ms`, `2s`, `1m`.
+pub fn parse_duration(input: &str) -> std::result::Result<Duration, String> {
+    let (number, unit) = input
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((input, "s"), |at| input.split_at(at));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{input:?}: expected a duration like 500ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{input:?}: unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Everything a storage node needs to run.
@@ -67,10 +97,18 @@ pub struct NodeConfig {
     pub lease_ttl: Duration,
     /// Placement labels (`zone` is the failure domain).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Address of the block server (port 0 picks one).
+    pub block_listen: String,
+    pub replica_timeout: Duration,
+    /// Delta Sync bytes per second per volume (0: unlimited).
+    pub sync_rate_limit: u64,
 }
 
-/// Default TTL of the node lease: a dead node's registration vanishes this long after its last keep-alive.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default TTL of the node lease: a dead node's registration, and the locks
+/// of the volumes it mastered, vanish this long after its last keep-alive.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
+/// Default time a replica may take to answer before it leaves the in-sync set.
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl NodeConfig {
     pub fn from_args(args: NodeArgs) -> Result<Self> {
@@ -94,8 +132,16 @@ impl NodeConfig {
             metrics_addr: args.metrics_addr,
             io_uring: !args.no_io_uring,
             hash_upkeep: !args.no_hash_upkeep,
-            lease_ttl: DEFAULT_LEASE_TTL,
+            lease_ttl: args.lease_ttl,
             labels: args.labels.into_iter().collect(),
+            block_listen: args.block_listen,
+            replica_timeout: args.replica_timeout,
+            sync_rate_limit: match &args.sync_rate_limit {
+                Some(limit) => parse_size(limit).map_err(|err| NodeError::Config {
+                    reason: format!("--sync-rate-limit: {err}"),
+                })?,
+                None => 0,
+            },
         })
     }
 }

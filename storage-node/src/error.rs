@@ -51,6 +51,43 @@ pub enum NodeError {
     Store(#[from] coord_store::StoreError),
     #[error("config: {reason}")]
     Config { reason: String },
+    /// This node does not master the volume now (or its lease ran out):
+    /// the presenting node retries on the current master.
+    #[error("volume {volume}: this node is not its master at epoch {epoch}")]
+    NotMaster { volume: String, epoch: u64 },
+    #[error("volume {volume}: peer {peer}: {reason}")]
+    Peer {
+        volume: String,
+        peer: String,
+        reason: String,
+    },
+    /// The master answered with this errno.
+    #[error("volume {volume}: the master answered errno {errno}")]
+    Remote { volume: String, errno: u32 },
+    #[error("volume {volume}: no master answered within {waited_secs} s")]
+    NoMaster { volume: String, waited_secs: u64 },
+}
+
+impl NodeError {
+    /// Whether a presenting node should retry the request on the (maybe new)
+    /// master: the request is idempotent and no answer was received.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, NodeError::NotMaster { .. } | NodeError::Peer { .. })
+    }
+
+    /// The errno to answer a block client with.
+    pub fn errno(&self, writes: bool) -> u32 {
+        const EIO: u32 = 5;
+        const ENOSPC: u32 = 28;
+        const EINVAL: u32 = 22;
+        match self {
+            NodeError::OutOfRange { .. } if writes => ENOSPC,
+            NodeError::OutOfRange { .. } => EINVAL,
+            NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => ENOSPC,
+            NodeError::Remote { errno, .. } => *errno,
+            _ => EIO,
+        }
+    }
 }
 
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;

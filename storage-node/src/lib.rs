@@ -6,6 +6,8 @@
 //!   ordering that keeps hash lists true across crashes;
 //! - [`hashlist::HashTree`]: per-chunk BLAKE3 hashes as a tree, for Delta Sync;
 //! - [`frontend::nbd`]: the NBD server (TCP and Unix sockets);
+//! - [`group`]: volume groups (lock and epoch, synchronous replication,
+//!   failover, Delta Sync) and the presenter the NBD server runs requests on;
 //! - [`agent`]: registers the node in the coordination store, acts on the
 //!   volume specs assigned to it and reports their status;
 //! - [`run`]: the daemon, as `tether-node` and `tether daemon node` start it.
@@ -15,6 +17,7 @@ pub mod config;
 pub mod engine;
 mod error;
 pub mod frontend;
+pub mod group;
 pub mod hashlist;
 
 pub use agent::run;

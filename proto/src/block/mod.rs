@@ -24,7 +24,15 @@
 //! 8 TreeResponse  count (u32), count × hash (32 bytes)
 //! 9 ChunkRequest  chunk index (u64)
 //! 10 ChunkData    chunk index (u64), data
+//! 11 Read         offset (u64), length (u32)
+//! 12 ReadData     data
 //! ```
+//!
+//! A `Hello` with epoch 0 opens a *client* stream: a presenting node sends
+//! its consumers' requests to the volume's master (Read/Write/WriteZeroes/
+//! Flush, answered by ReadData/Ack, or StaleEpoch when the receiver is not
+//! the master). A `Hello` with a non-zero epoch opens a *replication* stream
+//! from a master to one of its replicas.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -49,6 +57,8 @@ const KIND_TREE_REQUEST: u8 = 7;
 const KIND_TREE_RESPONSE: u8 = 8;
 const KIND_CHUNK_REQUEST: u8 = 9;
 const KIND_CHUNK_DATA: u8 = 10;
+const KIND_READ: u8 = 11;
+const KIND_READ_DATA: u8 = 12;
 
 /// One block frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +120,57 @@ pub enum Frame {
         chunk_idx: u64,
         data: Bytes,
     },
+    /// A presenting node's read, sent to the master.
+    Read {
+        seq: u64,
+        offset: u64,
+        length: u32,
+    },
+    /// The data of a successful read (a failed one is answered by an Ack with its errno).
+    ReadData {
+        seq: u64,
+        data: Bytes,
+    },
+}
+
+impl Frame {
+    /// The sequence number pairing a request with its answer (0 for Hello).
+    pub fn seq(&self) -> u64 {
+        match self {
+            Frame::Hello { .. } => 0,
+            Frame::Write { seq, .. }
+            | Frame::WriteZeroes { seq, .. }
+            | Frame::Flush { seq, .. }
+            | Frame::Ack { seq, .. }
+            | Frame::StaleEpoch { seq, .. }
+            | Frame::TreeRequest { seq, .. }
+            | Frame::TreeResponse { seq, .. }
+            | Frame::ChunkRequest { seq, .. }
+            | Frame::ChunkData { seq, .. }
+            | Frame::Read { seq, .. }
+            | Frame::ReadData { seq, .. } => *seq,
+        }
+    }
+
+    /// The same frame under another sequence number (a transport numbers
+    /// requests as it sends them).
+    pub fn with_seq(mut self, new_seq: u64) -> Frame {
+        match &mut self {
+            Frame::Hello { .. } => {}
+            Frame::Write { seq, .. }
+            | Frame::WriteZeroes { seq, .. }
+            | Frame::Flush { seq, .. }
+            | Frame::Ack { seq, .. }
+            | Frame::StaleEpoch { seq, .. }
+            | Frame::TreeRequest { seq, .. }
+            | Frame::TreeResponse { seq, .. }
+            | Frame::ChunkRequest { seq, .. }
+            | Frame::ChunkData { seq, .. }
+            | Frame::Read { seq, .. }
+            | Frame::ReadData { seq, .. } => *seq = new_seq,
+        }
+        self
+    }
 }
 
 /// Appends one frame to `out`.
@@ -189,6 +250,19 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             payload.put_slice(data);
             (KIND_CHUNK_DATA, 0, *seq, *epoch)
         }
+        Frame::Read {
+            seq,
+            offset,
+            length,
+        } => {
+            payload.put_u64(*offset);
+            payload.put_u32(*length);
+            (KIND_READ, 0, *seq, 0)
+        }
+        Frame::ReadData { seq, data } => {
+            payload.put_slice(data);
+            (KIND_READ_DATA, 0, *seq, 0)
+        }
     };
     out.reserve(FRAME_HEADER_LEN + payload.len());
     out.put_u32(FRAME_MAGIC);
@@ -230,7 +304,7 @@ pub fn decode_frame(input: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
             supported: FRAME_VERSION,
         });
     }
-    if !(KIND_HELLO..=KIND_CHUNK_DATA).contains(&kind) {
+    if !(KIND_HELLO..=KIND_READ_DATA).contains(&kind) {
         return Err(ProtoError::UnknownFrameKind { kind });
     }
     if length > MAX_FRAME_PAYLOAD {
@@ -352,9 +426,26 @@ pub fn decode_frame(input: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
                 data: payload.split_off(0),
             }
         }
+        KIND_READ => {
+            need(&payload, 12, "read without offset and length")?;
+            Frame::Read {
+                seq,
+                offset: payload.get_u64(),
+                length: payload.get_u32(),
+            }
+        }
+        KIND_READ_DATA => Frame::ReadData {
+            seq,
+            data: payload.split_off(0),
+        },
         _ => unreachable!("kind range checked above"),
     };
-    if payload.has_remaining() && !matches!(frame, Frame::Write { .. } | Frame::ChunkData { .. }) {
+    if payload.has_remaining()
+        && !matches!(
+            frame,
+            Frame::Write { .. } | Frame::ChunkData { .. } | Frame::ReadData { .. }
+        )
+    {
         return Err(malformed("trailing bytes"));
     }
     Ok(Some(frame))

@@ -59,6 +59,15 @@ fn every_frame() -> Vec<Frame> {
             chunk_idx: 12,
             data: Bytes::from(vec![5u8; 1000]),
         },
+        Frame::Read {
+            seq: 9,
+            offset: 1 << 30,
+            length: 65536,
+        },
+        Frame::ReadData {
+            seq: 9,
+            data: Bytes::from(vec![6u8; 300]),
+        },
     ]
 }
 

@@ -383,7 +383,7 @@ impl Volume {
         self.options
     }
 
-    fn check_range(&self, op: &'static str, offset: u64, length: u64) -> Result<()> {
+    pub fn check_range(&self, op: &'static str, offset: u64, length: u64) -> Result<()> {
         let size = self.size_bytes();
         match offset.checked_add(length) {
             Some(end) if end <= size => Ok(()),

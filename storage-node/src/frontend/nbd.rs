@@ -19,8 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::Instrument;
 
-use crate::engine::Volume;
 use crate::error::{NodeError, Result};
+use crate::group::{BlockOp, Presenter};
 
 /// Requests one connection may have in flight; more wait in the socket.
 const MAX_IN_FLIGHT: usize = 128;
@@ -76,7 +76,7 @@ impl Drop for NbdServer {
     }
 }
 
-struct VolumeCatalog(Arc<Volume>);
+struct VolumeCatalog(Arc<Presenter>);
 
 impl ExportCatalog for VolumeCatalog {
     fn lookup(&self, name: &str) -> Option<ExportInfo> {
@@ -97,7 +97,7 @@ impl ExportCatalog for VolumeCatalog {
 }
 
 /// Starts serving `volume` on `endpoint`.
-pub async fn serve(endpoint_spec: &str, volume: Arc<Volume>) -> Result<NbdServer> {
+pub async fn serve(endpoint_spec: &str, volume: Arc<Presenter>) -> Result<NbdServer> {
     let endpoint = Endpoint::parse(endpoint_spec)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let bind_err = |source: std::io::Error| NodeError::BadEndpoint {
@@ -146,7 +146,7 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Volume>) -> Result<NbdServer
 
 async fn accept_loop_tcp(
     listener: tokio::net::TcpListener,
-    volume: Arc<Volume>,
+    volume: Arc<Presenter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -165,7 +165,7 @@ async fn accept_loop_tcp(
 
 async fn accept_loop_unix(
     listener: tokio::net::UnixListener,
-    volume: Arc<Volume>,
+    volume: Arc<Presenter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut n_accepted = 0u64;
@@ -186,7 +186,7 @@ async fn accept_loop_unix(
 fn spawn_connection<S>(
     stream: S,
     peer: String,
-    volume: Arc<Volume>,
+    volume: Arc<Presenter>,
     shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -274,7 +274,7 @@ struct Reply {
 
 async fn handle_connection<S>(
     stream: S,
-    volume: Arc<Volume>,
+    volume: Arc<Presenter>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError>
 where
@@ -387,54 +387,52 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::
     let _ = writer.shutdown().await;
 }
 
-/// Runs one request against the volume and maps the outcome to an NBD error number.
-async fn execute(volume: &Volume, volume_metrics: &VolumeMetrics, request: Request) -> Reply {
+/// Runs one request on the volume's master and maps the outcome to an NBD error number.
+async fn execute(volume: &Presenter, volume_metrics: &VolumeMetrics, request: Request) -> Reply {
     let started = Instant::now();
     let Request { cookie, command } = request;
-    // Out of range is ENOSPC for what writes (there is no space there), EINVAL otherwise.
-    let (op_metrics, bytes, writes, result) = match command {
-        Command::Read { offset, length } => {
-            let result = volume.read(offset, length).await.map(Some);
-            (&volume_metrics.read, length as u64, false, result)
-        }
-        Command::Write { offset, data, fua } => {
-            let length = data.len() as u64;
-            let result = volume.write(offset, data, fua).await.map(|_| None);
-            (&volume_metrics.write, length, true, result)
-        }
-        Command::Flush => {
-            let result = volume.flush().await.map(|_| None);
-            (&volume_metrics.flush, 0, false, result)
-        }
+    let trims = matches!(command, Command::Trim { .. });
+    let (op_metrics, bytes, op) = match command {
+        Command::Read { offset, length } => (
+            &volume_metrics.read,
+            length as u64,
+            BlockOp::Read { offset, length },
+        ),
+        Command::Write { offset, data, fua } => (
+            &volume_metrics.write,
+            data.len() as u64,
+            BlockOp::Write { offset, data, fua },
+        ),
+        Command::Flush => (&volume_metrics.flush, 0, BlockOp::Flush),
         Command::Trim {
             offset,
             length,
             fua,
-        } => {
-            let result = volume.write_zeroes(offset, length as u64, true, fua).await;
-            (
-                &volume_metrics.trim,
-                length as u64,
-                false,
-                result.map(|_| None),
-            )
-        }
+        } => (
+            &volume_metrics.trim,
+            length as u64,
+            BlockOp::WriteZeroes {
+                offset,
+                length: length as u64,
+                punch: true,
+                fua,
+            },
+        ),
         Command::WriteZeroes {
             offset,
             length,
             fua,
             no_hole,
-        } => {
-            let result = volume
-                .write_zeroes(offset, length as u64, !no_hole, fua)
-                .await;
-            (
-                &volume_metrics.write_zeroes,
-                length as u64,
-                true,
-                result.map(|_| None),
-            )
-        }
+        } => (
+            &volume_metrics.write_zeroes,
+            length as u64,
+            BlockOp::WriteZeroes {
+                offset,
+                length: length as u64,
+                punch: !no_hole,
+                fua,
+            },
+        ),
         Command::Disconnect => {
             return Reply {
                 cookie,
@@ -451,6 +449,9 @@ async fn execute(volume: &Volume, volume_metrics: &VolumeMetrics, request: Reque
             };
         }
     };
+    // Out of range is ENOSPC for what writes (there is no space there), EINVAL otherwise.
+    let writes = op.writes() && !trims;
+    let result = volume.execute(op).await;
     op_metrics.seconds.record(started.elapsed().as_secs_f64());
     match result {
         Ok(data) => {
@@ -464,18 +465,10 @@ async fn execute(volume: &Volume, volume_metrics: &VolumeMetrics, request: Reque
         }
         Err(err) => {
             op_metrics.errors.increment(1);
-            let error = match &err {
-                NodeError::OutOfRange { .. } if writes => nbd::ENOSPC,
-                NodeError::OutOfRange { .. } => nbd::EINVAL,
-                NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                    nbd::ENOSPC
-                }
-                _ => nbd::EIO,
-            };
             tracing::warn!(error = %err, "request failed");
             Reply {
                 cookie,
-                error,
+                error: err.errno(writes),
                 data: None,
             }
         }

@@ -7,4 +7,4 @@ mod activity_log;
 mod tree;
 
 pub use activity_log::ActivityLog;
-pub use tree::{chunk_hash, ChunkHash, HashTree};
+pub use tree::{chunk_hash, ChunkHash, DiffWalk, HashTree};

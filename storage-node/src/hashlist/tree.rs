@@ -98,29 +98,74 @@ impl HashTree {
         &self,
         mut fetch: impl FnMut(usize, &[u64]) -> Result<Vec<ChunkHash>, E>,
     ) -> Result<(Vec<u64>, u64), E> {
-        let top = self.depth() - 1;
-        let mut candidates = vec![0u64];
-        let mut fetched = 0u64;
-        for level in (0..=top).rev() {
-            let remote = fetch(level, &candidates)?;
-            fetched += remote.len() as u64;
-            let differing: Vec<u64> = candidates
-                .iter()
-                .zip(&remote)
-                .filter(|(index, hash)| self.node(level, **index).as_ref() != Some(*hash))
-                .map(|(index, _)| *index)
-                .collect();
-            if level == 0 {
-                return Ok((differing, fetched));
-            }
-            let below = self.levels[level - 1].len() as u64;
-            candidates = differing
-                .iter()
-                .flat_map(|index| [index * 2, index * 2 + 1])
-                .filter(|child| *child < below)
-                .collect();
+        let mut walk = DiffWalk::new(self);
+        while let Some((level, indices)) = walk.next_request() {
+            let remote = fetch(level, &indices)?;
+            walk.feed(&remote);
         }
-        unreachable!("level 0 returns")
+        Ok(walk.finish())
+    }
+}
+
+/// The walk of [`HashTree::diff_with`] as a state machine, for callers whose
+/// fetch is asynchronous (Delta Sync over the network): ask
+/// [`DiffWalk::next_request`], answer with [`DiffWalk::feed`].
+pub struct DiffWalk<'a> {
+    tree: &'a HashTree,
+    level: usize,
+    candidates: Vec<u64>,
+    fetched: u64,
+    differing: Option<Vec<u64>>,
+}
+
+impl<'a> DiffWalk<'a> {
+    pub fn new(tree: &'a HashTree) -> Self {
+        Self {
+            tree,
+            level: tree.depth() - 1,
+            candidates: vec![0],
+            fetched: 0,
+            differing: None,
+        }
+    }
+
+    /// The level and node indices whose remote hashes are needed next, or
+    /// `None` when the walk is done.
+    pub fn next_request(&self) -> Option<(usize, Vec<u64>)> {
+        if self.differing.is_some() || self.candidates.is_empty() {
+            return None;
+        }
+        Some((self.level, self.candidates.clone()))
+    }
+
+    /// The remote's hashes for the last request, in its order. A short
+    /// answer counts the missing nodes as differing.
+    pub fn feed(&mut self, remote: &[ChunkHash]) {
+        self.fetched += remote.len() as u64;
+        let level = self.level;
+        let differing: Vec<u64> = self
+            .candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, index)| self.tree.node(level, **index).as_ref() != remote.get(*i))
+            .map(|(_, index)| *index)
+            .collect();
+        if level == 0 {
+            self.differing = Some(differing);
+            return;
+        }
+        let below = self.tree.levels[level - 1].len() as u64;
+        self.candidates = differing
+            .iter()
+            .flat_map(|index| [index * 2, index * 2 + 1])
+            .filter(|child| *child < below)
+            .collect();
+        self.level -= 1;
+    }
+
+    /// The differing chunks and how many remote hashes were fetched.
+    pub fn finish(self) -> (Vec<u64>, u64) {
+        (self.differing.unwrap_or_default(), self.fetched)
     }
 }
 

@@ -1,0 +1,508 @@
+//! The master of one volume group for one epoch: serves I/O on its local
+//! copy, ships every write to every in-sync replica (and to copies being
+//! brought back by Delta Sync), and acknowledges only when all ISR members
+//! have it (rule 2). A replica that fails or stops answering leaves the ISR
+//! by compare-and-swap in the store *before* the write is acknowledged. The
+//! master answers nothing once its lease deadline has passed or a newer
+//! epoch has been seen (rule 3).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_store::{Compare, Txn, TxnOp};
+use futures::future::join_all;
+use tether_proto::admin::SyncProgress;
+use tether_proto::block::Frame;
+use tether_proto::group::GroupRecord;
+use tokio::sync::RwLock;
+
+use super::transport::BlockConn;
+use super::{BlockOp, GroupContext};
+use crate::engine::Volume;
+use crate::error::{NodeError, Result};
+
+/// Copy-vs-write ordering (rule 5) locks chunks by stripe.
+const STRIPES: usize = 1024;
+
+/// Who receives this master's writes.
+pub struct Members {
+    /// The group record as last committed, and its mod revision.
+    pub record: GroupRecord,
+    pub revision: i64,
+    /// Connections to the ISR members other than this node.
+    pub links: HashMap<String, Arc<BlockConn>>,
+    /// Copies being reconciled by Delta Sync: they get every live write, but
+    /// their failures only end their sync.
+    pub syncing: HashMap<String, Arc<BlockConn>>,
+}
+
+pub struct MasterState {
+    pub ctx: Arc<GroupContext>,
+    pub volume: Arc<Volume>,
+    pub epoch: u64,
+    /// The node lease the lock is bound to: a new lease means the lock is gone.
+    lease: i64,
+    deposed: AtomicBool,
+    pub members: RwLock<Members>,
+    stripes: Vec<RwLock<()>>,
+    /// Non-zero while a Delta Sync copies chunks: writes then take stripe locks.
+    syncs_active: AtomicUsize,
+    /// Progress of each Delta Sync, by copy, for the status record.
+    pub syncs: std::sync::Mutex<BTreeMap<String, SyncProgress>>,
+}
+
+/// What became of one write or flush on the other copies.
+#[derive(Default)]
+struct Fanout {
+    failed_isr: Vec<String>,
+    failed_syncing: Vec<String>,
+    newer_epoch: Option<u64>,
+}
+
+impl MasterState {
+    pub fn new(
+        ctx: Arc<GroupContext>,
+        volume: Arc<Volume>,
+        record: GroupRecord,
+        revision: i64,
+        lease: i64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            volume,
+            epoch: record.epoch,
+            lease,
+            deposed: AtomicBool::new(false),
+            members: RwLock::new(Members {
+                record,
+                revision,
+                links: HashMap::new(),
+                syncing: HashMap::new(),
+            }),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            syncs_active: AtomicUsize::new(0),
+            syncs: Default::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.volume.name()
+    }
+
+    /// Stops answering for good: a newer epoch exists or the lock is gone.
+    pub fn depose(&self) {
+        if !self.deposed.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                volume = self.name(),
+                epoch = self.epoch,
+                "no longer master; answering nothing more"
+            );
+        }
+    }
+
+    pub fn is_deposed(&self) -> bool {
+        self.deposed.load(Ordering::Acquire)
+    }
+
+    /// Rule 3: answer only while the lease is surely alive and no newer epoch was seen.
+    fn check(&self) -> Result<()> {
+        if self.is_deposed()
+            || !self.ctx.lease_clock.valid()
+            || self.ctx.lease.load(Ordering::Acquire) != self.lease
+        {
+            return Err(NodeError::NotMaster {
+                volume: self.name().to_string(),
+                epoch: self.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens a replication stream to `node`'s copy at this epoch.
+    pub async fn connect(&self, node: &str) -> Result<Arc<BlockConn>> {
+        let addr = self
+            .ctx
+            .mirror
+            .node(node)
+            .and_then(|record| record.block_addr)
+            .ok_or_else(|| NodeError::Peer {
+                volume: self.name().to_string(),
+                peer: node.to_string(),
+                reason: "node is down".into(),
+            })?;
+        let hello = Frame::Hello {
+            volume: self.name().to_string(),
+            node: self.ctx.node.clone(),
+            epoch: self.epoch,
+        };
+        let conn = BlockConn::connect(&addr, hello, self.ctx.replica_timeout).await;
+        if let Err(NodeError::NotMaster { epoch, .. }) = &conn {
+            if *epoch > self.epoch {
+                self.depose();
+            }
+        }
+        conn
+    }
+
+    /// Connects to every ISR member; those that do not answer leave the ISR
+    /// before the first write is served.
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        let members: Vec<String> = {
+            let members = self.members.read().await;
+            members
+                .record
+                .isr
+                .iter()
+                .filter(|member| **member != self.ctx.node)
+                .cloned()
+                .collect()
+        };
+        let attempts = join_all(members.iter().map(|node| self.connect(node))).await;
+        let mut failed = Vec::new();
+        {
+            let mut guard = self.members.write().await;
+            for (node, attempt) in members.into_iter().zip(attempts) {
+                match attempt {
+                    Ok(conn) => {
+                        guard.links.insert(node, conn);
+                    }
+                    Err(err) => {
+                        tracing::warn!(volume = self.name(), replica = %node, error = %err, "in-sync replica unreachable at takeover");
+                        failed.push(node);
+                    }
+                }
+            }
+        }
+        self.leave_isr(&failed).await?;
+        self.publish_isr_metric().await;
+        Ok(())
+    }
+
+    async fn publish_isr_metric(&self) {
+        let size = self.members.read().await.record.isr.len();
+        metrics::gauge!("tether_group_isr_members", "volume" => self.name().to_string())
+            .set(size as f64);
+    }
+
+    /// Runs one request. `Ok(Some(data))` for reads.
+    pub async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
+        self.check()?;
+        match op {
+            BlockOp::Read { offset, length } => {
+                let data = self.volume.read(offset, length).await?;
+                self.check()?;
+                Ok(Some(data))
+            }
+            BlockOp::Write { offset, data, fua } => {
+                self.volume
+                    .check_range("write", offset, data.len() as u64)?;
+                let frame = Frame::Write {
+                    seq: 0,
+                    epoch: self.epoch,
+                    offset,
+                    fua,
+                    data: data.clone(),
+                };
+                let (length, local) = (data.len() as u64, self.volume.write(offset, data, fua));
+                self.replicated(offset, length, frame, local).await?;
+                Ok(None)
+            }
+            BlockOp::WriteZeroes {
+                offset,
+                length,
+                punch,
+                fua,
+            } => {
+                self.volume.check_range("write zeroes", offset, length)?;
+                let frame = Frame::WriteZeroes {
+                    seq: 0,
+                    epoch: self.epoch,
+                    offset,
+                    length,
+                    punch,
+                    fua,
+                };
+                let local = self.volume.write_zeroes(offset, length, punch, fua);
+                self.replicated(offset, length, frame, local).await?;
+                Ok(None)
+            }
+            BlockOp::Flush => {
+                let frame = Frame::Flush {
+                    seq: 0,
+                    epoch: self.epoch,
+                };
+                self.replicated(0, 0, frame, self.volume.flush()).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs `local` and sends `frame` to every other receiving copy at once;
+    /// returns when all ISR members have it (or left the ISR).
+    async fn replicated(
+        &self,
+        offset: u64,
+        length: u64,
+        frame: Frame,
+        local: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let members = self.members.read().await;
+        self.check()?;
+        // Rule 5: while Delta Sync copies chunks, a write waits for a copy of
+        // its chunks to land (and the other way round).
+        let mut stripe_guards = Vec::new();
+        if length > 0 && self.syncs_active.load(Ordering::Acquire) > 0 {
+            for stripe in self.stripes_of(offset, length) {
+                stripe_guards.push(self.stripes[stripe].read().await);
+            }
+        }
+        let targets: Vec<(&String, &Arc<BlockConn>, bool)> = members
+            .links
+            .iter()
+            .map(|(node, conn)| (node, conn, true))
+            .chain(
+                members
+                    .syncing
+                    .iter()
+                    .map(|(node, conn)| (node, conn, false)),
+            )
+            .collect();
+        let timeout = self.ctx.replica_timeout;
+        let remote = join_all(
+            targets
+                .iter()
+                .map(|(_, conn, _)| conn.request(frame.clone(), timeout)),
+        );
+        let (local, answers) = tokio::join!(local, remote);
+        drop(stripe_guards);
+        let mut fanout = Fanout::default();
+        for ((node, _, in_sync), answer) in targets.iter().zip(answers) {
+            let failed = match answer {
+                Ok(Frame::Ack { error: 0, .. }) => false,
+                Ok(Frame::StaleEpoch { newest_epoch, .. }) => {
+                    fanout.newer_epoch = Some(newest_epoch);
+                    true
+                }
+                Ok(other) => {
+                    tracing::warn!(volume = self.name(), replica = %node, answer = ?other, "replica refused a write");
+                    true
+                }
+                Err(err) => {
+                    tracing::warn!(volume = self.name(), replica = %node, error = %err, "replica did not take a write");
+                    true
+                }
+            };
+            if failed {
+                if *in_sync {
+                    fanout.failed_isr.push(node.to_string());
+                } else {
+                    fanout.failed_syncing.push(node.to_string());
+                }
+            }
+        }
+        drop(members);
+        if let Some(epoch) = fanout.newer_epoch {
+            if epoch > self.epoch {
+                self.depose();
+            }
+        }
+        self.check()?;
+        if !fanout.failed_syncing.is_empty() {
+            let mut members = self.members.write().await;
+            for node in &fanout.failed_syncing {
+                if let Some(conn) = members.syncing.remove(node) {
+                    conn.close();
+                }
+            }
+        }
+        self.leave_isr(&fanout.failed_isr).await?;
+        local?;
+        self.check()
+    }
+
+    fn stripes_of(&self, offset: u64, length: u64) -> Vec<usize> {
+        let chunk = self.volume.chunk_size();
+        let (first, last) = (offset / chunk, (offset + length - 1) / chunk);
+        let mut stripes: Vec<usize> = (first..=last.min(first + STRIPES as u64))
+            .map(|chunk| (chunk % STRIPES as u64) as usize)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+    }
+
+    /// Takes the stripe of `chunk_idx` exclusively (Delta Sync's copy of it).
+    pub async fn lock_chunk(&self, chunk_idx: u64) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.stripes[(chunk_idx % STRIPES as u64) as usize]
+            .write()
+            .await
+    }
+
+    /// Rule 2: commits the ISR without `nodes` (compare-and-swap on the
+    /// group record, only while this node still holds the lock) before any
+    /// acknowledgement without them.
+    pub async fn leave_isr(&self, nodes: &[String]) -> Result<()> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let mut members = self.members.write().await;
+        loop {
+            let leaving: Vec<&String> = nodes
+                .iter()
+                .filter(|node| members.record.in_sync(node))
+                .collect();
+            if leaving.is_empty() {
+                return Ok(());
+            }
+            let next = leaving
+                .iter()
+                .fold(members.record.clone(), |record, node| record.without(node));
+            if let Some(revision) = self.commit(&members, &next).await? {
+                tracing::warn!(volume = self.name(), epoch = self.epoch, left = ?leaving, isr = ?next.isr, "replicas left the in-sync set");
+                metrics::counter!("tether_group_isr_shrinks_total", "volume" => self.name().to_string()).increment(1);
+                for node in leaving {
+                    if let Some(conn) = members.links.remove(node) {
+                        conn.close();
+                    }
+                }
+                members.record = next;
+                members.revision = revision;
+                let size = members.record.isr.len();
+                metrics::gauge!("tether_group_isr_members", "volume" => self.name().to_string())
+                    .set(size as f64);
+                return Ok(());
+            }
+            self.refresh(&mut members).await?;
+        }
+    }
+
+    /// Adds a copy Delta Sync has reconciled to the ISR; from now on writes
+    /// wait for it.
+    pub async fn join_isr(&self, node: &str) -> Result<()> {
+        let mut members = self.members.write().await;
+        let Some(conn) = members.syncing.remove(node) else {
+            return Err(NodeError::Peer {
+                volume: self.name().to_string(),
+                peer: node.to_string(),
+                reason: "left during Delta Sync".into(),
+            });
+        };
+        loop {
+            let next = members.record.with(node);
+            if let Some(revision) = self.commit(&members, &next).await? {
+                tracing::info!(volume = self.name(), epoch = self.epoch, joined = node, isr = ?next.isr, "copy back in sync");
+                members.record = next;
+                members.revision = revision;
+                members.links.insert(node.to_string(), conn);
+                let size = members.record.isr.len();
+                metrics::gauge!("tether_group_isr_members", "volume" => self.name().to_string())
+                    .set(size as f64);
+                return Ok(());
+            }
+            self.refresh(&mut members).await?;
+        }
+    }
+
+    /// Starts sending live writes to a copy under Delta Sync. Taking the
+    /// members lock exclusively waits out every write in flight, so each
+    /// write after this reaches the copy.
+    pub async fn begin_sync(&self, node: &str, conn: Arc<BlockConn>) {
+        let mut members = self.members.write().await;
+        members.syncing.insert(node.to_string(), conn);
+        self.syncs_active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Ends a sync (done or failed).
+    pub async fn end_sync(&self, node: &str) {
+        let mut members = self.members.write().await;
+        if let Some(conn) = members.syncing.remove(node) {
+            conn.close();
+        }
+        self.syncs_active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Writes `next` if the group record is still the one this master last
+    /// committed and the lock is still this node's; returns the record's new
+    /// mod revision, or `None` if someone else changed it.
+    async fn commit(&self, members: &Members, next: &GroupRecord) -> Result<Option<i64>> {
+        self.check()?;
+        let (group_key, lock_key) = (
+            self.ctx.key("groups", self.name()),
+            self.ctx.key("locks", self.name()),
+        );
+        let answer = self
+            .ctx
+            .store
+            .txn(Txn {
+                compares: vec![
+                    Compare::ModRevision {
+                        key: group_key.clone(),
+                        revision: members.revision,
+                    },
+                    Compare::Value {
+                        key: lock_key,
+                        value: self.ctx.node.as_bytes().to_vec(),
+                    },
+                ],
+                success: vec![TxnOp::Put {
+                    key: group_key,
+                    value: serde_json::to_vec(next).expect("group record serializes"),
+                    lease: None,
+                }],
+                failure: vec![],
+            })
+            .await?;
+        Ok(answer.succeeded.then_some(answer.revision))
+    }
+
+    /// After a failed commit: re-reads the group; a newer epoch (or a lost
+    /// lock) deposes this master.
+    async fn refresh(&self, members: &mut Members) -> Result<()> {
+        let key = self.ctx.key("groups", self.name());
+        let current = self.ctx.store.get(&key).await?;
+        let lock = self
+            .ctx
+            .store
+            .get(&self.ctx.key("locks", self.name()))
+            .await?;
+        let still_mine = lock.is_some_and(|kv| kv.value == self.ctx.node.as_bytes());
+        match current.and_then(|kv| {
+            serde_json::from_slice::<GroupRecord>(&kv.value)
+                .ok()
+                .map(|record| (record, kv.mod_revision))
+        }) {
+            Some((record, revision)) if record.epoch == self.epoch && still_mine => {
+                members.record = record;
+                members.revision = revision;
+                Ok(())
+            }
+            _ => {
+                self.depose();
+                self.check()
+            }
+        }
+    }
+
+    /// Copies this master has to bring back: in the spec, not in the ISR,
+    /// not already syncing.
+    pub async fn out_of_sync(&self) -> Vec<String> {
+        let Some(spec) = self.ctx.mirror.spec(self.name()) else {
+            return vec![];
+        };
+        let members = self.members.read().await;
+        spec.copy_nodes()
+            .into_iter()
+            .filter(|node| !members.record.in_sync(node) && !members.syncing.contains_key(node))
+            .collect()
+    }
+
+    pub async fn isr(&self) -> Vec<String> {
+        self.members.read().await.record.isr.clone()
+    }
+
+    pub fn replica_timeout(&self) -> Duration {
+        self.ctx.replica_timeout
+    }
+}

@@ -1,0 +1,179 @@
+//! The node's live copy of its cluster's keys: volume specs, group records,
+//! master locks and node registrations. One list-then-watch per node feeds
+//! every volume's controller and presenter, so the store's load grows with
+//! nodes, not with volumes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use coord_store::{CoordStore, KeyValue, WatchEvent};
+use tether_proto::admin::{NodeRecord, VolumeSpec};
+use tether_proto::group::GroupRecord;
+use tokio::sync::watch;
+
+/// A lock key: which node holds it, under which lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub node: String,
+    pub lease: i64,
+}
+
+#[derive(Default)]
+struct State {
+    specs: HashMap<String, VolumeSpec>,
+    /// Group record and its mod revision (the CAS token).
+    groups: HashMap<String, (GroupRecord, i64)>,
+    locks: HashMap<String, LockHolder>,
+    nodes: HashMap<String, NodeRecord>,
+}
+
+pub struct Mirror {
+    prefix: String,
+    state: RwLock<State>,
+    /// The store revision last applied; bumps wake the watchers.
+    revision: watch::Sender<i64>,
+}
+
+impl Mirror {
+    pub fn new(cluster: &str) -> Arc<Self> {
+        Arc::new(Self {
+            prefix: format!("/tether/v1/{cluster}/"),
+            state: RwLock::new(State::default()),
+            revision: watch::channel(0).0,
+        })
+    }
+
+    /// Wakes on every change the mirror applies.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    pub fn spec(&self, volume: &str) -> Option<VolumeSpec> {
+        self.state.read().unwrap().specs.get(volume).cloned()
+    }
+
+    pub fn group(&self, volume: &str) -> Option<(GroupRecord, i64)> {
+        self.state.read().unwrap().groups.get(volume).cloned()
+    }
+
+    pub fn lock(&self, volume: &str) -> Option<LockHolder> {
+        self.state.read().unwrap().locks.get(volume).cloned()
+    }
+
+    pub fn node(&self, node: &str) -> Option<NodeRecord> {
+        self.state.read().unwrap().nodes.get(node).cloned()
+    }
+
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.state.read().unwrap().nodes.values().cloned().collect()
+    }
+
+    /// Lists, then follows changes; lists again whenever the watch breaks.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn CoordStore>) {
+        loop {
+            let (kvs, revision) = match store.get_prefix(&self.prefix).await {
+                Ok(listing) => listing,
+                Err(err) => {
+                    tracing::warn!(error = %err, "listing the cluster's keys failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            {
+                let mut state = self.state.write().unwrap();
+                *state = State::default();
+                for kv in &kvs {
+                    apply_put(&self.prefix, &mut state, kv);
+                }
+            }
+            self.revision.send_replace(revision);
+            let mut events = match store.watch_prefix(&self.prefix, revision + 1).await {
+                Ok(events) => events,
+                Err(err) => {
+                    tracing::warn!(error = %err, "watching the cluster's keys failed; re-listing");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            while let Some(event) = events.recv().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cluster watch broke; re-listing");
+                        break;
+                    }
+                };
+                let revision = event.mod_revision();
+                {
+                    let mut state = self.state.write().unwrap();
+                    match &event {
+                        WatchEvent::Put(kv) => apply_put(&self.prefix, &mut state, kv),
+                        WatchEvent::Delete { key, .. } => {
+                            apply_delete(&self.prefix, &mut state, key)
+                        }
+                    }
+                }
+                self.revision.send_replace(revision);
+            }
+        }
+    }
+}
+
+fn split<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
+    key.strip_prefix(prefix)?.split_once('/')
+}
+
+fn apply_put(prefix: &str, state: &mut State, kv: &KeyValue) {
+    let Some((kind, name)) = split(prefix, &kv.key) else {
+        return;
+    };
+    match kind {
+        "volumes" => {
+            if let Ok(spec) = serde_json::from_slice::<VolumeSpec>(&kv.value) {
+                state.specs.insert(name.to_string(), spec);
+            }
+        }
+        "groups" => {
+            if let Ok(group) = serde_json::from_slice::<GroupRecord>(&kv.value) {
+                state
+                    .groups
+                    .insert(name.to_string(), (group, kv.mod_revision));
+            }
+        }
+        "locks" => {
+            let node = String::from_utf8_lossy(&kv.value).into_owned();
+            let lease = kv.lease.unwrap_or(0);
+            state
+                .locks
+                .insert(name.to_string(), LockHolder { node, lease });
+        }
+        "nodes" => {
+            if let Ok(node) = serde_json::from_slice::<NodeRecord>(&kv.value) {
+                state.nodes.insert(name.to_string(), node);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn apply_delete(prefix: &str, state: &mut State, key: &str) {
+    let Some((kind, name)) = split(prefix, key) else {
+        return;
+    };
+    match kind {
+        "volumes" => {
+            state.specs.remove(name);
+        }
+        "groups" => {
+            state.groups.remove(name);
+        }
+        "locks" => {
+            state.locks.remove(name);
+        }
+        "nodes" => {
+            state.nodes.remove(name);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,174 @@
+//! Volume groups: a master and its replicas on different nodes, kept
+//! consistent by a lock and an epoch in the coordination store.
+//!
+//! - [`mirror`]: the node's live copy of the cluster's keys (specs, groups,
+//!   locks, nodes), fed by one watch per node;
+//! - [`controller`]: per local copy, takes the lock when this copy may and
+//!   steps down when it must;
+//! - [`master`]: the master's write path (all-ISR acknowledgement, ISR
+//!   shrinking, fencing by lease deadline);
+//! - [`sync`]: Delta Sync, bringing a copy back by hash-tree comparison;
+//! - [`server`] / [`transport`]: the node-to-node block-frame streams;
+//! - [`presenter`]: what the NBD front end talks to; follows the master.
+//!
+//! The decisions themselves (who may be promoted, how the ISR changes, which
+//! epochs a replica admits) are pure functions in `tether_proto::group`,
+//! shared with the model checker.
+
+pub mod controller;
+pub mod master;
+pub mod mirror;
+pub mod presenter;
+pub mod server;
+pub mod sync;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coord_store::CoordStore;
+
+pub use master::MasterState;
+pub use mirror::Mirror;
+pub use presenter::Presenter;
+
+/// One request against a volume, wherever it is served.
+#[derive(Debug, Clone)]
+pub enum BlockOp {
+    Read {
+        offset: u64,
+        length: u32,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
+    WriteZeroes {
+        offset: u64,
+        length: u64,
+        punch: bool,
+        fua: bool,
+    },
+    Flush,
+}
+
+impl BlockOp {
+    pub fn writes(&self) -> bool {
+        matches!(self, BlockOp::Write { .. } | BlockOp::WriteZeroes { .. })
+    }
+}
+
+/// When this node's lease is known to be alive, on the monotonic clock:
+/// the moment the last successful keep-alive was *sent*, plus
+/// `tether_proto::group::lease_validity(ttl)`. A master answers no I/O after it.
+pub struct LeaseClock {
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease is surely alive (0: not yet).
+    valid_until_nanos: AtomicU64,
+    validity: Duration,
+}
+
+impl LeaseClock {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            valid_until_nanos: AtomicU64::new(0),
+            validity: tether_proto::group::lease_validity(ttl),
+        }
+    }
+
+    /// Records a keep-alive (or grant) that succeeded and was sent at `sent`.
+    pub fn renewed(&self, sent: Instant) {
+        let until = (sent + self.validity).duration_since(self.base).as_nanos() as u64;
+        self.valid_until_nanos.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Forgets the lease (it expired; a new one starts from `renewed`).
+    pub fn lost(&self) {
+        self.valid_until_nanos.store(0, Ordering::Release);
+    }
+
+    pub fn valid(&self) -> bool {
+        let now = self.base.elapsed().as_nanos() as u64;
+        now < self.valid_until_nanos.load(Ordering::Acquire)
+    }
+}
+
+/// What every volume group on this node shares.
+pub struct GroupContext {
+    pub cluster: String,
+    pub node: String,
+    pub store: Arc<dyn CoordStore>,
+    pub mirror: Arc<Mirror>,
+    pub lease_clock: Arc<LeaseClock>,
+    /// The node's lease; locks are bound to it.
+    pub lease: Arc<AtomicI64>,
+    /// A replica that has not answered a frame this long leaves the ISR.
+    pub replica_timeout: Duration,
+    /// Delta Sync's copy rate limit in bytes per second (0: none).
+    pub sync_rate_limit: u64,
+    /// The masters this node runs, by volume.
+    pub masters: RwLock<HashMap<String, Arc<MasterState>>>,
+    /// The newest epoch each local copy has seen (rule 3: replicas refuse older).
+    pub epochs: RwLock<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl GroupContext {
+    pub fn key(&self, kind: &str, name: &str) -> String {
+        format!("/tether/v1/{}/{kind}/{name}", self.cluster)
+    }
+
+    pub fn master(&self, volume: &str) -> Option<Arc<MasterState>> {
+        self.masters.read().unwrap().get(volume).cloned()
+    }
+
+    /// The newest epoch the local copy of `volume` has seen, persisted in the
+    /// volume's directory so a restarted replica still refuses a deposed master.
+    pub fn newest_epoch(&self, volume: &str, dir: &Path) -> Arc<AtomicU64> {
+        if let Some(epoch) = self.epochs.read().unwrap().get(volume) {
+            return epoch.clone();
+        }
+        let stored = std::fs::read_to_string(dir.join("epoch"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        self.epochs
+            .write()
+            .unwrap()
+            .entry(volume.to_string())
+            .or_insert_with(|| Arc::new(AtomicU64::new(stored)))
+            .clone()
+    }
+
+    /// Raises the newest epoch seen for a local copy; durable before it returns.
+    pub async fn see_epoch(&self, volume: &str, dir: &Path, epoch: u64) -> std::io::Result<()> {
+        let newest = self.newest_epoch(volume, dir);
+        if newest.fetch_max(epoch, Ordering::AcqRel) >= epoch {
+            return Ok(());
+        }
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let temp = dir.join("epoch.tmp");
+            let mut file = std::fs::File::create(&temp)?;
+            writeln!(file, "{epoch}")?;
+            file.sync_data()?;
+            std::fs::rename(&temp, dir.join("epoch"))?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .expect("epoch write does not panic")
+    }
+
+    pub fn forget(&self, volume: &str) {
+        self.epochs.write().unwrap().remove(volume);
+        if let Some(master) = self.masters.write().unwrap().remove(volume) {
+            master.depose();
+        }
+    }
+}

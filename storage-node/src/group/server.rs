@@ -1,0 +1,343 @@
+//! The node's block server: one TCP listener taking block-frame streams.
+//!
+//! - A *replication* stream (`Hello` with the master's epoch) writes into
+//!   this node's copy. Every frame from an epoch older than the newest this
+//!   copy has seen is refused with `StaleEpoch` (rule 3); seeing a newer
+//!   epoch deposes this node's own master of that volume, if any.
+//! - A *client* stream (`Hello` with epoch 0) comes from a presenting node:
+//!   its requests run on this node's master of the volume, or are answered
+//!   `StaleEpoch` when this node is not (or no longer) the master.
+//!
+//! Requests on a stream run concurrently and are answered out of order.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tether_proto::block::{decode_frame, encode_frame, Frame};
+use tether_proto::group::replica_admits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::{BlockOp, GroupContext};
+use crate::engine::{Pool, Volume};
+use crate::error::{NodeError, Result};
+use crate::hashlist::HashTree;
+
+const READ_BUFFER: usize = 256 * 1024;
+const ENOENT: u32 = 2;
+const EINVAL: u32 = 22;
+
+/// Binds `addr` and serves until the runtime stops; returns the bound address.
+pub async fn listen(addr: &str, ctx: Arc<GroupContext>, pool: Arc<Pool>) -> Result<SocketAddr> {
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|err| NodeError::BadEndpoint {
+                endpoint: addr.to_string(),
+                reason: format!("cannot listen for block streams: {err}"),
+            })?;
+    let local = listener
+        .local_addr()
+        .map_err(|err| NodeError::BadEndpoint {
+            endpoint: addr.to_string(),
+            reason: err.to_string(),
+        })?;
+    tokio::spawn(
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let span = tracing::info_span!("block", peer = %peer);
+                        tokio::spawn(
+                            serve_stream(stream, ctx.clone(), pool.clone()).instrument(span),
+                        );
+                    }
+                    Err(err) => tracing::warn!(error = %err, "block accept failed"),
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(local)
+}
+
+enum Role {
+    Client,
+    Replica {
+        volume: Arc<Volume>,
+        newest: Arc<std::sync::atomic::AtomicU64>,
+        /// The tree a Delta Sync is comparing against, taken (after settling)
+        /// when the master asks for the root.
+        tree: Arc<Mutex<Option<HashTree>>>,
+    },
+}
+
+async fn serve_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool>) {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut input = BytesMut::with_capacity(READ_BUFFER);
+    let hello = loop {
+        match decode_frame(&mut input) {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "malformed block frame; closing the stream");
+                return;
+            }
+        }
+        match reader.read_buf(&mut input).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    };
+    let Frame::Hello {
+        volume: name,
+        node: from,
+        epoch,
+    } = hello
+    else {
+        tracing::warn!("block stream did not open with Hello; closing it");
+        return;
+    };
+    let (answer, role) = if epoch == 0 {
+        (Frame::Ack { seq: 0, error: 0 }, Some(Role::Client))
+    } else {
+        match pool.get(&name) {
+            None => (
+                Frame::Ack {
+                    seq: 0,
+                    error: ENOENT,
+                },
+                None,
+            ),
+            Some(volume) => {
+                let newest = ctx.newest_epoch(&name, volume.dir());
+                let seen = newest.load(Ordering::Acquire);
+                if !replica_admits(seen, epoch) {
+                    tracing::warn!(volume = %name, from = %from, epoch, newest = seen, "refused a replication stream from an older epoch");
+                    (
+                        Frame::StaleEpoch {
+                            seq: 0,
+                            newest_epoch: seen,
+                        },
+                        None,
+                    )
+                } else if let Err(err) = ctx.see_epoch(&name, volume.dir(), epoch).await {
+                    tracing::error!(volume = %name, error = %err, "recording the epoch failed");
+                    (Frame::Ack { seq: 0, error: 5 }, None)
+                } else {
+                    if let Some(master) = ctx.master(&name) {
+                        if master.epoch < epoch {
+                            master.depose();
+                        }
+                    }
+                    tracing::info!(volume = %name, master = %from, epoch, "replicating from master");
+                    (
+                        Frame::Ack { seq: 0, error: 0 },
+                        Some(Role::Replica {
+                            volume,
+                            newest,
+                            tree: Arc::new(Mutex::new(None)),
+                        }),
+                    )
+                }
+            }
+        }
+    };
+    let mut out = BytesMut::new();
+    encode_frame(&answer, &mut out);
+    if writer.write_all(&out).await.is_err() {
+        return;
+    }
+    let Some(role) = role else { return };
+    let role = Arc::new(role);
+    let (replies, mut reply_rx) = mpsc::channel::<Frame>(256);
+    let writer_task = tokio::spawn(async move {
+        let mut out = BytesMut::with_capacity(READ_BUFFER);
+        while let Some(first) = reply_rx.recv().await {
+            encode_frame(&first, &mut out);
+            while out.len() < READ_BUFFER {
+                match reply_rx.try_recv() {
+                    Ok(next) => encode_frame(&next, &mut out),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    });
+    'read: loop {
+        loop {
+            match decode_frame(&mut input) {
+                Ok(Some(frame)) => {
+                    let (ctx, role, replies, name) =
+                        (ctx.clone(), role.clone(), replies.clone(), name.clone());
+                    tokio::spawn(
+                        async move {
+                            let answer = match role.as_ref() {
+                                Role::Client => client_request(&ctx, &name, frame).await,
+                                Role::Replica {
+                                    volume,
+                                    newest,
+                                    tree,
+                                } => replica_request(volume, newest, tree, frame).await,
+                            };
+                            let _ = replies.send(answer).await;
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(volume = %name, error = %err, "malformed block frame; closing the stream");
+                    break 'read;
+                }
+            }
+        }
+        if input.capacity() - input.len() < READ_BUFFER / 4 {
+            input.reserve(READ_BUFFER);
+        }
+        match reader.read_buf(&mut input).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    drop(replies);
+    let _ = writer_task.await;
+}
+
+/// A presenting node's request, run on this node's master of the volume.
+async fn client_request(ctx: &GroupContext, name: &str, frame: Frame) -> Frame {
+    let seq = frame.seq();
+    let op = match frame {
+        Frame::Read { offset, length, .. } => BlockOp::Read { offset, length },
+        Frame::Write {
+            offset, data, fua, ..
+        } => BlockOp::Write { offset, data, fua },
+        Frame::WriteZeroes {
+            offset,
+            length,
+            punch,
+            fua,
+            ..
+        } => BlockOp::WriteZeroes {
+            offset,
+            length,
+            punch,
+            fua,
+        },
+        Frame::Flush { .. } => BlockOp::Flush,
+        _ => return Frame::Ack { seq, error: EINVAL },
+    };
+    let writes = op.writes();
+    let Some(master) = ctx.master(name) else {
+        return Frame::StaleEpoch {
+            seq,
+            newest_epoch: 0,
+        };
+    };
+    match master.execute(op).await {
+        Ok(Some(data)) => Frame::ReadData {
+            seq,
+            data: Bytes::from(data),
+        },
+        Ok(None) => Frame::Ack { seq, error: 0 },
+        Err(NodeError::NotMaster { epoch, .. }) => Frame::StaleEpoch {
+            seq,
+            newest_epoch: epoch,
+        },
+        Err(err) => {
+            tracing::warn!(volume = name, error = %err, "request failed");
+            Frame::Ack {
+                seq,
+                error: err.errno(writes),
+            }
+        }
+    }
+}
+
+/// A master's frame, applied to this node's copy.
+async fn replica_request(
+    volume: &Volume,
+    newest: &std::sync::atomic::AtomicU64,
+    tree: &Mutex<Option<HashTree>>,
+    frame: Frame,
+) -> Frame {
+    let seq = frame.seq();
+    let epoch = match &frame {
+        Frame::Write { epoch, .. }
+        | Frame::WriteZeroes { epoch, .. }
+        | Frame::Flush { epoch, .. }
+        | Frame::TreeRequest { epoch, .. }
+        | Frame::ChunkData { epoch, .. } => *epoch,
+        _ => return Frame::Ack { seq, error: EINVAL },
+    };
+    let seen = newest.load(Ordering::Acquire);
+    if !replica_admits(seen, epoch) {
+        return Frame::StaleEpoch {
+            seq,
+            newest_epoch: seen,
+        };
+    }
+    let done = |result: Result<()>, writes: bool| match result {
+        Ok(()) => Frame::Ack { seq, error: 0 },
+        Err(err) => {
+            tracing::warn!(volume = volume.name(), error = %err, "replicated request failed");
+            Frame::Ack {
+                seq,
+                error: err.errno(writes),
+            }
+        }
+    };
+    match frame {
+        Frame::Write {
+            offset, data, fua, ..
+        } => done(volume.write(offset, data, fua).await, true),
+        Frame::WriteZeroes {
+            offset,
+            length,
+            punch,
+            fua,
+            ..
+        } => done(volume.write_zeroes(offset, length, punch, fua).await, true),
+        Frame::Flush { .. } => done(volume.flush().await, false),
+        Frame::ChunkData {
+            chunk_idx, data, ..
+        } => {
+            let offset = chunk_idx * volume.chunk_size();
+            done(volume.write(offset, data, false).await, true)
+        }
+        Frame::TreeRequest { level, indices, .. } => {
+            let snapshot = {
+                let guard = tree.lock().unwrap();
+                guard
+                    .clone()
+                    .filter(|tree| (level as usize) < tree.depth() - 1)
+            };
+            let snapshot = match snapshot {
+                Some(snapshot) => snapshot,
+                None => {
+                    // The root: a new comparison. Rule 1: settle dirty chunks first.
+                    if let Err(err) = volume.settle().await {
+                        return done(Err(err), false);
+                    }
+                    let fresh = volume.hash_tree();
+                    *tree.lock().unwrap() = Some(fresh.clone());
+                    fresh
+                }
+            };
+            let hashes = indices
+                .iter()
+                .map(|index| snapshot.node(level as usize, *index).unwrap_or([0; 32]))
+                .collect();
+            Frame::TreeResponse { seq, hashes }
+        }
+        _ => Frame::Ack { seq, error: EINVAL },
+    }
+}

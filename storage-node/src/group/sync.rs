@@ -1,0 +1,241 @@
+//! Delta Sync: the master brings a copy that is out of the ISR back by
+//! comparing hash trees and copying only the chunks that differ, while
+//! serving I/O.
+//!
+//! Order of a sync (ARCHITECTURE.md, rules 1 and 5):
+//! 1. the copy starts receiving every live write (taking the members lock
+//!    waits out writes already in flight), so nothing written from now on
+//!    can be missed;
+//! 2. both sides settle their dirty chunks (a stale hash must never say
+//!    "same"), then the master walks the trees from the root, fetching only
+//!    the children of differing nodes;
+//! 3. each differing chunk is read and sent under its stripe lock, so a
+//!    live write to it lands on the copy either before the copy of the chunk
+//!    was read or after the copy was applied, never in between;
+//! 4. a second comparison checks the result (and copies what raced);
+//! 5. the copy joins the ISR by compare-and-swap; from then on writes wait for it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tether_proto::admin::SyncProgress;
+use tether_proto::block::Frame;
+use tracing::Instrument;
+
+use super::master::MasterState;
+use super::transport::BlockConn;
+use crate::error::{NodeError, Result};
+use crate::hashlist::DiffWalk;
+
+/// Node indices per tree request (one frame stays well under the frame limit).
+const INDICES_PER_REQUEST: usize = 65_536;
+/// Comparison passes before the copy joins the ISR: one to copy, one to check.
+const PASSES: usize = 2;
+/// How often the master looks for copies to bring back.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// While `master` serves, brings every copy of the spec that is out of the
+/// ISR back as soon as it answers.
+pub fn spawn_resync_loop(master: Arc<MasterState>) {
+    tokio::spawn(
+        async move {
+            while !master.is_deposed() {
+                for node in master.out_of_sync().await {
+                    match master.connect(&node).await {
+                        Ok(conn) => {
+                            // One copy at a time: syncs share the master's disk and network.
+                            if let Err(err) = delta_sync(&master, &node, conn).await {
+                                tracing::warn!(volume = master.name(), copy = %node, error = %err, "Delta Sync failed; will retry");
+                            }
+                        }
+                        Err(err) => {
+                            tracing::debug!(volume = master.name(), copy = %node, error = %err, "copy not reachable yet")
+                        }
+                    }
+                }
+                tokio::time::sleep(RESYNC_INTERVAL).await;
+            }
+        }
+        .in_current_span(),
+    );
+}
+
+/// Reconciles `node`'s copy with the master's and adds it to the ISR.
+pub async fn delta_sync(master: &Arc<MasterState>, node: &str, conn: Arc<BlockConn>) -> Result<()> {
+    master.begin_sync(node, conn.clone()).await;
+    let result = reconcile(master, node, &conn).await;
+    let result = match result {
+        Ok(()) => master.join_isr(node).await,
+        Err(err) => Err(err),
+    };
+    master.end_sync(node).await;
+    if result.is_err() {
+        master.syncs.lock().unwrap().remove(node);
+    }
+    result
+}
+
+async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> Result<()> {
+    let volume = &master.volume;
+    let started = Instant::now();
+    let chunk_size = volume.chunk_size();
+    let mut progress = SyncProgress {
+        node: node.to_string(),
+        phase: "comparing".into(),
+        chunks_total: volume.n_chunks(),
+        ..Default::default()
+    };
+    let publish = |progress: &SyncProgress| {
+        master
+            .syncs
+            .lock()
+            .unwrap()
+            .insert(node.to_string(), progress.clone());
+    };
+    publish(&progress);
+    tracing::info!(
+        volume = volume.name(),
+        copy = node,
+        epoch = master.epoch,
+        "Delta Sync started"
+    );
+    let limit = master.ctx.sync_rate_limit;
+    let labels = [("volume", volume.name().to_string())];
+    for pass in 0..PASSES {
+        volume.settle().await?;
+        let tree = volume.hash_tree();
+        let mut walk = DiffWalk::new(&tree);
+        while let Some((level, indices)) = walk.next_request() {
+            let mut hashes = Vec::with_capacity(indices.len());
+            for batch in indices.chunks(INDICES_PER_REQUEST) {
+                let request = Frame::TreeRequest {
+                    seq: 0,
+                    epoch: master.epoch,
+                    level: level as u8,
+                    indices: batch.to_vec(),
+                };
+                match conn.request(request, master.replica_timeout() * 4).await? {
+                    Frame::TreeResponse { hashes: got, .. } => hashes.extend(got),
+                    other => return Err(refused(master, node, &other)),
+                }
+            }
+            walk.feed(&hashes);
+        }
+        let (differing, fetched) = walk.finish();
+        metrics::counter!("tether_sync_hashes_fetched_total", &labels).increment(fetched);
+        progress.hashes_fetched += fetched;
+        progress.chunks_compared = progress.chunks_total;
+        progress.chunks_differing += differing.len() as u64;
+        progress.phase = "copying".into();
+        publish(&progress);
+        if differing.is_empty() {
+            break;
+        }
+        tracing::info!(
+            volume = volume.name(),
+            copy = node,
+            pass,
+            differing = differing.len(),
+            "copying differing chunks"
+        );
+        for chunk_idx in differing {
+            let offset = chunk_idx * chunk_size;
+            let length = chunk_size.min(volume.size_bytes().saturating_sub(offset));
+            if length == 0 {
+                continue;
+            }
+            let copied = {
+                let _ordered = master.lock_chunk(chunk_idx).await;
+                let data = volume.read(offset, length as u32).await?;
+                let frame = if data.iter().all(|byte| *byte == 0) {
+                    Frame::WriteZeroes {
+                        seq: 0,
+                        epoch: master.epoch,
+                        offset,
+                        length,
+                        punch: true,
+                        fua: false,
+                    }
+                } else {
+                    Frame::ChunkData {
+                        seq: 0,
+                        epoch: master.epoch,
+                        chunk_idx,
+                        data: Bytes::from(data),
+                    }
+                };
+                let sent = match &frame {
+                    Frame::ChunkData { data, .. } => data.len() as u64,
+                    _ => 0,
+                };
+                match conn.request(frame, master.replica_timeout()).await? {
+                    Frame::Ack { error: 0, .. } => sent,
+                    other => return Err(refused(master, node, &other)),
+                }
+            };
+            progress.chunks_copied += 1;
+            progress.bytes_copied += copied;
+            metrics::counter!("tether_sync_chunks_copied_total", &labels).increment(1);
+            metrics::counter!("tether_sync_bytes_copied_total", &labels).increment(copied);
+            let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+            progress.bytes_per_sec = (progress.bytes_copied as f64 / elapsed) as u64;
+            let left = progress
+                .chunks_differing
+                .saturating_sub(progress.chunks_copied);
+            progress.eta_seconds = (left * chunk_size)
+                .checked_div(progress.bytes_per_sec)
+                .unwrap_or(0);
+            if progress.chunks_copied.is_multiple_of(64) {
+                publish(&progress);
+            }
+            if limit > 0 {
+                let due = Duration::from_secs_f64(progress.bytes_copied as f64 / limit as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        // Flush the copy so the chunks it took are as durable as acknowledged writes.
+        match conn
+            .request(
+                Frame::Flush {
+                    seq: 0,
+                    epoch: master.epoch,
+                },
+                master.replica_timeout(),
+            )
+            .await?
+        {
+            Frame::Ack { error: 0, .. } => {}
+            other => return Err(refused(master, node, &other)),
+        }
+    }
+    progress.phase = "done".into();
+    progress.eta_seconds = 0;
+    publish(&progress);
+    tracing::info!(
+        volume = volume.name(),
+        copy = node,
+        chunks_total = progress.chunks_total,
+        chunks_copied = progress.chunks_copied,
+        bytes_copied = progress.bytes_copied,
+        hashes_fetched = progress.hashes_fetched,
+        seconds = started.elapsed().as_secs_f64(),
+        "Delta Sync done"
+    );
+    Ok(())
+}
+
+fn refused(master: &MasterState, node: &str, answer: &Frame) -> NodeError {
+    if let Frame::StaleEpoch { newest_epoch, .. } = answer {
+        if *newest_epoch > master.epoch {
+            master.depose();
+        }
+    }
+    NodeError::Peer {
+        volume: master.name().to_string(),
+        peer: node.to_string(),
+        reason: format!("answered {answer:?} during Delta Sync"),
+    }
+}
