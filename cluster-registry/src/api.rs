@@ -159,11 +159,13 @@ impl AppState {
                         reason,
                     })
                 }
-                None if Instant::now() > deadline => return Err(RegistryError::Unavailable {
-                    reason: format!(
+                None if Instant::now() > deadline => {
+                    return Err(RegistryError::Unavailable {
+                        reason: format!(
                         "node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"
                     ),
-                }),
+                    })
+                }
                 None => tokio::time::sleep(POLL_INTERVAL).await,
             }
         }

@@ -1,7 +1,10 @@
 //! A dev federation for tests, driven through the `tether` CLI.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -74,6 +77,7 @@ impl FederationBuilder {
             bin: tether_bin(),
             builder: self,
             info: Value::Null,
+            restarted: Mutex::new(HashMap::new()),
         };
         federation.up()
     }
@@ -86,6 +90,8 @@ pub struct DevFederation {
     builder: FederationBuilder,
     /// The parsed `federation.json`.
     pub info: Value,
+    /// Nodes the test restarted itself, by name (their pids are not in `federation.json`).
+    restarted: Mutex<HashMap<String, Child>>,
 }
 
 impl DevFederation {
@@ -193,6 +199,98 @@ impl DevFederation {
         wait_gone(pid as u32);
     }
 
+    /// The pid of node `name` now (restarted nodes have new ones).
+    pub fn node_pid(&self, name: &str) -> u32 {
+        if let Some(child) = self.restarted.lock().unwrap().get(name) {
+            return child.id();
+        }
+        self.node(name)["pid"].as_u64().unwrap() as u32
+    }
+
+    /// `kill -9` of node `name`; returns its command line, for [`Self::start_node`].
+    pub fn kill_node(&self, name: &str) -> Vec<String> {
+        self.stop_node(name, 9)
+    }
+
+    /// SIGTERM: the node stops serving, settles and deregisters.
+    pub fn kill_node_gracefully(&self, name: &str) -> Vec<String> {
+        self.stop_node(name, 15)
+    }
+
+    fn stop_node(&self, name: &str, signal: i32) -> Vec<String> {
+        let pid = self.node_pid(name);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("node is running");
+        let args: Vec<String> = cmdline
+            .split(|byte| *byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        send_signal(pid as i32, signal);
+        wait_gone(pid);
+        if let Some(mut child) = self.restarted.lock().unwrap().remove(name) {
+            let _ = child.wait();
+        }
+        args
+    }
+
+    /// Starts node `name` again with the command line it had, logging to its log.
+    pub fn start_node(&self, name: &str, cmdline: &[String]) {
+        let log = self.node(name)["log"].as_str().unwrap().to_string();
+        let file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        let child = Command::new(&cmdline[0])
+            .args(&cmdline[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("node restarts");
+        self.restarted
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), child);
+    }
+
+    /// SIGSTOP / SIGCONT of node `name`.
+    pub fn pause_node(&self, name: &str) {
+        send_signal(self.node_pid(name) as i32, 19);
+    }
+    pub fn resume_node(&self, name: &str) {
+        send_signal(self.node_pid(name) as i32, 18);
+    }
+
+    /// Polls `tether volume get NAME` until `done` holds; panics after `timeout`.
+    pub fn wait_volume(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.tether_json(&["volume", "get", name]);
+            if let Ok(view) = &view {
+                if done(view) {
+                    return view.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "volume {name}: {what} did not happen within {timeout:?}; last view: {view:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every copy of `name` is in sync.
+    pub fn wait_in_sync(&self, name: &str, timeout: Duration) -> Value {
+        self.wait_volume(name, timeout, "all copies in sync", |view| {
+            view["copies"]
+                .as_array()
+                .is_some_and(|copies| copies.iter().all(|copy| copy["state"] == "in-sync"))
+        })
+    }
+
     /// The node's log so far.
     pub fn node_log(&self, name: &str) -> String {
         let node = self.node(name);
@@ -208,6 +306,11 @@ impl DevFederation {
 
 impl Drop for DevFederation {
     fn drop(&mut self) {
+        for (_, mut child) in self.restarted.lock().unwrap().drain() {
+            send_signal(child.id() as i32, 18);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = self.tether(&["dev", "down"]);
     }
 }
