@@ -46,6 +46,8 @@ pub struct UpOptions {
     pub embedded: bool,
     pub capacity: Option<String>,
     pub hash_upkeep: bool,
+    /// The registry's `--replace-after` (default: its own).
+    pub replace_after: Option<String>,
 }
 
 /// True if `pid` is a live (not zombie) process.
@@ -198,6 +200,10 @@ fn up_with_etcd(
                 format!("--listen={admin_listen}"),
                 format!("--etcd={endpoint}"),
                 format!("--metrics-addr={registry_metrics}"),
+                format!(
+                    "--replace-after={}",
+                    options.replace_after.as_deref().unwrap_or("10m")
+                ),
             ],
             &registry_log,
         )?;
@@ -315,6 +321,9 @@ fn up_embedded(
     if !options.hash_upkeep {
         args.push("--no-hash-upkeep".into());
     }
+    if let Some(replace_after) = &options.replace_after {
+        args.push(format!("--replace-after={replace_after}"));
+    }
     let child = spawn_self(&args, &log)?;
     let pid = child.id();
     let mut children = vec![("federation".to_string(), child, log.clone())];
@@ -429,6 +438,7 @@ pub struct ServeOptions {
     pub node_names: Vec<String>,
     pub capacity: Option<String>,
     pub hash_upkeep: bool,
+    pub replace_after: std::time::Duration,
 }
 
 /// The one-process federation: embedded store, registry and every node.
@@ -480,6 +490,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         cluster: CLUSTER.into(),
         listen: options.admin_listen,
         store: cluster_registry::RegistryStore::Shared(store.clone()),
+        replace_after: options.replace_after,
     };
     let mut registry_stopped = stopped.clone();
     tasks.push(tokio::spawn(async move {

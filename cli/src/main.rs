@@ -85,6 +85,9 @@ enum DevCommand {
         /// Nodes do not keep hash lists current (only to measure what upkeep costs).
         #[arg(long, hide = true)]
         no_hash_upkeep: bool,
+        /// Replace a copy whose node stays down this long (e.g. 30s, 10m).
+        #[arg(long)]
+        replace_after: Option<String>,
     },
     /// Stop the federation in --dir (its data stays; `dev up` brings it back).
     Down,
@@ -101,6 +104,8 @@ enum DevCommand {
         capacity: Option<String>,
         #[arg(long)]
         no_hash_upkeep: bool,
+        #[arg(long, default_value = "10m", value_parser = cluster_registry::parse_duration)]
+        replace_after: std::time::Duration,
     },
 }
 
@@ -493,10 +498,15 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             embedded,
             capacity,
             no_hash_upkeep,
+            replace_after,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
             if let Some(capacity) = capacity {
                 parse_size(capacity)?;
+            }
+            if let Some(replace_after) = replace_after {
+                cluster_registry::parse_duration(replace_after)
+                    .map_err(|err| anyhow::anyhow!("--replace-after {err}"))?;
             }
             let federation = dev::up(dev::UpOptions {
                 dir: cli.dir.clone(),
@@ -504,6 +514,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 embedded: *embedded,
                 capacity: capacity.clone(),
                 hash_upkeep: !no_hash_upkeep,
+                replace_after: replace_after.clone(),
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);
@@ -542,6 +553,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             node_names,
             capacity,
             no_hash_upkeep,
+            replace_after,
         } => {
             telemetry::init_logging(cli.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
@@ -553,6 +565,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 node_names: node_names.clone(),
                 capacity: capacity.clone(),
                 hash_upkeep: !no_hash_upkeep,
+                replace_after: *replace_after,
             }))
         }
     }

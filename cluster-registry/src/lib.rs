@@ -14,6 +14,7 @@ pub mod placement;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use coord_store::{CoordStore, EtcdStore};
 
@@ -34,6 +35,28 @@ pub struct RegistryArgs {
     /// Serve Prometheus metrics here (http://ADDR/metrics).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// A copy whose node has been down this long (and that is out of the
+    /// in-sync set) is replaced by a new copy on another node.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub replace_after: Duration,
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h`.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let (number, unit) = input
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((input, "s"), |at| input.split_at(at));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{input:?}: expected a duration like 500ms, 30s or 10m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{input:?}: unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl RegistryArgs {
@@ -42,9 +65,13 @@ impl RegistryArgs {
             cluster: self.cluster.clone(),
             listen: self.listen,
             store: RegistryStore::Etcd(self.etcd.clone()),
+            replace_after: self.replace_after,
         }
     }
 }
+
+/// Default for `--replace-after`.
+pub const DEFAULT_REPLACE_AFTER: Duration = Duration::from_secs(600);
 
 /// Everything the registry needs to run.
 #[derive(Clone)]
@@ -52,6 +79,7 @@ pub struct RegistryConfig {
     pub cluster: String,
     pub listen: SocketAddr,
     pub store: RegistryStore,
+    pub replace_after: Duration,
 }
 
 #[derive(Clone)]
@@ -84,15 +112,22 @@ pub async fn run(
         })?;
     tracing::info!(cluster = %config.cluster, admin = %local, "admin API listening");
     on_listening(local);
-    let app = api::router(api::AppState {
+    let state = api::AppState {
         cluster: config.cluster,
         store,
-    });
+    };
+    let replacer = tokio::spawn(api::replace_lost_copies(
+        state.clone(),
+        config.replace_after,
+    ));
+    let app = api::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|source| RegistryError::Listen {
             addr: local.to_string(),
             source,
-        })
+        })?;
+    replacer.abort();
+    Ok(())
 }

@@ -36,6 +36,7 @@ pub struct FederationBuilder {
     embedded: bool,
     capacity: Option<String>,
     hash_upkeep: bool,
+    replace_after: Option<String>,
 }
 
 impl Default for FederationBuilder {
@@ -45,6 +46,7 @@ impl Default for FederationBuilder {
             embedded: false,
             capacity: None,
             hash_upkeep: true,
+            replace_after: None,
         }
     }
 }
@@ -62,6 +64,11 @@ impl FederationBuilder {
     /// Nodes without hash-list upkeep (benchmarks only).
     pub fn no_hash_upkeep(mut self) -> Self {
         self.hash_upkeep = false;
+        self
+    }
+    /// The registry replaces a copy whose node stays down this long.
+    pub fn replace_after(mut self, after: &str) -> Self {
+        self.replace_after = Some(after.to_string());
         self
     }
     pub fn capacity(mut self, capacity: &str) -> Self {
@@ -118,6 +125,9 @@ impl DevFederation {
         }
         if !self.builder.hash_upkeep {
             args.push("--no-hash-upkeep".into());
+        }
+        if let Some(after) = &self.builder.replace_after {
+            args.push(format!("--replace-after={after}"));
         }
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.tether_ok(&arg_refs)?;

@@ -66,6 +66,24 @@ fn create_presented(
     (view, uri, presenter)
 }
 
+/// Waits until the master reports a finished Delta Sync of `node`'s copy; returns it.
+fn finished_sync(federation: &DevFederation, name: &str, node: &str) -> Value {
+    let view = federation.wait_volume(name, SYNC_TIMEOUT, "Delta Sync reported done", |view| {
+        view["syncs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|sync| sync["node"] == node && sync["phase"] == "done")
+    });
+    view["syncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|sync| sync["node"] == node)
+        .unwrap()
+        .clone()
+}
+
 fn replicas_of(view: &Value) -> Vec<String> {
     view["copies"]
         .as_array()
@@ -199,14 +217,8 @@ fn a_replica_that_comes_back_copies_only_the_chunks_that_changed() {
     assert_eq!(copy_state(&degraded, &replica), "faulted", "{degraded}");
 
     federation.start_node(&replica, &cmdline);
-    let synced = federation.wait_in_sync("catchup", SYNC_TIMEOUT);
-    let sync = synced["syncs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|sync| sync["node"] == replica.as_str())
-        .unwrap_or_else(|| panic!("no sync record: {synced}"))
-        .clone();
+    federation.wait_in_sync("catchup", SYNC_TIMEOUT);
+    let sync = finished_sync(&federation, "catchup", &replica);
     println!("delta sync: {sync}");
     assert_eq!(sync["phase"], "done");
     assert_eq!(sync["chunks_total"], 1024);
@@ -352,4 +364,63 @@ fn random_faults_under_load_leave_every_copy_identical() {
         assert_eq!(bytes.len(), 64 << 20);
         assert_eq!(blake3::hash(&bytes), client_view, "copy on {node} differs");
     }
+}
+
+#[test]
+fn a_copy_gone_too_long_is_replaced_and_seeded_with_written_chunks_only() {
+    let federation = DevFederation::builder()
+        .nodes(3)
+        .replace_after("3s")
+        .start()
+        .unwrap();
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "thin",
+            "--size",
+            "1GiB",
+            "--replicas",
+            "2",
+        ])
+        .unwrap();
+    let view = federation.wait_in_sync("thin", SYNC_TIMEOUT);
+    let master = view["master"].as_str().unwrap().to_string();
+    let lost = replicas_of(&view)[0].clone();
+    let socket = federation.dir().join("thin.sock");
+    let uri = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "thin",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ])
+        .unwrap()
+        .trim()
+        .to_string();
+    // 8 MiB written in a 1 GiB volume: 32 of 4096 chunks.
+    qemu_io(&uri, &["write -P 0x42 64M 8M", "flush"]).unwrap();
+    federation.kill_node(&lost);
+    let replaced = federation.wait_volume("thin", SYNC_TIMEOUT, "replacement in sync", |view| {
+        let copies = view["copies"].as_array().unwrap();
+        !copies.iter().any(|copy| copy["node"] == lost.as_str())
+            && copies.iter().all(|copy| copy["state"] == "in-sync")
+    });
+    let newcomer = replicas_of(&replaced)[0].clone();
+    assert_ne!(newcomer, master);
+    let sync = finished_sync(&federation, "thin", &newcomer);
+    println!("seeding a new copy: {sync}");
+    assert_eq!(sync["chunks_copied"], 32, "{sync}");
+    assert_eq!(sync["bytes_copied"], 8u64 << 20);
+    let data = std::path::Path::new(federation.node(&newcomer)["data_dir"].as_str().unwrap())
+        .join("volumes/thin/data");
+    let bytes = std::fs::read(&data).unwrap();
+    assert!(bytes[64 << 20..72 << 20].iter().all(|byte| *byte == 0x42));
+    assert!(bytes[..64 << 20].iter().all(|byte| *byte == 0));
+    let allocated = std::fs::metadata(&data).map(|meta| {
+        use std::os::unix::fs::MetadataExt;
+        meta.blocks() * 512
+    });
+    assert!(allocated.unwrap() <= 9 << 20, "the new copy stays thin");
 }

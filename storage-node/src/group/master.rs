@@ -485,6 +485,27 @@ impl MasterState {
         }
     }
 
+    /// ISR members whose node is gone (its lease expired) or whose stream
+    /// broke leave the ISR even while no write is failing on them, so an
+    /// idle volume shows its lost copy and the registry can replace it.
+    pub async fn drop_lost_members(&self) -> Result<()> {
+        let lost: Vec<String> = {
+            let members = self.members.read().await;
+            members
+                .record
+                .isr
+                .iter()
+                .filter(|node| **node != self.ctx.node)
+                .filter(|node| {
+                    self.ctx.mirror.node(node).is_none()
+                        || members.links.get(*node).is_none_or(|conn| conn.is_dead())
+                })
+                .cloned()
+                .collect()
+        };
+        self.leave_isr(&lost).await
+    }
+
     /// Copies this master has to bring back: in the spec, not in the ISR,
     /// not already syncing.
     pub async fn out_of_sync(&self) -> Vec<String> {

@@ -41,6 +41,9 @@ pub fn spawn_resync_loop(master: Arc<MasterState>) {
     tokio::spawn(
         async move {
             while !master.is_deposed() {
+                if let Err(err) = master.drop_lost_members().await {
+                    tracing::warn!(volume = master.name(), error = %err, "dropping lost replicas failed");
+                }
                 for node in master.out_of_sync().await {
                     match master.connect(&node).await {
                         Ok(conn) => {
