@@ -1,0 +1,55 @@
+//! Exhaustive model check of the volume-group protocol (runs in CI with the
+//! rest of `cargo test`).
+
+use stateright::{Checker, Model};
+use tether_model::VolumeGroupModel;
+
+fn check(writes: u8, max_faults: u8) {
+    let checker = VolumeGroupModel {
+        nodes: 3,
+        writes,
+        max_epoch: 3,
+        max_faults,
+        without_lease_deadline: false,
+    }
+    .checker()
+    .spawn_bfs()
+    .join();
+    println!(
+        "model check, 3 nodes, {writes} writes, {max_faults} faults, epochs to 3: {} states ({} unique), max depth {}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth()
+    );
+    checker.assert_properties();
+}
+
+#[test]
+fn the_protocol_keeps_its_invariants_through_two_faults() {
+    check(1, 2);
+}
+
+#[test]
+fn the_protocol_keeps_its_invariants_with_two_writes_in_flight() {
+    check(2, 1);
+}
+
+#[test]
+fn without_the_lease_deadline_the_checker_finds_a_stale_read() {
+    let checker = VolumeGroupModel {
+        nodes: 3,
+        writes: 1,
+        max_epoch: 2,
+        max_faults: 1,
+        without_lease_deadline: true,
+    }
+    .checker()
+    .spawn_bfs()
+    .join();
+    let discovery = checker.discovery("reads see every acknowledged write");
+    assert!(
+        discovery.is_some(),
+        "a master acting past its lease must be able to answer a stale read"
+    );
+    println!("counterexample: {:?}", discovery.unwrap().into_actions());
+}
