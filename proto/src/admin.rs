@@ -99,6 +99,9 @@ pub struct SyncProgress {
     pub hashes_fetched: u64,
     pub bytes_per_sec: u64,
     pub eta_seconds: u64,
+    /// Time since the sync started (its whole duration once done).
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 /// `POST /v1/volumes`

@@ -4,7 +4,8 @@
 //! volumes. Prints a markdown table with ratios. A command, not a test:
 //! timings are reported, never asserted.
 //!
-//! Run: `./scripts/bench.sh nbd` (builds the release binaries first).
+//! Run: `./scripts/bench.sh nbd` or `./scripts/bench.sh groups` (builds the
+//! release binaries first); `groups` is in `groups_bench.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,12 +13,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+
+#[path = "../groups_bench.rs"]
+mod groups_bench;
 use multicluster_tests::harness::DevFederation;
 use serde_json::Value;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: nbd.
+    /// Which benchmark: nbd, or groups (replication, failover, Delta Sync, etcd load).
     suite: String,
     /// Seconds per fio run.
     #[arg(long, default_value_t = 10)]
@@ -25,6 +29,9 @@ struct Args {
     /// Working-set size per target.
     #[arg(long, default_value = "1G")]
     size: String,
+    /// groups: run only these parts (write, failover, delta, etcd); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -250,9 +257,18 @@ fn unit(workload: Workload) -> &'static str {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.suite == "groups" {
+        eprintln!("machine: {}", machine());
+        return groups_bench::run(
+            args.runtime,
+            &args.size,
+            multicluster_size(&args.size)?,
+            &args.only,
+        );
+    }
     anyhow::ensure!(
         args.suite == "nbd",
-        "unknown suite {:?} (available: nbd)",
+        "unknown suite {:?} (available: nbd, groups)",
         args.suite
     );
     let work = tempfile::Builder::new()

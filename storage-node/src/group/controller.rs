@@ -22,7 +22,7 @@ use super::GroupContext;
 use crate::engine::Volume;
 
 /// How often a controller looks again even without a change in the store.
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_secs(1);
 
 pub fn spawn(ctx: Arc<GroupContext>, volume: Arc<Volume>) -> tokio::task::JoinHandle<()> {
     let span = tracing::info_span!("group", volume = %volume.name());

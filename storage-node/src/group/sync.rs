@@ -131,6 +131,7 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
         progress.chunks_compared = progress.chunks_total;
         progress.chunks_differing += differing.len() as u64;
         progress.phase = "copying".into();
+        progress.elapsed_ms = started.elapsed().as_millis() as u64;
         publish(&progress);
         if differing.is_empty() {
             break;
@@ -189,6 +190,7 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
             progress.eta_seconds = (left * chunk_size)
                 .checked_div(progress.bytes_per_sec)
                 .unwrap_or(0);
+            progress.elapsed_ms = started.elapsed().as_millis() as u64;
             if progress.chunks_copied.is_multiple_of(64) {
                 publish(&progress);
             }
@@ -216,6 +218,7 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
     }
     progress.phase = "done".into();
     progress.eta_seconds = 0;
+    progress.elapsed_ms = started.elapsed().as_millis() as u64;
     publish(&progress);
     tracing::info!(
         volume = volume.name(),
