@@ -128,6 +128,18 @@ impl AppState {
         }
     }
 
+    /// Every group record, by volume.
+    async fn groups(&self) -> ApiResult<std::collections::HashMap<String, GroupRecord>> {
+        let prefix = self.prefix("groups");
+        let (kvs, _) = self.store.get_prefix(&prefix).await?;
+        kvs.iter()
+            .map(|kv| {
+                let name = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_string();
+                decode(&kv.key, &kv.value).map(|group| (name, group))
+            })
+            .collect()
+    }
+
     /// What each presenting node reports for the volume.
     async fn presenting(&self, name: &str) -> ApiResult<Vec<PresentingStatus>> {
         let prefix = format!("{}{name}/", self.prefix("presenting"));
@@ -720,13 +732,18 @@ async fn delete_volume(
 pub async fn replace_lost_copies(state: AppState, replace_after: Duration) {
     let mut down_since: std::collections::HashMap<(String, String), Instant> = Default::default();
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (Ok(nodes), Ok(specs)) = (state.nodes().await, state.specs().await) else {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Three reads a pass, however many volumes: store load stays flat.
+        let (Ok(nodes), Ok(specs), Ok(groups)) = (
+            state.nodes().await,
+            state.specs().await,
+            state.groups().await,
+        ) else {
             continue;
         };
         let mut still_down = std::collections::HashSet::new();
         for spec in &specs {
-            let Ok(Some(group)) = state.group(&spec.name).await else {
+            let Some(group) = groups.get(&spec.name) else {
                 continue;
             };
             for copy in spec.copy_nodes() {

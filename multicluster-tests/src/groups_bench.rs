@@ -166,7 +166,15 @@ fn presenter_for(federation: &DevFederation, view: &Value) -> String {
 fn failover_trials(trials: usize) -> anyhow::Result<()> {
     eprintln!("failover trials ...");
     let federation = DevFederation::builder().nodes(3).start()?;
-    federation.tether_ok(&["volume", "create", "fo", "--size", "64MiB", "--replicas", "2"])?;
+    federation.tether_ok(&[
+        "volume",
+        "create",
+        "fo",
+        "--size",
+        "64MiB",
+        "--replicas",
+        "2",
+    ])?;
     let view = federation.wait_in_sync("fo", SYNC_TIMEOUT);
     let presenter = presenter_for(&federation, &view);
     let socket = federation.dir().join("fo.sock");
@@ -268,19 +276,15 @@ fn disk_read_bytes() -> anyhow::Result<u64> {
             let whole = (name.starts_with("vd") || name.starts_with("sd"))
                 && !name.chars().last()?.is_ascii_digit()
                 || name.starts_with("nvme") && !name.contains('p');
-            whole.then(|| fields.get(5)?.parse::<u64>().ok().map(|sectors| sectors * 512))?
+            whole.then(|| {
+                fields
+                    .get(5)?
+                    .parse::<u64>()
+                    .ok()
+                    .map(|sectors| sectors * 512)
+            })?
         })
         .sum())
-}
-
-fn process_read_bytes(pid: u32) -> anyhow::Result<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
-    io.lines()
-        .find_map(|line| line.strip_prefix("read_bytes: "))
-        .context("no read_bytes in /proc/PID/io")?
-        .trim()
-        .parse()
-        .context("read_bytes")
 }
 
 fn drop_caches() {
@@ -305,7 +309,15 @@ fn delta_sync_vs_rsync() -> anyhow::Result<()> {
         ))
         .status()?;
     anyhow::ensure!(status.success(), "preparing the rsync files failed");
-    federation.tether_ok(&["volume", "create", "delta", "--size", "4GiB", "--replicas", "2"])?;
+    federation.tether_ok(&[
+        "volume",
+        "create",
+        "delta",
+        "--size",
+        "4GiB",
+        "--replicas",
+        "2",
+    ])?;
     let view = federation.wait_in_sync("delta", SYNC_TIMEOUT);
     let socket = work.join("delta.sock");
     let uri = federation
@@ -341,7 +353,8 @@ fn delta_sync_vs_rsync() -> anyhow::Result<()> {
         state ^= state << 17;
         chosen.insert(state % n_chunks);
     }
-    let cmdline = federation.kill_node(&replica);
+    // The replica goes away cleanly (a node taken down for maintenance).
+    let cmdline = federation.kill_node_gracefully(&replica);
     let mut client = NbdClient::connect(&socket, "delta")?;
     let file = std::fs::OpenOptions::new().write(true).open(&source)?;
     let mut random = std::fs::File::open("/dev/urandom")?;
@@ -358,23 +371,32 @@ fn delta_sync_vs_rsync() -> anyhow::Result<()> {
 
     // Tether: the replica comes back and Delta Sync brings it in sync.
     drop_caches();
-    let master_pid = federation.node_pid(&master);
-    let (disk_before, master_before) = (disk_read_bytes()?, process_read_bytes(master_pid)?);
+    let _ = &master;
+    let restarted_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let disk_before = disk_read_bytes()?;
     federation.start_node(&replica, &cmdline);
+    let this_sync = |sync: &Value| {
+        sync["node"] == replica.as_str()
+            && sync["started_unix_ms"].as_u64().unwrap_or(0) >= restarted_ms
+    };
     federation.wait_in_sync("delta", SYNC_TIMEOUT);
     let sync = federation.wait_volume("delta", SYNC_TIMEOUT, "sync record", |view| {
-        view["syncs"]
-            .as_array()
-            .is_some_and(|syncs| syncs.iter().any(|sync| sync["node"] == replica.as_str() && sync["phase"] == "done"))
+        view["syncs"].as_array().is_some_and(|syncs| {
+            syncs
+                .iter()
+                .any(|sync| this_sync(sync) && sync["phase"] == "done")
+        })
     })["syncs"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|sync| sync["node"] == replica.as_str())
+        .find(|sync| this_sync(sync))
         .unwrap()
         .clone();
     let tether_disk = disk_read_bytes()? - disk_before;
-    let tether_source_reads = process_read_bytes(master_pid)? - master_before;
+    let tether_source_reads = sync["source_bytes_read"].as_u64().unwrap();
     let copied = sync["bytes_copied"].as_u64().unwrap();
     let hashes = sync["hashes_fetched"].as_u64().unwrap();
     // Hash overhead on the wire: 32 bytes per hash fetched, 8 per index asked,
@@ -385,7 +407,9 @@ fn delta_sync_vs_rsync() -> anyhow::Result<()> {
     let tether_secs = sync["elapsed_ms"].as_u64().unwrap() as f64 / 1000.0;
 
     // rsync: the same change, through a loopback daemon.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = work.join("rsyncd.conf");
     std::fs::write(
         &config,
@@ -431,8 +455,12 @@ fn delta_sync_vs_rsync() -> anyhow::Result<()> {
         .unwrap_or(0);
 
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    println!("\n### Delta Sync vs rsync: 4 GiB, {} of {n_chunks} chunks (1 %) changed, {:.1} MiB\n", chosen.len(), mib(changed));
-    println!("| | bytes sent | disk reads, source side | disk reads, both sides | wall time |");
+    println!(
+        "\n### Delta Sync vs rsync: 4 GiB, {} of {n_chunks} chunks (1 %) changed, {:.1} MiB\n",
+        chosen.len(),
+        mib(changed)
+    );
+    println!("| | bytes sent | reads on the source (engine count) | disk reads, both sides (/proc/diskstats, cold cache) | wall time |");
     println!("| --- | --- | --- | --- | --- |");
     println!(
         "| Tether Delta Sync | {:.1} MiB ({:.1} MiB data + {:.1} KiB hashes and headers) | {:.1} MiB | {:.1} MiB | {tether_secs:.2} s |",
@@ -443,7 +471,7 @@ fn delta_sync_vs_rsync() -> anyhow::Result<()> {
         mib(tether_disk)
     );
     println!(
-        "| rsync --inplace --no-whole-file | {:.1} MiB | (whole file, by design) | {:.1} MiB | {rsync_secs:.2} s |",
+        "| rsync --inplace --no-whole-file | {:.1} MiB | the whole file (rolling checksums, by design) | {:.1} MiB | {rsync_secs:.2} s |",
         mib(rsync_sent),
         mib(rsync_disk)
     );
@@ -473,7 +501,10 @@ fn etcd_messages(metrics_addr: &str) -> anyhow::Result<f64> {
 fn etcd_idle_load() -> anyhow::Result<()> {
     let federation = DevFederation::builder().nodes(3).start()?;
     let etcd = &federation.info["clusters"][0]["etcd"];
-    let addr = format!("127.0.0.1:{}", etcd["client_port"].as_u64().context("etcd port")?);
+    let addr = format!(
+        "127.0.0.1:{}",
+        etcd["client_port"].as_u64().context("etcd port")?
+    );
     let mut rows = Vec::new();
     let mut created = 0usize;
     for target in [10usize, 100, 1000] {
@@ -487,7 +518,13 @@ fn etcd_idle_load() -> anyhow::Result<()> {
                     scope.spawn(move || -> anyhow::Result<()> {
                         for name in batch {
                             federation_ref.tether_ok(&[
-                                "volume", "create", name, "--size", "64MiB", "--replicas", "2",
+                                "volume",
+                                "create",
+                                name,
+                                "--size",
+                                "64MiB",
+                                "--replicas",
+                                "2",
                             ])?;
                         }
                         Ok(())
@@ -515,9 +552,6 @@ fn etcd_idle_load() -> anyhow::Result<()> {
         println!("| {volumes} | {rate:.1} |");
     }
     let flat = rows.last().unwrap().1 <= rows[0].1 * 1.5 + 1.0;
-    println!(
-        "\ntarget flat: {}",
-        if flat { "met" } else { "MISSED" }
-    );
+    println!("\ntarget flat: {}", if flat { "met" } else { "MISSED" });
     Ok(())
 }

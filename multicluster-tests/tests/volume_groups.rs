@@ -66,20 +66,31 @@ fn create_presented(
     (view, uri, presenter)
 }
 
-/// Waits until the master reports a finished Delta Sync of `node`'s copy; returns it.
-fn finished_sync(federation: &DevFederation, name: &str, node: &str) -> Value {
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until the master reports a finished Delta Sync of `node`'s copy
+/// that started after `since_ms`; returns it.
+fn finished_sync(federation: &DevFederation, name: &str, node: &str, since_ms: u64) -> Value {
+    let this = |sync: &Value| {
+        sync["node"] == node && sync["started_unix_ms"].as_u64().unwrap_or(0) >= since_ms
+    };
     let view = federation.wait_volume(name, SYNC_TIMEOUT, "Delta Sync reported done", |view| {
         view["syncs"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|sync| sync["node"] == node && sync["phase"] == "done")
+            .any(|sync| this(sync) && sync["phase"] == "done")
     });
     view["syncs"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|sync| sync["node"] == node)
+        .find(|sync| this(sync))
         .unwrap()
         .clone()
 }
@@ -216,9 +227,10 @@ fn a_replica_that_comes_back_copies_only_the_chunks_that_changed() {
     };
     assert_eq!(copy_state(&degraded, &replica), "faulted", "{degraded}");
 
+    let restarted = now_ms();
     federation.start_node(&replica, &cmdline);
     federation.wait_in_sync("catchup", SYNC_TIMEOUT);
-    let sync = finished_sync(&federation, "catchup", &replica);
+    let sync = finished_sync(&federation, "catchup", &replica, restarted);
     println!("delta sync: {sync}");
     assert_eq!(sync["phase"], "done");
     assert_eq!(sync["chunks_total"], 1024);
@@ -401,6 +413,7 @@ fn a_copy_gone_too_long_is_replaced_and_seeded_with_written_chunks_only() {
         .to_string();
     // 8 MiB written in a 1 GiB volume: 32 of 4096 chunks.
     qemu_io(&uri, &["write -P 0x42 64M 8M", "flush"]).unwrap();
+    let lost_at = now_ms();
     federation.kill_node(&lost);
     let replaced = federation.wait_volume("thin", SYNC_TIMEOUT, "replacement in sync", |view| {
         let copies = view["copies"].as_array().unwrap();
@@ -409,7 +422,7 @@ fn a_copy_gone_too_long_is_replaced_and_seeded_with_written_chunks_only() {
     });
     let newcomer = replicas_of(&replaced)[0].clone();
     assert_ne!(newcomer, master);
-    let sync = finished_sync(&federation, "thin", &newcomer);
+    let sync = finished_sync(&federation, "thin", &newcomer, lost_at);
     println!("seeding a new copy: {sync}");
     assert_eq!(sync["chunks_copied"], 32, "{sync}");
     assert_eq!(sync["bytes_copied"], 8u64 << 20);

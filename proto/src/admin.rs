@@ -99,9 +99,16 @@ pub struct SyncProgress {
     pub hashes_fetched: u64,
     pub bytes_per_sec: u64,
     pub eta_seconds: u64,
+    /// When the sync started, in milliseconds since the Unix epoch (tells one run from the next).
+    #[serde(default)]
+    pub started_unix_ms: u64,
     /// Time since the sync started (its whole duration once done).
     #[serde(default)]
     pub elapsed_ms: u64,
+    /// Bytes the master read from its data file for this sync: differing
+    /// chunks, and dirty chunks rehashed before comparing.
+    #[serde(default)]
+    pub source_bytes_read: u64,
 }
 
 /// `POST /v1/volumes`

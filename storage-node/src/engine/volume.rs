@@ -161,6 +161,8 @@ pub struct Volume {
     options: VolumeOptions,
     /// Extents rehashed by crash recovery when this volume was opened.
     recovered_extents: AtomicU64,
+    /// Bytes read from the data file to rehash chunks (Delta Sync reports its share).
+    bytes_rehashed: AtomicU64,
 }
 
 fn io_err(volume: &str, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -290,6 +292,7 @@ impl Volume {
             rehash_wanted: tokio::sync::Notify::new(),
             options,
             recovered_extents: AtomicU64::new(0),
+            bytes_rehashed: AtomicU64::new(0),
         });
         if options.hash_upkeep && !to_rehash.is_empty() {
             volume.recover(&to_rehash)?;
@@ -375,6 +378,11 @@ impl Volume {
     }
 
     /// Extents crash recovery rehashed when the volume was opened (0 after a clean shutdown).
+    /// Bytes read so far to rehash dirty chunks.
+    pub fn bytes_rehashed(&self) -> u64 {
+        self.bytes_rehashed.load(Ordering::Relaxed)
+    }
+
     pub fn recovered_extents(&self) -> u64 {
         self.recovered_extents.load(Ordering::Acquire)
     }
@@ -581,6 +589,8 @@ impl Volume {
         let mut cleaned = 0;
         for (chunk_idx, generation) in candidates {
             let hash = self.hash_chunk_on_disk(chunk_idx, "rehash read").await?;
+            self.bytes_rehashed
+                .fetch_add(self.chunk_size, Ordering::Relaxed);
             let mut state = self.state.lock().unwrap();
             let unchanged = state
                 .dirty

@@ -87,6 +87,9 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
         node: node.to_string(),
         phase: "comparing".into(),
         chunks_total: volume.n_chunks(),
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64),
         ..Default::default()
     };
     let publish = |progress: &SyncProgress| {
@@ -106,7 +109,9 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
     let limit = master.ctx.sync_rate_limit;
     let labels = [("volume", volume.name().to_string())];
     for pass in 0..PASSES {
+        let rehashed_before = volume.bytes_rehashed();
         volume.settle().await?;
+        progress.source_bytes_read += volume.bytes_rehashed() - rehashed_before;
         let tree = volume.hash_tree();
         let mut walk = DiffWalk::new(&tree);
         while let Some((level, indices)) = walk.next_request() {
@@ -152,6 +157,7 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
             let copied = {
                 let _ordered = master.lock_chunk(chunk_idx).await;
                 let data = volume.read(offset, length as u32).await?;
+                progress.source_bytes_read += length;
                 let frame = if data.iter().all(|byte| *byte == 0) {
                     Frame::WriteZeroes {
                         seq: 0,
