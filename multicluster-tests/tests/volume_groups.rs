@@ -229,6 +229,11 @@ fn a_replica_that_comes_back_copies_only_the_chunks_that_changed() {
 
     let restarted = now_ms();
     federation.start_node(&replica, &cmdline);
+    // The CLI follows the sync with a progress bar and returns once all copies are in sync.
+    let watched = federation
+        .tether_ok(&["volume", "get", "catchup", "--watch"])
+        .unwrap();
+    assert!(watched.contains("all 2 copies in sync"), "{watched}");
     federation.wait_in_sync("catchup", SYNC_TIMEOUT);
     let sync = finished_sync(&federation, "catchup", &replica, restarted);
     println!("delta sync: {sync}");
