@@ -442,3 +442,123 @@ fn a_copy_gone_too_long_is_replaced_and_seeded_with_written_chunks_only() {
     });
     assert!(allocated.unwrap() <= 9 << 20, "the new copy stays thin");
 }
+
+#[test]
+fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
+    use std::io::{Read, Write};
+    use tether_proto::block::{decode_frame, encode_frame, Frame};
+
+    let federation = DevFederation::builder().nodes(2).start().unwrap();
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "guard",
+            "--size",
+            "64MiB",
+            "--replicas",
+            "2",
+        ])
+        .unwrap();
+    let view = federation.wait_in_sync("guard", SYNC_TIMEOUT);
+    let replica = replicas_of(&view)[0].clone();
+    let socket = federation.dir().join("guard.sock");
+    let uri = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "guard",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ])
+        .unwrap()
+        .trim()
+        .to_string();
+    qemu_io(&uri, &["write -P 0x6b 0 1M", "flush"]).unwrap();
+    let nodes = federation.tether_json(&["node", "list"]).unwrap();
+    let addr = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == replica.as_str())
+        .unwrap()["block_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let open = || {
+        let stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    };
+    let exchange = |stream: &mut std::net::TcpStream, frame: Frame| -> Frame {
+        let mut out = bytes::BytesMut::new();
+        encode_frame(&frame, &mut out);
+        stream.write_all(&out).unwrap();
+        let mut input = bytes::BytesMut::new();
+        loop {
+            if let Some(answer) = decode_frame(&mut input).unwrap() {
+                return answer;
+            }
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed instead of answering {frame:?}");
+            input.extend_from_slice(&buf[..n]);
+        }
+    };
+
+    // Garbage: the stream is closed, nothing else happens.
+    let mut stranger = open();
+    stranger
+        .write_all(b"GET / HTTP/1.1\r\nHost: tether\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        stranger.read(&mut buf).unwrap_or(0),
+        0,
+        "garbage closes the stream"
+    );
+
+    // A replication stream for a volume this node does not hold: ENOENT.
+    let mut unknown = open();
+    let hello = Frame::Hello {
+        volume: "nope".into(),
+        node: "intruder".into(),
+        epoch: 1,
+    };
+    assert_eq!(
+        exchange(&mut unknown, hello),
+        Frame::Ack { seq: 0, error: 2 }
+    );
+
+    // A client write sent to a replica is refused (StaleEpoch), not applied.
+    let mut client = open();
+    let hello = Frame::Hello {
+        volume: "guard".into(),
+        node: "intruder".into(),
+        epoch: 0,
+    };
+    assert_eq!(
+        exchange(&mut client, hello),
+        Frame::Ack { seq: 0, error: 0 }
+    );
+    let write = Frame::Write {
+        seq: 1,
+        epoch: 0,
+        offset: 0,
+        fua: false,
+        data: bytes::Bytes::from(vec![0u8; 4096]),
+    };
+    assert!(
+        matches!(
+            exchange(&mut client, write),
+            Frame::StaleEpoch { seq: 1, .. }
+        ),
+        "a replica does not take client writes"
+    );
+
+    // The volume is untouched and both copies still in sync.
+    qemu_io(&uri, &["read -P 0x6b 0 1M"]).unwrap();
+    federation.wait_in_sync("guard", SYNC_TIMEOUT);
+}

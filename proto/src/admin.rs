@@ -41,6 +41,9 @@ pub struct NodeView {
     pub io_backend: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where the node takes block frames (replication, Delta Sync, presenting).
+    #[serde(default)]
+    pub block_addr: Option<String>,
 }
 
 /// One copy of a volume.
