@@ -104,7 +104,7 @@ enum DevCommand {
         capacity: Option<String>,
         #[arg(long)]
         no_hash_upkeep: bool,
-        #[arg(long, default_value = "10m", value_parser = cluster_registry::parse_duration)]
+        #[arg(long, default_value = "10m", value_parser = tether_common::size::parse_duration)]
         replace_after: std::time::Duration,
     },
 }
@@ -505,8 +505,8 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 parse_size(capacity)?;
             }
             if let Some(replace_after) = replace_after {
-                cluster_registry::parse_duration(replace_after)
-                    .map_err(|err| anyhow::anyhow!("--replace-after {err}"))?;
+                tether_common::size::parse_duration(replace_after)
+                    .map_err(|err| anyhow::anyhow!("--replace-after: {err}"))?;
             }
             let federation = dev::up(dev::UpOptions {
                 dir: cli.dir.clone(),

@@ -153,34 +153,10 @@ impl AppState {
         name: &str,
         node: &str,
         what: &str,
-        mut check: impl FnMut(Option<&PresentingStatus>) -> Option<Result<T, String>>,
+        check: impl FnMut(Option<&PresentingStatus>) -> Option<Result<T, String>>,
     ) -> ApiResult<T> {
-        let deadline = Instant::now() + NODE_ACTION_TIMEOUT;
         let key = self.key("presenting", &format!("{name}/{node}"));
-        loop {
-            let status: Option<PresentingStatus> = match self.store.get(&key).await? {
-                Some(kv) => Some(decode(&key, &kv.value)?),
-                None => None,
-            };
-            match check(status.as_ref()) {
-                Some(Ok(value)) => return Ok(value),
-                Some(Err(reason)) => {
-                    return Err(RegistryError::NodeFailed {
-                        name: name.into(),
-                        node: node.into(),
-                        reason,
-                    })
-                }
-                None if Instant::now() > deadline => {
-                    return Err(RegistryError::Unavailable {
-                        reason: format!(
-                        "node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"
-                    ),
-                    })
-                }
-                None => tokio::time::sleep(POLL_INTERVAL).await,
-            }
-        }
+        self.wait_on(&key, name, node, what, check).await
     }
 
     /// Read-modify-write of a spec, retried while someone else changes it.
@@ -217,12 +193,29 @@ impl AppState {
         name: &str,
         node: &str,
         what: &str,
-        mut check: impl FnMut(Option<&VolumeStatus>) -> Option<Result<T, String>>,
+        check: impl FnMut(Option<&VolumeStatus>) -> Option<Result<T, String>>,
+    ) -> ApiResult<T> {
+        let key = self.key("status", name);
+        self.wait_on(&key, name, node, what, check).await
+    }
+
+    /// Polls the record at `key` until `check` decides (a value, or the
+    /// node's error), or `node` takes longer than [`NODE_ACTION_TIMEOUT`].
+    async fn wait_on<R: serde::de::DeserializeOwned, T>(
+        &self,
+        key: &str,
+        name: &str,
+        node: &str,
+        what: &str,
+        mut check: impl FnMut(Option<&R>) -> Option<Result<T, String>>,
     ) -> ApiResult<T> {
         let deadline = Instant::now() + NODE_ACTION_TIMEOUT;
         loop {
-            let status = self.status(name).await?;
-            match check(status.as_ref()) {
+            let record: Option<R> = match self.store.get(key).await? {
+                Some(kv) => Some(decode(key, &kv.value)?),
+                None => None,
+            };
+            match check(record.as_ref()) {
                 Some(Ok(value)) => return Ok(value),
                 Some(Err(reason)) => {
                     return Err(RegistryError::NodeFailed {

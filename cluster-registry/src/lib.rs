@@ -37,26 +37,8 @@ pub struct RegistryArgs {
     pub metrics_addr: Option<SocketAddr>,
     /// A copy whose node has been down this long (and that is out of the
     /// in-sync set) is replaced by a new copy on another node.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = tether_common::size::parse_duration)]
     pub replace_after: Duration,
-}
-
-/// Parses `500ms`, `30s`, `10m`, `1h`.
-pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    let (number, unit) = input
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((input, "s"), |at| input.split_at(at));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{input:?}: expected a duration like 500ms, 30s or 10m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{input:?}: unit must be ms, s, m or h")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl RegistryArgs {

@@ -1,5 +1,5 @@
 //! What every Tether binary shares: [`telemetry`] (JSON logs, Prometheus
-//! metrics) and [`size`] (parsing "10GiB").
+//! metrics) and [`size`] (parsing "10GiB" and "2s").
 
 pub mod size;
 pub mod telemetry;
@@ -10,6 +10,8 @@ use thiserror::Error;
 pub enum CommonError {
     #[error("{input:?} is not a size (try 512MiB, 10GiB, 1TiB or a number of bytes)")]
     BadSize { input: String },
+    #[error("{input:?} is not a duration (try 500ms, 2s, 10m or 1h)")]
+    BadDuration { input: String },
     #[error("{input:?} is not a log format (json or pretty)")]
     BadLogFormat { input: String },
     #[error("cannot serve metrics on {addr}: {reason}")]

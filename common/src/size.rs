@@ -41,6 +41,26 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Parses a duration: `500ms`, `2s`, `10m`, `1h`; a bare number is seconds.
+pub fn parse_duration(input: &str) -> Result<std::time::Duration, CommonError> {
+    let bad = || CommonError::BadDuration {
+        input: input.to_string(),
+    };
+    let trimmed = input.trim();
+    let (number, unit) = trimmed
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((trimmed, "s"), |at| trimmed.split_at(at));
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +87,16 @@ mod tests {
         assert_eq!(format_size(10 << 30), "10GiB");
         assert_eq!(format_size(1536 << 20), "1.5GiB");
         assert_eq!(format_size(100), "100B");
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 weeks").is_err());
     }
 }

@@ -148,21 +148,6 @@ impl NbdClient {
     }
 }
 
-fn presenter_for(federation: &DevFederation, view: &Value) -> String {
-    federation
-        .nodes()
-        .iter()
-        .map(|node| node["name"].as_str().unwrap().to_string())
-        .find(|node| {
-            !view["copies"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|copy| copy["node"] == node.as_str())
-        })
-        .expect("a node without a copy")
-}
-
 fn failover_trials(trials: usize) -> anyhow::Result<()> {
     eprintln!("failover trials ...");
     let federation = DevFederation::builder().nodes(3).start()?;
@@ -176,7 +161,9 @@ fn failover_trials(trials: usize) -> anyhow::Result<()> {
         "2",
     ])?;
     let view = federation.wait_in_sync("fo", SYNC_TIMEOUT);
-    let presenter = presenter_for(&federation, &view);
+    let presenter = federation
+        .node_without_copy(&view)
+        .context("a node without a copy")?;
     let socket = federation.dir().join("fo.sock");
     federation.tether_ok(&[
         "volume",

@@ -292,6 +292,15 @@ impl DevFederation {
         }
     }
 
+    /// A node that holds no copy of the volume in `view` (to present it from).
+    pub fn node_without_copy(&self, view: &Value) -> Option<String> {
+        let copies = view["copies"].as_array().cloned().unwrap_or_default();
+        self.nodes()
+            .iter()
+            .filter_map(|node| node["name"].as_str().map(str::to_string))
+            .find(|node| !copies.iter().any(|copy| copy["node"] == node.as_str()))
+    }
+
     /// Waits until every copy of `name` is in sync.
     pub fn wait_in_sync(&self, name: &str, timeout: Duration) -> Value {
         self.wait_volume(name, timeout, "all copies in sync", |view| {

@@ -38,16 +38,7 @@ fn create_presented(
     let view = federation.wait_in_sync(name, SYNC_TIMEOUT);
     assert_eq!(view["copies"].as_array().unwrap().len(), copies, "{view}");
     let presenter = federation
-        .nodes()
-        .iter()
-        .map(|node| node["name"].as_str().unwrap().to_string())
-        .find(|node| {
-            !view["copies"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|copy| copy["node"] == node.as_str())
-        })
+        .node_without_copy(&view)
         .expect("a node without a copy");
     let socket = federation.dir().join(format!("{name}.sock"));
     let uri = federation

@@ -54,32 +54,14 @@ pub struct NodeArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub block_listen: String,
     /// TTL of the node's liveness lease; a dead master's volumes fail over about this long after it dies.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = tether_common::size::parse_duration)]
     pub lease_ttl: Duration,
     /// A replica that does not answer a write this long leaves the in-sync set.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = tether_common::size::parse_duration)]
     pub replica_timeout: Duration,
     /// Delta Sync copy rate limit per volume, e.g. 100MiB (per second); default: none.
     #[arg(long)]
     pub sync_rate_limit: Option<String>,
-}
-
-/// Parses `500ms`, `2s`, `1m`.
-pub fn parse_duration(input: &str) -> std::result::Result<Duration, String> {
-    let (number, unit) = input
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((input, "s"), |at| input.split_at(at));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{input:?}: expected a duration like 500ms, 2s or 1m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{input:?}: unit must be ms, s, m or h")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Everything a storage node needs to run.
