@@ -250,6 +250,13 @@ impl MasterState {
     ) -> Result<()> {
         let members = self.members.read().await;
         self.check()?;
+        let alone = members.record.isr.iter().all(|member| *member == self.ctx.node);
+        if alone && members.syncing.is_empty() {
+            // No other copy receives writes: nothing to wait for or to drop.
+            drop(members);
+            local.await?;
+            return self.check();
+        }
         // Rule 5: while Delta Sync copies chunks, a write waits for a copy of
         // its chunks to land (and the other way round).
         let mut stripe_guards = Vec::new();
@@ -278,6 +285,15 @@ impl MasterState {
         let (local, answers) = tokio::join!(local, remote);
         drop(stripe_guards);
         let mut fanout = Fanout::default();
+        // An ISR member with no stream did not get the write either.
+        fanout.failed_isr.extend(
+            members
+                .record
+                .isr
+                .iter()
+                .filter(|member| **member != self.ctx.node && !members.links.contains_key(*member))
+                .cloned(),
+        );
         for ((node, _, in_sync), answer) in targets.iter().zip(answers) {
             let failed = match answer {
                 Ok(Frame::Ack { error: 0, .. }) => false,

@@ -44,6 +44,11 @@ impl Mirror {
         })
     }
 
+    /// The store revision last applied (changes with every event).
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
     /// Wakes on every change the mirror applies.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()

@@ -22,6 +22,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+#[derive(Clone)]
 enum Route {
     Local(Arc<MasterState>),
     Remote { conn: Arc<BlockConn>, epoch: u64 },
@@ -32,6 +33,10 @@ pub struct Presenter {
     pool: Arc<Pool>,
     name: String,
     remote: tokio::sync::Mutex<Option<(String, u64, Arc<BlockConn>)>>,
+    /// The route last resolved and the mirror revision it was resolved at:
+    /// requests reuse it until the store changes or it fails, so the I/O
+    /// path does not look up the group for every request.
+    resolved: std::sync::Mutex<Option<(i64, Route)>>,
 }
 
 impl Presenter {
@@ -41,6 +46,7 @@ impl Presenter {
             pool,
             name: name.to_string(),
             remote: tokio::sync::Mutex::new(None),
+            resolved: std::sync::Mutex::new(None),
         })
     }
 
@@ -63,10 +69,10 @@ impl Presenter {
     /// Runs one request on the current master, waiting out a failover.
     pub async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
         let started = Instant::now();
-        let mut changes = self.ctx.mirror.subscribe();
+        let mut changes = None;
         let mut waited = false;
         loop {
-            let result = match self.route().await {
+            let result = match self.cached_route().await {
                 Some(Route::Local(master)) => master.execute(op.clone()).await,
                 Some(Route::Remote { conn, epoch }) => self.remote(&conn, epoch, &op).await,
                 None => Err(NodeError::NotMaster {
@@ -76,6 +82,7 @@ impl Presenter {
             };
             match result {
                 Err(err) if err.is_retryable() => {
+                    self.resolved.lock().unwrap().take();
                     if !waited {
                         tracing::debug!(volume = %self.name, error = %err, "waiting for the volume's master");
                         waited = true;
@@ -95,11 +102,25 @@ impl Presenter {
                     waited_secs: PATIENCE.as_secs(),
                 });
             }
+            let changes = changes.get_or_insert_with(|| self.ctx.mirror.subscribe());
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(RETRY_PAUSE) => {}
             }
         }
+    }
+
+    /// The last route while the store has not changed since it was resolved.
+    async fn cached_route(&self) -> Option<Route> {
+        let revision = self.ctx.mirror.revision();
+        if let Some((at, route)) = self.resolved.lock().unwrap().as_ref() {
+            if *at == revision {
+                return Some(route.clone());
+            }
+        }
+        let route = self.route().await?;
+        *self.resolved.lock().unwrap() = Some((revision, route.clone()));
+        Some(route)
     }
 
     /// The current master, if the store names one whose lock is held.
