@@ -755,12 +755,18 @@ pub async fn replace_lost_copies(state: AppState, replace_after: Duration) {
                     .filter(|node| !spec.copy_nodes().contains(&node.name))
                     .cloned()
                     .collect();
-                let replacement = match placement::place(
+                let remaining: Vec<NodeRecord> = nodes
+                    .iter()
+                    .filter(|node| spec.copy_nodes().contains(&node.name))
+                    .cloned()
+                    .collect();
+                let replacement = match placement::place_beside(
                     spec.size_bytes,
                     1,
                     &spec.placement,
                     &candidates,
                     &specs,
+                    &remaining,
                 ) {
                     Ok(mut chosen) => chosen.remove(0),
                     Err(err) => {

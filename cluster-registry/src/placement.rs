@@ -42,6 +42,20 @@ pub fn place(
     nodes: &[NodeRecord],
     specs: &[VolumeSpec],
 ) -> Result<Vec<String>, RegistryError> {
+    place_beside(size_bytes, copies, constraints, nodes, specs, &[])
+}
+
+/// Like [`place`], for copies joining existing ones (a replacement): the
+/// failure domains of `existing` count as used, so the new copy lands in
+/// another zone when one fits.
+pub fn place_beside(
+    size_bytes: u64,
+    copies: usize,
+    constraints: &BTreeMap<String, String>,
+    nodes: &[NodeRecord],
+    specs: &[VolumeSpec],
+    existing: &[NodeRecord],
+) -> Result<Vec<String>, RegistryError> {
     if nodes.is_empty() {
         return Err(RegistryError::Unavailable {
             reason: "no storage node is up in this cluster".into(),
@@ -88,7 +102,10 @@ pub fn place(
     // Most free first; ties by name so placement is deterministic.
     fitting.sort_by(|a, b| free(b).cmp(&free(a)).then(a.name.cmp(&b.name)));
     let mut chosen: Vec<&NodeRecord> = Vec::with_capacity(copies);
-    let mut domains_used: BTreeSet<Option<&String>> = BTreeSet::new();
+    let mut domains_used: BTreeSet<Option<&String>> = existing
+        .iter()
+        .map(|node| node.labels.get(FAILURE_DOMAIN_LABEL))
+        .collect();
     while chosen.len() < copies {
         let unchosen = fitting
             .iter()
@@ -211,5 +228,29 @@ mod tests {
         // Not enough nodes with room.
         let err = place(60, 4, &none, &nodes, &[]).unwrap_err().to_string();
         assert!(err.contains("4 copies need 4 distinct nodes"), "{err}");
+    }
+
+    #[test]
+    fn a_replacement_avoids_the_zones_of_the_remaining_copies() {
+        let nodes = [
+            node("a", 100 << 30, "z1"),
+            node("b", 90 << 30, "z2"),
+            node("c", 80 << 30, "z1"),
+            node("d", 10 << 30, "z3"),
+        ];
+        // The copy left is on "a" (z1): "c" has more room, but "d" is another zone.
+        let chosen =
+            place_beside(1 << 30, 1, &BTreeMap::new(), &nodes[1..], &[], &nodes[..1]).unwrap();
+        assert_eq!(chosen, vec!["b".to_string()]);
+        let chosen = place_beside(
+            1 << 30,
+            1,
+            &BTreeMap::new(),
+            &[nodes[2].clone(), nodes[3].clone()],
+            &[],
+            &nodes[..1],
+        )
+        .unwrap();
+        assert_eq!(chosen, vec!["d".to_string()]);
     }
 }

@@ -250,7 +250,11 @@ impl MasterState {
     ) -> Result<()> {
         let members = self.members.read().await;
         self.check()?;
-        let alone = members.record.isr.iter().all(|member| *member == self.ctx.node);
+        let alone = members
+            .record
+            .isr
+            .iter()
+            .all(|member| *member == self.ctx.node);
         if alone && members.syncing.is_empty() {
             // No other copy receives writes: nothing to wait for or to drop.
             drop(members);
