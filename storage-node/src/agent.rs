@@ -326,6 +326,18 @@ impl Agent {
     async fn apply(&self, spec: VolumeSpec) {
         if spec.copy_nodes().contains(&self.config.node) {
             self.apply_copy(&spec).await;
+        } else if self.pool.get(&spec.name).is_some() {
+            // Replaced while this node was away: stop acting on the copy,
+            // keep its data for an operator (a lost store never deletes data).
+            let controller = self.controllers.lock().unwrap().remove(&spec.name);
+            let was_running = controller.is_some();
+            if let Some(controller) = controller {
+                controller.abort();
+                self.group.forget(&spec.name);
+            }
+            if was_running || !self.published.lock().unwrap().contains_key(&spec.name) {
+                tracing::warn!(volume = %spec.name, "this node's copy was replaced by another; keeping its data");
+            }
         }
         self.apply_presenting(&spec).await;
     }
