@@ -37,6 +37,16 @@ pub fn qemu_io(uri: &str, commands: &[&str]) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// `qemu-img convert -f raw -O raw URI FILE`: the whole volume, as qemu reads it, into a file.
+pub fn qemu_img_convert(uri: &str, file: &Path) -> anyhow::Result<()> {
+    let file = file.to_str().context("file path is not UTF-8")?;
+    run(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "raw", uri, file],
+    )
+    .map(|_| ())
+}
+
 /// `nbdinfo --json URI`, parsed.
 pub fn nbdinfo(uri: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&run("nbdinfo", &["--json", uri])?)?)

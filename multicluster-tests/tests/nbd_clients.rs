@@ -1,7 +1,7 @@
 //! Real NBD clients against a real dev federation (etcd, a process per node).
 
 use multicluster_tests::clients::{
-    file_hash, nbdcopy_in, nbdcopy_out, nbdinfo, qemu_io, random_file, run,
+    file_hash, nbdcopy_in, nbdcopy_out, nbdinfo, qemu_img_convert, qemu_io, random_file, run,
 };
 use multicluster_tests::harness::DevFederation;
 
@@ -65,19 +65,7 @@ fn qemu_io_patterns_over_unix_and_tcp() {
     }
     // qemu-img sees the same bytes.
     let converted = federation.dir().join("converted.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &unix_uri,
-            converted.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    qemu_img_convert(&unix_uri, &converted).unwrap();
     let bytes = std::fs::read(&converted).unwrap();
     assert_eq!(bytes.len(), 128 << 20);
     assert!(bytes[..4095].iter().all(|b| *b == 0xa5));

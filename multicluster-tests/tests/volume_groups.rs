@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use multicluster_tests::clients::{qemu_io, run};
+use multicluster_tests::clients::{qemu_img_convert, qemu_io};
 use multicluster_tests::harness::DevFederation;
 use serde_json::Value;
 
@@ -351,19 +351,7 @@ fn random_faults_under_load_leave_every_copy_identical() {
     // Full-volume check: every copy holds the same bytes as the client reads.
     federation.wait_in_sync("chaos", SYNC_TIMEOUT);
     let image = federation.dir().join("chaos.img");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &uri,
-            image.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    qemu_img_convert(&uri, &image).unwrap();
     let client_view = blake3::hash(&std::fs::read(&image).unwrap());
     for node in &copies {
         let data = std::path::Path::new(federation.node(node)["data_dir"].as_str().unwrap())
