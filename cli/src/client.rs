@@ -1,4 +1,7 @@
-//! A small blocking client of the admin API. Errors come back as one line.
+//! A small blocking client of the admin API (HTTPS with the caller's admin
+//! certificate). Errors come back as one line.
+
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -10,15 +13,28 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    pub fn new(base: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
+    /// A client presenting the credentials in `credentials` (tls.crt,
+    /// tls.key, ca.crt), as every https admin API requires.
+    pub fn new(base: &str, credentials: Option<&Path>) -> anyhow::Result<Self> {
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(120))
-            .build();
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            agent,
+            .timeout(std::time::Duration::from_secs(120));
+        if base.starts_with("https://") {
+            let Some(dir) = credentials else {
+                anyhow::bail!(
+                    "the admin API at {base} needs an admin credential: pass --credentials DIR (tls.crt, tls.key, ca.crt; `tether dev up` writes DIR/admin)"
+                );
+            };
+            let credentials = tether_tls::Credentials::load(dir)
+                .map_err(|err| anyhow::anyhow!("admin credential: {err}"))?;
+            let context = tether_tls::TlsContext::new(&credentials)
+                .map_err(|err| anyhow::anyhow!("admin credential: {err}"))?;
+            builder = builder.tls_config(context.client_config());
         }
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            agent: builder.build(),
+        })
     }
 
     fn url(&self, path: &str) -> String {

@@ -25,6 +25,70 @@ use crate::client::AdminClient;
 use crate::federation::{ClusterEntry, EtcdEntry, Federation, NodeEntry, ProcessEntry};
 
 const CLUSTER: &str = "central";
+/// `DIR/admin`: the CLI's admin credential (tls.crt, tls.key, ca.crt).
+pub const ADMIN_CREDENTIALS_DIR: &str = "admin";
+/// How long the dev admin's and etcd's certificates last; `dev up` renews them when due.
+const DEV_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Paths of the dev cluster's trust, all under DIR.
+struct DevTrust {
+    /// The registry's state: `ca/` and `join-token`.
+    control_dir: PathBuf,
+    ca_cert: PathBuf,
+    join_token_file: PathBuf,
+    /// etcd's certificate, key and CA.
+    etcd_tls_dir: PathBuf,
+    admin_dir: PathBuf,
+}
+
+/// Makes (or reloads) the cluster's CA and join token the registry will
+/// use, and issues the CLI's admin credential and etcd's certificate from
+/// it when missing or due for renewal.
+fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
+    use tether_tls::{CertificateAuthority, Credentials, Identity, Role};
+    let control_dir = dir.join(CLUSTER).join("control");
+    let ca = CertificateAuthority::load_or_create(
+        &control_dir.join(cluster_registry::security::CA_DIR),
+        CLUSTER,
+    )?;
+    cluster_registry::security::load_or_create_join_token(&control_dir)?;
+    let issue_if_due =
+        |target: &Path, identity: Identity, names: &[String]| -> anyhow::Result<()> {
+            let current = Credentials::load(target).ok().filter(|credentials| {
+                credentials.identity == identity
+                    && credentials.trust_pem == ca.trust_pem()
+                    && !credentials
+                        .renewal_due(std::time::SystemTime::now())
+                        .unwrap_or(true)
+            });
+            if current.is_none() {
+                ca.issue_credentials(&identity, names, DEV_CERT_LIFETIME)?
+                    .save(target)?;
+            }
+            Ok(())
+        };
+    let admin_dir = dir.join(ADMIN_CREDENTIALS_DIR);
+    issue_if_due(
+        &admin_dir,
+        Identity::new(CLUSTER, Role::Admin, "dev-admin"),
+        &[],
+    )?;
+    let etcd_tls_dir = dir.join(CLUSTER).join("etcd-tls");
+    issue_if_due(
+        &etcd_tls_dir,
+        Identity::new(CLUSTER, Role::Store, "etcd"),
+        &["127.0.0.1".into(), "localhost".into()],
+    )?;
+    Ok(DevTrust {
+        ca_cert: control_dir
+            .join(cluster_registry::security::CA_DIR)
+            .join("ca.crt"),
+        join_token_file: control_dir.join(cluster_registry::security::JOIN_TOKEN_FILE),
+        control_dir,
+        etcd_tls_dir,
+        admin_dir,
+    })
+}
 
 /// Each dev node is its own failure domain: `node-2` is in `zone=zone-2`.
 fn dev_zone(node: &str) -> String {
@@ -161,6 +225,14 @@ fn up_with_etcd(
     previous_cluster: Option<ClusterEntry>,
 ) -> anyhow::Result<Federation> {
     let runtime = tokio::runtime::Runtime::new()?;
+    let trust = prepare_trust(dir)?;
+    let admin_credentials = tether_tls::Credentials::load(&trust.admin_dir)?;
+    let etcd_tls = coord_store::etcd_process::EtcdTls {
+        cert_file: trust.etcd_tls_dir.join("tls.crt"),
+        key_file: trust.etcd_tls_dir.join("tls.key"),
+        trusted_ca_file: trust.etcd_tls_dir.join("ca.crt"),
+        client: tether_tls::TlsContext::new(&admin_credentials)?,
+    };
     let etcd_ports = previous_cluster
         .as_ref()
         .and_then(|cluster| cluster.etcd.as_ref())
@@ -168,7 +240,12 @@ fn up_with_etcd(
     let etcd_dir = dir.join(CLUSTER).join("etcd");
     let etcd_log = dir.join("logs").join("etcd.log");
     let etcd = runtime
-        .block_on(EtcdProcess::start(&etcd_dir, &etcd_log, etcd_ports))
+        .block_on(EtcdProcess::start(
+            &etcd_dir,
+            &etcd_log,
+            etcd_ports,
+            Some(etcd_tls),
+        ))
         .with_context(|| format!("starting etcd (log: {})", etcd_log.display()))?;
     let etcd_entry = EtcdEntry {
         endpoints: vec![etcd.endpoint.clone()],
@@ -200,6 +277,7 @@ fn up_with_etcd(
                 format!("--listen={admin_listen}"),
                 format!("--etcd={endpoint}"),
                 format!("--metrics-addr={registry_metrics}"),
+                format!("--state-dir={}", trust.control_dir.display()),
                 format!(
                     "--replace-after={}",
                     options.replace_after.as_deref().unwrap_or("10m")
@@ -238,6 +316,9 @@ fn up_with_etcd(
                 format!("--etcd={endpoint}"),
                 format!("--metrics-addr={metrics}"),
                 format!("--label={FAILURE_DOMAIN_LABEL}={}", dev_zone(&name)),
+                format!("--registry=https://{admin_listen}"),
+                format!("--join-token-file={}", trust.join_token_file.display()),
+                format!("--trust-ca={}", trust.ca_cert.display()),
             ];
             if let Some(capacity) = &options.capacity {
                 args.push(format!("--capacity={capacity}"));
@@ -255,8 +336,8 @@ fn up_with_etcd(
             });
             children.push((name, child, log));
         }
-        let admin = format!("http://{admin_listen}");
-        wait_ready(&admin, nodes.len(), &mut children)?;
+        let admin = format!("https://{admin_listen}");
+        wait_ready(&admin, &trust.admin_dir, nodes.len(), &mut children)?;
         Ok(Federation {
             admin,
             mode: "etcd".into(),
@@ -306,6 +387,7 @@ fn up_embedded(
             (1..=options.nodes).map(|i| format!("node-{i}")).collect(),
         ),
     };
+    let trust = prepare_trust(dir)?;
     let log = dir.join("logs").join("federation.log");
     let mut args = vec![
         "dev".into(),
@@ -327,8 +409,8 @@ fn up_embedded(
     let child = spawn_self(&args, &log)?;
     let pid = child.id();
     let mut children = vec![("federation".to_string(), child, log.clone())];
-    let admin = format!("http://{admin_listen}");
-    if let Err(err) = wait_ready(&admin, node_names.len(), &mut children) {
+    let admin = format!("https://{admin_listen}");
+    if let Err(err) = wait_ready(&admin, &trust.admin_dir, node_names.len(), &mut children) {
         let _ = children[0].1.kill();
         let _ = children[0].1.wait();
         return Err(err);
@@ -367,10 +449,11 @@ fn up_embedded(
 /// naming the log, if a process exits first.
 fn wait_ready(
     admin: &str,
+    credentials: &Path,
     n_nodes: usize,
     children: &mut [(String, Child, PathBuf)],
 ) -> anyhow::Result<()> {
-    let client = AdminClient::new(admin);
+    let client = AdminClient::new(admin, Some(credentials))?;
     let started = Instant::now();
     loop {
         for (name, child, log) in children.iter_mut() {
@@ -445,6 +528,9 @@ pub struct ServeOptions {
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store: Arc<dyn CoordStore> =
         Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
+    let trust = prepare_trust(&options.dir)?;
+    let join_token = std::fs::read_to_string(&trust.join_token_file)?;
+    let trust_pem = std::fs::read_to_string(&trust.ca_cert)?;
     tether_common::telemetry::serve_metrics(options.metrics_addr)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // A node or the registry that fails stops the whole process, so
@@ -458,6 +544,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             Some(capacity) => tether_common::size::parse_size(capacity)?,
             None => storage_node::config::filesystem_size(&data_dir)?,
         };
+        let data_dir_tls = data_dir.join("tls");
         let config = NodeConfig {
             cluster: CLUSTER.into(),
             node: name.clone(),
@@ -472,6 +559,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             block_listen: "127.0.0.1:0".into(),
             replica_timeout: DEFAULT_REPLICA_TIMEOUT,
             sync_rate_limit: 0,
+            control_listen: "127.0.0.1:0".into(),
+            security: storage_node::security::NodeSecurityConfig {
+                tls_dir: data_dir_tls,
+                registry: Some(format!("https://{}", options.admin_listen)),
+                join_token: Some(join_token.clone()),
+                trust_pem: Some(trust_pem.clone()),
+                plaintext_block: false,
+            },
         };
         let (mut stopped, failed) = (stopped.clone(), failed.clone());
         let node = name.clone();
@@ -491,6 +586,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         listen: options.admin_listen,
         store: cluster_registry::RegistryStore::Shared(store.clone()),
         replace_after: options.replace_after,
+        security: cluster_registry::security::SecurityConfig {
+            state_dir: trust.control_dir.clone(),
+            operator_ca: None,
+            admin_names: vec!["localhost".into(), "127.0.0.1".into()],
+            cert_lifetime: tether_tls::DEFAULT_CERT_LIFETIME,
+        },
     };
     let mut registry_stopped = stopped.clone();
     tasks.push(tokio::spawn(async move {

@@ -34,6 +34,10 @@ struct Cli {
     /// Directory of the dev federation.
     #[arg(long, global = true, default_value = ".tether")]
     dir: PathBuf,
+    /// Admin credential: a directory with tls.crt, tls.key and ca.crt
+    /// (default: $TETHER_CREDENTIALS, else DIR/admin written by `dev up`).
+    #[arg(long, global = true, env = "TETHER_CREDENTIALS")]
+    credentials: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -213,11 +217,15 @@ fn main() {
 }
 
 fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient> {
+    let credentials = cli.credentials.clone().or_else(|| {
+        let dev = cli.dir.join(dev::ADMIN_CREDENTIALS_DIR);
+        dev.is_dir().then_some(dev)
+    });
     if let Some(admin) = &cli.admin {
-        return Ok(AdminClient::new(admin));
+        return AdminClient::new(admin, credentials.as_deref());
     }
     match Federation::load(&cli.dir)? {
-        Some(federation) => Ok(AdminClient::new(&federation.admin)),
+        Some(federation) => AdminClient::new(&federation.admin, credentials.as_deref()),
         None => anyhow::bail!(
             "no admin API: pass --admin URL, set TETHER_ADMIN, or start one with `tether dev up` (looked for {})",
             Federation::path(&cli.dir).display()

@@ -10,6 +10,10 @@
 //! | POST | /v1/volumes/{name}/resize | `ResizeVolumeRequest` → `VolumeView` |
 //! | POST | /v1/volumes/{name}/attach | `AttachRequest` → `AttachResponse` |
 //! | POST | /v1/volumes/{name}/detach | → `VolumeView` |
+//! | POST | /v1/join | `JoinRequest` → `CertificateResponse` (join token, no certificate) |
+//! | POST | /v1/renew | `RenewRequest` → `CertificateResponse` (a node's certificate) |
+//!
+//! Every call comes over mutual TLS; `security` says which role each path needs.
 //!
 //! Errors are `ErrorBody` with a 4xx/5xx status.
 
@@ -41,6 +45,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 pub struct AppState {
     pub cluster: String,
     pub store: Arc<dyn CoordStore>,
+    pub security: Arc<crate::security::Security>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -56,6 +61,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/volumes/{name}/resize", post(resize_volume))
         .route("/v1/volumes/{name}/attach", post(attach_volume))
         .route("/v1/volumes/{name}/detach", post(detach_volume))
+        .route("/v1/join", post(crate::security::join))
+        .route("/v1/renew", post(crate::security::renew))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::authorize,
+        ))
         .layer(axum::middleware::from_fn(record_request))
         .with_state(state)
 }

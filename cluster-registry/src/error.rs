@@ -30,6 +30,21 @@ pub enum RegistryError {
     Store(#[from] coord_store::StoreError),
     #[error("stored record {key} is unreadable: {reason}")]
     BadRecord { key: String, reason: String },
+    #[error(
+        "{what} needs a client certificate; present an admin credential (tether --credentials DIR)"
+    )]
+    Unauthenticated { what: String },
+    #[error("{identity} may not call {what}")]
+    Forbidden { identity: String, what: String },
+    #[error("node {node} presented a wrong join token")]
+    BadJoinToken { node: String },
+    #[error("certificates: {0}")]
+    Tls(#[from] tether_tls::TlsError),
+    #[error("control-plane state {path}: {source}")]
+    State {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -49,9 +64,14 @@ impl RegistryError {
             RegistryError::NoPlacement { .. } => (StatusCode::CONFLICT, "no_placement"),
             RegistryError::NodeFailed { .. } => (StatusCode::BAD_GATEWAY, "node_failed"),
             RegistryError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            RegistryError::BadRecord { .. } | RegistryError::Listen { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            RegistryError::Unauthenticated { .. } | RegistryError::BadJoinToken { .. } => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
             }
+            RegistryError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            RegistryError::BadRecord { .. }
+            | RegistryError::Listen { .. }
+            | RegistryError::Tls(_)
+            | RegistryError::State { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }

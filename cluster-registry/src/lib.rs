@@ -1,5 +1,6 @@
-//! The cluster registry: serves the federation admin API (JSON over HTTP;
-//! gRPC comes with the federation issues) over the coordination store.
+//! The cluster registry: serves the federation admin API (JSON over HTTPS
+//! with mutual TLS; gRPC comes with the federation issues) over the
+//! coordination store, and holds the cluster's CA.
 //!
 //! It never touches volume data. It writes volume specs; the storage node a
 //! spec names acts on it and reports status; the registry waits for that
@@ -10,13 +11,18 @@
 pub mod api;
 mod error;
 pub mod placement;
+pub mod security;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use coord_store::{CoordStore, EtcdStore};
+use security::{OperatorCa, SecurityConfig};
+use tether_tls::ClientAuth;
 
 pub use error::RegistryError;
 
@@ -39,6 +45,26 @@ pub struct RegistryArgs {
     /// in-sync set) is replaced by a new copy on another node.
     #[arg(long, default_value = "10m", value_parser = tether_common::size::parse_duration)]
     pub replace_after: Duration,
+    /// The control plane's state: the CA (`ca/ca.crt`, `ca/ca.key` at 0600,
+    /// made on first start) and the nodes' `join-token`.
+    #[arg(long, default_value = "/var/lib/tether/registry")]
+    pub state_dir: PathBuf,
+    /// Use the operator's CA instead of making one: its certificate (a root
+    /// or an intermediate) ...
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// ... its private key (mode 0600) ...
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// ... and, for an intermediate, the certificates above it up to the root.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_chain: Option<PathBuf>,
+    /// Names (DNS or IP) clients reach the admin API by; they go in its certificate.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub tls_name: Vec<String>,
+    /// Lifetime of issued certificates; holders renew after two thirds of it.
+    #[arg(long, default_value = "30d", value_parser = tether_common::size::parse_duration)]
+    pub cert_lifetime: Duration,
 }
 
 impl RegistryArgs {
@@ -48,6 +74,16 @@ impl RegistryArgs {
             listen: self.listen,
             store: RegistryStore::Etcd(self.etcd.clone()),
             replace_after: self.replace_after,
+            security: SecurityConfig {
+                state_dir: self.state_dir.clone(),
+                operator_ca: self.ca_cert.as_ref().map(|cert| OperatorCa {
+                    cert: cert.clone(),
+                    key: self.ca_key.clone().expect("clap requires --ca-key"),
+                    chain: self.ca_chain.clone(),
+                }),
+                admin_names: self.tls_name.clone(),
+                cert_lifetime: self.cert_lifetime,
+            },
         }
     }
 }
@@ -62,6 +98,7 @@ pub struct RegistryConfig {
     pub listen: SocketAddr,
     pub store: RegistryStore,
     pub replace_after: Duration,
+    pub security: SecurityConfig,
 }
 
 #[derive(Clone)]
@@ -76,8 +113,11 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RegistryError> {
+    let security = security::open(&config.cluster, config.security)?;
     let store: Arc<dyn CoordStore> = match config.store {
-        RegistryStore::Etcd(endpoints) => Arc::new(EtcdStore::connect(&endpoints).await?),
+        RegistryStore::Etcd(endpoints) => {
+            Arc::new(EtcdStore::connect(&endpoints, Some(security.tls.clone())).await?)
+        }
         RegistryStore::Shared(store) => store,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -92,24 +132,29 @@ pub async fn run(
             addr: config.listen.to_string(),
             source,
         })?;
-    tracing::info!(cluster = %config.cluster, admin = %local, "admin API listening");
+    tracing::info!(cluster = %config.cluster, admin = %local, "admin API listening (mutual TLS)");
     on_listening(local);
     let state = api::AppState {
         cluster: config.cluster,
         store,
+        security: security.clone(),
     };
+    let renewer = tokio::spawn(security.clone().renew_own_certificate());
     let replacer = tokio::spawn(api::replace_lost_copies(
         state.clone(),
         config.replace_after,
     ));
     let app = api::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| RegistryError::Listen {
-            addr: local.to_string(),
-            source,
-        })?;
+    tether_tls::http::serve(
+        listener,
+        security.tls.clone(),
+        ClientAuth::Optional,
+        app,
+        "admin API",
+        shutdown,
+    )
+    .await;
     replacer.abort();
+    renewer.abort();
     Ok(())
 }

@@ -137,6 +137,7 @@ mod tests {
             pid: 1,
             labels: [("zone".to_string(), zone.to_string())].into(),
             block_addr: None,
+            control_addr: None,
         }
     }
 

@@ -56,6 +56,7 @@ pub fn parse_duration(input: &str) -> Result<std::time::Duration, CommonError> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         _ => return Err(bad()),
     };
     std::time::Duration::try_from_secs_f64(seconds).map_err(|_| bad())

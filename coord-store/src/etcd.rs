@@ -1,6 +1,11 @@
 //! The etcd v3 store, over the gRPC stubs in `tether_proto::etcd`.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tether_tls::TlsContext;
+use tokio::net::TcpStream;
 
 use async_trait::async_trait;
 use tether_proto::etcd::etcdserverpb as pb;
@@ -26,8 +31,10 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to the first endpoint of `endpoints` (`http://host:port`) that answers.
-    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+    /// Connects to the first endpoint of `endpoints` that answers:
+    /// `http://host:port`, or `https://host:port` with mutual TLS as the
+    /// holder of `tls` (whose renewed certificate later reconnects use).
+    pub async fn connect(endpoints: &[String], tls: Option<Arc<TlsContext>>) -> Result<Self> {
         let mut last_error = None;
         for endpoint in endpoints {
             let built =
@@ -35,13 +42,21 @@ impl EtcdStore {
                     endpoints: endpoint.clone(),
                     source,
                 })?;
-            match built
+            let built = built
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(REQUEST_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect()
-                .await
-            {
+                .tcp_nodelay(true);
+            let connected = if endpoint.starts_with("https://") {
+                let Some(tls) = tls.clone() else {
+                    return Err(StoreError::EtcdProcess {
+                        reason: format!("{endpoint} needs TLS and no certificate was given"),
+                    });
+                };
+                built.connect_with_connector(tls_connector(tls)).await
+            } else {
+                built.connect().await
+            };
+            match connected {
                 Ok(channel) => {
                     return Ok(Self {
                         kv: pb::kv_client::KvClient::new(channel.clone()),
@@ -61,6 +76,35 @@ impl EtcdStore {
             reason: "no etcd endpoints given".into(),
         }))
     }
+}
+
+/// Dials etcd over TCP and opens mutual TLS (ALPN h2) to the host in the URI.
+fn tls_connector(
+    tls: Arc<TlsContext>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |uri: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or("127.0.0.1")
+                .trim_matches(['[', ']'])
+                .to_string();
+            let port = uri.port_u16().unwrap_or(2379);
+            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            let tls = tls
+                .connect_host(stream, &host, vec![b"h2".to_vec()])
+                .await?;
+            Ok(TokioIo::new(tls))
+        }
+    })
 }
 
 /// The key just past every key starting with `prefix` (etcd's range end).

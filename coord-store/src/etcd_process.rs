@@ -4,7 +4,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use tether_tls::TlsContext;
+
 use crate::{CoordStore, EtcdStore, Result, StoreError};
+
+/// Mutual TLS for a local etcd: its own certificate and key, the CA it
+/// trusts for clients and its peer, and the credentials this process
+/// connects with to check it is up.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: PathBuf,
+    pub client: Arc<TlsContext>,
+}
 
 /// How long a fresh etcd gets to answer its first request.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -17,6 +32,7 @@ pub struct EtcdProcess {
     pub peer_port: u16,
     pub endpoint: String,
     pub data_dir: PathBuf,
+    tls: Option<Arc<TlsContext>>,
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -37,11 +53,13 @@ pub fn find_etcd() -> Option<PathBuf> {
 
 impl EtcdProcess {
     /// Starts etcd with its data in `data_dir` and its log in `log_path`, on
-    /// the given ports (or free ones), and waits until it answers.
+    /// the given ports (or free ones), with mutual TLS on its client and peer
+    /// ports when `tls` is given, and waits until it answers.
     pub async fn start(
         data_dir: &Path,
         log_path: &Path,
         ports: Option<(u16, u16)>,
+        tls: Option<EtcdTls>,
     ) -> Result<Self> {
         let etcd = find_etcd().ok_or_else(|| StoreError::EtcdProcess {
             reason: "no `etcd` on PATH (Debian: apt-get install etcd-server)".into(),
@@ -57,9 +75,26 @@ impl EtcdProcess {
             .map_err(|err| StoreError::EtcdProcess {
                 reason: format!("opening {}: {err}", log_path.display()),
             })?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+        let peer_url = format!("{scheme}://127.0.0.1:{peer_port}");
         let mut command = Command::new(etcd);
+        if let Some(tls) = &tls {
+            let (cert, key, ca) = (
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.trusted_ca_file.display(),
+            );
+            command
+                .arg(format!("--cert-file={cert}"))
+                .arg(format!("--key-file={key}"))
+                .arg(format!("--trusted-ca-file={ca}"))
+                .arg("--client-cert-auth")
+                .arg(format!("--peer-cert-file={cert}"))
+                .arg(format!("--peer-key-file={key}"))
+                .arg(format!("--peer-trusted-ca-file={ca}"))
+                .arg("--peer-client-cert-auth");
+        }
         command
             .arg("--name=tether")
             .arg(format!("--data-dir={}", data_dir.display()))
@@ -87,6 +122,7 @@ impl EtcdProcess {
             peer_port,
             endpoint: client_url,
             data_dir: data_dir.to_path_buf(),
+            tls: tls.map(|tls| tls.client),
         };
         process.wait_ready(log_path).await?;
         Ok(process)
@@ -111,7 +147,9 @@ impl EtcdProcess {
                     });
                 }
             }
-            if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&self.endpoint)).await {
+            if let Ok(store) =
+                EtcdStore::connect(std::slice::from_ref(&self.endpoint), self.tls.clone()).await
+            {
                 if store.get("/tether/ready-probe").await.is_ok() {
                     return Ok(());
                 }

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_store::etcd_process::EtcdProcess;
+use coord_store::etcd_process::{EtcdProcess, EtcdTls};
 use coord_store::{
     Compare, CoordStore, EmbeddedStore, EtcdStore, StoreError, Txn, TxnOp, WatchEvent, WatchStream,
 };
+use tether_tls::{CertificateAuthority, Identity, Role, TlsContext};
 
 async fn next_event(stream: &mut WatchStream) -> WatchEvent {
     tokio::time::timeout(Duration::from_secs(10), stream.recv())
@@ -224,13 +225,82 @@ async fn embedded_store_conforms() {
     suite(Arc::new(EmbeddedStore::in_memory())).await;
 }
 
+/// Certificates for an etcd with mutual TLS and a client of it, from one CA in `dir`.
+fn etcd_tls(dir: &std::path::Path) -> (EtcdTls, Arc<TlsContext>) {
+    let ca = CertificateAuthority::load_or_create(&dir.join("ca"), "test").unwrap();
+    let lifetime = Duration::from_secs(3600);
+    let server = ca
+        .issue_credentials(
+            &Identity::new("test", Role::Store, "etcd"),
+            &["127.0.0.1".into(), "localhost".into()],
+            lifetime,
+        )
+        .unwrap();
+    server.save(&dir.join("etcd-tls")).unwrap();
+    let client = ca
+        .issue_credentials(&Identity::new("test", Role::Node, "node-1"), &[], lifetime)
+        .unwrap();
+    let client = TlsContext::new(&client).unwrap();
+    let tls = EtcdTls {
+        cert_file: dir.join("etcd-tls/tls.crt"),
+        key_file: dir.join("etcd-tls/tls.key"),
+        trusted_ca_file: dir.join("etcd-tls/ca.crt"),
+        client: client.clone(),
+    };
+    (tls, client)
+}
+
+async fn answers(endpoint: &str, tls: Option<Arc<TlsContext>>) -> bool {
+    match EtcdStore::connect(&[endpoint.to_string()], tls).await {
+        Ok(store) => store.get("/probe").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// etcd as deployments run it: mutual TLS, which refuses plaintext and strangers.
 #[tokio::test]
-async fn etcd_store_conforms() {
+async fn etcd_store_conforms_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = EtcdProcess::start(&dir.path().join("etcd"), &dir.path().join("etcd.log"), None)
+    let (tls, client) = etcd_tls(dir.path());
+    let etcd = EtcdProcess::start(
+        &dir.path().join("etcd"),
+        &dir.path().join("etcd.log"),
+        None,
+        Some(tls),
+    )
+    .await
+    .expect("etcd starts (install Debian's etcd-server; the README's test command does)");
+    assert!(etcd.endpoint.starts_with("https://"));
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), Some(client))
         .await
-        .expect("etcd starts (install Debian's etcd-server; the README's test command does)");
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .unwrap();
+    suite(Arc::new(store)).await;
+
+    let plaintext = etcd.endpoint.replace("https://", "http://");
+    assert!(
+        !answers(&plaintext, None).await,
+        "plaintext client answered"
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let (_, stranger) = etcd_tls(other_dir.path());
+    assert!(
+        !answers(&etcd.endpoint, Some(stranger)).await,
+        "a client of another CA answered"
+    );
+}
+
+#[tokio::test]
+async fn etcd_store_conforms_over_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdProcess::start(
+        &dir.path().join("etcd"),
+        &dir.path().join("etcd.log"),
+        None,
+        None,
+    )
+    .await
+    .expect("etcd starts (install Debian's etcd-server; the README's test command does)");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), None)
         .await
         .unwrap();
     suite(Arc::new(store)).await;

@@ -125,7 +125,7 @@ fn volume_json_has_the_contract_fields() {
     assert_eq!(nodes.as_array().unwrap().len(), 3);
     assert_eq!(nodes[0]["io_backend"], "io_uring");
     let info = &federation.info;
-    assert!(info["admin"].as_str().unwrap().starts_with("http://"));
+    assert!(info["admin"].as_str().unwrap().starts_with("https://"));
     assert_eq!(info["clusters"][0]["role"], "central");
     assert!(info["clusters"][0]["etcd"]["endpoints"][0]
         .as_str()

@@ -234,6 +234,9 @@ pub struct NodeRecord {
     /// Where the node takes block frames (replication, Delta Sync, presenters).
     #[serde(default)]
     pub block_addr: Option<String>,
+    /// Where the node serves its control RPCs (mutual TLS).
+    #[serde(default)]
+    pub control_addr: Option<String>,
 }
 
 impl NodeRecord {
@@ -280,4 +283,30 @@ pub struct PresentingStatus {
 pub struct ServingEndpoint {
     pub endpoint: String,
     pub uri: String,
+}
+
+/// `POST /v1/join`: a new node asks for its certificate. The join token
+/// stands in for the client certificate it does not have yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub node: String,
+    pub token: String,
+    /// PEM CSR for a key the node made and keeps.
+    pub csr_pem: String,
+}
+
+/// `POST /v1/renew`: a node (authenticated by its current certificate) asks
+/// for a new one, for a new key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+/// Answer to join and renew.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateResponse {
+    /// Leaf first, then intermediates.
+    pub chain_pem: String,
+    /// The CA certificate(s) to trust.
+    pub trust_pem: String,
 }

@@ -56,6 +56,7 @@ struct Agent {
     lease: Arc<AtomicI64>,
     group: Arc<GroupContext>,
     block_addr: String,
+    control_addr: String,
     /// The group controller of each local copy.
     controllers: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// What this node presents: the presenter and its listeners by endpoint, per volume.
@@ -78,8 +79,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 }
 
 async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let tls = crate::security::establish(&config.cluster, &config.node, &config.security).await?;
     let store: Arc<dyn CoordStore> = match &config.store {
-        StoreConfig::Etcd(endpoints) => Arc::new(EtcdStore::connect(endpoints).await?),
+        StoreConfig::Etcd(endpoints) => {
+            Arc::new(EtcdStore::connect(endpoints, Some(tls.clone())).await?)
+        }
         StoreConfig::Shared(store) => store.clone(),
     };
     let io = IoEngine::start(config.io_uring);
@@ -104,9 +108,26 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         sync_rate_limit: config.sync_rate_limit,
         masters: Default::default(),
         epochs: Default::default(),
+        tls: (!config.security.plaintext_block).then(|| group::BlockTls::new(tls.clone())),
     });
+    if config.security.plaintext_block {
+        tracing::warn!(
+            "block streams are NOT encrypted or authenticated (--insecure-plaintext-block)"
+        );
+    }
+    let renewer = tokio::spawn(
+        crate::security::renew_loop(tls.clone(), config.security.clone()).in_current_span(),
+    );
     let block_addr =
         group::server::listen(&config.block_listen, group.clone(), pool.clone()).await?;
+    let control_addr = crate::control::listen(
+        &config.control_listen,
+        tls.clone(),
+        crate::control::ControlState {
+            cluster: config.cluster.clone(),
+        },
+    )
+    .await?;
     let agent = Arc::new(Agent {
         config,
         store: store.clone(),
@@ -114,6 +135,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         lease,
         group,
         block_addr: block_addr.to_string(),
+        control_addr: control_addr.to_string(),
         controllers: Default::default(),
         servers: Mutex::new(HashMap::new()),
         errors: Default::default(),
@@ -139,6 +161,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     shutdown.await;
     tracing::info!(node = %agent.config.node, "shutting down");
     reconcile.abort();
+    renewer.abort();
     status.abort();
     keep_alive.abort();
     mirror_task.abort();
@@ -177,6 +200,7 @@ impl Agent {
             pid: std::process::id(),
             labels: self.config.labels.clone(),
             block_addr: Some(self.block_addr.clone()),
+            control_addr: Some(self.control_addr.clone()),
         };
         let value = serde_json::to_vec(&record).expect("record serializes");
         self.store

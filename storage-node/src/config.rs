@@ -10,11 +10,12 @@ use coord_store::CoordStore;
 use tether_common::size::parse_size;
 
 use crate::error::{NodeError, Result};
+use crate::security::NodeSecurityConfig;
 
 /// Where the coordination store is.
 #[derive(Clone)]
 pub enum StoreConfig {
-    /// etcd endpoints, `http://host:port`.
+    /// etcd endpoints, `https://host:port` (mutual TLS) or `http://host:port`.
     Etcd(Vec<String>),
     /// A store this process already holds (the one-process dev federation).
     Shared(Arc<dyn CoordStore>),
@@ -32,7 +33,7 @@ pub struct NodeArgs {
     /// Directory of this node's pool (created if missing).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// etcd endpoints, comma-separated (http://127.0.0.1:2379).
+    /// etcd endpoints, comma-separated (https://... for mutual TLS with this node's certificate).
     #[arg(long, value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
     /// Pool capacity (e.g. 100GiB); default: the size of the filesystem holding --data-dir.
@@ -62,6 +63,24 @@ pub struct NodeArgs {
     /// Delta Sync copy rate limit per volume, e.g. 100MiB (per second); default: none.
     #[arg(long)]
     pub sync_rate_limit: Option<String>,
+    /// Where to serve the node's control RPCs (mutual TLS; the registry calls them).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub control_listen: String,
+    /// Where this node keeps its certificate and key (default: DATA_DIR/tls).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// The registry's admin API (https://host:port): where the node joins and renews its certificate.
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// File holding the cluster's join token (needed for the first start only).
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// The cluster CA's certificate, to check the registry's when joining.
+    #[arg(long)]
+    pub trust_ca: Option<PathBuf>,
+    /// Block streams without TLS. Insecure: only to measure what TLS costs.
+    #[arg(long, hide = true)]
+    pub insecure_plaintext_block: bool,
 }
 
 /// Everything a storage node needs to run.
@@ -84,6 +103,9 @@ pub struct NodeConfig {
     pub replica_timeout: Duration,
     /// Delta Sync bytes per second per volume (0: unlimited).
     pub sync_rate_limit: u64,
+    /// Address of the control RPCs (port 0 picks one).
+    pub control_listen: String,
+    pub security: NodeSecurityConfig,
 }
 
 /// Default TTL of the node lease: a dead node's registration, and the locks
@@ -105,7 +127,28 @@ impl NodeConfig {
                 filesystem_size(&args.data_dir)?
             }
         };
+        let read = |path: &Option<PathBuf>, what: &str| -> Result<Option<String>> {
+            path.as_ref()
+                .map(|path| {
+                    std::fs::read_to_string(path).map_err(|err| NodeError::Config {
+                        reason: format!("{what} {}: {err}", path.display()),
+                    })
+                })
+                .transpose()
+        };
+        let security = NodeSecurityConfig {
+            tls_dir: args
+                .tls_dir
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("tls")),
+            registry: args.registry.clone(),
+            join_token: read(&args.join_token_file, "--join-token-file")?,
+            trust_pem: read(&args.trust_ca, "--trust-ca")?,
+            plaintext_block: args.insecure_plaintext_block,
+        };
         Ok(Self {
+            security,
+            control_listen: args.control_listen,
             cluster: args.cluster,
             node: args.name,
             data_dir: args.data_dir,

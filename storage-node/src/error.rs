@@ -51,6 +51,8 @@ pub enum NodeError {
     Store(#[from] coord_store::StoreError),
     #[error("config: {reason}")]
     Config { reason: String },
+    #[error("certificates: {0}")]
+    Tls(#[from] tether_tls::TlsError),
     /// This node does not master the volume now (or its lease ran out):
     /// the presenting node retries on the current master.
     #[error("volume {volume}: this node is not its master at epoch {epoch}")]

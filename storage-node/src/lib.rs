@@ -14,11 +14,13 @@
 
 pub mod agent;
 pub mod config;
+pub mod control;
 pub mod engine;
 mod error;
 pub mod frontend;
 pub mod group;
 pub mod hashlist;
+pub mod security;
 
 pub use agent::run;
 pub use config::NodeConfig;

@@ -137,7 +137,14 @@ impl MasterState {
             node: self.ctx.node.clone(),
             epoch: self.epoch,
         };
-        let conn = BlockConn::connect(&addr, hello, self.ctx.replica_timeout).await;
+        let conn = BlockConn::connect(
+            &addr,
+            node,
+            hello,
+            self.ctx.replica_timeout,
+            self.ctx.tls.as_ref(),
+        )
+        .await;
         if let Err(NodeError::NotMaster { epoch, .. }) = &conn {
             if *epoch > self.epoch {
                 self.depose();

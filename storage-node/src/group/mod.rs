@@ -116,6 +116,28 @@ pub struct GroupContext {
     pub masters: RwLock<HashMap<String, Arc<MasterState>>>,
     /// The newest epoch each local copy has seen (rule 3: replicas refuse older).
     pub epochs: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    /// The node's certificate for block streams (mutual TLS); `None` only
+    /// with `--insecure-plaintext-block`.
+    pub tls: Option<BlockTls>,
+}
+
+/// Mutual TLS for block streams: the node's certificate (renewals swap it
+/// underneath) and the server and client configs built on it once.
+#[derive(Clone)]
+pub struct BlockTls {
+    pub context: Arc<tether_tls::TlsContext>,
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl BlockTls {
+    pub fn new(context: Arc<tether_tls::TlsContext>) -> Self {
+        Self {
+            server: context.server_config(tether_tls::ClientAuth::Required),
+            client: context.client_config(),
+            context,
+        }
+    }
 }
 
 impl GroupContext {

@@ -152,7 +152,15 @@ impl Presenter {
             node: self.ctx.node.clone(),
             epoch: 0,
         };
-        match BlockConn::connect(&addr, hello, self.ctx.replica_timeout).await {
+        match BlockConn::connect(
+            &addr,
+            &group.master,
+            hello,
+            self.ctx.replica_timeout,
+            self.ctx.tls.as_ref(),
+        )
+        .await
+        {
             Ok(conn) => {
                 tracing::info!(volume = %self.name, master = %group.master, epoch = group.epoch, "presenting from master");
                 *cached = Some((group.master.clone(), group.epoch, conn.clone()));

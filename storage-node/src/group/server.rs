@@ -1,4 +1,6 @@
-//! The node's block server: one TCP listener taking block-frame streams.
+//! The node's block server: one TCP listener taking block-frame streams,
+//! each over mutual TLS from a node of this cluster whose certificate names
+//! the node its Hello claims to be.
 //!
 //! - A *replication* stream (`Hello` with the master's epoch) writes into
 //!   this node's copy. Every frame from an epoch older than the newest this
@@ -17,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use tether_proto::block::{decode_frame, encode_frame, Frame};
 use tether_proto::group::replica_admits;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tether_tls::TlsContext;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -28,6 +31,7 @@ use crate::error::{NodeError, Result};
 use crate::hashlist::HashTree;
 
 const READ_BUFFER: usize = 256 * 1024;
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const ENOENT: u32 = 2;
 const EINVAL: u32 = 22;
 
@@ -54,7 +58,7 @@ pub async fn listen(addr: &str, ctx: Arc<GroupContext>, pool: Arc<Pool>) -> Resu
                         let _ = stream.set_nodelay(true);
                         let span = tracing::info_span!("block", peer = %peer);
                         tokio::spawn(
-                            serve_stream(stream, ctx.clone(), pool.clone()).instrument(span),
+                            accept_stream(stream, ctx.clone(), pool.clone()).instrument(span),
                         );
                     }
                     Err(err) => tracing::warn!(error = %err, "block accept failed"),
@@ -77,8 +81,43 @@ enum Role {
     },
 }
 
-async fn serve_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool>) {
-    let (mut reader, mut writer) = stream.into_split();
+/// Opens mutual TLS (unless the node runs `--insecure-plaintext-block`) and
+/// admits only nodes of this cluster; anything else is logged and closed.
+async fn accept_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool>) {
+    let Some(tls) = ctx.tls.clone() else {
+        return serve_stream(stream, None, ctx, pool).await;
+    };
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsContext::accept(tls.server.clone(), stream),
+    );
+    match handshake.await {
+        Ok(Ok((stream, Some(identity))))
+            if identity.role == tether_tls::Role::Node
+                && identity.cluster == tls.context.identity().cluster =>
+        {
+            serve_stream(stream, Some(identity.name), ctx, pool).await
+        }
+        Ok(Ok((_, identity))) => {
+            tracing::warn!(identity = ?identity.map(|identity| identity.uri()), "refused a block stream: only nodes of this cluster may open one");
+        }
+        Ok(Err(reason)) => {
+            let reason = tether_tls::http::explain(reason);
+            tracing::warn!(%reason, "refused a block stream: TLS handshake failed")
+        }
+        Err(_) => tracing::warn!("refused a block stream: no TLS handshake within 10 s"),
+    }
+}
+
+async fn serve_stream<S>(
+    stream: S,
+    peer_node: Option<String>,
+    ctx: Arc<GroupContext>,
+    pool: Arc<Pool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut input = BytesMut::with_capacity(READ_BUFFER);
     let hello = loop {
         match decode_frame(&mut input) {
@@ -103,6 +142,10 @@ async fn serve_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool>
         tracing::warn!("block stream did not open with Hello; closing it");
         return;
     };
+    if peer_node.as_ref().is_some_and(|peer| *peer != from) {
+        tracing::warn!(volume = %name, claimed = %from, certificate = ?peer_node, "refused a block stream: Hello names another node than the certificate");
+        return;
+    }
     let (answer, role) = if epoch == 0 {
         (Frame::Ack { seq: 0, error: 0 }, Some(Role::Client))
     } else {
@@ -150,7 +193,7 @@ async fn serve_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool>
     };
     let mut out = BytesMut::new();
     encode_frame(&answer, &mut out);
-    if writer.write_all(&out).await.is_err() {
+    if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
         return;
     }
     let Some(role) = role else { return };
@@ -166,7 +209,7 @@ async fn serve_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool>
                     Err(_) => break,
                 }
             }
-            if writer.write_all(&out).await.is_err() {
+            if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
             out.clear();

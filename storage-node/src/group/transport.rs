@@ -1,5 +1,5 @@
-//! The client end of a block-frame stream (TCP now; the security issue wraps
-//! it in mutual TLS): pipelined requests, each answered by the frame with
+//! The client end of a block-frame stream (mutual TLS over TCP, checking
+//! the server is the node meant): pipelined requests, each answered by the frame with
 //! its sequence number. A master holds one per replica; a presenting node
 //! holds one to the master.
 
@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustls::pki_types::ServerName;
 use tether_proto::block::{decode_frame, encode_frame, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tether_tls::{Identity, Role};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+use super::BlockTls;
 use crate::error::{NodeError, Result};
 
 const READ_BUFFER: usize = 256 * 1024;
@@ -34,7 +37,13 @@ impl BlockConn {
     /// Connects and says hello; the peer's answer to the hello (an Ack, or
     /// StaleEpoch from a replica that has seen a newer master) is checked
     /// before the connection is handed out.
-    pub async fn connect(addr: &str, hello: Frame, timeout: Duration) -> Result<Arc<Self>> {
+    pub async fn connect(
+        addr: &str,
+        peer_node: &str,
+        hello: Frame,
+        timeout: Duration,
+        tls: Option<&BlockTls>,
+    ) -> Result<Arc<Self>> {
         let Frame::Hello { volume, .. } = &hello else {
             panic!("a block stream opens with Hello");
         };
@@ -49,7 +58,25 @@ impl BlockConn {
             .map_err(|_| peer_err("connect timed out".into()))?
             .map_err(|err| peer_err(format!("connect: {err}")))?;
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+        let (reader, writer): (BoxedReader, BoxedWriter) = match tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                (Box::new(reader), Box::new(writer))
+            }
+            Some(tls) => {
+                // The server must hold the certificate of the node we mean to reach.
+                let server = Identity::new(&tls.context.identity().cluster, Role::Node, peer_node);
+                let name = ServerName::try_from(server.dns_name())
+                    .map_err(|err| peer_err(format!("node name: {err}")))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                let stream = tokio::time::timeout(timeout, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| peer_err("TLS handshake timed out".into()))?
+                    .map_err(|err| peer_err(format!("TLS handshake: {err}")))?;
+                let (reader, writer) = tokio::io::split(stream);
+                (Box::new(reader), Box::new(writer))
+            }
+        };
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(BlockConn {
             volume: volume.clone(),
@@ -134,8 +161,11 @@ impl BlockConn {
     }
 }
 
+type BoxedReader = Box<dyn AsyncRead + Send + Unpin>;
+type BoxedWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
 async fn write_loop(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut writer: BoxedWriter,
     mut outgoing: mpsc::UnboundedReceiver<BytesMut>,
     conn: Arc<BlockConn>,
 ) {
@@ -156,7 +186,10 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if conn.is_dead() || writer.write_all(&batch).await.is_err() {
+        if conn.is_dead()
+            || writer.write_all(&batch).await.is_err()
+            || writer.flush().await.is_err()
+        {
             break;
         }
         batch.clear();
@@ -165,7 +198,7 @@ async fn write_loop(
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop(mut reader: tokio::net::tcp::OwnedReadHalf, conn: Arc<BlockConn>) {
+async fn read_loop(mut reader: BoxedReader, conn: Arc<BlockConn>) {
     let mut input = BytesMut::with_capacity(READ_BUFFER);
     let mut closed = conn.closed.subscribe();
     'read: loop {

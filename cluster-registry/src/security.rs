@@ -1,0 +1,255 @@
+//! The cluster's trust, held by the control plane: the CA (made on first
+//! start in the state directory, or the operator's), the join token nodes
+//! present with their first CSR, the registry's own certificate (renewed in
+//! memory), and who may call what on the admin API:
+//!
+//! | path | caller |
+//! | --- | --- |
+//! | `POST /v1/join` | anyone with the join token (no certificate yet) |
+//! | `POST /v1/renew` | a node of this cluster (its current certificate) |
+//! | everything else | an admin of this cluster |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::Extension;
+use axum::Json;
+use tether_proto::admin::{CertificateResponse, JoinRequest, RenewRequest};
+use tether_tls::http::Peer;
+use tether_tls::{CertificateAuthority, Identity, Role, TlsContext};
+
+use crate::RegistryError;
+
+pub const JOIN_TOKEN_FILE: &str = "join-token";
+pub const CA_DIR: &str = "ca";
+
+/// Where the control plane's trust comes from.
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Holds `ca/` (when no operator CA is given) and `join-token`.
+    pub state_dir: PathBuf,
+    /// An operator's CA instead: issuing cert, its key, and the chain above it.
+    pub operator_ca: Option<OperatorCa>,
+    /// Names (DNS or IP) clients reach the admin API by.
+    pub admin_names: Vec<String>,
+    /// Lifetime of the certificates the CA issues.
+    pub cert_lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OperatorCa {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub chain: Option<PathBuf>,
+}
+
+pub struct Security {
+    pub cluster: String,
+    pub ca: CertificateAuthority,
+    /// The registry's own certificate: the admin API's server side, and
+    /// its client side towards etcd and the nodes.
+    pub tls: Arc<TlsContext>,
+    join_token_hash: blake3::Hash,
+    config: SecurityConfig,
+}
+
+/// Loads the CA (making one on first start) and the join token (making one
+/// too), and issues the registry its certificate.
+pub fn open(cluster: &str, config: SecurityConfig) -> Result<Arc<Security>, RegistryError> {
+    let ca = match &config.operator_ca {
+        Some(operator) => CertificateAuthority::from_files(
+            &operator.cert,
+            &operator.key,
+            operator.chain.as_deref(),
+        )?,
+        None => CertificateAuthority::load_or_create(&config.state_dir.join(CA_DIR), cluster)?,
+    };
+    let token = load_or_create_join_token(&config.state_dir)?;
+    let credentials = ca.issue_credentials(
+        &registry_identity(cluster),
+        &config.admin_names,
+        config.cert_lifetime,
+    )?;
+    Ok(Arc::new(Security {
+        cluster: cluster.to_string(),
+        tls: TlsContext::new(&credentials)?,
+        ca,
+        join_token_hash: blake3::hash(token.trim().as_bytes()),
+        config,
+    }))
+}
+
+pub fn registry_identity(cluster: &str) -> Identity {
+    Identity::new(cluster, Role::Registry, "registry")
+}
+
+/// The join token in `state_dir/join-token`, made (random, mode 0600) if absent.
+pub fn load_or_create_join_token(state_dir: &Path) -> Result<String, RegistryError> {
+    let path = state_dir.join(JOIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(token.trim().to_string()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let token: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            let failed = |source| RegistryError::State {
+                path: path.clone(),
+                source,
+            };
+            std::fs::create_dir_all(state_dir).map_err(failed)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(failed)?;
+            file.write_all(token.as_bytes()).map_err(failed)?;
+            file.sync_all().map_err(failed)?;
+            tracing::info!(path = %path.display(), "made a join token for nodes");
+            Ok(token)
+        }
+        Err(source) => Err(RegistryError::State { path, source }),
+    }
+}
+
+impl Security {
+    /// Renews the registry's own certificate (in memory) after two thirds
+    /// of its lifetime, for as long as the registry runs.
+    pub async fn renew_own_certificate(self: Arc<Self>) {
+        loop {
+            let now = SystemTime::now();
+            let not_after = self.tls.not_after();
+            let left = not_after.duration_since(now).unwrap_or(Duration::ZERO);
+            tokio::time::sleep((left * 2 / 3).max(Duration::from_secs(1))).await;
+            let renewed = self.ca.issue_credentials(
+                &registry_identity(&self.cluster),
+                &self.config.admin_names,
+                self.config.cert_lifetime,
+            );
+            match renewed.map(|credentials| self.tls.replace(&credentials)) {
+                Ok(Ok(())) => tracing::info!("renewed the registry's certificate"),
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, "renewing the registry's certificate failed")
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "renewing the registry's certificate failed")
+                }
+            }
+        }
+    }
+
+    /// Refuses a caller that is not one of `roles` of this cluster, with a
+    /// log line naming who it was and what it asked for.
+    pub fn require(
+        &self,
+        peer: &Peer,
+        roles: &[Role],
+        what: &str,
+    ) -> Result<Identity, RegistryError> {
+        let refused = match &peer.identity {
+            None => RegistryError::Unauthenticated { what: what.into() },
+            Some(identity) if identity.cluster != self.cluster => RegistryError::Forbidden {
+                identity: identity.to_string(),
+                what: what.into(),
+            },
+            Some(identity) if !roles.contains(&identity.role) => RegistryError::Forbidden {
+                identity: identity.to_string(),
+                what: what.into(),
+            },
+            Some(identity) => return Ok(identity.clone()),
+        };
+        tracing::warn!(peer = %peer.addr, identity = ?peer.identity.as_ref().map(Identity::uri), request = what, reason = %refused, "refused an admin API request");
+        Err(refused)
+    }
+}
+
+/// Middleware: the role each path requires (see the module table).
+pub async fn authorize(
+    State(state): State<crate::api::AppState>,
+    Extension(peer): Extension<Peer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let security = &state.security;
+    let path = request.uri().path().to_string();
+    let what = format!("{} {path}", request.method());
+    let roles: &[Role] = match path.as_str() {
+        "/v1/join" => &[],
+        "/v1/renew" => &[Role::Node],
+        _ => &[Role::Admin],
+    };
+    if !roles.is_empty() {
+        if let Err(refused) = security.require(&peer, roles, &what) {
+            return refused.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `POST /v1/join`: checks the token, signs the CSR for `node`.
+pub async fn join(
+    State(state): State<crate::api::AppState>,
+    Extension(peer): Extension<Peer>,
+    Json(request): Json<JoinRequest>,
+) -> Result<Json<CertificateResponse>, RegistryError> {
+    let security = &state.security;
+    if blake3::hash(request.token.trim().as_bytes()) != security.join_token_hash {
+        tracing::warn!(peer = %peer.addr, node = %request.node, "refused a join: wrong join token");
+        return Err(RegistryError::BadJoinToken { node: request.node });
+    }
+    let valid = !request.node.is_empty()
+        && request.node.len() <= 63
+        && request
+            .node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !request.node.starts_with('-');
+    if !valid {
+        return Err(RegistryError::Invalid {
+            field: "node",
+            reason: format!(
+                "{:?} is not a valid node name (lowercase letters, digits and -)",
+                request.node
+            ),
+        });
+    }
+    let identity = Identity::new(&security.cluster, Role::Node, &request.node);
+    let chain_pem = security.ca.sign_request(
+        &request.csr_pem,
+        &identity,
+        &[],
+        security.config.cert_lifetime,
+    )?;
+    tracing::info!(peer = %peer.addr, node = %request.node, "node joined; issued its certificate");
+    Ok(Json(CertificateResponse {
+        chain_pem,
+        trust_pem: security.ca.trust_pem().to_string(),
+    }))
+}
+
+/// `POST /v1/renew`: a new certificate for the caller's own identity.
+pub async fn renew(
+    State(state): State<crate::api::AppState>,
+    Extension(peer): Extension<Peer>,
+    Json(request): Json<RenewRequest>,
+) -> Result<Json<CertificateResponse>, RegistryError> {
+    let security = &state.security;
+    let identity = security.require(&peer, &[Role::Node], "POST /v1/renew")?;
+    let chain_pem = security.ca.sign_request(
+        &request.csr_pem,
+        &identity,
+        &[],
+        security.config.cert_lifetime,
+    )?;
+    tracing::info!(peer = %peer.addr, node = %identity.name, "renewed a node's certificate");
+    metrics::counter!("tether_certificates_renewed_total", "role" => "node").increment(1);
+    Ok(Json(CertificateResponse {
+        chain_pem,
+        trust_pem: security.ca.trust_pem().to_string(),
+    }))
+}

@@ -1,0 +1,226 @@
+//! The node's certificate: made by joining (its own key, a CSR and the
+//! cluster's join token sent to the registry; the key never leaves the
+//! node), kept in `--tls-dir`, and renewed after two thirds of its lifetime
+//! by asking the registry with the current certificate. A renewal swaps the
+//! certificate under every TLS endpoint of the node without closing a
+//! connection, so I/O never notices.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tether_proto::admin::{CertificateResponse, JoinRequest, RenewRequest};
+use tether_tls::{Credentials, Identity, KeyAndRequest, Role, TlsContext};
+
+use crate::error::{NodeError, Result};
+
+/// How long a node keeps trying to reach the registry to join.
+const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct NodeSecurityConfig {
+    /// Holds `tls.crt`, `tls.key` (0600) and `ca.crt`.
+    pub tls_dir: PathBuf,
+    /// The registry's admin API (`https://host:port`), for joining and renewing.
+    pub registry: Option<String>,
+    /// The join token (needed only when the node has no certificate yet).
+    pub join_token: Option<String>,
+    /// The CA certificate the registry's must chain to (PEM), for joining.
+    pub trust_pem: Option<String>,
+    /// Block streams without TLS: only to measure what TLS costs.
+    pub plaintext_block: bool,
+}
+
+/// The node's credentials: from `tls_dir` when they name this node and are
+/// valid, otherwise by joining through the registry.
+pub async fn establish(
+    cluster: &str,
+    node: &str,
+    config: &NodeSecurityConfig,
+) -> Result<Arc<TlsContext>> {
+    let identity = Identity::new(cluster, Role::Node, node);
+    match Credentials::load(&config.tls_dir) {
+        Ok(credentials) if credentials.identity == identity => {
+            let (_, not_after) = credentials.validity()?;
+            if not_after > SystemTime::now() {
+                tracing::info!(tls_dir = %config.tls_dir.display(), "using this node's certificate");
+                return Ok(TlsContext::new(&credentials)?);
+            }
+            tracing::warn!("this node's certificate has expired; joining again");
+        }
+        Ok(credentials) => {
+            return Err(NodeError::Config {
+                reason: format!(
+                    "{} holds the certificate of {}, not of {identity}",
+                    config.tls_dir.display(),
+                    credentials.identity
+                ),
+            })
+        }
+        Err(_) => {}
+    }
+    let credentials = join(&identity, config).await?;
+    credentials.save(&config.tls_dir)?;
+    Ok(TlsContext::new(&credentials)?)
+}
+
+async fn join(identity: &Identity, config: &NodeSecurityConfig) -> Result<Credentials> {
+    let missing = |what: &str| NodeError::Config {
+        reason: format!(
+            "this node has no certificate in {} and cannot join without {what}",
+            config.tls_dir.display()
+        ),
+    };
+    let registry = config
+        .registry
+        .clone()
+        .ok_or_else(|| missing("--registry"))?;
+    let token = config
+        .join_token
+        .clone()
+        .ok_or_else(|| missing("--join-token-file"))?;
+    let trust_pem = config
+        .trust_pem
+        .clone()
+        .ok_or_else(|| missing("--trust-ca"))?;
+    let request = KeyAndRequest::new(identity)?;
+    let client = tether_tls::anonymous_client_config(&trust_pem)?;
+    let body = JoinRequest {
+        node: identity.name.clone(),
+        token,
+        csr_pem: request.csr_pem,
+    };
+    let started = std::time::Instant::now();
+    let answer: CertificateResponse = loop {
+        match post(&registry, "/v1/join", client.clone(), &body).await {
+            Ok(answer) => break answer,
+            // The registry may still be starting: keep trying a while, unless it refused us.
+            Err(PostError::Unreachable(reason)) if started.elapsed() < JOIN_PATIENCE => {
+                tracing::debug!(%reason, "registry not reachable yet");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(err) => {
+                return Err(NodeError::Config {
+                    reason: format!("joining the cluster through {registry}: {err}"),
+                })
+            }
+        }
+    };
+    tracing::info!(registry = %registry, "joined the cluster; got this node's certificate");
+    Ok(Credentials {
+        identity: identity.clone(),
+        chain_pem: answer.chain_pem,
+        key_pem: request.key_pem,
+        trust_pem: answer.trust_pem,
+    })
+}
+
+/// Renews the certificate after two thirds of its lifetime, for as long as
+/// the node runs; a failed attempt is retried, logged, until it expires.
+pub async fn renew_loop(tls: Arc<TlsContext>, config: NodeSecurityConfig) {
+    let Some(registry) = config.registry.clone() else {
+        tracing::warn!("no --registry: this node's certificate will not be renewed");
+        return;
+    };
+    loop {
+        let due = match Credentials::load(&config.tls_dir)
+            .and_then(|credentials| credentials.renew_at())
+        {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read this node's certificate to renew it");
+                return;
+            }
+        };
+        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        match renew_once(&tls, &config, &registry).await {
+            Ok(()) => {
+                tracing::info!(not_after = ?tls.not_after(), "renewed this node's certificate");
+                metrics::counter!("tether_certificate_renewals_total").increment(1);
+            }
+            Err(err) => {
+                let left = tls
+                    .not_after()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tracing::error!(error = %err, left_secs = left.as_secs(), "renewing this node's certificate failed; retrying");
+                tokio::time::sleep(
+                    (left / 10).clamp(Duration::from_millis(200), Duration::from_secs(30)),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    tls: &Arc<TlsContext>,
+    config: &NodeSecurityConfig,
+    registry: &str,
+) -> Result<()> {
+    let identity = tls.identity().clone();
+    let request = KeyAndRequest::new(&identity)?;
+    let body = RenewRequest {
+        csr_pem: request.csr_pem,
+    };
+    let answer: CertificateResponse = post(registry, "/v1/renew", tls.client_config(), &body)
+        .await
+        .map_err(|err| NodeError::Config {
+            reason: format!("renewing through {registry}: {err}"),
+        })?;
+    let credentials = Credentials {
+        identity,
+        chain_pem: answer.chain_pem,
+        key_pem: request.key_pem,
+        trust_pem: answer.trust_pem,
+    };
+    // On disk first: a node restarted after this uses the new certificate.
+    credentials.save(&config.tls_dir)?;
+    tls.replace(&credentials)?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// POSTs JSON to the registry over TLS (ureq, on a blocking thread).
+async fn post<B: Serialize + Clone + Send + 'static, T: DeserializeOwned + Send + 'static>(
+    registry: &str,
+    path: &str,
+    tls: Arc<rustls::ClientConfig>,
+    body: &B,
+) -> std::result::Result<T, PostError> {
+    let url = format!("{}{path}", registry.trim_end_matches('/'));
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new()
+            .tls_config(tls)
+            .timeout(Duration::from_secs(30))
+            .build();
+        match agent.post(&url).send_json(&body) {
+            Ok(response) => response
+                .into_json()
+                .map_err(|err| PostError::Refused(format!("unreadable answer: {err}"))),
+            Err(ureq::Error::Status(status, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let reason = serde_json::from_str::<tether_proto::admin::ErrorBody>(&text)
+                    .map(|error| error.error)
+                    .unwrap_or(text);
+                Err(PostError::Refused(format!("{status}: {reason}")))
+            }
+            Err(ureq::Error::Transport(err)) => Err(PostError::Unreachable(err.to_string())),
+        }
+    })
+    .await
+    .expect("the request thread does not panic")
+}

@@ -1,0 +1,26 @@
+//! Tether's trust: the internal certificate authority (rcgen), the
+//! certificates it issues — each names a cluster, a role and a name — and the
+//! rustls configurations every endpoint uses, with a certificate that can be
+//! replaced while connections stay up (renewal without interrupting I/O).
+//!
+//! Read first: [`Identity`] (what a certificate says), [`CertificateAuthority`]
+//! (issuing from a CSR), [`TlsContext`] (client and server configs, the peer's
+//! identity after a handshake).
+
+mod ca;
+mod context;
+mod credentials;
+mod error;
+pub mod http;
+mod identity;
+
+pub use ca::{CertificateAuthority, DEFAULT_CERT_LIFETIME};
+pub use context::{anonymous_client_config, peer_identity, ClientAuth, TlsContext};
+pub use credentials::{Credentials, KeyAndRequest};
+pub use error::TlsError;
+pub use identity::{Identity, Role};
+
+/// The rustls crypto provider every config here uses (ring: no C toolchain beyond cc).
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
