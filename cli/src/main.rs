@@ -144,6 +144,11 @@ enum VolumeCommand {
         /// Only on nodes with this label, key=value (repeatable), e.g. zone=zone-2.
         #[arg(long, value_parser = storage_node::config::parse_label)]
         placement: Vec<(String, String)>,
+        /// Encrypt at rest (XTS-AES-256) under your key: a file of 32 bytes
+        /// or 64 hex digits. Tether keeps only the volume's data key wrapped
+        /// by it; keep the file: without it the data cannot be read.
+        #[arg(long)]
+        encrypt_key_file: Option<PathBuf>,
     },
     /// List volumes.
     List,
@@ -172,6 +177,9 @@ enum VolumeCommand {
         /// The node that presents the volume (default: its master); it follows failovers.
         #[arg(long)]
         node: Option<String>,
+        /// The key file the (encrypted) volume was created with.
+        #[arg(long)]
+        encrypt_key_file: Option<PathBuf>,
     },
     /// Stop serving a volume.
     Detach { name: String },
@@ -296,6 +304,7 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             replicas,
             cluster,
             placement,
+            encrypt_key_file,
         } => {
             if let Some(cluster) = cluster {
                 anyhow::ensure!(
@@ -304,11 +313,26 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
                 );
             }
             let size_bytes = parse_size(size)?;
+            // The data key is made and wrapped here: the user's key never leaves this machine.
+            let encryption = match encrypt_key_file {
+                Some(path) => {
+                    let user = volume_crypto::UserKey::from_file(path)?;
+                    let data = volume_crypto::DataKey::generate();
+                    Some(tether_proto::admin::EncryptionSpec {
+                        cipher: volume_crypto::CIPHER.into(),
+                        sector_bytes: volume_crypto::SECTOR_BYTES as u32,
+                        wrapped_key: data.wrap(&user),
+                        key_check: data.check_value(),
+                    })
+                }
+                None => None,
+            };
             let request = CreateVolumeRequest {
                 name: name.clone(),
                 size_bytes,
                 replicas: *replicas,
                 placement: placement.iter().cloned().collect(),
+                encryption,
             };
             let view: VolumeView = client.post("/v1/volumes", &request)?;
             if cli.output == Output::Json {
@@ -397,11 +421,30 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             nbd,
             from,
             node,
+            encrypt_key_file,
         } => {
+            // Unwrap the volume's data key here, so a wrong key fails before
+            // anything is asked of the cluster.
+            let view: VolumeView = client.get(&format!("/v1/volumes/{name}"))?;
+            let data_key = match (&view.encryption, encrypt_key_file) {
+                (Some(encryption), Some(path)) => {
+                    let user = volume_crypto::UserKey::from_file(path)?;
+                    let key = volume_crypto::DataKey::unwrap(name, &encryption.wrapped_key, &user)?;
+                    Some(key.to_hex())
+                }
+                (Some(_), None) => anyhow::bail!(
+                    "volume {name} is encrypted: attach it with --encrypt-key-file (the key it was created with)"
+                ),
+                (None, Some(_)) => anyhow::bail!(
+                    "volume {name} is not encrypted; attach it without --encrypt-key-file"
+                ),
+                (None, None) => None,
+            };
             let request = AttachRequest {
                 nbd: nbd.clone(),
                 from: from.clone(),
                 node: node.clone(),
+                data_key,
             };
             let response: AttachResponse =
                 client.post(&format!("/v1/volumes/{name}/attach"), &request)?;

@@ -273,6 +273,31 @@ struct Observed<'a> {
     nodes: &'a [NodeRecord],
 }
 
+/// An encryption spec the nodes can use: a cipher they know, and key
+/// material of the right shape (its correctness is the user's key's business).
+fn check_encryption(encryption: &tether_proto::admin::EncryptionSpec) -> ApiResult<()> {
+    let invalid = |reason: String| RegistryError::Invalid {
+        field: "encryption",
+        reason,
+    };
+    if encryption.cipher != volume_crypto::CIPHER
+        || encryption.sector_bytes as usize != volume_crypto::SECTOR_BYTES
+    {
+        return Err(invalid(format!(
+            "cipher {} with {}-byte sectors is not supported (use {} with {})",
+            encryption.cipher,
+            encryption.sector_bytes,
+            volume_crypto::CIPHER,
+            volume_crypto::SECTOR_BYTES
+        )));
+    }
+    if blake3::Hash::from_hex(&encryption.key_check).is_err() || encryption.wrapped_key.len() != 144
+    {
+        return Err(invalid("malformed wrapped key or key check".into()));
+    }
+    Ok(())
+}
+
 fn build_view(cluster: &str, spec: VolumeSpec, observed: &Observed) -> VolumeView {
     let status = observed.status;
     let alive = |node: &str| observed.nodes.iter().any(|record| record.name == node);
@@ -326,6 +351,7 @@ fn build_view(cluster: &str, spec: VolumeSpec, observed: &Observed) -> VolumeVie
         })
         .collect();
     VolumeView {
+        encryption: spec.encryption.clone(),
         size_bytes: spec.size_bytes,
         cluster: cluster.to_string(),
         epoch: observed.group.map_or(spec.epoch, |group| group.epoch),
@@ -432,6 +458,9 @@ async fn create_volume(
         });
     }
     check_size(request.size_bytes)?;
+    if let Some(encryption) = &request.encryption {
+        check_encryption(encryption)?;
+    }
     if !(1..=MAX_COPIES).contains(&request.replicas) {
         return Err(RegistryError::Invalid {
             field: "replicas",
@@ -459,6 +488,7 @@ async fn create_volume(
         attachments: vec![],
         placement: request.placement.clone(),
         copies: copies.clone(),
+        encryption: request.encryption.clone(),
     };
     let key = state.key("volumes", &spec.name);
     let group = GroupRecord::new(&copies);
@@ -582,6 +612,33 @@ async fn attach_volume(
             .await?
             .map_or(spec.master.clone(), |group| group.master),
     };
+    if let Some(encryption) = &spec.encryption {
+        // The key goes to the presenting node before the attachment exists,
+        // so the node never presents the volume without it.
+        let Some(data_key) = request.data_key else {
+            return Err(RegistryError::Invalid {
+                field: "key",
+                reason: format!(
+                    "volume {name} is encrypted: attach needs its key (--encrypt-key-file)"
+                ),
+            });
+        };
+        volume_crypto::DataKey::from_hex(&name, &data_key)
+            .and_then(|key| key.verify(&name, &encryption.key_check))
+            .map_err(|err| RegistryError::Invalid {
+                field: "key",
+                reason: err.to_string(),
+            })?;
+        let record = state
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|record| record.name == presenter)
+            .ok_or_else(|| RegistryError::Unavailable {
+                reason: format!("node {presenter} is not up to present volume {name}"),
+            })?;
+        crate::node_rpc::load_key(&state.security, &record, &name, data_key).await?;
+    }
     let spec = state
         .update_spec(&name, |spec| {
             if let Some(existing) = spec
@@ -657,15 +714,18 @@ async fn detach_volume(
     let live = state.nodes().await?;
     for attachment in &before.attachments {
         let node = attachment.presenter(&before);
-        if !live.iter().any(|record| record.name == node) {
+        let Some(record) = live.iter().find(|record| record.name == node) else {
             continue;
-        }
+        };
         state
             .wait_for_presenter(&name, node, "stop serving", |status| match status {
                 Some(status) if !status.serving.is_empty() => None,
                 _ => Some(Ok(())),
             })
             .await?;
+        if before.encryption.is_some() {
+            crate::node_rpc::drop_key(&state.security, record, &name).await?;
+        }
     }
     Ok(Json(state.view(spec).await?))
 }

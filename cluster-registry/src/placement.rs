@@ -152,6 +152,7 @@ mod tests {
             attachments: vec![],
             placement: BTreeMap::new(),
             copies: vec![],
+            encryption: None,
         }
     }
 

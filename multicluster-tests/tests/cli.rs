@@ -130,7 +130,7 @@ fn volume_json_has_the_contract_fields() {
     assert!(info["clusters"][0]["etcd"]["endpoints"][0]
         .as_str()
         .unwrap()
-        .starts_with("http://127.0.0.1:"));
+        .starts_with("https://127.0.0.1:"));
     assert_eq!(info["clusters"][0]["nodes"].as_array().unwrap().len(), 3);
 }
 

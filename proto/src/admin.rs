@@ -82,6 +82,24 @@ pub struct VolumeView {
     /// Delta Sync runs bringing copies back in sync, with their progress.
     #[serde(default)]
     pub syncs: Vec<SyncProgress>,
+    /// Present when the volume is encrypted: the cipher and the wrapped
+    /// data key (useless without the user's key), for the CLI to unwrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+}
+
+/// How a volume is encrypted at rest. Holds no usable key: the data key is
+/// wrapped by the user's key, and the check value is one-way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EncryptionSpec {
+    /// "xts-aes-256".
+    pub cipher: String,
+    /// Sector size of the cipher; encrypted I/O is aligned to it.
+    pub sector_bytes: u32,
+    /// The data key wrapped by the user's key (RFC 3394), hex.
+    pub wrapped_key: String,
+    /// BLAKE3 derivation of the data key, hex: lets servers refuse a wrong key.
+    pub key_check: String,
 }
 
 /// Progress of one Delta Sync: the master reconciling one copy.
@@ -125,6 +143,9 @@ pub struct CreateVolumeRequest {
     /// Node labels every copy's node must carry (`zone=eu-1a`).
     #[serde(default)]
     pub placement: BTreeMap<String, String>,
+    /// Encrypt at rest (made by the CLI from the user's key).
+    #[serde(default)]
+    pub encryption: Option<EncryptionSpec>,
 }
 
 fn one() -> u32 {
@@ -147,6 +168,10 @@ pub struct AttachRequest {
     /// The node that presents the volume (default: its master when attached).
     #[serde(default)]
     pub node: Option<String>,
+    /// An encrypted volume's data key (hex), unwrapped by the CLI with the
+    /// user's key; handed to the presenting node only, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
 }
 
 /// Answer to an attach: the NBD URI a client connects to.
@@ -187,6 +212,9 @@ pub struct VolumeSpec {
     /// volume groups: then the master alone).
     #[serde(default)]
     pub copies: Vec<String>,
+    /// Set for volumes encrypted at rest.
+    #[serde(default)]
+    pub encryption: Option<EncryptionSpec>,
 }
 
 impl VolumeSpec {
@@ -309,4 +337,11 @@ pub struct CertificateResponse {
     pub chain_pem: String,
     /// The CA certificate(s) to trust.
     pub trust_pem: String,
+}
+
+/// `PUT /v1/volumes/{name}/key` on a node's control API: the data key of an
+/// encrypted volume the node presents, held in memory only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeKey {
+    pub data_key: String,
 }

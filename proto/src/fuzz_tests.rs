@@ -31,6 +31,7 @@ impl ExportCatalog for AnyExport {
             size_bytes: 1 << 20,
             transmission_flags: 0,
             max_request_bytes: nbd::MAX_REQUEST_LEN,
+            min_block_bytes: 1,
         })
     }
     fn names(&self) -> Vec<String> {

@@ -109,6 +109,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         masters: Default::default(),
         epochs: Default::default(),
         tls: (!config.security.plaintext_block).then(|| group::BlockTls::new(tls.clone())),
+        keys: Default::default(),
     });
     if config.security.plaintext_block {
         tracing::warn!(
@@ -125,6 +126,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         tls.clone(),
         crate::control::ControlState {
             cluster: config.cluster.clone(),
+            group: group.clone(),
         },
     )
     .await?;
@@ -418,7 +420,12 @@ impl Agent {
         }
         let (presenter, serving) = servers.entry(spec.name.clone()).or_insert_with(|| {
             (
-                Presenter::new(self.group.clone(), self.pool.clone(), &spec.name),
+                Presenter::new(
+                    self.group.clone(),
+                    self.pool.clone(),
+                    &spec.name,
+                    spec.encryption.is_some(),
+                ),
                 HashMap::new(),
             )
         });
@@ -426,6 +433,15 @@ impl Agent {
         let mut errors = Vec::new();
         for endpoint in wanted {
             if serving.contains_key(endpoint) {
+                continue;
+            }
+            if spec.encryption.is_some() && self.group.keys.get(&spec.name).is_none() {
+                // Never present an encrypted volume without its key: the
+                // client would read ciphertext and write plaintext.
+                errors.push(format!(
+                    "volume {} is encrypted and its key is not loaded on node {} (attach again with --encrypt-key-file) for {endpoint}",
+                    spec.name, self.config.node
+                ));
                 continue;
             }
             match nbd::serve(endpoint, presenter.clone()).await {
@@ -453,6 +469,7 @@ impl Agent {
         }
         let was_master = self.group.master(name).is_some();
         self.group.forget(name);
+        self.group.keys.remove(name);
         self.servers.lock().await.remove(name);
         if self.pool.get(name).is_some() {
             if let Err(err) = self.pool.delete(name).await {

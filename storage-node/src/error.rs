@@ -51,6 +51,10 @@ pub enum NodeError {
     Store(#[from] coord_store::StoreError),
     #[error("config: {reason}")]
     Config { reason: String },
+    #[error("volume {volume} is encrypted and its key is not loaded on this node")]
+    KeyNotLoaded { volume: String },
+    #[error("volume {volume}: {reason}")]
+    Misaligned { volume: String, reason: String },
     #[error("certificates: {0}")]
     Tls(#[from] tether_tls::TlsError),
     /// This node does not master the volume now (or its lease ran out):
@@ -84,7 +88,7 @@ impl NodeError {
         const EINVAL: u32 = 22;
         match self {
             NodeError::OutOfRange { .. } if writes => ENOSPC,
-            NodeError::OutOfRange { .. } => EINVAL,
+            NodeError::OutOfRange { .. } | NodeError::Misaligned { .. } => EINVAL,
             NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => ENOSPC,
             NodeError::Remote { errno, .. } => *errno,
             _ => EIO,

@@ -20,6 +20,7 @@ mod error;
 pub mod frontend;
 pub mod group;
 pub mod hashlist;
+pub mod keys;
 pub mod security;
 
 pub use agent::run;

@@ -24,6 +24,9 @@ pub struct ExportInfo {
     pub transmission_flags: u16,
     /// Largest request the server accepts; advertised as the maximum block size.
     pub max_request_bytes: u32,
+    /// Smallest I/O unit (1, or an encrypted volume's cipher sector);
+    /// advertised as the minimum block size.
+    pub min_block_bytes: u32,
 }
 
 /// The exports a listener serves. Pure lookup: no I/O, so the state machine
@@ -242,7 +245,7 @@ impl ServerHandshake {
         // so clients learn the 32 MiB request ceiling up front.
         let mut block = BytesMut::with_capacity(14);
         block.put_u16(INFO_BLOCK_SIZE);
-        block.put_u32(MIN_BLOCK_SIZE);
+        block.put_u32(export.min_block_bytes.max(MIN_BLOCK_SIZE));
         block.put_u32(PREFERRED_BLOCK_SIZE);
         block.put_u32(export.max_request_bytes);
         self.reply(option, REP_INFO, &block);

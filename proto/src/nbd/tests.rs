@@ -15,6 +15,7 @@ impl ExportCatalog for OneExport {
             size_bytes: 1 << 30,
             transmission_flags: TFLAG_SEND_FLUSH | TFLAG_SEND_FUA,
             max_request_bytes: MAX_REQUEST_LEN,
+            min_block_bytes: 1,
         })
     }
     fn names(&self) -> Vec<String> {

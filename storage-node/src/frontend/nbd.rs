@@ -89,6 +89,7 @@ impl ExportCatalog for VolumeCatalog {
                 | nbd::TFLAG_SEND_WRITE_ZEROES
                 | nbd::TFLAG_CAN_MULTI_CONN,
             max_request_bytes: nbd::MAX_REQUEST_LEN,
+            min_block_bytes: self.0.min_block_bytes(),
         })
     }
     fn names(&self) -> Vec<String> {

@@ -119,6 +119,8 @@ pub struct GroupContext {
     /// The node's certificate for block streams (mutual TLS); `None` only
     /// with `--insecure-plaintext-block`.
     pub tls: Option<BlockTls>,
+    /// Data keys of encrypted volumes this node presents (memory only).
+    pub keys: Arc<crate::keys::KeyRing>,
 }
 
 /// Mutual TLS for block streams: the node's certificate (renewals swap it

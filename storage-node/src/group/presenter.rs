@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_proto::block::Frame;
+use volume_crypto::SectorCipher;
 
 use super::master::MasterState;
 use super::transport::BlockConn;
@@ -37,17 +38,87 @@ pub struct Presenter {
     /// requests reuse it until the store changes or it fails, so the I/O
     /// path does not look up the group for every request.
     resolved: std::sync::Mutex<Option<(i64, Route)>>,
+    /// Encrypted at rest: data is encrypted here, before it leaves this
+    /// node, and decrypted here; masters and replicas see ciphertext only.
+    encrypted: bool,
 }
 
 impl Presenter {
-    pub fn new(ctx: Arc<GroupContext>, pool: Arc<Pool>, name: &str) -> Arc<Self> {
+    pub fn new(ctx: Arc<GroupContext>, pool: Arc<Pool>, name: &str, encrypted: bool) -> Arc<Self> {
         Arc::new(Self {
             ctx,
             pool,
             name: name.to_string(),
             remote: tokio::sync::Mutex::new(None),
             resolved: std::sync::Mutex::new(None),
+            encrypted,
         })
+    }
+
+    /// The smallest I/O unit clients must use: a cipher sector when encrypted.
+    pub fn min_block_bytes(&self) -> u32 {
+        if self.encrypted {
+            volume_crypto::SECTOR_BYTES as u32
+        } else {
+            1
+        }
+    }
+
+    /// Runs one request, encrypting what it writes and decrypting what it
+    /// reads when the volume is encrypted.
+    pub async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
+        if !self.encrypted {
+            return self.execute_on_master(op).await;
+        }
+        let cipher = self
+            .ctx
+            .keys
+            .get(&self.name)
+            .ok_or_else(|| NodeError::KeyNotLoaded {
+                volume: self.name.clone(),
+            })?;
+        let misaligned = |err: volume_crypto::CryptoError| NodeError::Misaligned {
+            volume: self.name.clone(),
+            reason: err.to_string(),
+        };
+        match op {
+            BlockOp::Read { offset, length } => {
+                SectorCipher::check_aligned(offset, length as u64).map_err(misaligned)?;
+                let mut data = self
+                    .execute_on_master(BlockOp::Read { offset, length })
+                    .await?
+                    .unwrap_or_default();
+                cipher.decrypt(offset, &mut data).map_err(misaligned)?;
+                Ok(Some(data))
+            }
+            BlockOp::Write { offset, data, fua } => {
+                let mut sealed = data.to_vec();
+                cipher.encrypt(offset, &mut sealed).map_err(misaligned)?;
+                self.execute_on_master(BlockOp::Write {
+                    offset,
+                    data: sealed.into(),
+                    fua,
+                })
+                .await
+            }
+            BlockOp::WriteZeroes {
+                offset,
+                length,
+                punch,
+                fua,
+            } => {
+                // Zero ciphertext sectors read back as zeros (see volume_crypto).
+                SectorCipher::check_aligned(offset, length).map_err(misaligned)?;
+                self.execute_on_master(BlockOp::WriteZeroes {
+                    offset,
+                    length,
+                    punch,
+                    fua,
+                })
+                .await
+            }
+            BlockOp::Flush => self.execute_on_master(BlockOp::Flush).await,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -67,7 +138,7 @@ impl Presenter {
     }
 
     /// Runs one request on the current master, waiting out a failover.
-    pub async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
+    async fn execute_on_master(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
         let started = Instant::now();
         let mut changes = None;
         let mut waited = false;
