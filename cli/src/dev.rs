@@ -112,6 +112,8 @@ pub struct UpOptions {
     pub hash_upkeep: bool,
     /// The registry's `--replace-after` (default: its own).
     pub replace_after: Option<String>,
+    /// The registry's `--cert-lifetime` (default: its own, 30 days).
+    pub cert_lifetime: Option<String>,
 }
 
 /// True if `pid` is a live (not zombie) process.
@@ -279,6 +281,10 @@ fn up_with_etcd(
                 format!("--metrics-addr={registry_metrics}"),
                 format!("--state-dir={}", trust.control_dir.display()),
                 format!(
+                    "--cert-lifetime={}",
+                    options.cert_lifetime.as_deref().unwrap_or("30d")
+                ),
+                format!(
                     "--replace-after={}",
                     options.replace_after.as_deref().unwrap_or("10m")
                 ),
@@ -406,6 +412,9 @@ fn up_embedded(
     if let Some(replace_after) = &options.replace_after {
         args.push(format!("--replace-after={replace_after}"));
     }
+    if let Some(cert_lifetime) = &options.cert_lifetime {
+        args.push(format!("--cert-lifetime={cert_lifetime}"));
+    }
     let child = spawn_self(&args, &log)?;
     let pid = child.id();
     let mut children = vec![("federation".to_string(), child, log.clone())];
@@ -522,6 +531,7 @@ pub struct ServeOptions {
     pub capacity: Option<String>,
     pub hash_upkeep: bool,
     pub replace_after: std::time::Duration,
+    pub cert_lifetime: std::time::Duration,
 }
 
 /// The one-process federation: embedded store, registry and every node.
@@ -560,6 +570,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             replica_timeout: DEFAULT_REPLICA_TIMEOUT,
             sync_rate_limit: 0,
             control_listen: "127.0.0.1:0".into(),
+            block_advertise: None,
             security: storage_node::security::NodeSecurityConfig {
                 tls_dir: data_dir_tls,
                 registry: Some(format!("https://{}", options.admin_listen)),
@@ -590,7 +601,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             state_dir: trust.control_dir.clone(),
             operator_ca: None,
             admin_names: vec!["localhost".into(), "127.0.0.1".into()],
-            cert_lifetime: tether_tls::DEFAULT_CERT_LIFETIME,
+            cert_lifetime: options.cert_lifetime,
         },
     };
     let mut registry_stopped = stopped.clone();

@@ -92,6 +92,10 @@ enum DevCommand {
         /// Replace a copy whose node stays down this long (e.g. 30s, 10m).
         #[arg(long)]
         replace_after: Option<String>,
+        /// Lifetime of the certificates the cluster CA issues (e.g. 30d);
+        /// holders renew after two thirds of it.
+        #[arg(long)]
+        cert_lifetime: Option<String>,
     },
     /// Stop the federation in --dir (its data stays; `dev up` brings it back).
     Down,
@@ -110,6 +114,8 @@ enum DevCommand {
         no_hash_upkeep: bool,
         #[arg(long, default_value = "10m", value_parser = tether_common::size::parse_duration)]
         replace_after: std::time::Duration,
+        #[arg(long, default_value = "30d", value_parser = tether_common::size::parse_duration)]
+        cert_lifetime: std::time::Duration,
     },
 }
 
@@ -197,9 +203,9 @@ enum DaemonCommand {
         data_dir: PathBuf,
     },
     /// A storage node.
-    Node(storage_node::config::NodeArgs),
+    Node(Box<storage_node::config::NodeArgs>),
     /// The cluster registry (admin API).
-    Registry(cluster_registry::RegistryArgs),
+    Registry(Box<cluster_registry::RegistryArgs>),
 }
 
 fn main() {
@@ -550,8 +556,13 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             capacity,
             no_hash_upkeep,
             replace_after,
+            cert_lifetime,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
+            if let Some(lifetime) = cert_lifetime {
+                tether_common::size::parse_duration(lifetime)
+                    .map_err(|err| anyhow::anyhow!("--cert-lifetime: {err}"))?;
+            }
             if let Some(capacity) = capacity {
                 parse_size(capacity)?;
             }
@@ -566,6 +577,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 capacity: capacity.clone(),
                 hash_upkeep: !no_hash_upkeep,
                 replace_after: replace_after.clone(),
+                cert_lifetime: cert_lifetime.clone(),
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);
@@ -605,6 +617,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             capacity,
             no_hash_upkeep,
             replace_after,
+            cert_lifetime,
         } => {
             telemetry::init_logging(cli.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
@@ -617,6 +630,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 capacity: capacity.clone(),
                 hash_upkeep: !no_hash_upkeep,
                 replace_after: *replace_after,
+                cert_lifetime: *cert_lifetime,
             }))
         }
     }
@@ -668,7 +682,7 @@ fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<
             );
         }
         DaemonCommand::Node(args) => {
-            let config = storage_node::NodeConfig::from_args(args.clone())?;
+            let config = storage_node::NodeConfig::from_args(args.as_ref().clone())?;
             if let Some(addr) = config.metrics_addr {
                 telemetry::serve_metrics(addr)?;
             }

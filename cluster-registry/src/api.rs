@@ -411,6 +411,7 @@ async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeVie
         io_backend: up.map_or_else(|| "-".to_string(), |node| node.io_backend.clone()),
         labels: up.map(|node| node.labels.clone()).unwrap_or_default(),
         block_addr: up.and_then(|node| node.block_addr.clone()),
+        control_addr: up.and_then(|node| node.control_addr.clone()),
     };
     let mut views: Vec<NodeView> = nodes
         .iter()

@@ -98,3 +98,38 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     );
     Ok(body.to_string())
 }
+
+/// `fio --ioengine=nbd` writing random 16 KiB blocks over `size` bytes at
+/// `offset`, then reading every one back and checking its crc32c.
+pub fn fio_verify(uri: &str, offset: &str, size: &str, seed: u64) -> std::process::Child {
+    std::process::Command::new("fio")
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=16k",
+            "--iodepth=16",
+            &format!("--offset={offset}"),
+            &format!("--size={size}"),
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            &format!("--randseed={seed}"),
+            "--output-format=terse",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fio runs")
+}
+
+/// Waits for a client process and fails the test with its output if it failed.
+pub fn finish(child: std::process::Child, what: &str) {
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+}

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use tether_tls::{CertificateAuthority, Identity};
 
 /// The `tether` binary: `TETHER_BIN`, else `target/<profile>/tether`.
 pub fn tether_bin() -> PathBuf {
@@ -37,6 +38,7 @@ pub struct FederationBuilder {
     capacity: Option<String>,
     hash_upkeep: bool,
     replace_after: Option<String>,
+    cert_lifetime: Option<String>,
 }
 
 impl Default for FederationBuilder {
@@ -47,6 +49,7 @@ impl Default for FederationBuilder {
             capacity: None,
             hash_upkeep: true,
             replace_after: None,
+            cert_lifetime: None,
         }
     }
 }
@@ -69,6 +72,11 @@ impl FederationBuilder {
     /// The registry replaces a copy whose node stays down this long.
     pub fn replace_after(mut self, after: &str) -> Self {
         self.replace_after = Some(after.to_string());
+        self
+    }
+    /// Lifetime of the certificates the cluster CA issues.
+    pub fn cert_lifetime(mut self, lifetime: &str) -> Self {
+        self.cert_lifetime = Some(lifetime.to_string());
         self
     }
     pub fn capacity(mut self, capacity: &str) -> Self {
@@ -129,6 +137,9 @@ impl DevFederation {
         if let Some(after) = &self.builder.replace_after {
             args.push(format!("--replace-after={after}"));
         }
+        if let Some(lifetime) = &self.builder.cert_lifetime {
+            args.push(format!("--cert-lifetime={lifetime}"));
+        }
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.tether_ok(&arg_refs)?;
         let json = std::fs::read(self.dir().join("federation.json"))?;
@@ -185,6 +196,28 @@ impl DevFederation {
             &format!("unix:{}", socket.display()),
         ])?;
         Ok(uri.trim().to_string())
+    }
+
+    /// Credentials for `identity` from the cluster's own CA (as an operator
+    /// holding the CA could make), valid for `validity` (default: an hour
+    /// from now), in a new directory (tls.crt, tls.key, ca.crt).
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        validity: Option<(SystemTime, SystemTime)>,
+    ) -> PathBuf {
+        let ca =
+            CertificateAuthority::load_or_create(&self.dir().join("central/control/ca"), "central")
+                .expect("the dev CA loads");
+        issue_from(&ca, identity, validity, &self.dir().join("issued"))
+    }
+
+    /// Everything the registry logged.
+    pub fn registry_log(&self) -> String {
+        let path = self.info["clusters"][0]["registry"]["log"]
+            .as_str()
+            .unwrap();
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     /// The node entries of `federation.json`.
@@ -358,4 +391,68 @@ pub fn wait_gone(pid: u32) {
         }
     }
     panic!("process {pid} did not exit");
+}
+
+/// Credentials for `identity` from `ca`, saved under `parent`.
+pub fn issue_from(
+    ca: &CertificateAuthority,
+    identity: &Identity,
+    validity: Option<(SystemTime, SystemTime)>,
+    parent: &Path,
+) -> PathBuf {
+    let now = SystemTime::now();
+    let (from, until) = validity.unwrap_or((
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    ));
+    let credentials = ca
+        .issue_credentials_valid(identity, &[], from, until)
+        .expect("the CA issues");
+    let dir = parent.join(format!(
+        "{}-{}-{}",
+        identity.role,
+        identity.name,
+        until
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    ));
+    credentials.save(&dir).expect("credentials save");
+    dir
+}
+
+/// A blocking TLS stream, as a test client of a Tether endpoint.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// Opens TLS to `addr` as the holder of `credentials` (none: no client
+/// certificate), trusting `trust_pem`, expecting the server's certificate to
+/// name `server` (a DNS name or an IP). The handshake is driven to its end;
+/// a refusal of the client's certificate shows on the first read.
+pub fn tls_connect(
+    addr: &str,
+    credentials: Option<&Path>,
+    trust_pem: &str,
+    server: &str,
+) -> anyhow::Result<TlsStream> {
+    let config = match credentials {
+        Some(dir) => {
+            let credentials = tether_tls::Credentials::load(dir)?;
+            Arc::new(tether_tls::TlsContext::new(&credentials)?.client_config_with_alpn(vec![]))
+        }
+        None => tether_tls::anonymous_client_config(trust_pem)?,
+    };
+    let name = rustls::pki_types::ServerName::try_from(server.to_string())?;
+    let mut connection = rustls::ClientConnection::new(config, name)?;
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while connection.is_handshaking() {
+        connection.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(connection, tcp))
+}
+
+/// True if the server closed (or failed) the stream instead of answering.
+pub fn refused(stream: &mut impl std::io::Read) -> bool {
+    let mut buf = [0u8; 64];
+    !matches!(stream.read(&mut buf), Ok(n) if n > 0)
 }

@@ -8,9 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use multicluster_tests::clients::{qemu_img_convert, qemu_io};
-use multicluster_tests::harness::DevFederation;
+use multicluster_tests::clients::{finish, fio_verify, qemu_img_convert, qemu_io};
+use multicluster_tests::harness::{refused, tls_connect, DevFederation, TlsStream};
 use serde_json::Value;
+use tether_tls::{Identity, Role};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -94,38 +95,6 @@ fn replicas_of(view: &Value) -> Vec<String> {
         .filter(|copy| copy["role"] == "replica")
         .map(|copy| copy["node"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn fio_verify(uri: &str, offset: &str, size: &str, seed: u64) -> std::process::Child {
-    std::process::Command::new("fio")
-        .args([
-            "--name=verify",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=16k",
-            "--iodepth=16",
-            &format!("--offset={offset}"),
-            &format!("--size={size}"),
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            &format!("--randseed={seed}"),
-            "--output-format=terse",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("fio runs")
-}
-
-fn finish(child: std::process::Child, what: &str) {
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
 }
 
 fn metric(federation: &DevFederation, node: &str, name: &str) -> f64 {
@@ -464,14 +433,12 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
         .as_str()
         .unwrap()
         .to_string();
-    let open = || {
-        let stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream
-    };
-    let exchange = |stream: &mut std::net::TcpStream, frame: Frame| -> Frame {
+    // A node of this cluster (certified by its CA) that holds no copy.
+    let rogue = federation.issue(&Identity::new("central", Role::Node, "node-9"), None);
+    let trust = std::fs::read_to_string(rogue.join("ca.crt")).unwrap();
+    let server = Identity::new("central", Role::Node, &replica).dns_name();
+    let open = || tls_connect(&addr, Some(&rogue), &trust, &server).unwrap();
+    let exchange = |stream: &mut TlsStream, frame: Frame| -> Frame {
         let mut out = bytes::BytesMut::new();
         encode_frame(&frame, &mut out);
         stream.write_all(&out).unwrap();
@@ -487,8 +454,11 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
         }
     };
 
-    // Garbage: the stream is closed, nothing else happens.
-    let mut stranger = open();
+    // Plaintext garbage: the stream is closed, nothing else happens.
+    let mut stranger = std::net::TcpStream::connect(&addr).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stranger
         .write_all(b"GET / HTTP/1.1\r\nHost: tether\r\n\r\n")
         .unwrap();
@@ -498,12 +468,17 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
         0,
         "garbage closes the stream"
     );
+    // Garbage inside TLS from a certified node: closed as well.
+    let mut garbage = open();
+    garbage.write_all(&[0xff; 64]).unwrap();
+    garbage.flush().unwrap();
+    assert!(refused(&mut garbage), "a malformed frame closes the stream");
 
     // A replication stream for a volume this node does not hold: ENOENT.
     let mut unknown = open();
     let hello = Frame::Hello {
         volume: "nope".into(),
-        node: "intruder".into(),
+        node: "node-9".into(),
         epoch: 1,
     };
     assert_eq!(
@@ -515,7 +490,7 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
     let mut client = open();
     let hello = Frame::Hello {
         volume: "guard".into(),
-        node: "intruder".into(),
+        node: "node-9".into(),
         epoch: 0,
     };
     assert_eq!(

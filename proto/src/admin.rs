@@ -44,6 +44,9 @@ pub struct NodeView {
     /// Where the node takes block frames (replication, Delta Sync, presenting).
     #[serde(default)]
     pub block_addr: Option<String>,
+    /// Where the node serves its control RPCs (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_addr: Option<String>,
 }
 
 /// One copy of a volume.

@@ -130,13 +130,17 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         },
     )
     .await?;
+    let advertised = config
+        .block_advertise
+        .clone()
+        .unwrap_or_else(|| block_addr.to_string());
     let agent = Arc::new(Agent {
         config,
         store: store.clone(),
         pool,
         lease,
         group,
-        block_addr: block_addr.to_string(),
+        block_addr: advertised,
         control_addr: control_addr.to_string(),
         controllers: Default::default(),
         servers: Mutex::new(HashMap::new()),

@@ -63,6 +63,10 @@ pub struct NodeArgs {
     /// Delta Sync copy rate limit per volume, e.g. 100MiB (per second); default: none.
     #[arg(long)]
     pub sync_rate_limit: Option<String>,
+    /// The block address other nodes are told to use (default: the bound
+    /// --block-listen address), for NAT or a proxy in front of the node.
+    #[arg(long)]
+    pub block_advertise: Option<String>,
     /// Where to serve the node's control RPCs (mutual TLS; the registry calls them).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub control_listen: String,
@@ -105,6 +109,8 @@ pub struct NodeConfig {
     pub sync_rate_limit: u64,
     /// Address of the control RPCs (port 0 picks one).
     pub control_listen: String,
+    /// The block address registered for other nodes (default: the bound one).
+    pub block_advertise: Option<String>,
     pub security: NodeSecurityConfig,
 }
 
@@ -149,6 +155,7 @@ impl NodeConfig {
         Ok(Self {
             security,
             control_listen: args.control_listen,
+            block_advertise: args.block_advertise,
             cluster: args.cluster,
             node: args.name,
             data_dir: args.data_dir,

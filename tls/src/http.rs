@@ -75,16 +75,22 @@ pub async fn serve(
 
 /// rustls's reason, with what it usually means for an operator reading the log.
 pub fn explain(reason: String) -> String {
-    let hint = if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+    let lower = reason.to_lowercase();
+    let has = |needles: &[&str]| needles.iter().any(|needle| lower.contains(needle));
+    let hint = if has(&["received fatal alert"]) {
+        "the client rejected this server's certificate (does it trust another CA?)"
+    } else if has(&["invalidcontenttype", "corrupt message"]) {
         "not TLS: a plaintext client"
-    } else if reason.contains("CertificateRequired") || reason.contains("no certificates") {
+    } else if has(&["certificaterequired", "no certificates"]) {
         "the client sent no certificate"
-    } else if reason.contains("Expired") {
+    } else if has(&["expired"]) {
         "the client's certificate has expired"
-    } else if reason.contains("UnknownIssuer")
-        || reason.contains("BadSignature")
-        || reason.contains("DecryptError")
-    {
+    } else if has(&[
+        "unknownissuer",
+        "unknown issuer",
+        "badsignature",
+        "bad signature",
+    ]) {
         "the client's certificate is not from this cluster's CA"
     } else {
         return reason;

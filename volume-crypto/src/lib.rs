@@ -169,7 +169,7 @@ impl SectorCipher {
     /// Refuses I/O that does not cover whole sectors.
     pub fn check_aligned(offset: u64, length: u64) -> Result<(), CryptoError> {
         let sector = SECTOR_BYTES as u64;
-        if offset % sector == 0 && length % sector == 0 {
+        if offset.is_multiple_of(sector) && length.is_multiple_of(sector) {
             Ok(())
         } else {
             Err(CryptoError::Misaligned { offset, length })
