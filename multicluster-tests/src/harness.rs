@@ -456,3 +456,11 @@ pub fn refused(stream: &mut impl std::io::Read) -> bool {
     let mut buf = [0u8; 64];
     !matches!(stream.read(&mut buf), Ok(n) if n > 0)
 }
+
+/// True if a plaintext stream to a TLS port got nothing back but (at most)
+/// a TLS alert before being closed: no answer of the protocol behind it.
+pub fn closed_with_at_most_an_alert(stream: &mut impl std::io::Read) -> bool {
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer.is_empty() || answer[0] == 0x15
+}

@@ -16,12 +16,15 @@ use clap::Parser;
 
 #[path = "../groups_bench.rs"]
 mod groups_bench;
+#[path = "../security_bench.rs"]
+mod security_bench;
 use multicluster_tests::harness::DevFederation;
 use serde_json::Value;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: nbd, or groups (replication, failover, Delta Sync, etcd load).
+    /// Which benchmark: nbd, groups (replication, failover, Delta Sync, etcd
+    /// load), or security (encryption at rest, mutual TLS on replication).
     suite: String,
     /// Seconds per fio run.
     #[arg(long, default_value_t = 10)]
@@ -29,7 +32,8 @@ struct Args {
     /// Working-set size per target.
     #[arg(long, default_value = "1G")]
     size: String,
-    /// groups: run only these parts (write, failover, delta, etcd); default all.
+    /// Run only these parts (groups: write, failover, delta, etcd; security:
+    /// encryption, tls); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -266,9 +270,18 @@ fn main() -> anyhow::Result<()> {
             &args.only,
         );
     }
+    if args.suite == "security" {
+        eprintln!("machine: {}", machine());
+        return security_bench::run(
+            args.runtime,
+            &args.size,
+            multicluster_size(&args.size)?,
+            &args.only,
+        );
+    }
     anyhow::ensure!(
         args.suite == "nbd",
-        "unknown suite {:?} (available: nbd, groups)",
+        "unknown suite {:?} (available: nbd, groups, security)",
         args.suite
     );
     let work = tempfile::Builder::new()
