@@ -20,7 +20,13 @@ pub use credentials::{Credentials, KeyAndRequest};
 pub use error::TlsError;
 pub use identity::{Identity, Role};
 
-/// The rustls crypto provider every config here uses (ring: no C toolchain beyond cc).
+/// The rustls crypto provider every config here uses (ring: no C toolchain
+/// beyond cc), preferring AES-128-GCM: block streams carry every replicated
+/// byte, and it is the fastest of the standard suites on AES-NI machines.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    std::sync::Arc::new(provider)
 }
