@@ -142,6 +142,21 @@ impl Security {
         }
     }
 
+    /// Signs a CSR's key for `identity`: the answer to join and renew.
+    fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+    ) -> Result<Json<CertificateResponse>, RegistryError> {
+        let chain_pem = self
+            .ca
+            .sign_request(csr_pem, identity, &[], self.config.cert_lifetime)?;
+        Ok(Json(CertificateResponse {
+            chain_pem,
+            trust_pem: self.ca.trust_pem().to_string(),
+        }))
+    }
+
     /// Refuses a caller that is not one of `roles` of this cluster, with a
     /// log line naming who it was and what it asked for.
     pub fn require(
@@ -219,17 +234,9 @@ pub async fn join(
         });
     }
     let identity = Identity::new(&security.cluster, Role::Node, &request.node);
-    let chain_pem = security.ca.sign_request(
-        &request.csr_pem,
-        &identity,
-        &[],
-        security.config.cert_lifetime,
-    )?;
+    let answer = security.sign(&request.csr_pem, &identity)?;
     tracing::info!(peer = %peer.addr, node = %request.node, "node joined; issued its certificate");
-    Ok(Json(CertificateResponse {
-        chain_pem,
-        trust_pem: security.ca.trust_pem().to_string(),
-    }))
+    Ok(answer)
 }
 
 /// `POST /v1/renew`: a new certificate for the caller's own identity.
@@ -240,16 +247,8 @@ pub async fn renew(
 ) -> Result<Json<CertificateResponse>, RegistryError> {
     let security = &state.security;
     let identity = security.require(&peer, &[Role::Node], "POST /v1/renew")?;
-    let chain_pem = security.ca.sign_request(
-        &request.csr_pem,
-        &identity,
-        &[],
-        security.config.cert_lifetime,
-    )?;
+    let answer = security.sign(&request.csr_pem, &identity)?;
     tracing::info!(peer = %peer.addr, node = %identity.name, "renewed a node's certificate");
     metrics::counter!("tether_certificates_renewed_total", "role" => "node").increment(1);
-    Ok(Json(CertificateResponse {
-        chain_pem,
-        trust_pem: security.ca.trust_pem().to_string(),
-    }))
+    Ok(answer)
 }

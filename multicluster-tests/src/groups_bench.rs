@@ -320,15 +320,7 @@ fn delta_sync_vs_rsync() -> anyhow::Result<()> {
     multicluster_tests::clients::nbdcopy_in(&source, &uri)?;
     federation.wait_in_sync("delta", SYNC_TIMEOUT);
     let master = view["master"].as_str().unwrap().to_string();
-    let replica = view["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|copy| copy["role"] == "replica")
-        .unwrap()["node"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let replica = multicluster_tests::harness::replicas_of(&view)[0].clone();
 
     // 1 % of the chunks, chosen with a fixed seed, rewritten whole with new random bytes.
     let n_chunks = SIZE / CHUNK;

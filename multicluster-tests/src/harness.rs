@@ -212,6 +212,48 @@ impl DevFederation {
         issue_from(&ca, identity, validity, &self.dir().join("issued"))
     }
 
+    /// Creates a volume with `copies` copies and attaches it through the one
+    /// node that holds no copy, on a Unix socket; returns the view, the URI and
+    /// the presenting node.
+    pub fn create_presented(
+        &self,
+        name: &str,
+        size: &str,
+        copies: usize,
+    ) -> (Value, String, String) {
+        let replicas = copies.to_string();
+        self.tether_ok(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            size,
+            "--replicas",
+            &replicas,
+        ])
+        .unwrap();
+        let view = self.wait_in_sync(name, Duration::from_secs(60));
+        assert_eq!(view["copies"].as_array().unwrap().len(), copies, "{view}");
+        let presenter = self
+            .node_without_copy(&view)
+            .expect("a node without a copy");
+        let socket = self.dir().join(format!("{name}.sock"));
+        let uri = self
+            .tether_ok(&[
+                "volume",
+                "attach",
+                name,
+                "--nbd",
+                &format!("unix:{}", socket.display()),
+                "--node",
+                &presenter,
+            ])
+            .unwrap()
+            .trim()
+            .to_string();
+        (view, uri, presenter)
+    }
+
     /// Everything the registry logged.
     pub fn registry_log(&self) -> String {
         let path = self.info["clusters"][0]["registry"]["log"]
@@ -391,6 +433,17 @@ pub fn wait_gone(pid: u32) {
         }
     }
     panic!("process {pid} did not exit");
+}
+
+/// The replicas in a `volume get -o json` view.
+pub fn replicas_of(view: &Value) -> Vec<String> {
+    view["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|copy| copy["role"] == "replica")
+        .map(|copy| copy["node"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Credentials for `identity` from `ca`, saved under `parent`.

@@ -33,12 +33,15 @@ fn attach(federation: &DevFederation, name: &str, extra: &[&str]) -> anyhow::Res
     Ok(federation.tether_ok(&args)?.trim().to_string())
 }
 
-fn verdict(ratio: f64, target: f64) -> &'static str {
-    if ratio >= target {
-        "met"
-    } else {
-        "MISSED"
-    }
+/// One table row: the baseline, the secured run, their ratio against `target`.
+fn print_row(workload: &Workload, base: &Measured, secured: &Measured, target: f64) {
+    let ratio = secured.value / base.value;
+    let unit = if workload.iops { "IOPS" } else { "MB/s" };
+    let verdict = if ratio >= target { "met" } else { "MISSED" };
+    println!(
+        "| {} | {:.0} {unit} | {:.0} {unit} | {ratio:.2} | {:.2} / {:.2} | {verdict} |",
+        workload.name, base.value, secured.value, base.p99_ms, secured.p99_ms,
+    );
 }
 
 fn encryption_cost(runtime: u64, size: &str, size_bytes: u64) -> anyhow::Result<()> {
@@ -82,17 +85,7 @@ fn encryption_cost(runtime: u64, size: &str, size_bytes: u64) -> anyhow::Result<
     println!("| workload | plain | encrypted | encrypted / plain | p99 ms plain / encrypted | target >= 0.85 |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for (workload, plain_run, sealed_run) in &rows {
-        let ratio = sealed_run.value / plain_run.value;
-        let unit = if workload.iops { "IOPS" } else { "MB/s" };
-        println!(
-            "| {} | {:.0} {unit} | {:.0} {unit} | {ratio:.2} | {:.2} / {:.2} | {} |",
-            workload.name,
-            plain_run.value,
-            sealed_run.value,
-            plain_run.p99_ms,
-            sealed_run.p99_ms,
-            verdict(ratio, 0.85)
-        );
+        print_row(workload, plain_run, sealed_run, 0.85);
     }
     Ok(())
 }
@@ -160,17 +153,7 @@ fn transport_cost(runtime: u64, size: &str, size_bytes: u64) -> anyhow::Result<(
     println!("| workload | plaintext | mutual TLS (mean of 2) | TLS / plaintext | p99 ms plaintext / TLS | target >= 0.9 |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for ((workload, tls_run), plain_run) in workloads.iter().zip(&tls).zip(&plaintext) {
-        let ratio = tls_run.value / plain_run.value;
-        let unit = if workload.iops { "IOPS" } else { "MB/s" };
-        println!(
-            "| {} | {:.0} {unit} | {:.0} {unit} | {ratio:.2} | {:.2} / {:.2} | {} |",
-            workload.name,
-            plain_run.value,
-            tls_run.value,
-            plain_run.p99_ms,
-            tls_run.p99_ms,
-            verdict(ratio, 0.9)
-        );
+        print_row(workload, plain_run, tls_run, 0.9);
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use multicluster_tests::clients::{file_hash, fio_verify, nbdcopy_in, nbdcopy_out, qemu_io};
 use multicluster_tests::harness::{
-    closed_with_at_most_an_alert, issue_from, refused, tls_connect, DevFederation,
+    closed_with_at_most_an_alert, issue_from, refused, replicas_of, tls_connect, DevFederation,
 };
 use tether_tls::{CertificateAuthority, Identity, Role};
 
@@ -275,49 +275,15 @@ fn certificates_renew_under_io_without_a_failed_request() {
         .cert_lifetime("12s")
         .start()
         .unwrap();
-    federation
-        .tether_ok(&[
-            "volume",
-            "create",
-            "steady",
-            "--size",
-            "256MiB",
-            "--replicas",
-            "2",
-        ])
-        .unwrap();
-    let view = federation.wait_in_sync("steady", SYNC_TIMEOUT);
+    // Presented from the node without a copy: client streams cross TLS too.
+    let (view, uri, _presenter) = federation.create_presented("steady", "256MiB", 2);
     let holders: Vec<String> = view["copies"]
         .as_array()
         .unwrap()
         .iter()
         .map(|copy| copy["node"].as_str().unwrap().to_string())
         .collect();
-    let replica = view["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|copy| copy["role"] == "replica")
-        .unwrap()["node"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // Presented from the node without a copy: client streams cross TLS too.
-    let presenter = federation.node_without_copy(&view).unwrap();
-    let socket = federation.dir().join("steady.sock");
-    let uri = federation
-        .tether_ok(&[
-            "volume",
-            "attach",
-            "steady",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-            "--node",
-            &presenter,
-        ])
-        .unwrap()
-        .trim()
-        .to_string();
+    let replica = replicas_of(&view)[0].clone();
 
     // Writes run, and are verified, while every node renews twice; then a
     // replica restarts, so new streams need the renewed certificates.
@@ -507,6 +473,16 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
         federation.tether(&args)
     };
 
+    let attach_with_key = || {
+        let output = attach(Some(&key_file));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+
     // Without its key, or with a wrong one: refused, one clear line.
     for (key, expected) in [
         (
@@ -543,13 +519,7 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
     );
     assert!(!socket.exists(), "nothing was presented without the key");
 
-    let output = attach(Some(&key_file));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let uri = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let uri = attach_with_key();
     // A known pattern: 8 MiB of a canary text.
     const CANARY: &[u8] = b"TETHER-PLAINTEXT-CANARY:the quick brown fox|";
     let pattern = federation.dir().join("pattern.bin");
@@ -644,13 +614,7 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
         .tether_ok(&["volume", "detach", "secret"])
         .unwrap();
     assert!(!attach(Some(&wrong_file)).status.success());
-    let output = attach(Some(&key_file));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let uri = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let uri = attach_with_key();
     nbdcopy_out(&uri, &back).unwrap();
     assert_eq!(
         file_hash(&back, 8 << 20).unwrap(),

@@ -10,55 +10,12 @@ use std::time::{Duration, Instant};
 
 use multicluster_tests::clients::{finish, fio_verify, qemu_img_convert, qemu_io};
 use multicluster_tests::harness::{
-    closed_with_at_most_an_alert, refused, tls_connect, DevFederation, TlsStream,
+    closed_with_at_most_an_alert, refused, replicas_of, tls_connect, DevFederation, TlsStream,
 };
 use serde_json::Value;
 use tether_tls::{Identity, Role};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Creates a volume with `copies` copies and attaches it through the one
-/// node that holds no copy, on a Unix socket; returns the view, the URI and
-/// the presenting node.
-fn create_presented(
-    federation: &DevFederation,
-    name: &str,
-    size: &str,
-    copies: usize,
-) -> (Value, String, String) {
-    let replicas = copies.to_string();
-    federation
-        .tether_ok(&[
-            "volume",
-            "create",
-            name,
-            "--size",
-            size,
-            "--replicas",
-            &replicas,
-        ])
-        .unwrap();
-    let view = federation.wait_in_sync(name, SYNC_TIMEOUT);
-    assert_eq!(view["copies"].as_array().unwrap().len(), copies, "{view}");
-    let presenter = federation
-        .node_without_copy(&view)
-        .expect("a node without a copy");
-    let socket = federation.dir().join(format!("{name}.sock"));
-    let uri = federation
-        .tether_ok(&[
-            "volume",
-            "attach",
-            name,
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-            "--node",
-            &presenter,
-        ])
-        .unwrap()
-        .trim()
-        .to_string();
-    (view, uri, presenter)
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -89,16 +46,6 @@ fn finished_sync(federation: &DevFederation, name: &str, node: &str, since_ms: u
         .clone()
 }
 
-fn replicas_of(view: &Value) -> Vec<String> {
-    view["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|copy| copy["role"] == "replica")
-        .map(|copy| copy["node"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn metric(federation: &DevFederation, node: &str, name: &str) -> f64 {
     let addr = federation.node(node)["metrics"]
         .as_str()
@@ -114,7 +61,7 @@ fn metric(federation: &DevFederation, node: &str, name: &str) -> f64 {
 #[test]
 fn kill_9_of_the_master_under_verifying_writes_fails_over_without_losing_a_write() {
     let federation = DevFederation::builder().nodes(3).start().unwrap();
-    let (view, uri, presenter) = create_presented(&federation, "ha", "256MiB", 2);
+    let (view, uri, presenter) = federation.create_presented("ha", "256MiB", 2);
     let master = view["master"].as_str().unwrap().to_string();
     let replica = replicas_of(&view)[0].clone();
     let epoch = view["epoch"].as_u64().unwrap();
@@ -158,7 +105,7 @@ fn kill_9_of_the_master_under_verifying_writes_fails_over_without_losing_a_write
 #[test]
 fn a_replica_that_comes_back_copies_only_the_chunks_that_changed() {
     let federation = DevFederation::builder().nodes(3).start().unwrap();
-    let (view, uri, _) = create_presented(&federation, "catchup", "256MiB", 2);
+    let (view, uri, _) = federation.create_presented("catchup", "256MiB", 2);
     let master = view["master"].as_str().unwrap().to_string();
     let replica = replicas_of(&view)[0].clone();
     qemu_io(&uri, &["write -P 0x11 0 48M", "flush"]).unwrap();
@@ -225,7 +172,7 @@ fn a_replica_that_comes_back_copies_only_the_chunks_that_changed() {
 #[test]
 fn a_paused_master_is_fenced_and_its_late_writes_do_not_win() {
     let federation = DevFederation::builder().nodes(3).start().unwrap();
-    let (view, uri, _) = create_presented(&federation, "fence", "64MiB", 2);
+    let (view, uri, _) = federation.create_presented("fence", "64MiB", 2);
     let master = view["master"].as_str().unwrap().to_string();
     let replica = replicas_of(&view)[0].clone();
     qemu_io(&uri, &["write -P 0x11 0 1M", "flush"]).unwrap();
@@ -261,7 +208,7 @@ fn a_paused_master_is_fenced_and_its_late_writes_do_not_win() {
 #[test]
 fn random_faults_under_load_leave_every_copy_identical() {
     let federation = DevFederation::builder().nodes(4).start().unwrap();
-    let (view, uri, _) = create_presented(&federation, "chaos", "64MiB", 3);
+    let (view, uri, _) = federation.create_presented("chaos", "64MiB", 3);
     let copies: Vec<String> = view["copies"]
         .as_array()
         .unwrap()

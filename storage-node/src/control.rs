@@ -18,7 +18,7 @@ use tether_tls::http::Peer;
 use tether_tls::{ClientAuth, Role, TlsContext};
 use volume_crypto::{DataKey, SectorCipher};
 
-use crate::error::{NodeError, Result};
+use crate::error::Result;
 
 #[derive(Clone)]
 pub struct ControlState {
@@ -32,19 +32,7 @@ pub async fn listen(
     tls: Arc<TlsContext>,
     state: ControlState,
 ) -> Result<std::net::SocketAddr> {
-    let listener =
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|err| NodeError::BadEndpoint {
-                endpoint: addr.to_string(),
-                reason: format!("cannot listen for control RPCs: {err}"),
-            })?;
-    let local = listener
-        .local_addr()
-        .map_err(|err| NodeError::BadEndpoint {
-            endpoint: addr.to_string(),
-            reason: err.to_string(),
-        })?;
+    let (listener, local) = crate::bind(addr, "control RPCs").await?;
     let router = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/volumes/{name}/key", put(load_key).delete(unload_key))

@@ -26,3 +26,17 @@ pub mod security;
 pub use agent::run;
 pub use config::NodeConfig;
 pub use error::{NodeError, Result};
+
+/// Binds a TCP listener for `what`; the error names the address.
+pub(crate) async fn bind(
+    addr: &str,
+    what: &str,
+) -> error::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let failed = |err: std::io::Error| error::NodeError::BadEndpoint {
+        endpoint: addr.to_string(),
+        reason: format!("cannot listen for {what}: {err}"),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}

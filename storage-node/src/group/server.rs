@@ -37,19 +37,7 @@ const EINVAL: u32 = 22;
 
 /// Binds `addr` and serves until the runtime stops; returns the bound address.
 pub async fn listen(addr: &str, ctx: Arc<GroupContext>, pool: Arc<Pool>) -> Result<SocketAddr> {
-    let listener =
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|err| NodeError::BadEndpoint {
-                endpoint: addr.to_string(),
-                reason: format!("cannot listen for block streams: {err}"),
-            })?;
-    let local = listener
-        .local_addr()
-        .map_err(|err| NodeError::BadEndpoint {
-            endpoint: addr.to_string(),
-            reason: err.to_string(),
-        })?;
+    let (listener, local) = crate::bind(addr, "block streams").await?;
     tokio::spawn(
         async move {
             loop {
