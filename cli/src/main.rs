@@ -68,6 +68,9 @@ enum Commands {
     /// Volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// The cluster's CA: issue credentials (run where the control plane's state is).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Run a daemon in the foreground (what `dev up` starts).
     #[command(subcommand, hide = true)]
     Daemon(DaemonCommand),
@@ -194,6 +197,36 @@ enum VolumeCommand {
 }
 
 #[derive(Subcommand)]
+enum CaCommand {
+    /// Issue a credential (tls.crt, tls.key at 0600, ca.crt) into --out,
+    /// e.g. an admin's for `tether --credentials DIR`.
+    Issue {
+        /// The registry's --state-dir (its CA is in state-dir/ca) ...
+        #[arg(long, required_unless_present = "ca_cert")]
+        state_dir: Option<PathBuf>,
+        /// ... or the operator's CA certificate and key.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        #[arg(long, requires = "ca_cert")]
+        ca_chain: Option<PathBuf>,
+        #[arg(long, default_value = "central")]
+        cluster: String,
+        /// admin or node.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Who holds it (an operator's name, or a node's).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "365d", value_parser = tether_common::size::parse_duration)]
+        lifetime: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum DaemonCommand {
     /// Offline check of a stopped node's pool: open it (recovering hash lists
     /// as a restart would), recompute every chunk hash from the data and
@@ -298,6 +331,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Commands::Volume(volume) => run_volume(&cli, volume),
+        Commands::Ca(CaCommand::Issue {
+            state_dir,
+            ca_cert,
+            ca_key,
+            ca_chain,
+            cluster,
+            role,
+            name,
+            out,
+            lifetime,
+        }) => {
+            use tether_tls::{CertificateAuthority, Identity, Role};
+            let role = match role.as_str() {
+                "admin" => Role::Admin,
+                "node" => Role::Node,
+                other => anyhow::bail!("--role {other}: issue admin or node credentials"),
+            };
+            let ca = match (ca_cert, ca_key, state_dir) {
+                (Some(cert), Some(key), _) => {
+                    CertificateAuthority::from_files(cert, key, ca_chain.as_deref())?
+                }
+                (_, _, Some(state_dir)) => {
+                    let dir = state_dir.join(cluster_registry::security::CA_DIR);
+                    anyhow::ensure!(
+                        dir.join("ca.key").exists(),
+                        "no CA in {} (is --state-dir the registry's?)",
+                        dir.display()
+                    );
+                    CertificateAuthority::load_or_create(&dir, cluster)?
+                }
+                _ => anyhow::bail!("pass --state-dir, or --ca-cert and --ca-key"),
+            };
+            let identity = Identity::new(cluster, role, name);
+            ca.issue_credentials(&identity, &[], *lifetime)?.save(out)?;
+            println!(
+                "issued {} to {} (valid {} days)",
+                identity.uri(),
+                out.display(),
+                lifetime.as_secs() / 86400
+            );
+            Ok(())
+        }
     }
 }
 

@@ -103,8 +103,25 @@ fn every_endpoint_refuses_plaintext_and_strangers() {
     let admin_cert = federation.dir().join("admin");
 
     // --- The admin API ---
-    // The dev admin credential works.
+    // The dev admin credential works, and so does one an operator issues.
     federation.tether_ok(&["volume", "list"]).unwrap();
+    let alice = federation.dir().join("alice");
+    let state = federation.dir().join("central/control");
+    federation
+        .tether_ok(&[
+            "ca",
+            "issue",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--name",
+            "alice",
+            "--out",
+            alice.to_str().unwrap(),
+        ])
+        .unwrap();
+    federation
+        .tether_ok(&["--credentials", alice.to_str().unwrap(), "volume", "list"])
+        .unwrap();
     // Plaintext HTTP.
     let plaintext = ureq::get(&format!("http://{admin}/v1/volumes")).call();
     assert!(plaintext.is_err(), "plaintext HTTP answered");
