@@ -638,6 +638,39 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
         written,
         "data intact after a wrong-key attempt"
     );
+
+    // The presenting node restarts: the key went with its memory, so it
+    // does not present the volume until the user attaches again with it.
+    let cmdline = federation.kill_node_gracefully("node-1");
+    federation.start_node("node-1", &cmdline);
+    let node1_log = || federation.node_log("node-1");
+    wait_for_log("node-1", "its key is not loaded on node node-1", node1_log);
+    assert!(
+        qemu_io(&uri, &["read 0 4k"]).is_err(),
+        "served without its key after a restart"
+    );
+    let output = federation.tether(&[
+        "volume",
+        "attach",
+        "secret",
+        "--nbd",
+        &endpoint,
+        "--node",
+        "node-1",
+        "--encrypt-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    nbdcopy_out(&uri, &back).unwrap();
+    assert_eq!(
+        file_hash(&back, 8 << 20).unwrap(),
+        written,
+        "data intact after the presenting node restarted"
+    );
 }
 
 fn hex_of(bytes: &[u8]) -> String {

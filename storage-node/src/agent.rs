@@ -163,10 +163,14 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
     );
     let keep_alive = tokio::spawn(agent.clone().keep_alive_loop().in_current_span());
     let reconcile = tokio::spawn(agent.clone().reconcile_loop().in_current_span());
+    let (keys_loaded, loaded) = tokio::sync::mpsc::unbounded_channel();
+    agent.group.keys.on_load(keys_loaded);
+    let key_loop = tokio::spawn(agent.clone().key_loaded_loop(loaded).in_current_span());
     let status = tokio::spawn(agent.clone().status_loop().in_current_span());
     shutdown.await;
     tracing::info!(node = %agent.config.node, "shutting down");
     reconcile.abort();
+    key_loop.abort();
     renewer.abort();
     status.abort();
     keep_alive.abort();
@@ -353,6 +357,19 @@ impl Agent {
     /// Brings the local state of one volume in line with its spec: a copy
     /// (with its group controller) if this node holds one, and NBD
     /// listeners for the attachments this node presents.
+    /// Presents what waited for a key that just arrived.
+    async fn key_loaded_loop(
+        self: Arc<Self>,
+        mut loaded: tokio::sync::mpsc::UnboundedReceiver<crate::keys::KeyLoaded>,
+    ) {
+        while let Some((volume, done)) = loaded.recv().await {
+            if let Some(spec) = self.group.mirror.spec(&volume) {
+                self.apply_presenting(&spec).await;
+            }
+            let _ = done.send(());
+        }
+    }
+
     async fn apply(&self, spec: VolumeSpec) {
         if spec.copy_nodes().contains(&self.config.node) {
             self.apply_copy(&spec).await;
@@ -442,10 +459,12 @@ impl Agent {
             if spec.encryption.is_some() && self.group.keys.get(&spec.name).is_none() {
                 // Never present an encrypted volume without its key: the
                 // client would read ciphertext and write plaintext.
-                errors.push(format!(
+                let error = format!(
                     "volume {} is encrypted and its key is not loaded on node {} (attach again with --encrypt-key-file) for {endpoint}",
                     spec.name, self.config.node
-                ));
+                );
+                tracing::warn!(volume = %spec.name, %endpoint, "not presenting: {error}");
+                errors.push(error);
                 continue;
             }
             match nbd::serve(endpoint, presenter.clone()).await {

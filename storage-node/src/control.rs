@@ -140,7 +140,11 @@ async fn load_key(
     let key = DataKey::from_hex(&name, &request.data_key)
         .and_then(|key| key.verify(&name, &encryption.key_check).map(|()| key))
         .map_err(|err| refusal(StatusCode::BAD_REQUEST, "wrong_key", err.to_string()))?;
-    state.group.keys.insert(&name, SectorCipher::new(&key));
+    state
+        .group
+        .keys
+        .insert(&name, SectorCipher::new(&key))
+        .await;
     tracing::info!(volume = %name, "loaded the volume's data key (memory only)");
     Ok(Json(serde_json::json!({"ok": true})))
 }
