@@ -566,7 +566,7 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
     let data_key = volume_crypto::DataKey::unwrap("secret", &wrapped, &user)
         .unwrap()
         .to_hex();
-    let secrets: Vec<(&str, Vec<u8>)> = vec![
+    let mut secrets: Vec<(&str, Vec<u8>)> = vec![
         ("the canary", CANARY[..24].to_vec()),
         ("the user key", user_key.to_vec()),
         ("the user key in hex", hex_of(&user_key).into_bytes()),
@@ -578,11 +578,20 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
                 .collect(),
         ),
     ];
+    // The CA's private key lives in its own file (mode 0600) and nowhere else.
+    let ca_key_file = federation.dir().join("central/control/ca/ca.key");
+    let ca_key = std::fs::read_to_string(&ca_key_file).unwrap();
+    let ca_key_line = ca_key
+        .lines()
+        .find(|line| !line.starts_with("-----"))
+        .unwrap();
+    secrets.push(("the CA key", ca_key_line.as_bytes().to_vec()));
     let ignore = [
         pattern.clone(),
         back.clone(),
         key_file.clone(),
         wrong_file.clone(),
+        ca_key_file,
     ];
     let mut scanned = 0u64;
     for file in files_under(federation.dir()) {

@@ -53,6 +53,7 @@ pub async fn serve(
             let (tls, identity) = match accepted {
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(reason)) => {
+                    metrics::counter!("tether_tls_refused_total", "endpoint" => what).increment(1);
                     let reason = explain(reason);
                     tracing::warn!(endpoint = what, peer = %addr, reason = %reason, "refused a TLS client");
                     return;

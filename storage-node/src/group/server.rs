@@ -90,6 +90,7 @@ async fn accept_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool
             tracing::warn!(identity = ?identity.map(|identity| identity.uri()), "refused a block stream: only nodes of this cluster may open one");
         }
         Ok(Err(reason)) => {
+            metrics::counter!("tether_tls_refused_total", "endpoint" => "block").increment(1);
             let reason = tether_tls::http::explain(reason);
             tracing::warn!(%reason, "refused a block stream: TLS handshake failed")
         }
