@@ -366,9 +366,12 @@ fn certificates_renew_under_io_without_a_failed_request() {
         passes.load(Ordering::Relaxed) >= 1,
         "fio ran across the renewals"
     );
-    assert!(federation
+    // Renewal at two thirds of 12 s: a handful per node over the test, not a storm.
+    let issued = federation
         .registry_log()
-        .contains("renewed a node's certificate"));
+        .matches("renewed a node's certificate")
+        .count();
+    assert!((6..=60).contains(&issued), "{issued} renewals");
     for node in holders {
         assert!(
             !federation

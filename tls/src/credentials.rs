@@ -115,13 +115,13 @@ impl Credentials {
         Ok(now >= self.renew_at()?)
     }
 
-    /// When two thirds of the lifetime have passed.
+    /// When two thirds of the lifetime have passed, counted from issuance
+    /// (certificates start [`crate::ca::CLOCK_SKEW`] before they are issued).
     pub fn renew_at(&self) -> Result<SystemTime, TlsError> {
         let (not_before, not_after) = self.validity()?;
-        let lifetime = not_after
-            .duration_since(not_before)
-            .unwrap_or(Duration::ZERO);
-        Ok(not_before + lifetime * 2 / 3)
+        let issued = (not_before + crate::ca::CLOCK_SKEW).min(not_after);
+        let lifetime = not_after.duration_since(issued).unwrap_or(Duration::ZERO);
+        Ok(issued + lifetime * 2 / 3)
     }
 }
 
