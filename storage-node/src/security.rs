@@ -43,6 +43,17 @@ pub async fn establish(
 ) -> Result<Arc<TlsContext>> {
     let identity = Identity::new(cluster, Role::Node, node);
     match Credentials::load(&config.tls_dir) {
+        Ok(credentials)
+            if credentials.identity == identity
+                && config
+                    .trust_pem
+                    .as_ref()
+                    .is_some_and(|trust| trust.trim() != credentials.trust_pem.trim()) =>
+        {
+            tracing::warn!(
+                "this node's certificate is from another CA than --trust-ca names; joining again"
+            );
+        }
         Ok(credentials) if credentials.identity == identity => {
             let (_, not_after) = credentials.validity()?;
             if not_after > SystemTime::now() {
