@@ -259,20 +259,19 @@ fn unit(workload: Workload) -> &'static str {
     }
 }
 
+/// A suite's entry: runtime per fio run, working-set size (text and bytes), parts to run.
+type SuiteRun = fn(u64, &str, u64, &[String]) -> anyhow::Result<()>;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.suite == "groups" {
+    let suite: Option<SuiteRun> = match args.suite.as_str() {
+        "groups" => Some(groups_bench::run),
+        "security" => Some(security_bench::run),
+        _ => None,
+    };
+    if let Some(run) = suite {
         eprintln!("machine: {}", machine());
-        return groups_bench::run(
-            args.runtime,
-            &args.size,
-            multicluster_size(&args.size)?,
-            &args.only,
-        );
-    }
-    if args.suite == "security" {
-        eprintln!("machine: {}", machine());
-        return security_bench::run(
+        return run(
             args.runtime,
             &args.size,
             multicluster_size(&args.size)?,
