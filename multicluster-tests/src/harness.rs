@@ -437,11 +437,20 @@ pub fn wait_gone(pid: u32) {
 
 /// The replicas in a `volume get -o json` view.
 pub fn replicas_of(view: &Value) -> Vec<String> {
+    copies_where(view, |copy| copy["role"] == "replica")
+}
+
+/// Every node holding a copy in a `volume get -o json` view.
+pub fn copies_of(view: &Value) -> Vec<String> {
+    copies_where(view, |_| true)
+}
+
+fn copies_where(view: &Value, keep: impl Fn(&Value) -> bool) -> Vec<String> {
     view["copies"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|copy| copy["role"] == "replica")
+        .filter(|copy| keep(copy))
         .map(|copy| copy["node"].as_str().unwrap().to_string())
         .collect()
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use multicluster_tests::clients::{file_hash, fio_verify, nbdcopy_in, nbdcopy_out, qemu_io};
 use multicluster_tests::harness::{
-    closed_with_at_most_an_alert, issue_from, refused, replicas_of, tls_connect, DevFederation,
+    closed_with_at_most_an_alert, copies_of, issue_from, refused, replicas_of, tls_connect,
+    DevFederation,
 };
 use tether_tls::{CertificateAuthority, Identity, Role};
 
@@ -294,12 +295,7 @@ fn certificates_renew_under_io_without_a_failed_request() {
         .unwrap();
     // Presented from the node without a copy: client streams cross TLS too.
     let (view, uri, _presenter) = federation.create_presented("steady", "256MiB", 2);
-    let holders: Vec<String> = view["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|copy| copy["node"].as_str().unwrap().to_string())
-        .collect();
+    let holders = copies_of(&view);
     let replica = replicas_of(&view)[0].clone();
 
     // Writes run, and are verified, while every node renews twice; then a

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use multicluster_tests::clients::{finish, fio_verify, qemu_img_convert, qemu_io};
 use multicluster_tests::harness::{
-    closed_with_at_most_an_alert, refused, replicas_of, tls_connect, DevFederation, TlsStream,
+    closed_with_at_most_an_alert, copies_of, refused, replicas_of, tls_connect, DevFederation,
+    TlsStream,
 };
 use serde_json::Value;
 use tether_tls::{Identity, Role};
@@ -209,12 +210,7 @@ fn a_paused_master_is_fenced_and_its_late_writes_do_not_win() {
 fn random_faults_under_load_leave_every_copy_identical() {
     let federation = DevFederation::builder().nodes(4).start().unwrap();
     let (view, uri, _) = federation.create_presented("chaos", "64MiB", 3);
-    let copies: Vec<String> = view["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|copy| copy["node"].as_str().unwrap().to_string())
-        .collect();
+    let copies = copies_of(&view);
     // Verifying writers, one after another, until the faults are over.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = {

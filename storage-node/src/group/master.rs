@@ -38,6 +38,13 @@ pub struct Members {
     pub syncing: HashMap<String, Arc<BlockConn>>,
 }
 
+impl Members {
+    /// The ISR members other than the master `me`.
+    pub fn replicas<'a>(&'a self, me: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.record.isr.iter().filter(move |member| *member != me)
+    }
+}
+
 pub struct MasterState {
     pub ctx: Arc<GroupContext>,
     pub volume: Arc<Volume>,
@@ -158,13 +165,7 @@ impl MasterState {
     pub async fn start(self: &Arc<Self>) -> Result<()> {
         let members: Vec<String> = {
             let members = self.members.read().await;
-            members
-                .record
-                .isr
-                .iter()
-                .filter(|member| **member != self.ctx.node)
-                .cloned()
-                .collect()
+            members.replicas(&self.ctx.node).cloned().collect()
         };
         let attempts = join_all(members.iter().map(|node| self.connect(node))).await;
         let mut failed = Vec::new();
@@ -519,10 +520,7 @@ impl MasterState {
         let lost: Vec<String> = {
             let members = self.members.read().await;
             members
-                .record
-                .isr
-                .iter()
-                .filter(|node| **node != self.ctx.node)
+                .replicas(&self.ctx.node)
                 .filter(|node| {
                     self.ctx.mirror.node(node).is_none()
                         || members.links.get(*node).is_none_or(|conn| conn.is_dead())
