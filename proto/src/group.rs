@@ -87,6 +87,24 @@ impl GroupRecord {
         }
     }
 
+    /// The record a master commits when its own copy missed a write its
+    /// replicas `successors` took (a local write error): it leaves the ISR,
+    /// and the first successor is to take the lock next. Same epoch; the
+    /// lock is released in the same transaction.
+    pub fn abdicate(&self, successors: &[String]) -> GroupRecord {
+        let isr: Vec<String> = self
+            .isr
+            .iter()
+            .filter(|member| successors.contains(member) && **member != self.master)
+            .cloned()
+            .collect();
+        GroupRecord {
+            master: isr.first().cloned().unwrap_or_else(|| self.master.clone()),
+            isr,
+            ..self.clone()
+        }
+    }
+
     /// The record to commit once `member` has been reconciled by Delta Sync
     /// while receiving every live write.
     pub fn with(&self, member: &str) -> GroupRecord {
@@ -137,6 +155,21 @@ mod tests {
         assert_eq!(second.master, "b");
         assert_eq!(second.isr, names(&["b"]), "others resync after a promotion");
         assert_eq!(second.with("a").with("a").isr, names(&["b", "a"]));
+    }
+
+    #[test]
+    fn a_master_that_missed_a_write_hands_over_to_the_replicas_that_took_it() {
+        let group = GroupRecord::new(&names(&["a", "b", "c"]))
+            .promote("a")
+            .unwrap();
+        let handed = group.abdicate(&names(&["c"]));
+        assert_eq!(
+            (handed.master.as_str(), handed.isr.clone()),
+            ("c", names(&["c"]))
+        );
+        assert_eq!(handed.epoch, group.epoch);
+        assert_eq!(handed.promote("a"), Err(PromotionRefused::NotInSync));
+        assert_eq!(handed.promote("c").unwrap().epoch, group.epoch + 1);
     }
 
     #[test]

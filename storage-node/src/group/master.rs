@@ -7,7 +7,7 @@
 //! epoch has been seen (rule 3).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +18,11 @@ use tether_proto::block::Frame;
 use tether_proto::group::GroupRecord;
 use tokio::sync::RwLock;
 
+use super::order::{OrderGuard, WriteOrder};
 use super::transport::BlockConn;
 use super::{BlockOp, GroupContext};
 use crate::engine::Volume;
 use crate::error::{NodeError, Result};
-
-/// Copy-vs-write ordering (rule 5) locks chunks by stripe.
-const STRIPES: usize = 1024;
 
 /// Who receives this master's writes.
 pub struct Members {
@@ -53,9 +51,9 @@ pub struct MasterState {
     lease: i64,
     deposed: AtomicBool,
     pub members: RwLock<Members>,
-    stripes: Vec<RwLock<()>>,
-    /// Non-zero while a Delta Sync copies chunks: writes then take stripe locks.
-    syncs_active: AtomicUsize,
+    /// Overlapping writes (and Delta Sync's chunk copies) one after another,
+    /// so every copy applies them in the same order.
+    order: WriteOrder,
     /// Progress of each Delta Sync, by copy, for the status record.
     pub syncs: std::sync::Mutex<BTreeMap<String, SyncProgress>>,
 }
@@ -88,8 +86,7 @@ impl MasterState {
                 links: HashMap::new(),
                 syncing: HashMap::new(),
             }),
-            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
-            syncs_active: AtomicUsize::new(0),
+            order: WriteOrder::default(),
             syncs: Default::default(),
         })
     }
@@ -153,9 +150,7 @@ impl MasterState {
         )
         .await;
         if let Err(NodeError::NotMaster { epoch, .. }) = &conn {
-            if *epoch > self.epoch {
-                self.depose();
-            }
+            self.confirm_newer_epoch(*epoch).await;
         }
         conn
     }
@@ -264,19 +259,21 @@ impl MasterState {
             .iter()
             .all(|member| *member == self.ctx.node);
         if alone && members.syncing.is_empty() {
-            // No other copy receives writes: nothing to wait for or to drop.
-            drop(members);
+            // No other copy receives writes: nothing to order, wait for or
+            // drop. The members guard is held to the end, so a Delta Sync
+            // that begins (it takes the guard exclusively) sees this write
+            // either finished or sent to it.
             local.await?;
+            drop(members);
             return self.check();
         }
-        // Rule 5: while Delta Sync copies chunks, a write waits for a copy of
-        // its chunks to land (and the other way round).
-        let mut stripe_guards = Vec::new();
-        if length > 0 && self.syncs_active.load(Ordering::Acquire) > 0 {
-            for stripe in self.stripes_of(offset, length) {
-                stripe_guards.push(self.stripes[stripe].read().await);
-            }
-        }
+        // Overlapping writes in flight, and a Delta Sync copy of their
+        // chunks, go to every copy one after another, in the same order.
+        let ordered: Option<OrderGuard<'_>> = if length > 0 {
+            Some(self.order.enter(offset, length).await)
+        } else {
+            None
+        };
         let targets: Vec<(&String, &Arc<BlockConn>, bool)> = members
             .links
             .iter()
@@ -295,7 +292,8 @@ impl MasterState {
                 .map(|(_, conn, _)| conn.request(frame.clone(), timeout)),
         );
         let (local, answers) = tokio::join!(local, remote);
-        drop(stripe_guards);
+        // Every copy that will apply it has: the next overlapping write may go.
+        drop(ordered);
         let mut fanout = Fanout::default();
         // An ISR member with no stream did not get the write either.
         fanout.failed_isr.extend(
@@ -330,11 +328,14 @@ impl MasterState {
                 }
             }
         }
+        let took_it: Vec<String> = members
+            .replicas(&self.ctx.node)
+            .filter(|member| !fanout.failed_isr.contains(member))
+            .cloned()
+            .collect();
         drop(members);
         if let Some(epoch) = fanout.newer_epoch {
-            if epoch > self.epoch {
-                self.depose();
-            }
+            self.confirm_newer_epoch(epoch).await;
         }
         self.check()?;
         if !fanout.failed_syncing.is_empty() {
@@ -346,26 +347,28 @@ impl MasterState {
             }
         }
         self.leave_isr(&fanout.failed_isr).await?;
-        local?;
+        if let Err(err) = local {
+            if !took_it.is_empty() {
+                // The replicas have the write and this copy does not: this
+                // copy must not stay in sync. Hand the volume to them; the
+                // presenter sends the request again to the next master.
+                tracing::error!(volume = self.name(), epoch = self.epoch, error = %err, successors = ?took_it, "local write failed where the replicas succeeded; stepping down");
+                self.abdicate(&took_it).await;
+                return Err(NodeError::NotMaster {
+                    volume: self.name().to_string(),
+                    epoch: self.epoch,
+                });
+            }
+            return Err(err);
+        }
         self.check()
     }
 
-    fn stripes_of(&self, offset: u64, length: u64) -> Vec<usize> {
+    /// Holds the range of `chunk_idx` (Delta Sync's copy of it): live writes
+    /// to it land on the copy before the copy's read or after its answer.
+    pub async fn lock_chunk(&self, chunk_idx: u64) -> OrderGuard<'_> {
         let chunk = self.volume.chunk_size();
-        let (first, last) = (offset / chunk, (offset + length - 1) / chunk);
-        let mut stripes: Vec<usize> = (first..=last.min(first + STRIPES as u64))
-            .map(|chunk| (chunk % STRIPES as u64) as usize)
-            .collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        stripes
-    }
-
-    /// Takes the stripe of `chunk_idx` exclusively (Delta Sync's copy of it).
-    pub async fn lock_chunk(&self, chunk_idx: u64) -> tokio::sync::RwLockWriteGuard<'_, ()> {
-        self.stripes[(chunk_idx % STRIPES as u64) as usize]
-            .write()
-            .await
+        self.order.enter(chunk_idx * chunk, chunk).await
     }
 
     /// Rule 2: commits the ISR without `nodes` (compare-and-swap on the
@@ -387,7 +390,7 @@ impl MasterState {
             let next = leaving
                 .iter()
                 .fold(members.record.clone(), |record, node| record.without(node));
-            if let Some(revision) = self.commit(&members, &next).await? {
+            if let Some(revision) = self.commit(&members, &next, false).await? {
                 tracing::warn!(volume = self.name(), epoch = self.epoch, left = ?leaving, isr = ?next.isr, "replicas left the in-sync set");
                 metrics::counter!("tether_group_isr_shrinks_total", "volume" => self.name().to_string()).increment(1);
                 for node in leaving {
@@ -419,7 +422,7 @@ impl MasterState {
         };
         loop {
             let next = members.record.with(node);
-            if let Some(revision) = self.commit(&members, &next).await? {
+            if let Some(revision) = self.commit(&members, &next, false).await? {
                 tracing::info!(volume = self.name(), epoch = self.epoch, joined = node, isr = ?next.isr, "copy back in sync");
                 members.record = next;
                 members.revision = revision;
@@ -439,7 +442,6 @@ impl MasterState {
     pub async fn begin_sync(&self, node: &str, conn: Arc<BlockConn>) {
         let mut members = self.members.write().await;
         members.syncing.insert(node.to_string(), conn);
-        self.syncs_active.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Ends a sync (done or failed).
@@ -448,25 +450,40 @@ impl MasterState {
         if let Some(conn) = members.syncing.remove(node) {
             conn.close();
         }
-        self.syncs_active.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Writes `next` if the group record is still the one this master last
     /// committed and the lock is still this node's; returns the record's new
-    /// mod revision, or `None` if someone else changed it.
-    async fn commit(&self, members: &Members, next: &GroupRecord) -> Result<Option<i64>> {
+    /// mod revision, or `None` if someone else changed it. With
+    /// `release_lock`, the lock is deleted in the same transaction.
+    async fn commit(
+        &self,
+        members: &Members,
+        next: &GroupRecord,
+        release_lock: bool,
+    ) -> Result<Option<i64>> {
         self.check()?;
         let (group_key, lock_key) = (
             self.ctx.key("groups", self.name()),
             self.ctx.key("locks", self.name()),
         );
+        let mut success = vec![TxnOp::Put {
+            key: group_key.clone(),
+            value: serde_json::to_vec(next).expect("group record serializes"),
+            lease: None,
+        }];
+        if release_lock {
+            success.push(TxnOp::Delete {
+                key: lock_key.clone(),
+            });
+        }
         let answer = self
             .ctx
             .store
             .txn(Txn {
                 compares: vec![
                     Compare::ModRevision {
-                        key: group_key.clone(),
+                        key: group_key,
                         revision: members.revision,
                     },
                     Compare::Value {
@@ -474,15 +491,65 @@ impl MasterState {
                         value: self.ctx.node.as_bytes().to_vec(),
                     },
                 ],
-                success: vec![TxnOp::Put {
-                    key: group_key,
-                    value: serde_json::to_vec(next).expect("group record serializes"),
-                    lease: None,
-                }],
+                success,
                 failure: vec![],
             })
             .await?;
         Ok(answer.succeeded.then_some(answer.revision))
+    }
+
+    /// Hands the volume to `successors` (ISR members that took a write this
+    /// copy missed): this copy leaves the ISR and the lock is released in one
+    /// transaction, then this master answers nothing more. Its node's
+    /// controller will not take the lock back (it is out of the ISR); the
+    /// next master brings this copy back with Delta Sync.
+    async fn abdicate(&self, successors: &[String]) {
+        let mut members = self.members.write().await;
+        loop {
+            let next = members.record.abdicate(successors);
+            if next.isr.is_empty() {
+                tracing::error!(
+                    volume = self.name(),
+                    "no in-sync replica left to hand the volume to"
+                );
+                return;
+            }
+            match self.commit(&members, &next, true).await {
+                Ok(Some(_)) => {
+                    tracing::warn!(volume = self.name(), epoch = self.epoch, next_master = %next.master, isr = ?next.isr, "left the in-sync set and released the lock");
+                    self.depose();
+                    return;
+                }
+                Ok(None) => {
+                    if self.refresh(&mut members).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(volume = self.name(), error = %err, "handing the volume over failed; stepping down");
+                    self.depose();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A peer claims a newer epoch than this master's. Peers are not taken at
+    /// their word (a replica admits only epochs the store confirmed, but a
+    /// stale or lying peer must not take a volume down): the store decides.
+    pub async fn confirm_newer_epoch(&self, claimed: u64) {
+        if claimed <= self.epoch {
+            return;
+        }
+        let mut members = self.members.write().await;
+        if self.refresh(&mut members).await.is_ok() {
+            tracing::warn!(
+                volume = self.name(),
+                epoch = self.epoch,
+                claimed,
+                "a peer claims a newer epoch the store does not have; staying master"
+            );
+        }
     }
 
     /// After a failed commit: re-reads the group; a newer epoch (or a lost

@@ -18,6 +18,7 @@
 pub mod controller;
 pub mod master;
 pub mod mirror;
+pub mod order;
 pub mod presenter;
 pub mod server;
 pub mod sync;

@@ -9,7 +9,8 @@
 //! 2. both sides settle their dirty chunks (a stale hash must never say
 //!    "same"), then the master walks the trees from the root, fetching only
 //!    the children of differing nodes;
-//! 3. each differing chunk is read and sent under its stripe lock, so a
+//! 3. each differing chunk is read and sent holding its range in the
+//!    master's write order, so a
 //!    live write to it lands on the copy either before the copy of the chunk
 //!    was read or after the copy was applied, never in between;
 //! 4. a second comparison checks the result (and copies what raced);
@@ -68,6 +69,10 @@ pub fn spawn_resync_loop(master: Arc<MasterState>) {
 pub async fn delta_sync(master: &Arc<MasterState>, node: &str, conn: Arc<BlockConn>) -> Result<()> {
     master.begin_sync(node, conn.clone()).await;
     let result = reconcile(master, node, &conn).await;
+    if let Err(NodeError::NotMaster { epoch, .. }) = &result {
+        // The copy claims a newer epoch; the store decides (no lock is held here).
+        master.confirm_newer_epoch(*epoch).await;
+    }
     let result = match result {
         Ok(()) => master.join_isr(node).await,
         Err(err) => Err(err),
@@ -241,9 +246,10 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
 
 fn refused(master: &MasterState, node: &str, answer: &Frame) -> NodeError {
     if let Frame::StaleEpoch { newest_epoch, .. } = answer {
-        if *newest_epoch > master.epoch {
-            master.depose();
-        }
+        return NodeError::NotMaster {
+            volume: master.name().to_string(),
+            epoch: *newest_epoch,
+        };
     }
     NodeError::Peer {
         volume: master.name().to_string(),
