@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{
-    Compare, CoordStore, KeyValue, LeaseId, Result, StoreError, Txn, TxnOp, TxnResponse,
+    Compare, CoordStore, KeyValue, Lease, LeaseId, Result, StoreError, Txn, TxnOp, TxnResponse,
     WatchEvent, WatchStream,
 };
 
@@ -23,6 +23,11 @@ use crate::{
 const HISTORY_LEN: usize = 10_000;
 /// Buffer of each watch; a watcher that falls this far behind is cut off and re-lists.
 const WATCH_BUFFER: usize = 4096;
+/// Revisions reserved ahead in the file: a restart resumes past them, so a
+/// revision handed out for a change that was not persisted (a leased key)
+/// is never handed out again, and the file is written once per this many
+/// such changes, not for each.
+const REVISION_RESERVE: i64 = 10_000;
 /// How often expired leases are collected.
 const EXPIRY_TICK: Duration = Duration::from_millis(50);
 
@@ -53,13 +58,18 @@ struct Inner {
     persist_path: Option<PathBuf>,
     /// An unleased (persisted) key changed since the file was last written.
     unpersisted_changes: bool,
+    /// Revisions up to this one are reserved in the file.
+    reserved: i64,
 }
 
-/// On-disk form: `{"format_version": 1, "revision": N, "kvs": [...]}`.
+/// On-disk form: `{"format_version": 1, "revision": N, "reserved": R, "kvs": [...]}`;
+/// a restart continues after `reserved` (absent in older files: `revision`).
 #[derive(Serialize, Deserialize)]
 struct PersistedState {
     format_version: u32,
     revision: i64,
+    #[serde(default)]
+    reserved: i64,
     kvs: Vec<PersistedKv>,
 }
 
@@ -99,7 +109,8 @@ impl EmbeddedStore {
                         ),
                     });
                 }
-                inner.revision = state.revision;
+                inner.revision = state.revision.max(state.reserved);
+                inner.reserved = inner.revision;
                 for kv in state.kvs {
                     inner.kvs.insert(
                         kv.key.clone(),
@@ -149,6 +160,7 @@ async fn expire_leases(inner: Weak<Mutex<Inner>>) {
             // keys are leased ones, which are never persisted anyway.
             let _ = inner.revoke(lease);
         }
+        let _ = inner.persist();
     }
 }
 
@@ -163,6 +175,7 @@ impl Inner {
             history: VecDeque::new(),
             persist_path,
             unpersisted_changes: false,
+            reserved: 0,
         }
     }
 
@@ -261,6 +274,9 @@ impl Inner {
                 self.kvs.get(key).map_or(0, |kv| kv.mod_revision) == *revision
             }
             Compare::Value { key, value } => self.kvs.get(key).is_some_and(|kv| &kv.value == value),
+            Compare::Lease { key, lease } => {
+                self.kvs.get(key).and_then(|kv| kv.lease).unwrap_or(0) == *lease
+            }
         }
     }
 
@@ -269,12 +285,14 @@ impl Inner {
         let Some(path) = &self.persist_path else {
             return Ok(());
         };
-        if !self.unpersisted_changes {
+        if !self.unpersisted_changes && self.revision <= self.reserved {
             return Ok(());
         }
+        let reserved = self.revision + REVISION_RESERVE;
         let state = PersistedState {
             format_version: FORMAT_VERSION,
             revision: self.revision,
+            reserved,
             kvs: self
                 .kvs
                 .values()
@@ -294,6 +312,7 @@ impl Inner {
             source,
         })?;
         self.unpersisted_changes = false;
+        self.reserved = reserved;
         Ok(())
     }
 }
@@ -401,7 +420,8 @@ impl CoordStore for EmbeddedStore {
         })
     }
 
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        crate::check_lease_ttl(ttl)?;
         let mut inner = self.inner.lock().unwrap();
         let lease = inner.next_lease;
         inner.next_lease += 1;
@@ -413,7 +433,7 @@ impl CoordStore for EmbeddedStore {
                 keys: BTreeSet::new(),
             },
         );
-        Ok(lease)
+        Ok(Lease { id: lease, ttl })
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {

@@ -14,6 +14,8 @@ pub enum StoreError {
         key: String,
         source: tonic::Status,
     },
+    #[error("a lease TTL of {ttl_ms} ms cannot be granted: leases last a whole number of seconds (at least 1 s)")]
+    LeaseTtl { ttl_ms: u64 },
     #[error("lease {lease:#x} has expired or was revoked")]
     LeaseExpired { lease: i64 },
     #[error("watch on {prefix:?} broke: {reason}")]

@@ -1,4 +1,5 @@
-//! The etcd v3 store, over the gRPC stubs in `tether_proto::etcd`.
+//! The etcd v3 store, over gRPC stubs generated from a trimmed copy of
+//! etcd's protos (`protos/etcd/`) by protox: the build needs no `protoc`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,15 +8,15 @@ use hyper_util::rt::TokioIo;
 use tether_tls::TlsContext;
 use tokio::net::TcpStream;
 
+use crate::etcd_api::etcdserverpb as pb;
+use crate::etcd_api::mvccpb;
 use async_trait::async_trait;
-use tether_proto::etcd::etcdserverpb as pb;
-use tether_proto::etcd::mvccpb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
-    Compare, CoordStore, KeyValue, LeaseId, Result, StoreError, Txn, TxnOp, TxnResponse,
+    Compare, CoordStore, KeyValue, Lease, LeaseId, Result, StoreError, Txn, TxnOp, TxnResponse,
     WatchEvent, WatchStream,
 };
 
@@ -186,6 +187,7 @@ fn compare_to_pb(compare: Compare) -> pb::Compare {
             (key, CompareTarget::Mod, TargetUnion::ModRevision(revision))
         }
         Compare::Value { key, value } => (key, CompareTarget::Value, TargetUnion::Value(value)),
+        Compare::Lease { key, lease } => (key, CompareTarget::Lease, TargetUnion::Lease(lease)),
     };
     pb::Compare {
         result: CompareResult::Equal as i32,
@@ -262,9 +264,7 @@ impl CoordStore for EtcdStore {
         let first_key = txn
             .compares
             .first()
-            .map(|compare| match compare {
-                Compare::ModRevision { key, .. } | Compare::Value { key, .. } => key.clone(),
-            })
+            .map(|compare| compare.key().to_string())
             .unwrap_or_default();
         let first_lease = txn
             .success
@@ -303,18 +303,27 @@ impl CoordStore for EtcdStore {
         })
     }
 
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        let seconds = crate::check_lease_ttl(ttl)?;
         let response = self
             .lease
             .clone()
             .lease_grant(pb::LeaseGrantRequest {
-                ttl: ttl.as_secs().max(1) as i64,
+                ttl: seconds,
                 id: 0,
             })
             .await
             .map_err(|status| rpc_error("lease grant", "", status))?
             .into_inner();
-        Ok(response.id)
+        if !response.error.is_empty() {
+            return Err(StoreError::EtcdProcess {
+                reason: format!("lease grant: {}", response.error),
+            });
+        }
+        Ok(Lease {
+            id: response.id,
+            ttl: Duration::from_secs(response.ttl.max(0) as u64),
+        })
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {

@@ -12,6 +12,18 @@
 //! [`etcd_process`] starts a local etcd for tests and `tether dev up`.
 
 mod embedded;
+
+/// etcd's v3 API (trimmed to KV, Watch and Lease), generated at build time by
+/// protox + tonic-prost-build.
+#[allow(clippy::all, missing_docs, dead_code)]
+mod etcd_api {
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}
 mod error;
 mod etcd;
 pub mod etcd_process;
@@ -29,6 +41,27 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A lease id. Keys put with a lease vanish when it expires or is revoked.
 pub type LeaseId = i64;
+
+/// A lease as the store granted it: keys put with it vanish `ttl` after the
+/// last keep-alive the store received. The TTL is the store's, not the
+/// request's (etcd may raise it to its minimum); fencing must count from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub ttl: Duration,
+}
+
+/// etcd counts lease TTLs in whole seconds: a TTL it cannot express is
+/// refused rather than silently rounded (a master fenced on 3.9 s while etcd
+/// expires at 3 s could answer after another node took its lock).
+pub fn check_lease_ttl(ttl: Duration) -> Result<i64> {
+    if ttl.subsec_nanos() != 0 || ttl.is_zero() {
+        return Err(StoreError::LeaseTtl {
+            ttl_ms: ttl.as_millis() as u64,
+        });
+    }
+    Ok(ttl.as_secs() as i64)
+}
 
 /// A key with its value and etcd-style revisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +85,18 @@ pub enum Compare {
     ModRevision { key: String, revision: i64 },
     /// The key's value equals this (false if the key does not exist).
     Value { key: String, value: Vec<u8> },
+    /// The key is bound to this lease (0: the key has no lease or does not exist).
+    Lease { key: String, lease: LeaseId },
+}
+
+impl Compare {
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::ModRevision { key, .. }
+            | Compare::Value { key, .. }
+            | Compare::Lease { key, .. } => key,
+        }
+    }
 }
 
 /// An operation of a transaction branch.
@@ -124,8 +169,9 @@ pub trait CoordStore: Send + Sync + 'static {
     /// Deletes; true if the key existed.
     async fn delete(&self, key: &str) -> Result<bool>;
     async fn txn(&self, txn: Txn) -> Result<TxnResponse>;
-    /// Grants a lease that expires `ttl` after the last keep-alive.
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
+    /// Grants a lease that expires `ttl` (whole seconds, see
+    /// [`check_lease_ttl`]) after the last keep-alive; returns the TTL granted.
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease>;
     /// Renews; returns the TTL granted, or `LeaseExpired` once it has gone.
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration>;
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;

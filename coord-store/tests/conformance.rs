@@ -119,10 +119,66 @@ async fn compare_and_swap(store: &dyn CoordStore) {
         !store.txn(by_value).await.unwrap().succeeded,
         "value compare on a missing key fails"
     );
+
+    // A lock released only by the lease that holds it.
+    let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap().id;
+    store
+        .put("/t/held", b"dave".to_vec(), Some(lease))
+        .await
+        .unwrap();
+    let release = |lease| Txn {
+        compares: vec![
+            Compare::Value {
+                key: "/t/held".into(),
+                value: b"dave".to_vec(),
+            },
+            Compare::Lease {
+                key: "/t/held".into(),
+                lease,
+            },
+        ],
+        success: vec![TxnOp::Delete {
+            key: "/t/held".into(),
+        }],
+        failure: vec![],
+    };
+    assert!(!store.txn(release(lease + 1)).await.unwrap().succeeded);
+    assert!(store.get("/t/held").await.unwrap().is_some());
+    assert!(store.txn(release(lease)).await.unwrap().succeeded);
+    assert!(store.get("/t/held").await.unwrap().is_none());
+    let unleased = Txn {
+        compares: vec![Compare::Lease {
+            key: "/t/epoch".into(),
+            lease: 0,
+        }],
+        ..Default::default()
+    };
+    assert!(
+        store.txn(unleased).await.unwrap().succeeded,
+        "an unleased key compares equal to lease 0"
+    );
+    store.revoke_lease(lease).await.unwrap();
 }
 
 async fn leases_expire_and_take_their_keys(store: &dyn CoordStore) {
-    let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    // A TTL the store cannot express is refused, not rounded (fencing counts from it).
+    for unexpressible in [
+        Duration::from_millis(1500),
+        Duration::from_millis(3900),
+        Duration::ZERO,
+    ] {
+        assert!(
+            matches!(
+                store.grant_lease(unexpressible).await,
+                Err(StoreError::LeaseTtl { .. })
+            ),
+            "a lease TTL of {unexpressible:?} was granted"
+        );
+    }
+    let granted = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    // etcd may raise a TTL to its minimum; never lower it.
+    assert!(granted.ttl >= Duration::from_secs(1), "{granted:?}");
+    let lease = granted.id;
     store
         .put("/l/node", b"up".to_vec(), Some(lease))
         .await
@@ -161,7 +217,15 @@ async fn leases_expire_and_take_their_keys(store: &dyn CoordStore) {
     ));
 
     // Revoking deletes at once.
-    let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap().id;
+    assert_eq!(
+        store
+            .grant_lease(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .ttl,
+        Duration::from_secs(30)
+    );
     store
         .put("/l/other", b"up".to_vec(), Some(lease))
         .await
@@ -316,7 +380,7 @@ async fn embedded_store_persists_unleased_keys() {
             .put("/p/volume", b"spec".to_vec(), None)
             .await
             .unwrap();
-        let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+        let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap().id;
         store
             .put("/p/node", b"up".to_vec(), Some(lease))
             .await
@@ -331,7 +395,24 @@ async fn embedded_store_persists_unleased_keys() {
         store.get("/p/node").await.unwrap().is_none(),
         "leased keys die with the process"
     );
-    assert!(store.put("/p/next", b"x".to_vec(), None).await.unwrap() > revision - 1);
+    // Revisions only grow, across restarts too: a revision handed out before
+    // (here by a leased put, never persisted) is never handed out again.
+    let next = store.put("/p/next", b"x".to_vec(), None).await.unwrap();
+    assert!(
+        next > revision,
+        "revision {next} reused after restart (was {revision})"
+    );
+    drop(store);
+    let store = EmbeddedStore::open(&path).unwrap();
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+    let leased = store
+        .put("/p/n2", b"y".to_vec(), Some(lease))
+        .await
+        .unwrap();
+    drop(store);
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert!(store.put("/p/n3", b"z".to_vec(), None).await.unwrap() > leased);
+    drop(store);
 
     std::fs::write(&path, b"{not json").unwrap();
     assert!(matches!(

@@ -13,8 +13,6 @@
 //! - [`group`]: the volume-group protocol's decisions (promotion, epochs,
 //!   the in-sync replica set, fencing), shared with the model checker.
 //! - [`admin`]: the JSON shapes of the federation admin API.
-//! - [`etcd`]: generated gRPC client stubs for etcd's KV, Watch and Lease
-//!   services (the coordination store speaks them).
 
 pub mod admin;
 pub mod block;
@@ -26,15 +24,3 @@ pub use error::ProtoError;
 
 #[cfg(test)]
 mod fuzz_tests;
-
-/// etcd's v3 API (trimmed to KV, Watch and Lease), generated at build time by
-/// protox + tonic-prost-build.
-#[allow(clippy::all, missing_docs)]
-pub mod etcd {
-    pub mod mvccpb {
-        tonic::include_proto!("mvccpb");
-    }
-    pub mod etcdserverpb {
-        tonic::include_proto!("etcdserverpb");
-    }
-}

@@ -102,7 +102,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         node: config.node.clone(),
         store: store.clone(),
         mirror: mirror.clone(),
-        lease_clock: Arc::new(LeaseClock::new(config.lease_ttl)),
+        lease_clock: Arc::new(LeaseClock::new()),
         lease: lease.clone(),
         replica_timeout: config.replica_timeout,
         sync_rate_limit: config.sync_rate_limit,
@@ -197,10 +197,14 @@ impl Agent {
 
     async fn register(&self) -> Result<()> {
         let sent = Instant::now();
-        let lease = self.store.grant_lease(self.config.lease_ttl).await?;
+        let granted = self.store.grant_lease(self.config.lease_ttl).await?;
+        let lease = granted.id;
+        if granted.ttl != self.config.lease_ttl {
+            tracing::warn!(asked = ?self.config.lease_ttl, granted = ?granted.ttl, "the store granted another lease TTL; fencing counts from the granted one");
+        }
         // The id first: a master bound to the old lease is invalid from here on.
         self.lease.store(lease, Ordering::Release);
-        self.group.lease_clock.renewed(sent);
+        self.group.lease_clock.renewed(sent, granted.ttl);
         let record = NodeRecord {
             version: NodeRecord::VERSION,
             name: self.config.node.clone(),
@@ -230,7 +234,7 @@ impl Agent {
             let lease = self.lease.load(Ordering::Acquire);
             let sent = Instant::now();
             match self.store.keep_alive(lease).await {
-                Ok(_) => self.group.lease_clock.renewed(sent),
+                Ok(ttl) => self.group.lease_clock.renewed(sent, ttl),
                 Err(StoreError::LeaseExpired { .. }) => {
                     self.group.lease_clock.lost();
                     tracing::warn!(node = %self.config.node, "node lease expired; registering again");

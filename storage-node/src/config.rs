@@ -54,8 +54,9 @@ pub struct NodeArgs {
     /// Where to take node-to-node block streams (replication, Delta Sync, presenting nodes).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub block_listen: String,
-    /// TTL of the node's liveness lease; a dead master's volumes fail over about this long after it dies.
-    #[arg(long, default_value = "2s", value_parser = tether_common::size::parse_duration)]
+    /// TTL of the node's liveness lease, whole seconds (etcd's unit); a dead
+    /// master's volumes fail over about this long after it dies.
+    #[arg(long, default_value = "2s", value_parser = parse_lease_ttl)]
     pub lease_ttl: Duration,
     /// A replica that does not answer a write this long leaves the in-sync set.
     #[arg(long, default_value = "2s", value_parser = tether_common::size::parse_duration)]
@@ -206,4 +207,30 @@ pub fn filesystem_size(path: &std::path::Path) -> Result<u64> {
         });
     }
     Ok(stat.f_blocks as u64 * stat.f_frsize as u64)
+}
+
+/// A lease TTL etcd can grant as asked: whole seconds, at least one.
+fn parse_lease_ttl(text: &str) -> std::result::Result<Duration, String> {
+    let ttl = tether_common::size::parse_duration(text).map_err(|err| err.to_string())?;
+    coord_store::check_lease_ttl(ttl).map_err(|_| {
+        format!(
+            "{text}: a lease TTL is a whole number of seconds, at least 1s (etcd grants no other)"
+        )
+    })?;
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lease_ttls_etcd_cannot_grant_are_refused() {
+        assert!(super::parse_lease_ttl("3.9s")
+            .unwrap_err()
+            .contains("whole number of seconds"));
+        assert!(super::parse_lease_ttl("500ms").is_err());
+        assert_eq!(
+            super::parse_lease_ttl("3s").unwrap(),
+            std::time::Duration::from_secs(3)
+        );
+    }
 }

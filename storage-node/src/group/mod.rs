@@ -66,26 +66,28 @@ impl BlockOp {
 
 /// When this node's lease is known to be alive, on the monotonic clock:
 /// the moment the last successful keep-alive was *sent*, plus
-/// `tether_proto::group::lease_validity(ttl)`. A master answers no I/O after it.
+/// `tether_proto::group::lease_validity(ttl)` of the TTL the store granted
+/// (not the one asked for: etcd counts whole seconds and may raise a TTL to
+/// its minimum). A master answers no I/O after it.
 pub struct LeaseClock {
     base: Instant,
     /// Nanoseconds after `base` until which the lease is surely alive (0: not yet).
     valid_until_nanos: AtomicU64,
-    validity: Duration,
 }
 
 impl LeaseClock {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new() -> Self {
         Self {
             base: Instant::now(),
             valid_until_nanos: AtomicU64::new(0),
-            validity: tether_proto::group::lease_validity(ttl),
         }
     }
 
-    /// Records a keep-alive (or grant) that succeeded and was sent at `sent`.
-    pub fn renewed(&self, sent: Instant) {
-        let until = (sent + self.validity).duration_since(self.base).as_nanos() as u64;
+    /// Records a grant or keep-alive that succeeded, was sent at `sent`, and
+    /// left the lease with `granted_ttl` to live.
+    pub fn renewed(&self, sent: Instant, granted_ttl: Duration) {
+        let validity = tether_proto::group::lease_validity(granted_ttl);
+        let until = (sent + validity).duration_since(self.base).as_nanos() as u64;
         self.valid_until_nanos.fetch_max(until, Ordering::AcqRel);
     }
 
@@ -97,6 +99,12 @@ impl LeaseClock {
     pub fn valid(&self) -> bool {
         let now = self.base.elapsed().as_nanos() as u64;
         now < self.valid_until_nanos.load(Ordering::Acquire)
+    }
+}
+
+impl Default for LeaseClock {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -195,5 +203,24 @@ impl GroupContext {
         if let Some(master) = self.masters.write().unwrap().remove(volume) {
             master.depose();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_clock_counts_from_the_granted_ttl_and_the_send_time() {
+        let clock = LeaseClock::new();
+        assert!(!clock.valid(), "no lease yet");
+        let sent = Instant::now();
+        clock.renewed(sent, Duration::from_secs(3));
+        assert!(clock.valid());
+        clock.lost();
+        // Granted 1 s, sent 0.9 s ago: the deadline (TTL minus its margin) has passed.
+        let long_ago = Instant::now() - Duration::from_millis(900);
+        clock.renewed(long_ago, Duration::from_secs(1));
+        assert!(!clock.valid());
     }
 }
