@@ -429,6 +429,44 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
         Frame::Ack { seq: 0, error: 2 }
     );
 
+    // A certified node may not claim an epoch: the store names the lock
+    // holder and the epoch, and neither is node-9's. Not even the current
+    // epoch, nor 2^64 - 1 (which would fence every real master for good).
+    let epoch = view["epoch"].as_u64().unwrap();
+    for claimed in [u64::MAX, epoch + 1, epoch] {
+        let mut claimant = open();
+        let hello = Frame::Hello {
+            volume: "guard".into(),
+            node: "node-9".into(),
+            epoch: claimed,
+        };
+        assert_eq!(
+            exchange(&mut claimant, hello),
+            Frame::Ack { seq: 0, error: 1 },
+            "a replication stream at epoch {claimed} from a node the store does not name is refused"
+        );
+    }
+    let replica_dir = federation.node(&replica)["data_dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recorded: u64 = std::fs::read_to_string(format!("{replica_dir}/volumes/guard/epoch"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        recorded, epoch,
+        "the replica records only the store's epoch"
+    );
+    assert!(federation
+        .node_log(&replica)
+        .contains("the store does not name this node master at this epoch"));
+    // The real master still writes to the replica, and both stay in sync.
+    qemu_io(&uri, &["write -P 0x6c 1M 1M", "flush"]).unwrap();
+    let after = federation.wait_in_sync("guard", SYNC_TIMEOUT);
+    assert_eq!(after["epoch"].as_u64().unwrap(), epoch, "{after}");
+
     // A client write sent to a replica is refused (StaleEpoch), not applied.
     let mut client = open();
     let hello = Frame::Hello {
@@ -456,6 +494,6 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
     );
 
     // The volume is untouched and both copies still in sync.
-    qemu_io(&uri, &["read -P 0x6b 0 1M"]).unwrap();
+    qemu_io(&uri, &["read -P 0x6b 0 1M", "read -P 0x6c 1M 1M"]).unwrap();
     federation.wait_in_sync("guard", SYNC_TIMEOUT);
 }

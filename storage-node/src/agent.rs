@@ -108,6 +108,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         sync_rate_limit: config.sync_rate_limit,
         masters: Default::default(),
         epochs: Default::default(),
+        admissions: Default::default(),
         tls: (!config.security.plaintext_block).then(|| group::BlockTls::new(tls.clone())),
         keys: Default::default(),
     });

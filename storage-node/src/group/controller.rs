@@ -2,12 +2,17 @@
 //! may become master, and steps down when it must.
 //!
 //! A copy may take the lock when the lock is free, its node's lease is alive,
-//! and it is in the ISR (only ISR members hold every acknowledged write).
+//! it is in the ISR (only ISR members hold every acknowledged write), and it
+//! has itself taken part in the group's current epoch (a copy re-created
+//! empty on a node that lost it is listed in the ISR, but has not).
 //! The last master goes first; the others wait until its node is gone or the
 //! lock has stayed free for a while. Taking the lock is one transaction: the
 //! lock key (bound to this node's lease) is created only if absent, and the
 //! group record is rewritten with the next epoch only if unchanged since it
-//! was read.
+//! was read. A lock this node holds while it serves no master (it stepped
+//! down alive, or a takeover's answer was lost) is released, compared on
+//! value and lease, so the volume never stays locked by a node that does
+//! not serve it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,24 +47,33 @@ async fn control(ctx: Arc<GroupContext>, volume: Arc<Volume>) {
         let seen = *changes.borrow_and_update();
         let group = ctx.mirror.group(&name);
         let lock = ctx.mirror.lock(&name);
+        let lease = ctx.lease.load(Ordering::Acquire);
+        let ours = lock
+            .as_ref()
+            .is_some_and(|lock| lock.node == ctx.node && lock.lease == lease);
         if let Some(master) = ctx.master(&name) {
-            let lease = ctx.lease.load(Ordering::Acquire);
-            let holds = lock
-                .as_ref()
-                .is_some_and(|lock| lock.node == ctx.node && lock.lease == lease);
             let same_epoch = group
                 .as_ref()
                 .is_some_and(|(group, _)| group.epoch == master.epoch);
-            if master.is_deposed() || (seen >= acquired_at && !(holds && same_epoch)) {
+            if master.is_deposed() || (seen >= acquired_at && !(ours && same_epoch)) {
                 master.depose();
                 ctx.masters.write().unwrap().remove(&name);
                 tracing::warn!(epoch = master.epoch, "stepped down as master");
+                continue; // at once: release the lock if it is still ours
             }
+        } else if ours {
+            // Held, not served: nobody else can take it while this node lives.
+            release_lock(&ctx, &name, lease).await;
         } else if lock.is_none() {
             let since = *lock_free_since.get_or_insert_with(Instant::now);
             if let Some((group, revision)) = group {
                 let last_master_gone = ctx.mirror.node(&group.master).is_none();
+                let took_part = ctx
+                    .newest_epoch(&name, volume.dir())
+                    .load(Ordering::Acquire)
+                    >= group.epoch;
                 let eligible = group.in_sync(&ctx.node)
+                    && took_part
                     && ctx.lease_clock.valid()
                     && (group.master == ctx.node || last_master_gone || since.elapsed() > patience);
                 if eligible {
@@ -89,6 +103,12 @@ async fn take_over(
     let name = volume.name();
     let next = group.promote(&ctx.node).ok()?;
     let lease = ctx.lease.load(Ordering::Acquire);
+    // The copy takes part in the new epoch before it exists: a crash after
+    // the transaction must not leave the only ISR member ineligible.
+    if let Err(err) = ctx.see_epoch(name, volume.dir(), next.epoch).await {
+        tracing::error!(error = %err, "recording the epoch failed; not taking the lock");
+        return None;
+    }
     let (group_key, lock_key) = (ctx.key("groups", name), ctx.key("locks", name));
     let answer = ctx
         .store
@@ -118,17 +138,15 @@ async fn take_over(
             failure: vec![],
         })
         .await;
-    let answer = match answer {
-        Ok(answer) if answer.succeeded => answer,
+    let revision = match answer {
+        Ok(answer) if answer.succeeded => answer.revision,
         Ok(_) => return None,
         Err(err) => {
-            tracing::warn!(error = %err, "taking the volume lock failed");
-            return None;
+            // The transaction may have committed: the store says.
+            tracing::warn!(error = %err, "taking the volume lock: no answer; reading it back");
+            committed_takeover(ctx, name, &next, lease).await?
         }
     };
-    if let Err(err) = ctx.see_epoch(name, volume.dir(), next.epoch).await {
-        tracing::error!(error = %err, "recording the epoch failed");
-    }
     tracing::info!(
         epoch = next.epoch,
         isr = ?next.isr,
@@ -136,16 +154,64 @@ async fn take_over(
         "took the volume lock; serving as master"
     );
     metrics::counter!("tether_group_takeovers_total", "volume" => name.to_string()).increment(1);
-    let master = MasterState::new(ctx.clone(), volume.clone(), next, answer.revision, lease);
+    let master = MasterState::new(ctx.clone(), volume.clone(), next, revision, lease);
     if let Err(err) = master.start().await {
+        // The lock is released on the next pass (held, not served).
         tracing::warn!(error = %err, "could not start as master");
         master.depose();
-        return Some(answer.revision);
+        return Some(revision);
     }
     ctx.masters
         .write()
         .unwrap()
         .insert(name.to_string(), master.clone());
     super::sync::spawn_resync_loop(master);
-    Some(answer.revision)
+    Some(revision)
+}
+
+/// After a takeover transaction whose answer was lost: its group record's
+/// revision if it committed (the lock is this node's, under this lease, and
+/// the group record is the one it wrote), `None` otherwise.
+async fn committed_takeover(
+    ctx: &GroupContext,
+    name: &str,
+    next: &GroupRecord,
+    lease: i64,
+) -> Option<i64> {
+    let lock = ctx.store.get(&ctx.key("locks", name)).await.ok()??;
+    if lock.value != ctx.node.as_bytes() || lock.lease != Some(lease) {
+        return None;
+    }
+    let group = ctx.store.get(&ctx.key("groups", name)).await.ok()??;
+    match serde_json::from_slice::<GroupRecord>(&group.value) {
+        Ok(record) if record == *next => Some(group.mod_revision),
+        // Ours but not as written: held, not served; released on the next pass.
+        _ => None,
+    }
+}
+
+/// Deletes the volume's lock if this node still holds it under `lease`.
+async fn release_lock(ctx: &GroupContext, name: &str, lease: i64) {
+    let lock_key = ctx.key("locks", name);
+    let release = Txn {
+        compares: vec![
+            Compare::Value {
+                key: lock_key.clone(),
+                value: ctx.node.as_bytes().to_vec(),
+            },
+            Compare::Lease {
+                key: lock_key.clone(),
+                lease,
+            },
+        ],
+        success: vec![TxnOp::Delete { key: lock_key }],
+        failure: vec![],
+    };
+    match ctx.store.txn(release).await {
+        Ok(answer) if answer.succeeded => {
+            tracing::warn!("released the volume lock this node held without serving")
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "releasing the volume lock failed; will retry"),
+    }
 }

@@ -125,6 +125,9 @@ pub struct GroupContext {
     pub masters: RwLock<HashMap<String, Arc<MasterState>>>,
     /// The newest epoch each local copy has seen (rule 3: replicas refuse older).
     pub epochs: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    /// Replication streams are admitted one at a time (each checks the
+    /// store, then records the epoch), so two admissions never interleave.
+    pub admissions: tokio::sync::Mutex<()>,
     /// The node's certificate for block streams (mutual TLS); `None` only
     /// with `--insecure-plaintext-block`.
     pub tls: Option<BlockTls>,
@@ -184,18 +187,18 @@ impl GroupContext {
         if newest.fetch_max(epoch, Ordering::AcqRel) >= epoch {
             return Ok(());
         }
-        let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let temp = dir.join("epoch.tmp");
-            let mut file = std::fs::File::create(&temp)?;
-            writeln!(file, "{epoch}")?;
-            file.sync_data()?;
-            std::fs::rename(&temp, dir.join("epoch"))?;
-            std::fs::File::open(&dir)?.sync_all()
-        })
-        .await
-        .expect("epoch write does not panic")
+        persist_epoch(dir, epoch).await
+    }
+
+    /// Records `epoch`, which the store confirmed is the volume's current
+    /// one, as the newest seen: raises it, or lowers a newer one that no
+    /// store ever held (written by an older version that believed a peer).
+    pub async fn confirm_epoch(&self, volume: &str, dir: &Path, epoch: u64) -> std::io::Result<()> {
+        let newest = self.newest_epoch(volume, dir);
+        if newest.swap(epoch, Ordering::AcqRel) == epoch {
+            return Ok(());
+        }
+        persist_epoch(dir, epoch).await
     }
 
     pub fn forget(&self, volume: &str) {
@@ -204,6 +207,23 @@ impl GroupContext {
             master.depose();
         }
     }
+}
+
+/// Writes a copy's `epoch` file durably (temporary file, fdatasync, rename,
+/// directory fsync).
+async fn persist_epoch(dir: &Path, epoch: u64) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let temp = dir.join("epoch.tmp");
+        let mut file = std::fs::File::create(&temp)?;
+        writeln!(file, "{epoch}")?;
+        file.sync_data()?;
+        std::fs::rename(&temp, dir.join("epoch"))?;
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .expect("epoch write does not panic")
 }
 
 #[cfg(test)]

@@ -3,9 +3,13 @@
 //! the node its Hello claims to be.
 //!
 //! - A *replication* stream (`Hello` with the master's epoch) writes into
-//!   this node's copy. Every frame from an epoch older than the newest this
-//!   copy has seen is refused with `StaleEpoch` (rule 3); seeing a newer
-//!   epoch deposes this node's own master of that volume, if any.
+//!   this node's copy. It is admitted only when the store names the sender
+//!   as the holder of the volume's lock at exactly that epoch: a node's
+//!   certificate alone lets nobody claim an epoch (a claimed 2^64 − 1 would
+//!   fence every real master for good). Only such a confirmed epoch is
+//!   recorded as the newest seen, and only it deposes this node's own
+//!   master. Every frame from an epoch older than the newest this copy has
+//!   seen is refused with `StaleEpoch` (rule 3).
 //! - A *client* stream (`Hello` with epoch 0) comes from a presenting node:
 //!   its requests run on this node's master of the volume, or are answered
 //!   `StaleEpoch` when this node is not (or no longer) the master.
@@ -18,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::block::{decode_frame, encode_frame, Frame};
-use tether_proto::group::replica_admits;
+use tether_proto::group::{replica_admits, GroupRecord};
 use tether_tls::TlsContext;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,7 +36,9 @@ use crate::hashlist::HashTree;
 
 const READ_BUFFER: usize = 256 * 1024;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const EPERM: u32 = 1;
 const ENOENT: u32 = 2;
+const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 
 /// Binds `addr` and serves until the runtime stops; returns the bound address.
@@ -147,35 +153,31 @@ async fn serve_stream<S>(
                 None,
             ),
             Some(volume) => {
-                let newest = ctx.newest_epoch(&name, volume.dir());
-                let seen = newest.load(Ordering::Acquire);
-                if !replica_admits(seen, epoch) {
-                    tracing::warn!(volume = %name, from = %from, epoch, newest = seen, "refused a replication stream from an older epoch");
-                    (
-                        Frame::StaleEpoch {
-                            seq: 0,
-                            newest_epoch: seen,
-                        },
-                        None,
-                    )
-                } else if let Err(err) = ctx.see_epoch(&name, volume.dir(), epoch).await {
-                    tracing::error!(volume = %name, error = %err, "recording the epoch failed");
-                    (Frame::Ack { seq: 0, error: 5 }, None)
-                } else {
-                    if let Some(master) = ctx.master(&name) {
-                        if master.epoch < epoch {
-                            master.depose();
+                let _one_at_a_time = ctx.admissions.lock().await;
+                match admit_master(&ctx, &name, &from, epoch).await {
+                    Admission::Refused(answer) => (answer, None),
+                    Admission::Admitted => {
+                        let newest = ctx.newest_epoch(&name, volume.dir());
+                        if let Err(err) = ctx.confirm_epoch(&name, volume.dir(), epoch).await {
+                            tracing::error!(volume = %name, error = %err, "recording the epoch failed");
+                            (Frame::Ack { seq: 0, error: EIO }, None)
+                        } else {
+                            if let Some(master) = ctx.master(&name) {
+                                if master.epoch < epoch {
+                                    master.depose();
+                                }
+                            }
+                            tracing::info!(volume = %name, master = %from, epoch, "replicating from master");
+                            (
+                                Frame::Ack { seq: 0, error: 0 },
+                                Some(Role::Replica {
+                                    volume,
+                                    newest,
+                                    tree: Arc::new(Mutex::new(None)),
+                                }),
+                            )
                         }
                     }
-                    tracing::info!(volume = %name, master = %from, epoch, "replicating from master");
-                    (
-                        Frame::Ack { seq: 0, error: 0 },
-                        Some(Role::Replica {
-                            volume,
-                            newest,
-                            tree: Arc::new(Mutex::new(None)),
-                        }),
-                    )
                 }
             }
         }
@@ -242,6 +244,59 @@ async fn serve_stream<S>(
     }
     drop(replies);
     let _ = writer_task.await;
+}
+
+enum Admission {
+    Admitted,
+    Refused(Frame),
+}
+
+/// Admits a replication stream from `from` at `epoch` only if the store
+/// names `from` as the holder of the volume's lock and `epoch` as the
+/// group's current epoch. The mirror answers first; when it disagrees (it
+/// may lag a takeover by a moment) the store itself is read.
+async fn admit_master(ctx: &GroupContext, name: &str, from: &str, epoch: u64) -> Admission {
+    let confirms = |lock: Option<&str>, group: Option<&GroupRecord>| {
+        lock == Some(from)
+            && group.is_some_and(|group| group.epoch == epoch && group.master == from)
+    };
+    let mirrored = ctx.mirror.lock(name).map(|lock| lock.node);
+    if confirms(
+        mirrored.as_deref(),
+        ctx.mirror.group(name).map(|(group, _)| group).as_ref(),
+    ) {
+        return Admission::Admitted;
+    }
+    let read = async {
+        let lock = ctx.store.get(&ctx.key("locks", name)).await?;
+        let group = ctx.store.get(&ctx.key("groups", name)).await?;
+        Ok::<_, coord_store::StoreError>((lock, group))
+    };
+    let (lock, group) = match read.await {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::warn!(volume = %name, from, epoch, error = %err, "refused a replication stream: cannot check it against the store");
+            return Admission::Refused(Frame::Ack { seq: 0, error: EIO });
+        }
+    };
+    let holder = lock.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    let group = group.and_then(|kv| serde_json::from_slice::<GroupRecord>(&kv.value).ok());
+    if confirms(holder.as_deref(), group.as_ref()) {
+        return Admission::Admitted;
+    }
+    let current = group.as_ref().map_or(0, |group| group.epoch);
+    tracing::warn!(volume = %name, from, epoch, store_epoch = current, lock_holder = ?holder, "refused a replication stream: the store does not name this node master at this epoch");
+    if current > epoch {
+        // A deposed master: tell it the epoch the store really has.
+        return Admission::Refused(Frame::StaleEpoch {
+            seq: 0,
+            newest_epoch: current,
+        });
+    }
+    Admission::Refused(Frame::Ack {
+        seq: 0,
+        error: EPERM,
+    })
 }
 
 /// A presenting node's request, run on this node's master of the volume.
