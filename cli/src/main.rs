@@ -315,7 +315,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<9} LABELS",
                 "NAME", "CLUSTER", "STATE", "CAPACITY", "PROVISIONED", "VOLUMES", "IO"
             );
+            let mut quarantined = Vec::new();
             for node in nodes {
+                for (volume, reason) in &node.quarantined {
+                    quarantined.push(format!(
+                        "{}: copy of {volume} quarantined: {reason}",
+                        node.name
+                    ));
+                }
                 println!(
                     "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<9} {}",
                     node.name,
@@ -327,6 +334,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     node.io_backend,
                     cluster_registry::placement::format_labels(&node.labels)
                 );
+            }
+            for line in quarantined {
+                eprintln!("warning: {line}");
             }
             Ok(())
         }

@@ -6,7 +6,7 @@
 //! spec names acts on it and reports status; the registry waits for that
 //! status so an API call returns only once the change is real (or failed).
 //!
-//! Read first: [`api::router`] (the endpoints), [`placement`].
+//! Read first: [`api::router`] (the endpoints, one module per concern), [`placement`].
 
 pub mod api;
 mod error;

@@ -138,6 +138,7 @@ mod tests {
             labels: [("zone".to_string(), zone.to_string())].into(),
             block_addr: None,
             control_addr: None,
+            quarantined: Default::default(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! What every Tether binary shares: [`telemetry`] (JSON logs, Prometheus
-//! metrics) and [`size`] (parsing "10GiB" and "2s").
+//! metrics), [`size`] (parsing "10GiB" and "2s") and [`protected`] (the
+//! directories no client-chosen path may reach into).
 
+pub mod protected;
 pub mod size;
 pub mod telemetry;
 

@@ -1,6 +1,8 @@
 //! The CLI contract: clear one-line errors with a non-zero exit, stable JSON,
 //! and `dev up` bringing a federation back with its volumes and data.
 
+use std::time::Duration;
+
 use multicluster_tests::clients::qemu_io;
 use multicluster_tests::harness::DevFederation;
 
@@ -173,30 +175,57 @@ fn dev_up_brings_back_volumes_and_data_embedded() {
 }
 
 #[test]
-fn volume_metadata_from_a_newer_version_is_refused_with_a_clear_error() {
+fn a_copy_that_cannot_be_opened_is_quarantined_not_deleted_and_the_node_runs() {
     let federation = DevFederation::builder().nodes(1).start().unwrap();
-    federation
-        .tether_ok(&["volume", "create", "future", "--size", "64MiB"])
-        .unwrap();
+    let mut uris = std::collections::HashMap::new();
+    for name in ["future", "lost", "fine"] {
+        let uri = federation.create_attached(name, "64MiB").unwrap();
+        qemu_io(&uri, &["write -P 0x5d 0 1M", "flush"]).unwrap();
+        uris.insert(name, uri);
+    }
     federation.down().unwrap();
     let node = federation.node("node-1");
-    let meta =
-        std::path::Path::new(node["data_dir"].as_str().unwrap()).join("volumes/future/volume.json");
+    let volumes = std::path::Path::new(node["data_dir"].as_str().unwrap()).join("volumes");
+    // A volume from a newer version, and one whose metadata is gone.
+    let meta = volumes.join("future/volume.json");
     let text = std::fs::read_to_string(&meta).unwrap();
     std::fs::write(
         &meta,
         text.replace("\"format_version\": 1", "\"format_version\": 9"),
     )
     .unwrap();
-    fails_with(
-        &federation,
-        &["dev", "up"],
-        "format version 9 is newer than this build understands",
+    std::fs::remove_file(volumes.join("lost/volume.json")).unwrap();
+    let lost_data = std::fs::read(volumes.join("lost/data")).unwrap();
+
+    // The node comes up: one bad copy does not stop it.
+    let federation = federation.up().unwrap();
+    let nodes = federation.tether_json(&["node", "list"]).unwrap();
+    let quarantined = &nodes[0]["quarantined"];
+    assert!(
+        quarantined["future"]
+            .as_str()
+            .unwrap()
+            .contains("format version 9 is newer than this build understands"),
+        "{nodes}"
     );
-    // Nothing was changed: the file is as we left it.
+    assert!(quarantined["lost"].is_string(), "{nodes}");
+    let listed = federation.tether(&["node", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stderr).contains("copy of lost quarantined"));
+    // Nothing was deleted or changed, and nothing was re-created over them.
     assert!(std::fs::read_to_string(&meta)
         .unwrap()
         .contains("\"format_version\": 9"));
+    assert_eq!(std::fs::read(volumes.join("lost/data")).unwrap(), lost_data);
+    assert!(!volumes.join("lost/volume.json").exists());
+    let view = federation.wait_volume(
+        "lost",
+        Duration::from_secs(30),
+        "the quarantine reported",
+        |view| view.to_string().contains("quarantined"),
+    );
+    println!("{view}");
+    // The healthy volume serves as before.
+    qemu_io(&uris["fine"], &["read -P 0x5d 0 1M"]).unwrap();
 }
 
 #[test]

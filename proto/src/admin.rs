@@ -47,6 +47,9 @@ pub struct NodeView {
     /// Where the node serves its control RPCs (mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_addr: Option<String>,
+    /// Copies the node could not open at start (volume: why); kept, not served.
+    #[serde(default)]
+    pub quarantined: BTreeMap<String, String>,
 }
 
 /// One copy of a volume.
@@ -65,12 +68,23 @@ pub struct AttachmentView {
     pub uri: String,
     /// The cluster the consumer attached from (this cluster for local attaches).
     pub from: String,
+    /// The node that presents it (serves the NBD endpoint).
+    #[serde(default)]
+    pub node: String,
 }
 
 /// `GET /v1/volumes/{name}`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeView {
     pub name: String,
+    /// "healthy" (every copy in sync), "degraded" (the master serves, some
+    /// copy does not), "unavailable" (no master serves).
+    #[serde(default)]
+    pub state: String,
+    /// What the nodes could not do for this volume (its master's copy, its
+    /// presenting nodes), one line each.
+    #[serde(default)]
+    pub errors: Vec<String>,
     pub size_bytes: u64,
     pub cluster: String,
     pub epoch: u64,
@@ -268,6 +282,10 @@ pub struct NodeRecord {
     /// Where the node serves its control RPCs (mutual TLS).
     #[serde(default)]
     pub control_addr: Option<String>,
+    /// Copies the node could not open at start, kept as they are for an
+    /// operator: volume name, and why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quarantined: BTreeMap<String, String>,
 }
 
 impl NodeRecord {

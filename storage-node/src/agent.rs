@@ -216,6 +216,7 @@ impl Agent {
             labels: self.config.labels.clone(),
             block_addr: Some(self.block_addr.clone()),
             control_addr: Some(self.control_addr.clone()),
+            quarantined: self.pool.quarantined().clone(),
         };
         let value = serde_json::to_vec(&record).expect("record serializes");
         self.store

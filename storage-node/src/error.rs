@@ -24,6 +24,12 @@ pub enum NodeError {
     VolumeNotFound { volume: String },
     #[error("volume {volume} already exists on this node")]
     VolumeExists { volume: String },
+    #[error("volume {volume}: the copy at {path} is quarantined ({reason}); it is kept as it is for an operator, not served, re-created or deleted")]
+    Quarantined {
+        volume: String,
+        path: String,
+        reason: String,
+    },
     #[error("volume {volume}: size {size_bytes} is not a positive multiple of 512 bytes")]
     BadSize { volume: String, size_bytes: u64 },
     #[error("volume {volume}: cannot shrink from {current} to {requested} bytes (shrinking a block device loses data)")]

@@ -1,6 +1,12 @@
 //! A pool: a directory of volumes on one node, with a capacity that
 //! provisioned sizes may not exceed (thin provisioning: space is used only
 //! where data is written, but a volume's full size is promised).
+//!
+//! Opening a pool never deletes anything: an entry that cannot be opened
+//! (no readable `volume.json`, EACCES, EIO, a newer format) is
+//! *quarantined*: left exactly as it is, reported, and neither served,
+//! re-created nor deleted until an operator has looked at it. One bad
+//! volume does not stop the node.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,12 +19,17 @@ use super::meta::VolumeMeta;
 use super::volume::{Volume, VolumeOptions};
 use crate::error::{NodeError, Result};
 
+/// Where a volume is built before it is renamed into place (not a valid volume name).
+const CREATING_PREFIX: &str = ".creating-";
+
 pub struct Pool {
     dir: PathBuf,
     capacity_bytes: u64,
     io: IoEngine,
     options: VolumeOptions,
     volumes: Mutex<BTreeMap<String, Arc<Volume>>>,
+    /// Entries that could not be opened, by directory name: why.
+    quarantined: BTreeMap<String, String>,
 }
 
 impl Pool {
@@ -37,22 +48,52 @@ impl Pool {
             path: volumes_dir.display().to_string(),
             source,
         })?;
+        tether_common::protected::mark(dir, "a Tether storage pool").map_err(|source| {
+            NodeError::Io {
+                volume: String::new(),
+                op: "mark pool",
+                path: dir.display().to_string(),
+                source,
+            }
+        })?;
         let mut volumes = BTreeMap::new();
+        let mut quarantined = BTreeMap::new();
         let entries = std::fs::read_dir(&volumes_dir).map_err(|source| NodeError::Io {
             volume: String::new(),
             op: "list pool",
             path: volumes_dir.display().to_string(),
             source,
         })?;
-        for entry in entries.flatten() {
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(err) => {
+                    tracing::error!(pool = %volumes_dir.display(), error = %err, "cannot read a pool entry; skipping it");
+                    continue;
+                }
+            };
             let path = entry.path();
-            if !path.join("volume.json").exists() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(CREATING_PREFIX) {
+                // A create that did not finish: this node's own scratch,
+                // never a volume (a create counts once renamed into place).
                 tracing::warn!(path = %path.display(), "removing an unfinished volume create");
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
-            let volume = Volume::open(&path, io.clone(), options)?;
-            volumes.insert(volume.name().to_string(), volume);
+            if !path.is_dir() {
+                tracing::warn!(path = %path.display(), "not a volume directory; leaving it alone");
+                continue;
+            }
+            match Volume::open(&path, io.clone(), options) {
+                Ok(volume) => {
+                    volumes.insert(volume.name().to_string(), volume);
+                }
+                Err(err) => {
+                    tracing::error!(volume = %name, path = %path.display(), error = %err, "cannot open this copy; quarantined (kept as it is, not served, not deleted)");
+                    quarantined.insert(name, err.to_string());
+                }
+            }
         }
         tracing::info!(pool = %dir.display(), volumes = volumes.len(), capacity_bytes, "pool opened");
         Ok(Self {
@@ -61,7 +102,24 @@ impl Pool {
             io,
             options,
             volumes: Mutex::new(volumes),
+            quarantined,
         })
+    }
+
+    /// Copies that could not be opened at start, by name, with why.
+    pub fn quarantined(&self) -> &BTreeMap<String, String> {
+        &self.quarantined
+    }
+
+    /// The error to report for a quarantined copy of `name`, if it is one.
+    pub fn quarantine_error(&self, name: &str) -> Option<NodeError> {
+        self.quarantined
+            .get(name)
+            .map(|reason| NodeError::Quarantined {
+                volume: name.to_string(),
+                path: self.dir.join("volumes").join(name).display().to_string(),
+                reason: reason.clone(),
+            })
     }
 
     pub fn capacity_bytes(&self) -> u64 {
@@ -115,13 +173,43 @@ impl Pool {
                 volume: name.to_string(),
             });
         }
+        if let Some(err) = self.quarantine_error(name) {
+            return Err(err);
+        }
         self.check_room(size_bytes)?;
-        let dir = self.dir.join("volumes").join(name);
+        let volumes_dir = self.dir.join("volumes");
+        let dir = volumes_dir.join(name);
+        let scratch = volumes_dir.join(format!("{CREATING_PREFIX}{name}"));
         let meta = VolumeMeta::new(name, size_bytes);
-        let (io, options) = (self.io.clone(), self.options);
-        let volume = tokio::task::spawn_blocking(move || Volume::create(&dir, meta, io, options))
-            .await
-            .expect("volume create does not panic")?;
+        let (io, options, volume_name) = (self.io.clone(), self.options, name.to_string());
+        let volume = tokio::task::spawn_blocking(move || {
+            // Built aside and renamed into place: a crash leaves either no
+            // volume or a whole one, never a directory that looks like a
+            // damaged volume.
+            let io_err = |op: &'static str, path: &Path| {
+                let (volume, path) = (volume_name.clone(), path.display().to_string());
+                move |source| NodeError::Io {
+                    volume,
+                    op,
+                    path,
+                    source,
+                }
+            };
+            if dir.exists() {
+                return Err(NodeError::VolumeExists {
+                    volume: volume_name.clone(),
+                });
+            }
+            let _ = std::fs::remove_dir_all(&scratch);
+            Volume::initialize(&scratch, meta)?;
+            std::fs::rename(&scratch, &dir).map_err(io_err("rename into place", &dir))?;
+            std::fs::File::open(&volumes_dir)
+                .and_then(|handle| handle.sync_all())
+                .map_err(io_err("sync pool directory", &volumes_dir))?;
+            Volume::open(&dir, io, options)
+        })
+        .await
+        .expect("volume create does not panic")?;
         self.volumes
             .lock()
             .unwrap()

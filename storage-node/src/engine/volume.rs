@@ -186,6 +186,13 @@ impl Volume {
         io: IoEngine,
         options: VolumeOptions,
     ) -> Result<Arc<Self>> {
+        Self::initialize(dir, meta)?;
+        Self::open(dir, io, options)
+    }
+
+    /// Writes a new volume's files into `dir`, `volume.json` last, each
+    /// fsynced. Blocking.
+    pub fn initialize(dir: &Path, meta: VolumeMeta) -> Result<()> {
         let name = meta.name.clone();
         if meta.size_bytes == 0 || !meta.size_bytes.is_multiple_of(512) {
             return Err(NodeError::BadSize {
@@ -218,8 +225,7 @@ impl Volume {
         let log_path = dir.join("activity.log");
         let _ = std::fs::remove_file(&log_path);
         ActivityLog::create(&log_path).map_err(io_err(&name, "create activity log", &log_path))?;
-        meta.store(&dir.join("volume.json"))?;
-        Self::open(dir, io, options)
+        meta.store(&dir.join("volume.json"))
     }
 
     /// Opens a volume, rehashing the extents its activity log marks.

@@ -1,0 +1,161 @@
+//! Attaching a volume: which node presents it, on which NBD endpoint.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use tether_proto::admin::{AttachRequest, AttachResponse, AttachmentSpec, VolumeView};
+
+use super::{ApiResult, AppState};
+use crate::RegistryError;
+
+pub(super) async fn attach_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(request): Json<AttachRequest>,
+) -> ApiResult<Json<AttachResponse>> {
+    let endpoint = request.nbd.trim().to_string();
+    if !(endpoint.starts_with("unix:") || endpoint.starts_with("tcp:")) {
+        return Err(RegistryError::Invalid {
+            field: "nbd",
+            reason: format!("{endpoint:?}: expected unix:PATH or tcp:HOST:PORT"),
+        });
+    }
+    let from = request.from.unwrap_or_else(|| state.cluster.clone());
+    // The presenting node: as asked, or the master now.
+    let (spec, _) = state.spec(&name).await?;
+    let presenter = match request.node {
+        Some(node) => {
+            if !state
+                .nodes()
+                .await?
+                .iter()
+                .any(|record| record.name == node)
+            {
+                return Err(RegistryError::Invalid {
+                    field: "node",
+                    reason: format!("node {node} is not up in cluster {}", state.cluster),
+                });
+            }
+            node
+        }
+        None => state
+            .group(&name)
+            .await?
+            .map_or(spec.master.clone(), |group| group.master),
+    };
+    if let Some(encryption) = &spec.encryption {
+        // The key goes to the presenting node before the attachment exists,
+        // so the node never presents the volume without it.
+        let Some(data_key) = request.data_key else {
+            return Err(RegistryError::Invalid {
+                field: "key",
+                reason: format!(
+                    "volume {name} is encrypted: attach needs its key (--encrypt-key-file)"
+                ),
+            });
+        };
+        volume_crypto::DataKey::from_hex(&name, &data_key)
+            .and_then(|key| key.verify(&name, &encryption.key_check))
+            .map_err(|err| RegistryError::Invalid {
+                field: "key",
+                reason: err.to_string(),
+            })?;
+        let record = state
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|record| record.name == presenter)
+            .ok_or_else(|| RegistryError::Unavailable {
+                reason: format!("node {presenter} is not up to present volume {name}"),
+            })?;
+        crate::node_rpc::load_key(&state.security, &record, &name, data_key).await?;
+    }
+    let spec = state
+        .update_spec(&name, |spec| {
+            if let Some(existing) = spec
+                .attachments
+                .iter()
+                .find(|attachment| attachment.endpoint == endpoint)
+            {
+                if existing.presenter(spec) != presenter {
+                    return Err(RegistryError::Invalid {
+                        field: "nbd",
+                        reason: format!(
+                            "{endpoint} is already presented by node {}",
+                            existing.presenter(spec)
+                        ),
+                    });
+                }
+            } else {
+                spec.attachments.push(AttachmentSpec {
+                    endpoint: endpoint.clone(),
+                    from: from.clone(),
+                    node: Some(presenter.clone()),
+                });
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(volume = %name, %endpoint, node = %presenter, "volume attach requested");
+    let outcome = state
+        .wait_for_presenter(&name, &presenter, "serve", |status| {
+            let status = status?;
+            if let Some(serving) = status
+                .serving
+                .iter()
+                .find(|serving| serving.endpoint == endpoint)
+            {
+                return Some(Ok(serving.uri.clone()));
+            }
+            status
+                .errors
+                .iter()
+                .find(|error| error.contains(&endpoint))
+                .map(|error| Err(error.clone()))
+        })
+        .await;
+    let _ = spec;
+    match outcome {
+        Ok(uri) => Ok(Json(AttachResponse { uri })),
+        Err(err) => {
+            let _ = state
+                .update_spec(&name, |spec| {
+                    spec.attachments
+                        .retain(|attachment| attachment.endpoint != endpoint);
+                    Ok(())
+                })
+                .await;
+            Err(err)
+        }
+    }
+}
+
+pub(super) async fn detach_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<VolumeView>> {
+    let (before, _) = state.spec(&name).await?;
+    let spec = state
+        .update_spec(&name, |spec| {
+            spec.attachments.clear();
+            Ok(())
+        })
+        .await?;
+    tracing::info!(volume = %name, "volume detach requested");
+    let live = state.nodes().await?;
+    for attachment in &before.attachments {
+        let node = attachment.presenter(&before);
+        let Some(record) = live.iter().find(|record| record.name == node) else {
+            continue;
+        };
+        state
+            .wait_for_presenter(&name, node, "stop serving", |status| match status {
+                Some(status) if !status.serving.is_empty() => None,
+                _ => Some(Ok(())),
+            })
+            .await?;
+        if before.encryption.is_some() {
+            crate::node_rpc::drop_key(&state.security, record, &name).await?;
+        }
+    }
+    Ok(Json(state.view(spec).await?))
+}

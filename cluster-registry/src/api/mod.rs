@@ -1,0 +1,281 @@
+//! The admin API's endpoints (JSON over HTTP):
+//!
+//! | method | path | body → answer |
+//! | --- | --- | --- |
+//! | GET | /v1/health | → `{"ok": true}` |
+//! | GET | /v1/clusters | → `[ClusterView]` |
+//! | GET | /v1/nodes | → `[NodeView]` |
+//! | GET, POST | /v1/volumes | `CreateVolumeRequest` → `VolumeView` |
+//! | GET, DELETE | /v1/volumes/{name} | → `VolumeView` |
+//! | POST | /v1/volumes/{name}/resize | `ResizeVolumeRequest` → `VolumeView` |
+//! | POST | /v1/volumes/{name}/attach | `AttachRequest` → `AttachResponse` |
+//! | POST | /v1/volumes/{name}/detach | → `VolumeView` |
+//! | POST | /v1/join | `JoinRequest` → `CertificateResponse` (join token, no certificate) |
+//! | POST | /v1/renew | `RenewRequest` → `CertificateResponse` (a node's certificate) |
+//!
+//! Every call comes over mutual TLS; `security` says which role each path needs.
+//!
+//! Errors are `ErrorBody` with a 4xx/5xx status.
+
+mod attach;
+mod nodes;
+mod replacement;
+mod view;
+mod volumes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coord_store::{Compare, CoordStore, Txn, TxnOp};
+use tether_proto::admin::{NodeRecord, PresentingStatus, VolumeSpec, VolumeStatus, VolumeView};
+use tether_proto::group::GroupRecord;
+
+use crate::RegistryError;
+use view::{build_view, Observed};
+
+pub use replacement::replace_lost_copies;
+
+/// How long an API call waits for the storage node to act on a spec.
+const NODE_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most copies a volume may have.
+const MAX_COPIES: u32 = 5;
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: String,
+    pub store: Arc<dyn CoordStore>,
+    pub security: Arc<crate::security::Security>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
+        .route("/v1/clusters", get(nodes::list_clusters))
+        .route("/v1/nodes", get(nodes::list_nodes))
+        .route(
+            "/v1/volumes",
+            get(volumes::list_volumes).post(volumes::create_volume),
+        )
+        .route(
+            "/v1/volumes/{name}",
+            get(volumes::get_volume).delete(volumes::delete_volume),
+        )
+        .route("/v1/volumes/{name}/resize", post(volumes::resize_volume))
+        .route("/v1/volumes/{name}/attach", post(attach::attach_volume))
+        .route("/v1/volumes/{name}/detach", post(attach::detach_volume))
+        .route("/v1/join", post(crate::security::join))
+        .route("/v1/renew", post(crate::security::renew))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::authorize,
+        ))
+        .layer(axum::middleware::from_fn(record_request))
+        .with_state(state)
+}
+
+/// Counts admin requests and their latency by route and status.
+async fn record_request(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = matched.map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("tether_admin_requests_total", &labels).increment(1);
+    metrics::histogram!("tether_admin_request_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+type ApiResult<T> = Result<T, RegistryError>;
+
+impl AppState {
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("/tether/v1/{}/{kind}/{name}", self.cluster)
+    }
+
+    fn prefix(&self, kind: &str) -> String {
+        format!("/tether/v1/{}/{kind}/", self.cluster)
+    }
+
+    async fn nodes(&self) -> ApiResult<Vec<NodeRecord>> {
+        let (kvs, _) = self.store.get_prefix(&self.prefix("nodes")).await?;
+        kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    async fn specs(&self) -> ApiResult<Vec<VolumeSpec>> {
+        let (kvs, _) = self.store.get_prefix(&self.prefix("volumes")).await?;
+        kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    async fn spec(&self, name: &str) -> ApiResult<(VolumeSpec, i64)> {
+        let key = self.key("volumes", name);
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| RegistryError::VolumeNotFound { name: name.into() })?;
+        Ok((decode(&key, &kv.value)?, kv.mod_revision))
+    }
+
+    async fn status(&self, name: &str) -> ApiResult<Option<VolumeStatus>> {
+        let key = self.key("status", name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn group(&self, name: &str) -> ApiResult<Option<GroupRecord>> {
+        let key = self.key("groups", name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every group record, by volume.
+    async fn groups(&self) -> ApiResult<std::collections::HashMap<String, GroupRecord>> {
+        let prefix = self.prefix("groups");
+        let (kvs, _) = self.store.get_prefix(&prefix).await?;
+        kvs.iter()
+            .map(|kv| {
+                let name = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_string();
+                decode(&kv.key, &kv.value).map(|group| (name, group))
+            })
+            .collect()
+    }
+
+    /// What each presenting node reports for the volume.
+    async fn presenting(&self, name: &str) -> ApiResult<Vec<PresentingStatus>> {
+        let prefix = format!("{}{name}/", self.prefix("presenting"));
+        let (kvs, _) = self.store.get_prefix(&prefix).await?;
+        kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    /// Polls the presenting status of `node` until `check` decides.
+    async fn wait_for_presenter<T>(
+        &self,
+        name: &str,
+        node: &str,
+        what: &str,
+        check: impl FnMut(Option<&PresentingStatus>) -> Option<Result<T, String>>,
+    ) -> ApiResult<T> {
+        let key = self.key("presenting", &format!("{name}/{node}"));
+        self.wait_on(&key, name, node, what, check).await
+    }
+
+    /// Read-modify-write of a spec, retried while someone else changes it.
+    async fn update_spec(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut VolumeSpec) -> ApiResult<()>,
+    ) -> ApiResult<VolumeSpec> {
+        loop {
+            let (mut spec, revision) = self.spec(name).await?;
+            change(&mut spec)?;
+            let key = self.key("volumes", name);
+            let txn = Txn {
+                compares: vec![Compare::ModRevision {
+                    key: key.clone(),
+                    revision,
+                }],
+                success: vec![TxnOp::Put {
+                    key,
+                    value: serde_json::to_vec(&spec).expect("spec serializes"),
+                    lease: None,
+                }],
+                failure: vec![],
+            };
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(spec);
+            }
+        }
+    }
+
+    /// Polls the volume's status until `check` decides, or the node takes too long.
+    async fn wait_for<T>(
+        &self,
+        name: &str,
+        node: &str,
+        what: &str,
+        check: impl FnMut(Option<&VolumeStatus>) -> Option<Result<T, String>>,
+    ) -> ApiResult<T> {
+        let key = self.key("status", name);
+        self.wait_on(&key, name, node, what, check).await
+    }
+
+    /// Polls the record at `key` until `check` decides (a value, or the
+    /// node's error), or `node` takes longer than [`NODE_ACTION_TIMEOUT`].
+    async fn wait_on<R: serde::de::DeserializeOwned, T>(
+        &self,
+        key: &str,
+        name: &str,
+        node: &str,
+        what: &str,
+        mut check: impl FnMut(Option<&R>) -> Option<Result<T, String>>,
+    ) -> ApiResult<T> {
+        let deadline = Instant::now() + NODE_ACTION_TIMEOUT;
+        loop {
+            let record: Option<R> = match self.store.get(key).await? {
+                Some(kv) => Some(decode(key, &kv.value)?),
+                None => None,
+            };
+            match check(record.as_ref()) {
+                Some(Ok(value)) => return Ok(value),
+                Some(Err(reason)) => {
+                    return Err(RegistryError::NodeFailed {
+                        name: name.into(),
+                        node: node.into(),
+                        reason,
+                    })
+                }
+                None if Instant::now() > deadline => {
+                    return Err(RegistryError::Unavailable {
+                        reason: format!(
+                        "node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"
+                    ),
+                    })
+                }
+                None => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
+    }
+
+    async fn view(&self, spec: VolumeSpec) -> ApiResult<VolumeView> {
+        let status = self.status(&spec.name).await?;
+        let group = self.group(&spec.name).await?;
+        let presenting = self.presenting(&spec.name).await?;
+        let nodes = self.nodes().await?;
+        Ok(build_view(
+            &self.cluster,
+            spec,
+            &Observed {
+                status: status.as_ref(),
+                group: group.as_ref(),
+                presenting: &presenting,
+                nodes: &nodes,
+            },
+        ))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(value).map_err(|err| RegistryError::BadRecord {
+        key: key.into(),
+        reason: err.to_string(),
+    })
+}

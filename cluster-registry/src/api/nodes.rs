@@ -1,0 +1,55 @@
+//! Clusters and nodes.
+
+use axum::extract::State;
+use axum::Json;
+use tether_proto::admin::{ClusterView, NodeRecord, NodeView};
+
+use super::{ApiResult, AppState};
+use crate::placement;
+
+pub(super) async fn list_clusters(
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<ClusterView>>> {
+    let nodes = state.nodes().await?;
+    Ok(Json(vec![ClusterView {
+        name: state.cluster.clone(),
+        role: "central".into(),
+        nodes_up: nodes.len(),
+    }]))
+}
+
+/// Live nodes (their lease-bound registration exists) are "up"; a node that
+/// still owns volumes but has no registration is listed as "down".
+pub(super) async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeView>>> {
+    let (nodes, specs) = (state.nodes().await?, state.specs().await?);
+    let view = |name: &str, up: Option<&NodeRecord>| NodeView {
+        name: name.to_string(),
+        cluster: state.cluster.clone(),
+        state: if up.is_some() { "up" } else { "down" }.into(),
+        capacity_bytes: up.map_or(0, |node| node.capacity_bytes),
+        provisioned_bytes: placement::provisioned_on(name, &specs),
+        volumes: specs
+            .iter()
+            .filter(|spec| spec.copy_nodes().iter().any(|copy| copy == name))
+            .count(),
+        io_backend: up.map_or_else(|| "-".to_string(), |node| node.io_backend.clone()),
+        labels: up.map(|node| node.labels.clone()).unwrap_or_default(),
+        block_addr: up.and_then(|node| node.block_addr.clone()),
+        control_addr: up.and_then(|node| node.control_addr.clone()),
+        quarantined: up.map(|node| node.quarantined.clone()).unwrap_or_default(),
+    };
+    let mut views: Vec<NodeView> = nodes
+        .iter()
+        .map(|node| view(&node.name, Some(node)))
+        .collect();
+    let mut down: Vec<String> = specs
+        .iter()
+        .flat_map(|spec| spec.copy_nodes())
+        .filter(|copy| !nodes.iter().any(|node| node.name == *copy))
+        .collect();
+    down.sort_unstable();
+    down.dedup();
+    views.extend(down.iter().map(|name| view(name, None)));
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(views))
+}

@@ -1,0 +1,257 @@
+//! Volumes: list, get, create, resize, delete.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use coord_store::{Compare, Txn, TxnOp};
+use tether_proto::admin::{
+    valid_volume_name, CreateVolumeRequest, ResizeVolumeRequest, VolumeSpec, VolumeView,
+};
+use tether_proto::group::GroupRecord;
+
+use super::{ApiResult, AppState, MAX_COPIES};
+use crate::placement;
+use crate::RegistryError;
+
+/// An encryption spec the nodes can use: a cipher they know, and key
+/// material of the right shape (its correctness is the user's key's business).
+fn check_encryption(encryption: &tether_proto::admin::EncryptionSpec) -> ApiResult<()> {
+    let invalid = |reason: String| RegistryError::Invalid {
+        field: "encryption",
+        reason,
+    };
+    if encryption.cipher != volume_crypto::CIPHER
+        || encryption.sector_bytes as usize != volume_crypto::SECTOR_BYTES
+    {
+        return Err(invalid(format!(
+            "cipher {} with {}-byte sectors is not supported (use {} with {})",
+            encryption.cipher,
+            encryption.sector_bytes,
+            volume_crypto::CIPHER,
+            volume_crypto::SECTOR_BYTES
+        )));
+    }
+    if blake3::Hash::from_hex(&encryption.key_check).is_err() || encryption.wrapped_key.len() != 144
+    {
+        return Err(invalid("malformed wrapped key or key check".into()));
+    }
+    Ok(())
+}
+
+fn check_size(size_bytes: u64) -> ApiResult<()> {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(512) {
+        return Err(RegistryError::Invalid {
+            field: "size",
+            reason: format!("{size_bytes} bytes is not a positive multiple of 512"),
+        });
+    }
+    Ok(())
+}
+
+pub(super) async fn list_volumes(
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<VolumeView>>> {
+    let mut views = Vec::new();
+    for spec in state.specs().await? {
+        views.push(state.view(spec).await?);
+    }
+    Ok(Json(views))
+}
+
+pub(super) async fn get_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<VolumeView>> {
+    let (spec, _) = state.spec(&name).await?;
+    Ok(Json(state.view(spec).await?))
+}
+
+pub(super) async fn create_volume(
+    State(state): State<AppState>,
+    Json(request): Json<CreateVolumeRequest>,
+) -> ApiResult<(StatusCode, Json<VolumeView>)> {
+    if !valid_volume_name(&request.name) {
+        return Err(RegistryError::Invalid {
+            field: "name",
+            reason: format!(
+                "{:?}: use 1-63 of a-z 0-9 . _ - starting with a letter or digit",
+                request.name
+            ),
+        });
+    }
+    check_size(request.size_bytes)?;
+    if let Some(encryption) = &request.encryption {
+        check_encryption(encryption)?;
+    }
+    if !(1..=MAX_COPIES).contains(&request.replicas) {
+        return Err(RegistryError::Invalid {
+            field: "replicas",
+            reason: format!(
+                "{}: a volume has 1 to {MAX_COPIES} copies (master included)",
+                request.replicas
+            ),
+        });
+    }
+    let copies = placement::place(
+        request.size_bytes,
+        request.replicas as usize,
+        &request.placement,
+        &state.nodes().await?,
+        &state.specs().await?,
+    )?;
+    let master = copies[0].clone();
+    let spec = VolumeSpec {
+        version: VolumeSpec::VERSION,
+        name: request.name.clone(),
+        size_bytes: request.size_bytes,
+        replicas: request.replicas,
+        master: master.clone(),
+        epoch: 1,
+        attachments: vec![],
+        placement: request.placement.clone(),
+        copies: copies.clone(),
+        encryption: request.encryption.clone(),
+    };
+    let key = state.key("volumes", &spec.name);
+    let group = GroupRecord::new(&copies);
+    let created = state
+        .store
+        .txn(Txn {
+            compares: vec![Compare::ModRevision {
+                key: key.clone(),
+                revision: 0,
+            }],
+            success: vec![
+                TxnOp::Put {
+                    key: key.clone(),
+                    value: serde_json::to_vec(&spec).expect("spec serializes"),
+                    lease: None,
+                },
+                TxnOp::Put {
+                    key: state.key("groups", &spec.name),
+                    value: serde_json::to_vec(&group).expect("group serializes"),
+                    lease: None,
+                },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    if !created.succeeded {
+        return Err(RegistryError::VolumeExists { name: spec.name });
+    }
+    tracing::info!(volume = %spec.name, size_bytes = spec.size_bytes, node = %master, copies = ?copies, "volume create requested");
+    let size = spec.size_bytes;
+    let outcome = state
+        .wait_for(&spec.name, &master, "create", |status| match status {
+            Some(status) if status.size_bytes == size => Some(Ok(())),
+            Some(status) if !status.errors.is_empty() => Some(Err(status.errors.join("; "))),
+            _ => None,
+        })
+        .await;
+    if let Err(err) = outcome {
+        // Roll back: the nodes delete whatever they made when the spec goes.
+        let _ = state.store.delete(&key).await;
+        let _ = state.store.delete(&state.key("groups", &spec.name)).await;
+        return Err(err);
+    }
+    Ok((StatusCode::CREATED, Json(state.view(spec).await?)))
+}
+
+pub(super) async fn resize_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(request): Json<ResizeVolumeRequest>,
+) -> ApiResult<Json<VolumeView>> {
+    check_size(request.size_bytes)?;
+    let (nodes, specs) = (state.nodes().await?, state.specs().await?);
+    let spec = state
+        .update_spec(&name, |spec| {
+            if request.size_bytes < spec.size_bytes {
+                return Err(RegistryError::Invalid {
+                    field: "size",
+                    reason: format!(
+                        "volume {name} is {} bytes; shrinking a block device loses data, so only growing is allowed",
+                        spec.size_bytes
+                    ),
+                });
+            }
+            let growth = request.size_bytes - spec.size_bytes;
+            for copy in spec.copy_nodes() {
+                let node = nodes.iter().find(|node| node.name == copy);
+                let free = node.map_or(0, |node| node.capacity_bytes.saturating_sub(placement::provisioned_on(&node.name, &specs)));
+                if growth > free {
+                    return Err(RegistryError::PoolFull { requested: growth, largest_free: free });
+                }
+            }
+            spec.size_bytes = request.size_bytes;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(volume = %name, size_bytes = spec.size_bytes, "volume resize requested");
+    let size = spec.size_bytes;
+    state
+        .wait_for(&name, &spec.master, "resize", |status| match status {
+            Some(status) if status.size_bytes == size => Some(Ok(())),
+            Some(status) if !status.errors.is_empty() => Some(Err(status.errors.join("; "))),
+            _ => None,
+        })
+        .await?;
+    Ok(Json(state.view(spec).await?))
+}
+
+pub(super) async fn delete_volume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (spec, revision) = state.spec(&name).await?;
+    if !spec.attachments.is_empty() {
+        let view = state.view(spec).await?;
+        let uris: Vec<String> = view
+            .attachments
+            .into_iter()
+            .map(|attachment| attachment.uri)
+            .collect();
+        return Err(RegistryError::Attached {
+            name,
+            uris: uris.join(", "),
+        });
+    }
+    let key = state.key("volumes", &name);
+    let deleted = state
+        .store
+        .txn(Txn {
+            compares: vec![Compare::ModRevision {
+                key: key.clone(),
+                revision,
+            }],
+            success: vec![
+                TxnOp::Delete { key },
+                TxnOp::Delete {
+                    key: state.key("groups", &name),
+                },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    if !deleted.succeeded {
+        return Err(RegistryError::Unavailable {
+            reason: format!("volume {name} changed while deleting; try again"),
+        });
+    }
+    tracing::info!(volume = %name, node = %spec.master, "volume deleted");
+    if state
+        .nodes()
+        .await?
+        .iter()
+        .any(|node| node.name == spec.master)
+    {
+        state
+            .wait_for(&name, &spec.master, "delete", |status| {
+                status.is_none().then_some(Ok(()))
+            })
+            .await?;
+    } else {
+        tracing::warn!(volume = %name, node = %spec.master, "node is down; its copy is kept until an operator removes it");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
