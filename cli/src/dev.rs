@@ -79,6 +79,10 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
         Identity::new(CLUSTER, Role::Store, "etcd"),
         &["127.0.0.1".into(), "localhost".into()],
     )?;
+    // Pools, the registry's state, etcd's data and every credential: no
+    // client-chosen path (an NBD socket) may land in there.
+    tether_common::protected::mark(&admin_dir, "the dev admin's credentials")?;
+    tether_common::protected::mark(&dir.join(CLUSTER), "a dev cluster's state")?;
     Ok(DevTrust {
         ca_cert: control_dir
             .join(cluster_registry::security::CA_DIR)

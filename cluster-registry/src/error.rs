@@ -89,3 +89,29 @@ impl IntoResponse for RegistryError {
         (status, axum::Json(body)).into_response()
     }
 }
+
+/// `axum::Json`, except that a body that does not parse is answered like
+/// every other error: `{"error", "code": "invalid"}` with 400, not plain text.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    axum::Json<T>:
+        axum::extract::FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = RegistryError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(RegistryError::Invalid {
+                field: "body",
+                reason: rejection.body_text(),
+            }),
+        }
+    }
+}

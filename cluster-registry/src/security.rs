@@ -58,6 +58,12 @@ pub struct Security {
 /// Loads the CA (making one on first start) and the join token (making one
 /// too), and issues the registry its certificate.
 pub fn open(cluster: &str, config: SecurityConfig) -> Result<Arc<Security>, RegistryError> {
+    tether_common::protected::mark(&config.state_dir, "the Tether registry's state").map_err(
+        |source| RegistryError::State {
+            path: config.state_dir.clone(),
+            source,
+        },
+    )?;
     let ca = match &config.operator_ca {
         Some(operator) => CertificateAuthority::from_files(
             &operator.cert,
@@ -210,7 +216,7 @@ pub async fn authorize(
 pub async fn join(
     State(state): State<crate::api::AppState>,
     Extension(peer): Extension<Peer>,
-    Json(request): Json<JoinRequest>,
+    crate::error::JsonBody(request): crate::error::JsonBody<JoinRequest>,
 ) -> Result<Json<CertificateResponse>, RegistryError> {
     let security = &state.security;
     if blake3::hash(request.token.trim().as_bytes()) != security.join_token_hash {
@@ -243,7 +249,7 @@ pub async fn join(
 pub async fn renew(
     State(state): State<crate::api::AppState>,
     Extension(peer): Extension<Peer>,
-    Json(request): Json<RenewRequest>,
+    crate::error::JsonBody(request): crate::error::JsonBody<RenewRequest>,
 ) -> Result<Json<CertificateResponse>, RegistryError> {
     let security = &state.security;
     let identity = security.require(&peer, &[Role::Node], "POST /v1/renew")?;

@@ -324,8 +324,18 @@ pub struct PresentingStatus {
     pub version: u32,
     pub node: String,
     pub serving: Vec<ServingEndpoint>,
-    /// Endpoints that could not be served, with why.
+    /// Endpoints that could not be served, with why, one line each (for people).
     pub errors: Vec<String>,
+    /// The same, by endpoint: what the registry matches an attach against
+    /// (an endpoint is never looked for inside an error's text).
+    #[serde(default)]
+    pub failures: Vec<EndpointFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointFailure {
+    pub endpoint: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

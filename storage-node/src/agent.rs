@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use coord_store::{CoordStore, EtcdStore, StoreError, WatchEvent};
 use tether_proto::admin::{
-    NodeRecord, PresentingStatus, ServingEndpoint, VolumeSpec, VolumeStatus,
+    EndpointFailure, NodeRecord, PresentingStatus, ServingEndpoint, VolumeSpec, VolumeStatus,
 };
 use tokio::sync::Mutex;
 use tracing::Instrument;
@@ -64,7 +64,7 @@ struct Agent {
     /// Last error acting on each volume's spec.
     errors: std::sync::Mutex<HashMap<String, Vec<String>>>,
     /// Endpoints that could not be served, per volume.
-    presenting_errors: std::sync::Mutex<HashMap<String, Vec<String>>>,
+    presenting_errors: std::sync::Mutex<HashMap<String, Vec<EndpointFailure>>>,
     /// What was last written to each status key.
     published: std::sync::Mutex<HashMap<String, VolumeStatus>>,
     published_presenting: std::sync::Mutex<HashMap<String, PresentingStatus>>,
@@ -439,7 +439,13 @@ impl Agent {
             .collect();
         let mut servers = self.servers.lock().await;
         if wanted.is_empty() {
-            if servers.remove(&spec.name).is_some() {
+            let had_errors = self
+                .presenting_errors
+                .lock()
+                .unwrap()
+                .remove(&spec.name)
+                .is_some_and(|errors| !errors.is_empty());
+            if servers.remove(&spec.name).is_some() || had_errors {
                 drop(servers);
                 self.publish_presenting(&spec.name).await;
             }
@@ -470,7 +476,10 @@ impl Agent {
                     spec.name, self.config.node
                 );
                 tracing::warn!(volume = %spec.name, %endpoint, "not presenting: {error}");
-                errors.push(error);
+                errors.push(EndpointFailure {
+                    endpoint: endpoint.to_string(),
+                    error,
+                });
                 continue;
             }
             match nbd::serve(endpoint, presenter.clone()).await {
@@ -480,7 +489,10 @@ impl Agent {
                 }
                 Err(err) => {
                     tracing::error!(volume = %spec.name, error = %err, "cannot serve the attachment");
-                    errors.push(err.to_string());
+                    errors.push(EndpointFailure {
+                        endpoint: endpoint.to_string(),
+                        error: err.to_string(),
+                    });
                 }
             }
         }
@@ -536,17 +548,22 @@ impl Agent {
                 })
                 .unwrap_or_default()
         };
+        let failures = self
+            .presenting_errors
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
         let status = PresentingStatus {
             version: 1,
             node: self.config.node.clone(),
             serving,
-            errors: self
-                .presenting_errors
-                .lock()
-                .unwrap()
-                .get(name)
-                .cloned()
-                .unwrap_or_default(),
+            errors: failures
+                .iter()
+                .map(|failure| failure.error.clone())
+                .collect(),
+            failures,
         };
         if self.published_presenting.lock().unwrap().get(name) == Some(&status) {
             return;

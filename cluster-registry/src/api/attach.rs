@@ -1,8 +1,12 @@
 //! Attaching a volume: which node presents it, on which NBD endpoint.
+//!
+//! An attach runs to its end in a task of its own, whatever becomes of the
+//! request: a client that gives up (a timeout, Ctrl-C) still leaves either a
+//! served attachment or none, never one the node cannot serve.
 
 use axum::extract::{Path, State};
 use axum::Json;
-use tether_proto::admin::{AttachRequest, AttachResponse, AttachmentSpec, VolumeView};
+use tether_proto::admin::{AttachRequest, AttachResponse, AttachmentSpec, VolumeSpec, VolumeView};
 
 use super::{ApiResult, AppState};
 use crate::RegistryError;
@@ -10,8 +14,61 @@ use crate::RegistryError;
 pub(super) async fn attach_volume(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Json(request): Json<AttachRequest>,
+    crate::error::JsonBody(request): crate::error::JsonBody<AttachRequest>,
 ) -> ApiResult<Json<AttachResponse>> {
+    tokio::spawn(attach(state, name, request))
+        .await
+        .map_err(|err| RegistryError::Unavailable {
+            reason: format!("attach failed: {err}"),
+        })?
+        .map(Json)
+}
+
+/// The presenting node when none is asked for: the one already presenting
+/// this endpoint (attaching again, e.g. with a key after a restart), else the
+/// master if it is up, else a live copy (the next master), else any live node.
+async fn default_presenter(
+    state: &AppState,
+    spec: &VolumeSpec,
+    endpoint: &str,
+) -> ApiResult<String> {
+    if let Some(existing) = spec
+        .attachments
+        .iter()
+        .find(|attachment| attachment.endpoint == endpoint)
+    {
+        return Ok(existing.presenter(spec).to_string());
+    }
+    let live: Vec<String> = state
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|node| node.name)
+        .collect();
+    let group = state.group(&spec.name).await?;
+    let master = group
+        .as_ref()
+        .map_or(spec.master.clone(), |group| group.master.clone());
+    let isr = group.map(|group| group.isr).unwrap_or_default();
+    [master]
+        .into_iter()
+        .chain(isr)
+        .chain(spec.copy_nodes())
+        .chain(live.iter().cloned())
+        .find(|node| live.contains(node))
+        .ok_or_else(|| RegistryError::Unavailable {
+            reason: format!(
+                "no node of cluster {} is up to present volume {}",
+                state.cluster, spec.name
+            ),
+        })
+}
+
+async fn attach(
+    state: AppState,
+    name: String,
+    request: AttachRequest,
+) -> ApiResult<AttachResponse> {
     let endpoint = request.nbd.trim().to_string();
     if !(endpoint.starts_with("unix:") || endpoint.starts_with("tcp:")) {
         return Err(RegistryError::Invalid {
@@ -37,10 +94,7 @@ pub(super) async fn attach_volume(
             }
             node
         }
-        None => state
-            .group(&name)
-            .await?
-            .map_or(spec.master.clone(), |group| group.master),
+        None => default_presenter(&state, &spec, &endpoint).await?,
     };
     if let Some(encryption) = &spec.encryption {
         // The key goes to the presenting node before the attachment exists,
@@ -107,15 +161,15 @@ pub(super) async fn attach_volume(
                 return Some(Ok(serving.uri.clone()));
             }
             status
-                .errors
+                .failures
                 .iter()
-                .find(|error| error.contains(&endpoint))
-                .map(|error| Err(error.clone()))
+                .find(|failure| failure.endpoint == endpoint)
+                .map(|failure| Err(failure.error.clone()))
         })
         .await;
     let _ = spec;
     match outcome {
-        Ok(uri) => Ok(Json(AttachResponse { uri })),
+        Ok(uri) => Ok(AttachResponse { uri }),
         Err(err) => {
             let _ = state
                 .update_spec(&name, |spec| {

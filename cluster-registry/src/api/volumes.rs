@@ -68,7 +68,7 @@ pub(super) async fn get_volume(
 
 pub(super) async fn create_volume(
     State(state): State<AppState>,
-    Json(request): Json<CreateVolumeRequest>,
+    crate::error::JsonBody(request): crate::error::JsonBody<CreateVolumeRequest>,
 ) -> ApiResult<(StatusCode, Json<VolumeView>)> {
     if !valid_volume_name(&request.name) {
         return Err(RegistryError::Invalid {
@@ -160,7 +160,7 @@ pub(super) async fn create_volume(
 pub(super) async fn resize_volume(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Json(request): Json<ResizeVolumeRequest>,
+    crate::error::JsonBody(request): crate::error::JsonBody<ResizeVolumeRequest>,
 ) -> ApiResult<Json<VolumeView>> {
     check_size(request.size_bytes)?;
     let (nodes, specs) = (state.nodes().await?, state.specs().await?);

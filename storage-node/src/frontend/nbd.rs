@@ -64,14 +64,61 @@ pub struct NbdServer {
     pub endpoint: String,
     pub uri: String,
     shutdown: watch::Sender<bool>,
-    unix_path: Option<PathBuf>,
+    /// The socket this server made: path, device and inode.
+    unix_socket: Option<(PathBuf, u64, u64)>,
 }
 
 impl Drop for NbdServer {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        if let Some(path) = &self.unix_path {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, dev, ino)) = &self.unix_socket {
+            // Only the socket this server made: if something else has taken
+            // the path since, it is not ours to remove.
+            if socket_identity(path) == Some((*dev, *ino)) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Device and inode of `path` if it is a Unix socket (not following links).
+fn socket_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type()
+        .is_socket()
+        .then(|| (meta.dev(), meta.ino()))
+}
+
+/// Checks a client-chosen socket path before anything is created there: it
+/// must not lie inside a pool or state directory, and must not exist unless
+/// it is a socket nobody serves (left over from a crash), which is removed.
+fn claim_socket_path(endpoint_spec: &str, path: &std::path::Path) -> Result<()> {
+    let bad = |reason: String| NodeError::BadEndpoint {
+        endpoint: endpoint_spec.to_string(),
+        reason,
+    };
+    if let Some(dir) = tether_common::protected::protected_ancestor(path) {
+        return Err(bad(format!(
+            "{} is inside a pool or state directory ({}); choose a path outside it",
+            path.display(),
+            dir.display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(bad(format!("cannot check {}: {err}", path.display()))),
+        Ok(_) if socket_identity(path).is_none() => Err(bad(format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ))),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(bad("another server is listening there".into()));
+            }
+            // A socket nobody answers on is left over from a crash: replace it.
+            std::fs::remove_file(path)
+                .map_err(|err| bad(format!("cannot replace the stale socket: {err}")))
         }
     }
 }
@@ -118,28 +165,23 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Presenter>) -> Result<NbdSer
                 endpoint: endpoint_spec.to_string(),
                 uri,
                 shutdown,
-                unix_path: None,
+                unix_socket: None,
             })
         }
         Endpoint::Unix(path) => {
-            if path.exists() {
-                // A socket nobody answers on is left over from a crash: replace it.
-                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                    return Err(NodeError::BadEndpoint {
-                        endpoint: endpoint_spec.to_string(),
-                        reason: "another server is listening there".into(),
-                    });
-                }
-                let _ = std::fs::remove_file(&path);
-            }
+            claim_socket_path(endpoint_spec, &path)?;
             let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
+            let (dev, ino) = socket_identity(&path).ok_or_else(|| NodeError::BadEndpoint {
+                endpoint: endpoint_spec.to_string(),
+                reason: "the socket vanished as it was made".into(),
+            })?;
             let uri = format!("nbd+unix:///{name}?socket={}", path.display());
             tokio::spawn(accept_loop_unix(listener, volume, shutdown_rx).in_current_span());
             Ok(NbdServer {
                 endpoint: endpoint_spec.to_string(),
                 uri,
                 shutdown,
-                unix_path: Some(path),
+                unix_socket: Some((path, dev, ino)),
             })
         }
     }
