@@ -6,73 +6,10 @@ use std::net::TcpStream;
 
 use multicluster_tests::clients::qemu_io;
 use multicluster_tests::harness::DevFederation;
+use multicluster_tests::raw_nbd::{connect, read_reply, send_request};
 use tether_proto::nbd::*;
 
 const SIZE: u64 = 64 << 20;
-
-/// Connects and negotiates with GO; returns the stream ready for transmission.
-fn connect(addr: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut greeting = [0u8; 18];
-    stream.read_exact(&mut greeting).unwrap();
-    assert_eq!(&greeting[..8], &NBDMAGIC.to_be_bytes());
-    let mut out = Vec::new();
-    out.extend_from_slice(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes());
-    out.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    out.extend_from_slice(&OPT_GO.to_be_bytes());
-    out.extend_from_slice(&6u32.to_be_bytes());
-    out.extend_from_slice(&0u32.to_be_bytes()); // default export
-    out.extend_from_slice(&0u16.to_be_bytes());
-    stream.write_all(&out).unwrap();
-    loop {
-        let mut header = [0u8; 20];
-        stream.read_exact(&mut header).unwrap();
-        let reply_type = u32::from_be_bytes(header[12..16].try_into().unwrap());
-        let length = u32::from_be_bytes(header[16..20].try_into().unwrap());
-        let mut data = vec![0u8; length as usize];
-        stream.read_exact(&mut data).unwrap();
-        if reply_type == REP_ACK {
-            return stream;
-        }
-        assert_eq!(reply_type, REP_INFO);
-    }
-}
-
-fn send_request(
-    stream: &mut TcpStream,
-    command_type: u16,
-    cookie: u64,
-    offset: u64,
-    length: u32,
-    payload: &[u8],
-) {
-    let mut out = Vec::new();
-    out.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&command_type.to_be_bytes());
-    out.extend_from_slice(&cookie.to_be_bytes());
-    out.extend_from_slice(&offset.to_be_bytes());
-    out.extend_from_slice(&length.to_be_bytes());
-    out.extend_from_slice(payload);
-    stream.write_all(&out).unwrap();
-}
-
-/// Reads one simple reply: (error, cookie).
-fn read_reply(stream: &mut TcpStream) -> (u32, u64) {
-    let mut header = [0u8; 16];
-    stream.read_exact(&mut header).unwrap();
-    assert_eq!(
-        u32::from_be_bytes(header[..4].try_into().unwrap()),
-        SIMPLE_REPLY_MAGIC
-    );
-    (
-        u32::from_be_bytes(header[4..8].try_into().unwrap()),
-        u64::from_be_bytes(header[8..16].try_into().unwrap()),
-    )
-}
 
 fn assert_closed(stream: &mut TcpStream) {
     let mut byte = [0u8; 1];

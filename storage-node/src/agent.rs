@@ -65,6 +65,8 @@ struct Agent {
     errors: std::sync::Mutex<HashMap<String, Vec<String>>>,
     /// Endpoints that could not be served, per volume.
     presenting_errors: std::sync::Mutex<HashMap<String, Vec<EndpointFailure>>>,
+    /// The byte budget every NBD connection of this node shares.
+    nbd_limits: nbd::NbdLimits,
     /// What was last written to each status key.
     published: std::sync::Mutex<HashMap<String, VolumeStatus>>,
     published_presenting: std::sync::Mutex<HashMap<String, PresentingStatus>>,
@@ -149,6 +151,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         presenting_errors: Default::default(),
         published: Default::default(),
         published_presenting: Default::default(),
+        nbd_limits: Default::default(),
     });
     for volume in agent.pool.list() {
         spawn_rehasher(volume);
@@ -482,7 +485,7 @@ impl Agent {
                 });
                 continue;
             }
-            match nbd::serve(endpoint, presenter.clone()).await {
+            match nbd::serve(endpoint, presenter.clone(), self.nbd_limits.clone()).await {
                 Ok(server) => {
                     tracing::info!(volume = %spec.name, uri = %server.uri, "serving over NBD");
                     serving.insert(endpoint.to_string(), server);

@@ -21,6 +21,7 @@ pub mod frontend;
 pub mod group;
 pub mod hashlist;
 pub mod keys;
+pub mod limits;
 pub mod security;
 
 pub use agent::run;

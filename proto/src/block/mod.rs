@@ -43,6 +43,11 @@ pub const FRAME_VERSION: u8 = 1;
 pub const FRAME_HEADER_LEN: usize = 28;
 /// Largest payload: a 32 MiB write or chunk, with room to spare.
 pub const MAX_FRAME_PAYLOAD: u32 = 64 * 1024 * 1024;
+/// Largest `Read` a frame may ask for: what NBD allows a request, so a peer
+/// cannot make a node allocate more for one answer.
+pub const MAX_READ_BYTES: u32 = 32 * 1024 * 1024;
+/// Most hash-tree nodes one `TreeRequest` may ask for (a 2 MiB answer).
+pub const MAX_TREE_INDICES: usize = 65_536;
 
 pub const FLAG_FUA: u16 = 1 << 0;
 pub const FLAG_PUNCH: u16 = 1 << 1;
@@ -134,6 +139,18 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The bytes taking this frame makes its receiver hold: its payload,
+    /// and what its answer will carry (a read's data, a tree answer's hashes).
+    /// Receivers charge it against their budgets before running the frame.
+    pub fn held_bytes(&self) -> u64 {
+        match self {
+            Frame::Write { data, .. } | Frame::ChunkData { data, .. } => data.len() as u64,
+            Frame::Read { length, .. } => *length as u64,
+            Frame::TreeRequest { indices, .. } => indices.len() as u64 * (8 + 32),
+            _ => 0,
+        }
+    }
+
     /// The sequence number pairing a request with its answer (0 for Hello).
     pub fn seq(&self) -> u64 {
         match self {
@@ -378,6 +395,11 @@ pub fn decode_frame(input: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
             need(&payload, 5, "tree request without level and count")?;
             let level = payload.get_u8();
             let count = payload.get_u32() as usize;
+            if count > MAX_TREE_INDICES {
+                return Err(malformed(
+                    "tree request for more nodes than one answer may hold",
+                ));
+            }
             need(
                 &payload,
                 count.saturating_mul(8),
@@ -428,10 +450,19 @@ pub fn decode_frame(input: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
         }
         KIND_READ => {
             need(&payload, 12, "read without offset and length")?;
+            let offset = payload.get_u64();
+            let length = payload.get_u32();
+            if length > MAX_READ_BYTES {
+                return Err(ProtoError::FrameTooLarge {
+                    seq,
+                    length,
+                    max: MAX_READ_BYTES,
+                });
+            }
             Frame::Read {
                 seq,
-                offset: payload.get_u64(),
-                length: payload.get_u32(),
+                offset,
+                length,
             }
         }
         KIND_READ_DATA => Frame::ReadData {

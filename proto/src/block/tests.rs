@@ -152,3 +152,34 @@ fn payloads_that_lie_about_their_contents_are_malformed() {
         );
     }
 }
+
+#[test]
+fn a_frame_cannot_ask_for_more_than_one_answer_may_hold() {
+    let mut out = BytesMut::new();
+    encode_frame(
+        &Frame::Read {
+            seq: 1,
+            offset: 0,
+            length: 1 << 30,
+        },
+        &mut out,
+    );
+    assert!(matches!(
+        decode_frame(&mut out),
+        Err(ProtoError::FrameTooLarge { seq: 1, .. })
+    ));
+    let mut out = BytesMut::new();
+    encode_frame(
+        &Frame::TreeRequest {
+            seq: 2,
+            epoch: 1,
+            level: 0,
+            indices: vec![0; MAX_TREE_INDICES + 1],
+        },
+        &mut out,
+    );
+    assert!(matches!(
+        decode_frame(&mut out),
+        Err(ProtoError::MalformedFrame { seq: 2, .. })
+    ));
+}

@@ -16,7 +16,9 @@ mod transmission;
 pub use consts::*;
 
 pub use handshake::{ExportCatalog, ExportInfo, HandshakeOutcome, ServerHandshake};
-pub use transmission::{decode_request, encode_simple_reply, Command, Request, REQUEST_HEADER_LEN};
+pub use transmission::{
+    decode_request, encode_simple_reply, request_bytes, Command, Request, REQUEST_HEADER_LEN,
+};
 
 #[cfg(test)]
 mod tests;

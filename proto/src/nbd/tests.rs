@@ -288,3 +288,16 @@ fn simple_reply_layout() {
     assert_eq!(out.get_u64(), 0x3344);
     assert_eq!(&out[..], b"xy");
 }
+
+#[test]
+fn a_request_says_what_it_will_hold_from_its_header_alone() {
+    let write = request(0, CMD_WRITE, 1, 0, 32 << 20);
+    assert_eq!(request_bytes(&write[..27]), None, "header incomplete");
+    assert_eq!(request_bytes(&write), Some(32 << 20), "a write's payload");
+    assert_eq!(
+        request_bytes(&request(0, CMD_READ, 2, 0, 1 << 20)),
+        Some(1 << 20)
+    );
+    assert_eq!(request_bytes(&request(0, CMD_TRIM, 3, 0, 1 << 30)), Some(0));
+    assert_eq!(request_bytes(&request(0, CMD_FLUSH, 4, 0, 0)), Some(0));
+}

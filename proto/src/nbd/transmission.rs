@@ -118,6 +118,23 @@ pub fn decode_request(
     Ok(Some(Request { cookie, command }))
 }
 
+/// The bytes the request at the front of `input` will make a server hold
+/// (a WRITE's payload, a READ's reply data), read from its header alone;
+/// `None` until the whole header is there. A server charges this against
+/// its budget *before* it buffers the payload or runs the request, so a
+/// client cannot make it hold more than the budget.
+pub fn request_bytes(input: &[u8]) -> Option<u64> {
+    if input.len() < REQUEST_HEADER_LEN {
+        return None;
+    }
+    let command_type = u16::from_be_bytes([input[6], input[7]]);
+    let length = u32::from_be_bytes([input[24], input[25], input[26], input[27]]);
+    Some(match command_type {
+        CMD_WRITE | CMD_READ => length as u64,
+        _ => 0,
+    })
+}
+
 /// Frames a simple reply; `data` is the READ payload (only on success).
 pub fn encode_simple_reply(cookie: u64, error: u32, data: Option<&[u8]>, out: &mut BytesMut) {
     out.reserve(16 + data.map_or(0, |d| d.len()));

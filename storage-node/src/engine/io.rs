@@ -75,7 +75,7 @@ impl IoEngine {
     /// Starts io_uring if `prefer_uring` and the kernel allows it, else the fallback.
     pub fn start(prefer_uring: bool) -> Self {
         if prefer_uring {
-            match start_uring_thread() {
+            match start_uring_thread(RING_ENTRIES) {
                 Ok(handle) => {
                     tracing::info!(io_backend = "io_uring", "I/O backend chosen");
                     return Self {
@@ -264,8 +264,11 @@ impl UringHandle {
     }
 }
 
-fn start_uring_thread() -> io::Result<UringHandle> {
-    let ring = IoUring::new(RING_ENTRIES)?;
+fn start_uring_thread(entries: u32) -> io::Result<UringHandle> {
+    start_ring_thread(IoUring::new(entries)?)
+}
+
+fn start_ring_thread<R: Ring + Send + 'static>(ring: R) -> io::Result<UringHandle> {
     let wake_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if wake_fd < 0 {
         return Err(io::Error::last_os_error());
@@ -279,23 +282,67 @@ fn start_uring_thread() -> io::Result<UringHandle> {
     Ok(UringHandle { sender, wake_fd })
 }
 
+/// What the ring thread needs of a ring (the real one, or in tests the real
+/// one behind a fault injector).
+trait Ring {
+    /// Queues an entry; false when the submission queue is full.
+    ///
+    /// # Safety
+    /// The buffers the entry points at must stay valid until its completion.
+    unsafe fn push(&mut self, entry: &io_uring::squeue::Entry) -> bool;
+    fn submit_and_wait(&mut self, want: usize) -> io::Result<usize>;
+    /// Every completion there is now: (user data, result).
+    fn reap(&mut self) -> Vec<(u64, i32)>;
+    /// Completions the completion queue holds.
+    fn completion_capacity(&mut self) -> usize;
+}
+
+impl Ring for IoUring {
+    unsafe fn push(&mut self, entry: &io_uring::squeue::Entry) -> bool {
+        self.submission().push(entry).is_ok()
+    }
+    fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        IoUring::submit_and_wait(self, want)
+    }
+    fn reap(&mut self) -> Vec<(u64, i32)> {
+        self.completion()
+            .map(|cqe| (cqe.user_data(), cqe.result()))
+            .collect()
+    }
+    fn completion_capacity(&mut self) -> usize {
+        self.completion().capacity()
+    }
+}
+
 /// The ring thread. Ends when every sender is gone.
-fn run_ring(mut ring: IoUring, receiver: std_mpsc::Receiver<UringOp>, wake_fd: Arc<EventFd>) {
+///
+/// Two rules keep it safe: an operation stays in `in_flight` (owning its
+/// buffer and file) until its own completion arrives, whatever `submit`
+/// says, because the kernel may already be using it; and no more operations
+/// are in flight than the completion queue holds, so completions are never
+/// dropped or left to overflow. A failed submit is retried after reaping
+/// what has completed (EBUSY means exactly that the completions must be
+/// reaped first), backing off if it keeps failing.
+fn run_ring<R: Ring>(mut ring: R, receiver: std_mpsc::Receiver<UringOp>, wake_fd: Arc<EventFd>) {
     let mut in_flight: HashMap<u64, UringOp> = HashMap::new();
     let mut next_token: u64 = 0;
     let mut wake_buf = Box::new([0u8; 8]);
     let mut wake_armed = false;
     let mut backlog: std::collections::VecDeque<UringOp> = Default::default();
+    // One slot is the wake-up read's.
+    let max_in_flight = ring.completion_capacity().saturating_sub(1).max(1);
+    let mut failures = 0u32;
     loop {
         if !wake_armed {
             let read = opcode::Read::new(types::Fd(wake_fd.0), wake_buf.as_mut_ptr(), 8)
                 .build()
                 .user_data(WAKE_TOKEN);
-            if unsafe { ring.submission().push(&read) }.is_ok() {
+            // SAFETY: the wake buffer lives as long as the ring thread.
+            if unsafe { ring.push(&read) } {
                 wake_armed = true;
             }
         }
-        // Take new work, then queue as much as the submission queue holds.
+        // Take new work, then queue as much as the queues hold.
         loop {
             match receiver.try_recv() {
                 Ok(op) => backlog.push_back(op),
@@ -308,7 +355,8 @@ fn run_ring(mut ring: IoUring, receiver: std_mpsc::Receiver<UringOp>, wake_fd: A
                 }
             }
         }
-        while let Some(op) = backlog.pop_front() {
+        while in_flight.len() < max_in_flight {
+            let Some(op) = backlog.pop_front() else { break };
             let token = next_token;
             let fd = types::Fd(op.file.as_raw_fd());
             let entry = match &op.kind {
@@ -325,30 +373,31 @@ fn run_ring(mut ring: IoUring, receiver: std_mpsc::Receiver<UringOp>, wake_fd: A
                     .build(),
             }
             .user_data(token);
-            if unsafe { ring.submission().push(&entry) }.is_err() {
+            // SAFETY: the op (with its buffer and file) stays in `in_flight`
+            // until this entry's completion is reaped.
+            if !unsafe { ring.push(&entry) } {
                 backlog.push_front(op);
                 break;
             }
             next_token = next_token.wrapping_add(1) % (u64::MAX - 1);
             in_flight.insert(token, op);
         }
-        if let Err(err) = ring.submit_and_wait(1) {
-            if err.raw_os_error() == Some(libc::EINTR) || err.raw_os_error() == Some(libc::EBUSY) {
-                continue;
+        match ring.submit_and_wait(1) {
+            Ok(_) => failures = 0,
+            Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+            Err(err) => {
+                // Queued entries stay queued; nothing in flight is given up.
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::error!(error = %err, failures, in_flight = in_flight.len(), "io_uring submit failed; reaping and retrying");
+                }
+                if err.raw_os_error() != Some(libc::EBUSY) {
+                    let pause = std::time::Duration::from_millis(1 << failures.min(7));
+                    std::thread::sleep(pause);
+                }
             }
-            tracing::error!(error = %err, "io_uring submit failed; failing in-flight operations");
-            for (_, op) in in_flight.drain() {
-                let _ = op
-                    .reply
-                    .send((Err(io::Error::other(err.to_string())), None));
-            }
-            continue;
         }
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
-        for (token, result) in completions {
+        for (token, result) in ring.reap() {
             if token == WAKE_TOKEN {
                 wake_armed = false;
                 continue;
@@ -413,6 +462,149 @@ mod tests {
             "this kernel has io_uring"
         );
         round_trip(engine).await;
+    }
+
+    /// Far more operations in flight than a tiny ring's queues hold: every
+    /// one completes, with its own data (no spin on a full completion queue,
+    /// no buffer freed while the kernel may still use it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tiny_ring_under_thousands_of_operations_completes_them_all() {
+        let engine = IoEngine {
+            uring: Some(start_uring_thread(4).unwrap()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("f"))
+                .unwrap(),
+        );
+        file.set_len(4096 * 4096).unwrap();
+        let writes = (0..4096u64).map(|block| {
+            let (engine, file) = (engine.clone(), file.clone());
+            tokio::spawn(async move {
+                let data = Bytes::from(vec![(block % 251) as u8; 4096]);
+                engine.write_at(&file, block * 4096, data).await
+            })
+        });
+        let done = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            futures::future::join_all(writes),
+        )
+        .await
+        .expect("every write completes");
+        assert!(done.into_iter().all(|result| result.unwrap().is_ok()));
+        let reads = (0..4096u64).map(|block| {
+            let (engine, file) = (engine.clone(), file.clone());
+            tokio::spawn(async move { (block, engine.read_at(&file, block * 4096, 4096).await) })
+        });
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            futures::future::join_all(reads),
+        )
+        .await
+        .expect("every read completes");
+        for result in read {
+            let (block, data) = result.unwrap();
+            assert_eq!(
+                data.unwrap(),
+                vec![(block % 251) as u8; 4096],
+                "block {block}"
+            );
+        }
+    }
+
+    /// The real ring behind scripted submit failures: EBUSY (the kernel
+    /// wants its completions reaped first: it answers EBUSY until they are),
+    /// and a transient error.
+    struct FaultyRing {
+        ring: IoUring,
+        script: std::collections::VecDeque<i32>,
+        busy: bool,
+        submits: usize,
+    }
+
+    impl Ring for FaultyRing {
+        unsafe fn push(&mut self, entry: &io_uring::squeue::Entry) -> bool {
+            self.ring.push(entry)
+        }
+        fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+            self.submits += 1;
+            if self.busy {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            // Fail only once something is in flight, so there is something to lose.
+            if self.submits > 3 {
+                if let Some(errno) = self.script.pop_front() {
+                    self.busy = errno == libc::EBUSY;
+                    if errno != libc::EBUSY {
+                        // A transient failure after the kernel took the entries.
+                        let _ = self.ring.submit();
+                    }
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+            }
+            self.ring.submit_and_wait(want)
+        }
+        fn reap(&mut self) -> Vec<(u64, i32)> {
+            self.busy = false;
+            self.ring.reap()
+        }
+        fn completion_capacity(&mut self) -> usize {
+            self.ring.completion_capacity()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submit_errors_neither_spin_nor_give_up_operations_in_flight() {
+        let ring = FaultyRing {
+            ring: IoUring::new(8).unwrap(),
+            script: [libc::EBUSY, libc::EAGAIN, libc::EBUSY, libc::ENOMEM].into(),
+            busy: false,
+            submits: 0,
+        };
+        let engine = IoEngine {
+            uring: Some(start_ring_thread(ring).unwrap()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("f"))
+                .unwrap(),
+        );
+        file.set_len(256 * 4096).unwrap();
+        let writes = (0..256u64).map(|block| {
+            let (engine, file) = (engine.clone(), file.clone());
+            tokio::spawn(async move {
+                let data = Bytes::from(vec![(block % 251) as u8 + 1; 4096]);
+                engine.write_at(&file, block * 4096, data).await
+            })
+        });
+        let done = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures::future::join_all(writes),
+        )
+        .await
+        .expect("every write completes (no spin on EBUSY)");
+        for (block, result) in done.into_iter().enumerate() {
+            assert!(
+                result.unwrap().is_ok(),
+                "write {block} was failed although the kernel had it"
+            );
+        }
+        for block in 0..256u64 {
+            assert_eq!(
+                engine.read_at(&file, block * 4096, 4096).await.unwrap(),
+                vec![(block % 251) as u8 + 1; 4096]
+            );
+        }
     }
 
     #[tokio::test]

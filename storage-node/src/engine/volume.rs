@@ -119,7 +119,10 @@ impl ActivityState {
 }
 
 struct HashState {
-    tree: HashTree,
+    /// Shared with snapshots (Delta Sync, scrub): taking one is O(1); the
+    /// rehasher copies the tree at most once per snapshot, when it next
+    /// changes a leaf, so the write path never copies it.
+    tree: Arc<HashTree>,
     dirty: HashMap<u64, DirtyChunk>,
     activity: ActivityState,
     n_extents: u64,
@@ -288,7 +291,7 @@ impl Volume {
             zero_chunk_hash: chunk_hash(&vec![0u8; meta.chunk_size_bytes as usize]),
             meta: Mutex::new(meta),
             state: Mutex::new(HashState {
-                tree: HashTree::from_leaves(leaves),
+                tree: Arc::new(HashTree::from_leaves(leaves)),
                 dirty: HashMap::new(),
                 activity,
                 n_extents,
@@ -326,7 +329,7 @@ impl Volume {
             for chunk_idx in first..last {
                 read_chunk(&self.data, chunk_idx, self.chunk_size, &mut buf)
                     .map_err(io_err(&self.name, "rehash", &data_path))?;
-                state.tree.set_leaf(chunk_idx, chunk_hash(&buf));
+                Arc::make_mut(&mut state.tree).set_leaf(chunk_idx, chunk_hash(&buf));
             }
             write_leaves(
                 &self.hashes,
@@ -603,7 +606,7 @@ impl Volume {
                 .get(&chunk_idx)
                 .is_some_and(|dirty| dirty.generation == generation && dirty.in_flight == 0);
             if unchanged && chunk_idx < state.tree.n_chunks() {
-                state.tree.set_leaf(chunk_idx, hash);
+                Arc::make_mut(&mut state.tree).set_leaf(chunk_idx, hash);
                 state.dirty.remove(&chunk_idx);
                 cleaned += 1;
             }
@@ -749,7 +752,7 @@ impl Volume {
         meta.store(&self.dir.join("volume.json"))?;
         {
             let mut state = self.state.lock().unwrap();
-            state.tree.grow(new_chunks, self.zero_chunk_hash);
+            Arc::make_mut(&mut state.tree).grow(new_chunks, self.zero_chunk_hash);
             state.n_extents = meta.n_extents();
             let n_extents = state.n_extents;
             state.activity.grow(n_extents);
@@ -781,9 +784,9 @@ impl Volume {
         }
     }
 
-    /// A copy of the hash tree (its leaves may be stale for dirty chunks;
-    /// call [`Volume::settle`] first when comparing).
-    pub fn hash_tree(&self) -> HashTree {
+    /// A snapshot of the hash tree (its leaves may be stale for dirty
+    /// chunks; call [`Volume::settle`] first when comparing). O(1).
+    pub fn hash_tree(&self) -> Arc<HashTree> {
         self.state.lock().unwrap().tree.clone()
     }
 

@@ -1,5 +1,13 @@
-//! The NBD server: one listener per attachment endpoint, any number of
-//! connections per listener, pipelined requests answered out of order.
+//! The NBD server: one listener per attachment endpoint, up to
+//! [`MAX_CONNECTIONS_PER_EXPORT`] connections per listener, pipelined
+//! requests answered out of order.
+//!
+//! What one client can make the node hold is bounded (`crate::limits`):
+//! each request is charged its bytes (a write's payload, a read's reply)
+//! before its payload is buffered, against its connection's budget and one
+//! shared by every NBD connection of the node; a handshake must finish in
+//! [`HANDSHAKE_TIMEOUT`], and a payload that stops arriving or a reply
+//! nobody reads for [`STALL_TIMEOUT`] closes the connection.
 //!
 //! The protocol itself (handshake state machine, request codec) lives in
 //! `tether_proto::nbd`; this module owns the sockets. A protocol violation
@@ -8,7 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tether_proto::nbd::{
@@ -21,9 +29,36 @@ use tracing::Instrument;
 
 use crate::error::{NodeError, Result};
 use crate::group::{BlockOp, Presenter};
+use crate::limits::{AcceptBackoff, Budget, Charge, ConnectionCap};
 
 /// Requests one connection may have in flight; more wait in the socket.
-const MAX_IN_FLIGHT: usize = 128;
+const MAX_IN_FLIGHT: u32 = 128;
+/// Bytes one connection may have in flight (write payloads, read replies).
+const CONNECTION_BYTES: u32 = 64 << 20;
+/// Bytes every NBD connection of a node may have in flight together.
+pub const NODE_BYTES: u32 = 1 << 30;
+/// Connections one export takes at once; more are closed at accept.
+pub const MAX_CONNECTIONS_PER_EXPORT: usize = 256;
+/// A client has this long to finish the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A payload that stops arriving, or a reply the client does not read, for
+/// this long closes the connection (and gives back what it was charged, so
+/// stalled clients hold up others for at most this long).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every NBD listener of a node shares: the node-wide byte budget.
+#[derive(Clone)]
+pub struct NbdLimits {
+    shared_bytes: Arc<Semaphore>,
+}
+
+impl Default for NbdLimits {
+    fn default() -> Self {
+        Self {
+            shared_bytes: Arc::new(Semaphore::new(NODE_BYTES as usize)),
+        }
+    }
+}
 const READ_BUFFER: usize = 256 * 1024;
 /// Read payloads larger than this are written straight from their buffer.
 const LARGE_PAYLOAD: usize = 64 * 1024;
@@ -145,7 +180,11 @@ impl ExportCatalog for VolumeCatalog {
 }
 
 /// Starts serving `volume` on `endpoint`.
-pub async fn serve(endpoint_spec: &str, volume: Arc<Presenter>) -> Result<NbdServer> {
+pub async fn serve(
+    endpoint_spec: &str,
+    volume: Arc<Presenter>,
+    limits: NbdLimits,
+) -> Result<NbdServer> {
     let endpoint = Endpoint::parse(endpoint_spec)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let bind_err = |source: std::io::Error| NodeError::BadEndpoint {
@@ -160,7 +199,8 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Presenter>) -> Result<NbdSer
                 .map_err(bind_err)?;
             let local = listener.local_addr().map_err(bind_err)?;
             let uri = format!("nbd://{local}/{name}");
-            tokio::spawn(accept_loop_tcp(listener, volume, shutdown_rx).in_current_span());
+            let accept = accept_loop_tcp(listener, Connections::new(volume, limits), shutdown_rx);
+            tokio::spawn(accept.in_current_span());
             Ok(NbdServer {
                 endpoint: endpoint_spec.to_string(),
                 uri,
@@ -176,7 +216,8 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Presenter>) -> Result<NbdSer
                 reason: "the socket vanished as it was made".into(),
             })?;
             let uri = format!("nbd+unix:///{name}?socket={}", path.display());
-            tokio::spawn(accept_loop_unix(listener, volume, shutdown_rx).in_current_span());
+            let accept = accept_loop_unix(listener, Connections::new(volume, limits), shutdown_rx);
+            tokio::spawn(accept.in_current_span());
             Ok(NbdServer {
                 endpoint: endpoint_spec.to_string(),
                 uri,
@@ -187,20 +228,66 @@ pub async fn serve(endpoint_spec: &str, volume: Arc<Presenter>) -> Result<NbdSer
     }
 }
 
+/// What an accept loop hands each connection, and how many it has.
+#[derive(Clone)]
+struct Connections {
+    volume: Arc<Presenter>,
+    limits: NbdLimits,
+    cap: ConnectionCap,
+}
+
+impl Connections {
+    fn new(volume: Arc<Presenter>, limits: NbdLimits) -> Self {
+        // Never more than half the descriptors this process may open, so
+        // the cap refuses before accept() starts failing with EMFILE.
+        let limit = MAX_CONNECTIONS_PER_EXPORT.min(crate::limits::open_files_limit() / 2);
+        Self {
+            volume,
+            limits,
+            cap: ConnectionCap::new(limit.max(1)),
+        }
+    }
+
+    /// Serves `stream` if the export has room; closes it otherwise.
+    fn admit<S>(&self, stream: S, peer: String, shutdown: watch::Receiver<bool>, refusals: &mut u64)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        match self.cap.try_admit() {
+            Some(slot) => spawn_connection(stream, peer, self.clone(), slot, shutdown),
+            None => {
+                *refusals += 1;
+                if refusals.is_power_of_two() {
+                    tracing::warn!(
+                        volume = self.volume.name(),
+                        limit = self.cap.limit(),
+                        refused = *refusals,
+                        "refused an NBD connection: the export has as many as it takes"
+                    );
+                }
+                metrics::counter!("tether_nbd_connections_refused_total", "volume" => self.volume.name().to_string()).increment(1);
+            }
+        }
+    }
+}
+
 async fn accept_loop_tcp(
     listener: tokio::net::TcpListener,
-    volume: Arc<Presenter>,
+    connections: Connections,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::new("nbd");
+    let mut refusals = 0;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    backoff.succeeded();
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(stream, peer.to_string(), volume.clone(), shutdown.clone());
+                    connections.admit(stream, peer.to_string(), shutdown.clone(), &mut refusals);
                 }
-                Err(err) => tracing::warn!(volume = volume.name(), error = %err, "accept failed"),
+                Err(err) => backoff.failed(&err).await,
             }
         }
     }
@@ -208,19 +295,21 @@ async fn accept_loop_tcp(
 
 async fn accept_loop_unix(
     listener: tokio::net::UnixListener,
-    volume: Arc<Presenter>,
+    connections: Connections,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut n_accepted = 0u64;
+    let mut backoff = AcceptBackoff::new("nbd");
+    let (mut n_accepted, mut refusals) = (0u64, 0);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    backoff.succeeded();
                     n_accepted += 1;
-                    spawn_connection(stream, format!("unix#{n_accepted}"), volume.clone(), shutdown.clone());
+                    connections.admit(stream, format!("unix#{n_accepted}"), shutdown.clone(), &mut refusals);
                 }
-                Err(err) => tracing::warn!(volume = volume.name(), error = %err, "accept failed"),
+                Err(err) => backoff.failed(&err).await,
             }
         }
     }
@@ -229,22 +318,28 @@ async fn accept_loop_unix(
 fn spawn_connection<S>(
     stream: S,
     peer: String,
-    volume: Arc<Presenter>,
+    connections: Connections,
+    slot: tokio::sync::OwnedSemaphorePermit,
     shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let volume = connections.volume.clone();
     let span = tracing::info_span!("nbd", volume = %volume.name(), peer = %peer);
     tokio::spawn(
         async move {
+            let _slot = slot;
             metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string())
                 .increment(1.0);
-            match handle_connection(stream, volume.clone(), shutdown).await {
+            match handle_connection(stream, volume.clone(), &connections.limits, shutdown).await {
                 Ok(()) => tracing::debug!("connection closed"),
                 Err(ConnectionError::Protocol(err)) => {
                     tracing::warn!(error = %err, "protocol violation; closing this connection")
                 }
                 Err(ConnectionError::Io(err)) => tracing::debug!(error = %err, "connection ended"),
+                Err(ConnectionError::Stalled(what)) => {
+                    tracing::warn!(what, "client stalled; closing this connection")
+                }
             }
             metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string())
                 .decrement(1.0);
@@ -256,6 +351,8 @@ fn spawn_connection<S>(
 enum ConnectionError {
     Protocol(ProtoError),
     Io(std::io::Error),
+    /// The client stopped halfway: what it did not finish.
+    Stalled(&'static str),
 }
 
 impl From<std::io::Error> for ConnectionError {
@@ -308,16 +405,37 @@ impl VolumeMetrics {
     }
 }
 
-/// A finished request, ready to frame.
+/// A finished request, ready to frame, with its hold on the budgets.
 struct Reply {
     cookie: u64,
     error: u32,
     data: Option<Vec<u8>>,
+    charge: Charge,
+}
+
+/// Reads into `input`: `Ok(false)` at end of stream. Mid-request (some bytes
+/// of it are there), a client that sends nothing for [`STALL_TIMEOUT`] is cut off.
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    input: &mut BytesMut,
+) -> Result<bool, ConnectionError> {
+    if input.capacity() - input.len() < READ_BUFFER / 4 {
+        input.reserve(READ_BUFFER);
+    }
+    let read = if input.is_empty() {
+        reader.read_buf(input).await?
+    } else {
+        tokio::time::timeout(STALL_TIMEOUT, reader.read_buf(input))
+            .await
+            .map_err(|_| ConnectionError::Stalled("a request's payload"))??
+    };
+    Ok(read > 0)
 }
 
 async fn handle_connection<S>(
     stream: S,
     volume: Arc<Presenter>,
+    limits: &NbdLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError>
 where
@@ -325,37 +443,69 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let catalog = VolumeCatalog(volume.clone());
-    let mut handshake = ServerHandshake::new();
     let mut input = BytesMut::with_capacity(READ_BUFFER);
-    if let Some(out) = handshake.poll_transmit() {
-        writer.write_all(&out).await?;
-    }
-    let export = loop {
-        if reader.read_buf(&mut input).await? == 0 {
-            return Ok(());
-        }
-        let outcome = handshake.handle_input(&mut input, &catalog)?;
+    let handshake = async {
+        let mut handshake = ServerHandshake::new();
         if let Some(out) = handshake.poll_transmit() {
             writer.write_all(&out).await?;
         }
-        match outcome {
-            Some(HandshakeOutcome::Transmission(export)) => break export,
-            Some(HandshakeOutcome::Closed { reason }) => {
-                tracing::info!(%reason, "handshake ended without transmission");
-                return Ok(());
+        loop {
+            if reader.read_buf(&mut input).await? == 0 {
+                return Ok(None);
             }
-            None => {}
+            let outcome = handshake.handle_input(&mut input, &catalog)?;
+            if let Some(out) = handshake.poll_transmit() {
+                writer.write_all(&out).await?;
+            }
+            match outcome {
+                Some(HandshakeOutcome::Transmission(export)) => return Ok(Some(export)),
+                Some(HandshakeOutcome::Closed { reason }) => {
+                    tracing::info!(%reason, "handshake ended without transmission");
+                    return Ok(None);
+                }
+                None => {}
+            }
         }
+    };
+    let export = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(Some(export))) => export,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(err)) => return Err(err),
+        Err(_) => return Err(ConnectionError::Stalled("the handshake")),
     };
     tracing::debug!(size_bytes = export.size_bytes, "transmission started");
 
+    let budget = Budget::new(
+        CONNECTION_BYTES,
+        MAX_IN_FLIGHT,
+        limits.shared_bytes.clone(),
+        NODE_BYTES,
+    );
     let volume_metrics = Arc::new(VolumeMetrics::new(volume.name()));
-    let (reply_sender, reply_receiver) = mpsc::channel::<Reply>(MAX_IN_FLIGHT * 2);
-    let writer_task = tokio::spawn(write_replies(writer, reply_receiver));
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Entries are bounded by MAX_IN_FLIGHT (each holds a charge), bytes by the budgets.
+    let (reply_sender, reply_receiver) = mpsc::channel::<Reply>(MAX_IN_FLIGHT as usize);
+    let mut writer_task = tokio::spawn(write_replies(writer, reply_receiver));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
     let result: Result<(), ConnectionError> = async {
+        // The charge of the request at the front of `input`, taken once its
+        // header is there and before its payload is buffered.
+        let mut charge: Option<Charge> = None;
         loop {
-            while let Some(request) = nbd::decode_request(&mut input, nbd::MAX_REQUEST_LEN)? {
+            loop {
+                if charge.is_none() {
+                    let Some(bytes) = nbd::request_bytes(&input) else {
+                        break;
+                    };
+                    tokio::select! {
+                        taken = budget.charge(bytes) => charge = Some(taken),
+                        _ = shutdown.changed() => return Ok(()),
+                        _ = &mut writer_task => return Err(ConnectionError::Stalled("reading replies")),
+                    }
+                }
+                let Some(request) = nbd::decode_request(&mut input, nbd::MAX_REQUEST_LEN)? else {
+                    break;
+                };
+                let charge = charge.take().expect("charged above");
                 if request.command == Command::Disconnect {
                     return Ok(());
                 }
@@ -368,17 +518,14 @@ where
                 let replies = reply_sender.clone();
                 let volume_metrics = volume_metrics.clone();
                 tokio::spawn(async move {
-                    let reply = execute(&volume, &volume_metrics, request).await;
+                    let reply = execute(&volume, &volume_metrics, request, charge).await;
                     let _ = replies.send(reply).await;
                     drop(permit);
                 });
             }
-            if input.capacity() - input.len() < READ_BUFFER / 4 {
-                input.reserve(READ_BUFFER);
-            }
             tokio::select! {
-                read = reader.read_buf(&mut input) => {
-                    if read? == 0 {
+                more = read_more(&mut reader, &mut input) => {
+                    if !more? {
                         return Ok(());
                     }
                 }
@@ -386,19 +533,32 @@ where
                     tracing::info!("volume detached; closing connection");
                     return Ok(());
                 }
+                _ = &mut writer_task => return Err(ConnectionError::Stalled("reading replies")),
             }
         }
     }
     .await;
     // Let requests already taken finish and their replies go out.
     drop(reply_sender);
-    let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
-    let _ = writer_task.await;
+    let _ = in_flight.acquire_many(MAX_IN_FLIGHT).await;
+    if !writer_task.is_finished() {
+        let _ = writer_task.await;
+    }
     result
 }
 
+/// Writes replies as they come; a reply the client does not take within
+/// [`STALL_TIMEOUT`] ends the connection (the reader sees this task end).
 async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::Receiver<Reply>) {
+    async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> bool {
+        matches!(
+            tokio::time::timeout(STALL_TIMEOUT, writer.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
     let mut out = BytesMut::with_capacity(READ_BUFFER);
+    // Charges of replies framed into `out`, released once it is written.
+    let mut written: Vec<Charge> = Vec::new();
     while let Some(first) = replies.recv().await {
         let mut next = Some(first);
         // Batch whatever else is ready into one write; large read payloads
@@ -407,31 +567,37 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::
             match reply.data.as_deref() {
                 Some(payload) if payload.len() > LARGE_PAYLOAD => {
                     nbd::encode_simple_reply(reply.cookie, reply.error, None, &mut out);
-                    if writer.write_all(&out).await.is_err()
-                        || writer.write_all(payload).await.is_err()
-                    {
+                    if !write(&mut writer, &out).await || !write(&mut writer, payload).await {
                         return;
                     }
                     out.clear();
+                    written.clear();
                 }
                 payload => nbd::encode_simple_reply(reply.cookie, reply.error, payload, &mut out),
             }
+            written.push(reply.charge);
             if out.len() < READ_BUFFER {
                 next = replies.try_recv().ok();
             }
         }
         if !out.is_empty() {
-            if writer.write_all(&out).await.is_err() {
+            if !write(&mut writer, &out).await {
                 return;
             }
             out.clear();
         }
+        written.clear();
     }
     let _ = writer.shutdown().await;
 }
 
 /// Runs one request on the volume's master and maps the outcome to an NBD error number.
-async fn execute(volume: &Presenter, volume_metrics: &VolumeMetrics, request: Request) -> Reply {
+async fn execute(
+    volume: &Presenter,
+    volume_metrics: &VolumeMetrics,
+    request: Request,
+    charge: Charge,
+) -> Reply {
     let started = Instant::now();
     let Request { cookie, command } = request;
     let trims = matches!(command, Command::Trim { .. });
@@ -481,6 +647,7 @@ async fn execute(volume: &Presenter, volume_metrics: &VolumeMetrics, request: Re
                 cookie,
                 error: 0,
                 data: None,
+                charge,
             }
         }
         Command::Unknown { command_type } => {
@@ -489,6 +656,7 @@ async fn execute(volume: &Presenter, volume_metrics: &VolumeMetrics, request: Re
                 cookie,
                 error: nbd::EINVAL,
                 data: None,
+                charge,
             };
         }
     };
@@ -504,6 +672,7 @@ async fn execute(volume: &Presenter, volume_metrics: &VolumeMetrics, request: Re
                 cookie,
                 error: 0,
                 data,
+                charge,
             }
         }
         Err(err) => {
@@ -513,6 +682,7 @@ async fn execute(volume: &Presenter, volume_metrics: &VolumeMetrics, request: Re
                 cookie,
                 error: err.errno(writes),
                 data: None,
+                charge,
             }
         }
     }

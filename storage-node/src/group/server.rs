@@ -15,6 +15,13 @@
 //!   `StaleEpoch` when this node is not (or no longer) the master.
 //!
 //! Requests on a stream run concurrently and are answered out of order.
+//!
+//! What one peer can make the node hold is bounded (`crate::limits`): each
+//! frame is charged its bytes (its payload, and what its answer will carry)
+//! before it runs, against its stream's budget and one shared by all block
+//! streams; the `Hello` must arrive within [`HANDSHAKE_TIMEOUT`], a frame
+//! that stops arriving midway closes the stream after [`STALL_TIMEOUT`],
+//! and the listener takes at most [`MAX_STREAMS`] streams.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -33,9 +40,19 @@ use super::{BlockOp, GroupContext};
 use crate::engine::{Pool, Volume};
 use crate::error::{NodeError, Result};
 use crate::hashlist::HashTree;
+use crate::limits::{AcceptBackoff, Budget, Charge, ConnectionCap};
 
 const READ_BUFFER: usize = 256 * 1024;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bytes one stream may have in flight (payloads and answers).
+const STREAM_BYTES: u32 = 128 << 20;
+/// Frames one stream may have in flight.
+const STREAM_FRAMES: u32 = 1024;
+/// Bytes all block streams of the node may have in flight together.
+const NODE_BYTES: u32 = 1 << 30;
+/// Streams the block listener takes at once.
+const MAX_STREAMS: usize = 1024;
 const EPERM: u32 = 1;
 const ENOENT: u32 = 2;
 const EIO: u32 = 5;
@@ -44,18 +61,39 @@ const EINVAL: u32 = 22;
 /// Binds `addr` and serves until the runtime stops; returns the bound address.
 pub async fn listen(addr: &str, ctx: Arc<GroupContext>, pool: Arc<Pool>) -> Result<SocketAddr> {
     let (listener, local) = crate::bind(addr, "block streams").await?;
+    let shared = Arc::new(tokio::sync::Semaphore::new(NODE_BYTES as usize));
+    let cap = ConnectionCap::new(
+        MAX_STREAMS
+            .min(crate::limits::open_files_limit() / 2)
+            .max(1),
+    );
     tokio::spawn(
         async move {
+            let mut backoff = AcceptBackoff::new("block");
+            let mut refusals = 0u64;
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
+                        backoff.succeeded();
+                        let Some(slot) = cap.try_admit() else {
+                            refusals += 1;
+                            if refusals.is_power_of_two() {
+                                tracing::warn!(%peer, limit = cap.limit(), refused = refusals, "refused a block stream: the listener has as many as it takes");
+                            }
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let span = tracing::info_span!("block", peer = %peer);
+                        let (ctx, pool, shared) = (ctx.clone(), pool.clone(), shared.clone());
                         tokio::spawn(
-                            accept_stream(stream, ctx.clone(), pool.clone()).instrument(span),
+                            async move {
+                                let _slot = slot;
+                                accept_stream(stream, ctx, pool, shared).await
+                            }
+                            .instrument(span),
                         );
                     }
-                    Err(err) => tracing::warn!(error = %err, "block accept failed"),
+                    Err(err) => backoff.failed(&err).await,
                 }
             }
         }
@@ -71,15 +109,20 @@ enum Role {
         newest: Arc<std::sync::atomic::AtomicU64>,
         /// The tree a Delta Sync is comparing against, taken (after settling)
         /// when the master asks for the root.
-        tree: Arc<Mutex<Option<HashTree>>>,
+        tree: Arc<Mutex<Option<Arc<HashTree>>>>,
     },
 }
 
 /// Opens mutual TLS (unless the node runs `--insecure-plaintext-block`) and
 /// admits only nodes of this cluster; anything else is logged and closed.
-async fn accept_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool>) {
+async fn accept_stream(
+    stream: TcpStream,
+    ctx: Arc<GroupContext>,
+    pool: Arc<Pool>,
+    shared: Arc<tokio::sync::Semaphore>,
+) {
     let Some(tls) = ctx.tls.clone() else {
-        return serve_stream(stream, None, ctx, pool).await;
+        return serve_stream(stream, None, ctx, pool, shared).await;
     };
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -90,7 +133,7 @@ async fn accept_stream(stream: TcpStream, ctx: Arc<GroupContext>, pool: Arc<Pool
             if identity.role == tether_tls::Role::Node
                 && identity.cluster == tls.context.identity().cluster =>
         {
-            serve_stream(stream, Some(identity.name), ctx, pool).await
+            serve_stream(stream, Some(identity.name), ctx, pool, shared).await
         }
         Ok(Ok((_, identity))) => {
             tracing::warn!(identity = ?identity.map(|identity| identity.uri()), "refused a block stream: only nodes of this cluster may open one");
@@ -109,23 +152,34 @@ async fn serve_stream<S>(
     peer_node: Option<String>,
     ctx: Arc<GroupContext>,
     pool: Arc<Pool>,
+    shared: Arc<tokio::sync::Semaphore>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut input = BytesMut::with_capacity(READ_BUFFER);
-    let hello = loop {
-        match decode_frame(&mut input) {
-            Ok(Some(frame)) => break frame,
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "malformed block frame; closing the stream");
-                return;
+    let read_hello = async {
+        loop {
+            match decode_frame(&mut input) {
+                Ok(Some(frame)) => return Some(frame),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "malformed block frame; closing the stream");
+                    return None;
+                }
+            }
+            match reader.read_buf(&mut input).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
             }
         }
-        match reader.read_buf(&mut input).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    };
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_hello).await {
+        Ok(Some(hello)) => hello,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::warn!("block stream sent no Hello within 10 s; closing it");
+            return;
         }
     };
     let Frame::Hello {
@@ -189,27 +243,44 @@ async fn serve_stream<S>(
     }
     let Some(role) = role else { return };
     let role = Arc::new(role);
-    let (replies, mut reply_rx) = mpsc::channel::<Frame>(256);
-    let writer_task = tokio::spawn(async move {
+    let budget = Budget::new(STREAM_BYTES, STREAM_FRAMES, shared, NODE_BYTES);
+    // Entries are bounded by STREAM_FRAMES (each holds a charge), bytes by the budgets.
+    let (replies, mut reply_rx) = mpsc::channel::<(Frame, Charge)>(STREAM_FRAMES as usize);
+    let mut writer_task = tokio::spawn(async move {
         let mut out = BytesMut::with_capacity(READ_BUFFER);
-        while let Some(first) = reply_rx.recv().await {
+        let mut written = Vec::new();
+        while let Some((first, charge)) = reply_rx.recv().await {
             encode_frame(&first, &mut out);
+            written.push(charge);
             while out.len() < READ_BUFFER {
                 match reply_rx.try_recv() {
-                    Ok(next) => encode_frame(&next, &mut out),
+                    Ok((next, charge)) => {
+                        encode_frame(&next, &mut out);
+                        written.push(charge);
+                    }
                     Err(_) => break,
                 }
             }
-            if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+            let flushed = tokio::time::timeout(STALL_TIMEOUT, async {
+                writer.write_all(&out).await?;
+                writer.flush().await
+            });
+            if !matches!(flushed.await, Ok(Ok(()))) {
+                tracing::warn!("peer does not read its answers; closing the stream");
                 return;
             }
             out.clear();
+            written.clear();
         }
     });
     'read: loop {
         loop {
             match decode_frame(&mut input) {
                 Ok(Some(frame)) => {
+                    let charge = tokio::select! {
+                        charge = budget.charge(frame.held_bytes()) => charge,
+                        _ = &mut writer_task => break 'read,
+                    };
                     let (ctx, role, replies, name) =
                         (ctx.clone(), role.clone(), replies.clone(), name.clone());
                     tokio::spawn(
@@ -222,7 +293,7 @@ async fn serve_stream<S>(
                                     tree,
                                 } => replica_request(volume, newest, tree, frame).await,
                             };
-                            let _ = replies.send(answer).await;
+                            let _ = replies.send((answer, charge)).await;
                         }
                         .in_current_span(),
                     );
@@ -237,13 +308,30 @@ async fn serve_stream<S>(
         if input.capacity() - input.len() < READ_BUFFER / 4 {
             input.reserve(READ_BUFFER);
         }
-        match reader.read_buf(&mut input).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        let read = async {
+            if input.is_empty() {
+                Ok(reader.read_buf(&mut input).await)
+            } else {
+                // Midway through a frame: a peer that stops sending is cut off.
+                tokio::time::timeout(STALL_TIMEOUT, reader.read_buf(&mut input)).await
+            }
+        };
+        tokio::select! {
+            read = read => match read {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    tracing::warn!(volume = %name, "peer stalled midway through a frame; closing the stream");
+                    break;
+                }
+            },
+            _ = &mut writer_task => break,
         }
     }
     drop(replies);
-    let _ = writer_task.await;
+    if !writer_task.is_finished() {
+        let _ = writer_task.await;
+    }
 }
 
 enum Admission {
@@ -353,7 +441,7 @@ async fn client_request(ctx: &GroupContext, name: &str, frame: Frame) -> Frame {
 async fn replica_request(
     volume: &Volume,
     newest: &std::sync::atomic::AtomicU64,
-    tree: &Mutex<Option<HashTree>>,
+    tree: &Mutex<Option<Arc<HashTree>>>,
     frame: Frame,
 ) -> Frame {
     let seq = frame.seq();

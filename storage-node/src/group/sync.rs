@@ -29,8 +29,8 @@ use super::transport::BlockConn;
 use crate::error::{NodeError, Result};
 use crate::hashlist::DiffWalk;
 
-/// Node indices per tree request (one frame stays well under the frame limit).
-const INDICES_PER_REQUEST: usize = 65_536;
+/// Node indices per tree request: as many as a peer takes in one.
+const INDICES_PER_REQUEST: usize = tether_proto::block::MAX_TREE_INDICES;
 /// Comparison passes before the copy joins the ISR: one to copy, one to check.
 const PASSES: usize = 2;
 /// How often the master looks for copies to bring back.

@@ -20,6 +20,9 @@ use super::BlockTls;
 use crate::error::{NodeError, Result};
 
 const READ_BUFFER: usize = 256 * 1024;
+/// Bytes of requests (payloads and expected answers) one connection keeps
+/// in flight; more wait here rather than queue without bound.
+const IN_FLIGHT_BYTES: u32 = 128 << 20;
 
 /// One connection to a peer's block server.
 pub struct BlockConn {
@@ -27,7 +30,9 @@ pub struct BlockConn {
     pub peer: String,
     next_seq: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
+    /// Bounded in bytes by `in_flight`: a request is queued only once charged.
     outgoing: mpsc::UnboundedSender<BytesMut>,
+    in_flight: Arc<tokio::sync::Semaphore>,
     dead: AtomicBool,
     /// Tells both socket tasks to stop (they hold the connection too).
     closed: watch::Sender<bool>,
@@ -84,6 +89,7 @@ impl BlockConn {
             next_seq: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             outgoing,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BYTES as usize)),
             dead: AtomicBool::new(false),
             closed: watch::channel(false).0,
         });
@@ -141,6 +147,16 @@ impl BlockConn {
         if self.is_dead() {
             return Err(peer_err("connection closed"));
         }
+        let bytes = frame.held_bytes();
+        let _charge = tokio::time::timeout(
+            timeout,
+            self.in_flight
+                .clone()
+                .acquire_many_owned(bytes.min(IN_FLIGHT_BYTES as u64) as u32),
+        )
+        .await
+        .map_err(|_| peer_err("no room in flight in time"))?
+        .expect("the semaphore is never closed");
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(seq, tx);
