@@ -32,10 +32,9 @@ const DEV_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Paths of the dev cluster's trust, all under DIR.
 struct DevTrust {
-    /// The registry's state: `ca/` and `join-token`.
+    /// The registry's state: `ca/`.
     control_dir: PathBuf,
     ca_cert: PathBuf,
-    join_token_file: PathBuf,
     /// etcd's certificate, key and CA.
     etcd_tls_dir: PathBuf,
     admin_dir: PathBuf,
@@ -51,7 +50,6 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
         &control_dir.join(cluster_registry::security::CA_DIR),
         CLUSTER,
     )?;
-    cluster_registry::security::load_or_create_join_token(&control_dir)?;
     let issue_if_due =
         |target: &Path, identity: Identity, names: &[String]| -> anyhow::Result<()> {
             let current = Credentials::load(target).ok().filter(|credentials| {
@@ -87,11 +85,36 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
         ca_cert: control_dir
             .join(cluster_registry::security::CA_DIR)
             .join("ca.crt"),
-        join_token_file: control_dir.join(cluster_registry::security::JOIN_TOKEN_FILE),
         control_dir,
         etcd_tls_dir,
         admin_dir,
     })
+}
+
+/// How long the join token `dev up` mints for a node without a certificate lives.
+const DEV_JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// True if the node whose pool is `data_dir` has its certificate already
+/// (it restarts without a join token).
+fn has_credentials(data_dir: &Path) -> bool {
+    tether_tls::Credentials::load(&data_dir.join("tls")).is_ok()
+}
+
+/// Writes a one-time join token for a node to `DATA_DIR/join-token` (0600).
+fn write_join_token(data_dir: &Path, token: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("join-token");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(path)
 }
 
 /// Each dev node is its own failure domain: `node-2` is in `zone=zone-2`.
@@ -302,6 +325,8 @@ fn up_with_etcd(
             metrics: Some(registry_metrics),
         };
         children.push(("registry".to_string(), registry, registry_entry.log.clone()));
+        let admin = format!("https://{admin_listen}");
+        let client = wait_registry(&admin, &trust.admin_dir, &mut children)?;
 
         let node_names: Vec<(String, String)> = match &previous_cluster {
             Some(cluster) => cluster
@@ -327,9 +352,19 @@ fn up_with_etcd(
                 format!("--metrics-addr={metrics}"),
                 format!("--label={FAILURE_DOMAIN_LABEL}={}", dev_zone(&name)),
                 format!("--registry=https://{admin_listen}"),
-                format!("--join-token-file={}", trust.join_token_file.display()),
                 format!("--trust-ca={}", trust.ca_cert.display()),
             ];
+            if !has_credentials(&data_dir) {
+                let token: tether_proto::admin::JoinTokenResponse = client.post(
+                    "/v1/join-tokens",
+                    &tether_proto::admin::JoinTokenRequest {
+                        node: Some(name.clone()),
+                        ttl_seconds: Some(DEV_JOIN_TOKEN_TTL.as_secs()),
+                    },
+                )?;
+                let file = write_join_token(&data_dir, &token.token)?;
+                args.push(format!("--join-token-file={}", file.display()));
+            }
             if let Some(capacity) = &options.capacity {
                 args.push(format!("--capacity={capacity}"));
             }
@@ -346,7 +381,6 @@ fn up_with_etcd(
             });
             children.push((name, child, log));
         }
-        let admin = format!("https://{admin_listen}");
         wait_ready(&admin, &trust.admin_dir, nodes.len(), &mut children)?;
         Ok(Federation {
             admin,
@@ -458,6 +492,47 @@ fn up_embedded(
     })
 }
 
+/// Waits until the admin API answers; fails fast, naming the log, if a
+/// process exits first. Returns a client of it.
+fn wait_registry(
+    admin: &str,
+    credentials: &Path,
+    children: &mut [(String, Child, PathBuf)],
+) -> anyhow::Result<AdminClient> {
+    let client = AdminClient::new(admin, Some(credentials))?;
+    let started = Instant::now();
+    loop {
+        check_children(children)?;
+        if client.get::<serde_json::Value>("/v1/health").is_ok() {
+            return Ok(client);
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!("the registry did not answer within {READY_TIMEOUT:?}; see its log");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fails, naming the log and its last line, if a child has exited.
+fn check_children(children: &mut [(String, Child, PathBuf)]) -> anyhow::Result<()> {
+    for (name, child, log) in children.iter_mut() {
+        if let Some(status) = child.try_wait()? {
+            let log_text = std::fs::read_to_string(&*log).unwrap_or_default();
+            let last = log_text
+                .lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("");
+            bail!(
+                "{name} exited with {status} during start-up: {} (log: {})",
+                last.trim_start_matches("error: "),
+                log.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Waits until the admin API answers and lists `n_nodes` nodes; fails fast,
 /// naming the log, if a process exits first.
 fn wait_ready(
@@ -469,21 +544,7 @@ fn wait_ready(
     let client = AdminClient::new(admin, Some(credentials))?;
     let started = Instant::now();
     loop {
-        for (name, child, log) in children.iter_mut() {
-            if let Some(status) = child.try_wait()? {
-                let log_text = std::fs::read_to_string(&*log).unwrap_or_default();
-                let last = log_text
-                    .lines()
-                    .rev()
-                    .find(|line| !line.trim().is_empty())
-                    .unwrap_or("");
-                bail!(
-                    "{name} exited with {status} during start-up: {} (log: {})",
-                    last.trim_start_matches("error: "),
-                    log.display()
-                );
-            }
-        }
+        check_children(children)?;
         if let Ok(nodes) = client.get::<Vec<NodeView>>("/v1/nodes") {
             if nodes.iter().filter(|node| node.state == "up").count() >= n_nodes {
                 return Ok(());
@@ -543,7 +604,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store: Arc<dyn CoordStore> =
         Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
     let trust = prepare_trust(&options.dir)?;
-    let join_token = std::fs::read_to_string(&trust.join_token_file)?;
     let trust_pem = std::fs::read_to_string(&trust.ca_cert)?;
     tether_common::telemetry::serve_metrics(options.metrics_addr)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -559,6 +619,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             None => storage_node::config::filesystem_size(&data_dir)?,
         };
         let data_dir_tls = data_dir.join("tls");
+        let join_token = if has_credentials(&data_dir) {
+            None
+        } else {
+            let (token, _) = cluster_registry::join_tokens::mint(
+                store.as_ref(),
+                CLUSTER,
+                Some(name),
+                DEV_JOIN_TOKEN_TTL,
+            )
+            .await?;
+            Some(token)
+        };
         let config = NodeConfig {
             cluster: CLUSTER.into(),
             node: name.clone(),
@@ -578,7 +650,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             security: storage_node::security::NodeSecurityConfig {
                 tls_dir: data_dir_tls,
                 registry: Some(format!("https://{}", options.admin_listen)),
-                join_token: Some(join_token.clone()),
+                join_token,
                 trust_pem: Some(trust_pem.clone()),
                 plaintext_block: false,
             },

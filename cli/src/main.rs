@@ -135,6 +135,16 @@ enum NodeCommand {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Mint a one-time join token for a new node (give it to `tether-node
+    /// --join-token-file`); only its hash is kept, and it expires.
+    JoinToken {
+        /// The only name the token may join as (default: any name not in use).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the token lives.
+        #[arg(long, default_value = "1h", value_parser = tether_common::size::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +348,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for line in quarantined {
                 eprintln!("warning: {line}");
             }
+            Ok(())
+        }
+        Commands::Node(NodeCommand::JoinToken { name, ttl }) => {
+            let answer: tether_proto::admin::JoinTokenResponse = admin_client(&cli)?.post(
+                "/v1/join-tokens",
+                &tether_proto::admin::JoinTokenRequest {
+                    node: name.clone(),
+                    ttl_seconds: Some(ttl.as_secs().max(1)),
+                },
+            )?;
+            if cli.output == Output::Json {
+                return print_json(&answer);
+            }
+            println!("{}", answer.token);
             Ok(())
         }
         Commands::Volume(volume) => run_volume(&cli, volume),

@@ -36,8 +36,10 @@ pub enum RegistryError {
     Unauthenticated { what: String },
     #[error("{identity} may not call {what}")]
     Forbidden { identity: String, what: String },
-    #[error("node {node} presented a wrong join token")]
-    BadJoinToken { node: String },
+    #[error("node {node} cannot join: {reason}")]
+    BadJoinToken { node: String, reason: String },
+    #[error("node {node} is up: a live node's name cannot join again")]
+    NodeNameInUse { node: String },
     #[error("certificates: {0}")]
     Tls(#[from] tether_tls::TlsError),
     #[error("control-plane state {path}: {source}")]
@@ -56,7 +58,9 @@ impl RegistryError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             RegistryError::VolumeNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            RegistryError::VolumeExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            RegistryError::VolumeExists { .. } | RegistryError::NodeNameInUse { .. } => {
+                (StatusCode::CONFLICT, "already_exists")
+            }
             RegistryError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             RegistryError::Attached { .. } => (StatusCode::CONFLICT, "attached"),
             RegistryError::PoolFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "pool_full"),

@@ -10,6 +10,7 @@
 
 pub mod api;
 mod error;
+pub mod join_tokens;
 pub mod node_rpc;
 pub mod placement;
 pub mod security;

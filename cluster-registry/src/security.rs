@@ -1,15 +1,19 @@
 //! The cluster's trust, held by the control plane: the CA (made on first
-//! start in the state directory, or the operator's), the join token nodes
-//! present with their first CSR, the registry's own certificate (renewed in
-//! memory), and who may call what on the admin API:
+//! start in the state directory, or the operator's), the join tokens nodes
+//! present with their first CSR (`join_tokens`: one-time, expiring, stored
+//! as hashes), the registry's own certificate (renewed in memory), and who
+//! may call what on the admin API:
 //!
 //! | path | caller |
 //! | --- | --- |
-//! | `POST /v1/join` | anyone with the join token (no certificate yet) |
+//! | `POST /v1/join` | anyone with an unused join token (no certificate yet) |
 //! | `POST /v1/renew` | a node of this cluster (its current certificate) |
 //! | everything else | an admin of this cluster |
+//!
+//! Every certificate issued is logged with its holder, the peer that asked
+//! and its expiry.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,13 +26,12 @@ use tether_tls::{CertificateAuthority, Identity, Role, TlsContext};
 
 use crate::RegistryError;
 
-pub const JOIN_TOKEN_FILE: &str = "join-token";
 pub const CA_DIR: &str = "ca";
 
 /// Where the control plane's trust comes from.
 #[derive(Debug, Clone)]
 pub struct SecurityConfig {
-    /// Holds `ca/` (when no operator CA is given) and `join-token`.
+    /// Holds `ca/` (when no operator CA is given).
     pub state_dir: PathBuf,
     /// An operator's CA instead: issuing cert, its key, and the chain above it.
     pub operator_ca: Option<OperatorCa>,
@@ -51,7 +54,6 @@ pub struct Security {
     /// The registry's own certificate: the admin API's server side, and
     /// its client side towards etcd and the nodes.
     pub tls: Arc<TlsContext>,
-    join_token_hash: blake3::Hash,
     config: SecurityConfig,
 }
 
@@ -72,7 +74,6 @@ pub fn open(cluster: &str, config: SecurityConfig) -> Result<Arc<Security>, Regi
         )?,
         None => CertificateAuthority::load_or_create(&config.state_dir.join(CA_DIR), cluster)?,
     };
-    let token = load_or_create_join_token(&config.state_dir)?;
     let credentials = ca.issue_credentials(
         &registry_identity(cluster),
         &config.admin_names,
@@ -82,44 +83,12 @@ pub fn open(cluster: &str, config: SecurityConfig) -> Result<Arc<Security>, Regi
         cluster: cluster.to_string(),
         tls: TlsContext::new(&credentials)?,
         ca,
-        join_token_hash: blake3::hash(token.trim().as_bytes()),
         config,
     }))
 }
 
 pub fn registry_identity(cluster: &str) -> Identity {
     Identity::new(cluster, Role::Registry, "registry")
-}
-
-/// The join token in `state_dir/join-token`, made (random, mode 0600) if absent.
-pub fn load_or_create_join_token(state_dir: &Path) -> Result<String, RegistryError> {
-    let path = state_dir.join(JOIN_TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(token) => Ok(token.trim().to_string()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let token: String = (0..32)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect();
-            let failed = |source| RegistryError::State {
-                path: path.clone(),
-                source,
-            };
-            std::fs::create_dir_all(state_dir).map_err(failed)?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(failed)?;
-            file.write_all(token.as_bytes()).map_err(failed)?;
-            file.sync_all().map_err(failed)?;
-            tracing::info!(path = %path.display(), "made a join token for nodes");
-            Ok(token)
-        }
-        Err(source) => Err(RegistryError::State { path, source }),
-    }
 }
 
 impl Security {
@@ -219,10 +188,6 @@ pub async fn join(
     crate::error::JsonBody(request): crate::error::JsonBody<JoinRequest>,
 ) -> Result<Json<CertificateResponse>, RegistryError> {
     let security = &state.security;
-    if blake3::hash(request.token.trim().as_bytes()) != security.join_token_hash {
-        tracing::warn!(peer = %peer.addr, node = %request.node, "refused a join: wrong join token");
-        return Err(RegistryError::BadJoinToken { node: request.node });
-    }
     let valid = !request.node.is_empty()
         && request.node.len() <= 63
         && request
@@ -239,9 +204,27 @@ pub async fn join(
             ),
         });
     }
+    // A live node's name is never issued again: a token holder must not
+    // become a second node-1 while node-1 serves.
+    let node_key = format!("/tether/v1/{}/nodes/{}", security.cluster, request.node);
+    if state.store.get(&node_key).await?.is_some() {
+        tracing::warn!(peer = %peer.addr, node = %request.node, "refused a join: that node is up");
+        return Err(RegistryError::NodeNameInUse { node: request.node });
+    }
+    if let Err(err) = crate::join_tokens::redeem(
+        state.store.as_ref(),
+        &security.cluster,
+        &request.token,
+        &request.node,
+    )
+    .await
+    {
+        tracing::warn!(peer = %peer.addr, node = %request.node, error = %err, "refused a join");
+        return Err(err);
+    }
     let identity = Identity::new(&security.cluster, Role::Node, &request.node);
     let answer = security.sign(&request.csr_pem, &identity)?;
-    tracing::info!(peer = %peer.addr, node = %request.node, "node joined; issued its certificate");
+    tracing::info!(peer = %peer.addr, identity = %identity.uri(), lifetime_secs = security.config.cert_lifetime.as_secs(), "node joined: issued a certificate");
     Ok(answer)
 }
 
@@ -254,7 +237,7 @@ pub async fn renew(
     let security = &state.security;
     let identity = security.require(&peer, &[Role::Node], "POST /v1/renew")?;
     let answer = security.sign(&request.csr_pem, &identity)?;
-    tracing::info!(peer = %peer.addr, node = %identity.name, "renewed a node's certificate");
+    tracing::info!(peer = %peer.addr, identity = %identity.uri(), lifetime_secs = security.config.cert_lifetime.as_secs(), "renewed a node's certificate: issued a certificate");
     metrics::counter!("tether_certificates_renewed_total", "role" => "node").increment(1);
     Ok(answer)
 }

@@ -526,3 +526,44 @@ pub fn closed_with_at_most_an_alert(stream: &mut impl std::io::Read) -> bool {
     let _ = stream.read_to_end(&mut answer);
     answer.is_empty() || answer[0] == 0x15
 }
+
+/// `POST path` with a JSON `body` to the admin API at `addr` over TLS, as
+/// the holder of `credentials` (none: no client certificate); returns the
+/// status code and the body.
+pub fn https_post(
+    addr: &str,
+    credentials: Option<&Path>,
+    trust_pem: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = tls_connect(addr, credentials, trust_pem, "127.0.0.1")?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, payload) = response
+        .split_once("\r\n\r\n")
+        .context("HTTP response without a body")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("HTTP response without a status")?;
+    Ok((status, payload.to_string()))
+}
+
+impl DevFederation {
+    /// The admin API's `host:port`.
+    pub fn admin_addr(&self) -> String {
+        self.info["admin"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("https://")
+            .to_string()
+    }
+}

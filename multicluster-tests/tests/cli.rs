@@ -322,13 +322,7 @@ fn placement_follows_node_labels() {
 
 #[test]
 fn malformed_request_bodies_get_the_json_error_shape() {
-    use std::io::{Read, Write};
     let federation = DevFederation::builder().nodes(1).start().unwrap();
-    let admin = federation.info["admin"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("https://")
-        .to_string();
     let credentials = federation.dir().join("admin");
     let trust = std::fs::read_to_string(credentials.join("ca.crt")).unwrap();
     for (path, body) in [
@@ -336,23 +330,15 @@ fn malformed_request_bodies_get_the_json_error_shape() {
         ("/v1/volumes", r#"{"name": "x"}"#),
         ("/v1/volumes/x/resize", r#"{"size_bytes": "big"}"#),
     ] {
-        let mut stream = multicluster_tests::harness::tls_connect(
-            &admin,
+        let (status, payload) = multicluster_tests::harness::https_post(
+            &federation.admin_addr(),
             Some(&credentials),
             &trust,
-            "127.0.0.1",
+            path,
+            body,
         )
         .unwrap();
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        let (head, payload) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 400"), "{path} {body}: {head}");
+        assert_eq!(status, 400, "{path} {body}: {payload}");
         let json: serde_json::Value = serde_json::from_str(payload.trim())
             .unwrap_or_else(|err| panic!("{path} {body}: not JSON ({err}): {payload}"));
         assert_eq!(json["code"], "invalid", "{json}");

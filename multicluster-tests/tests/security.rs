@@ -684,3 +684,59 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
+
+/// A join token mints one certificate, for the name it is bound to, and
+/// never a live node's name; every issuance is logged.
+#[test]
+fn join_tokens_are_single_use_bound_to_a_name_and_never_reissue_a_live_node() {
+    let federation = DevFederation::builder().nodes(1).start().unwrap();
+    let admin = admin_addr(&federation);
+    let trust = std::fs::read_to_string(federation.dir().join("admin/ca.crt")).unwrap();
+    let join = |node: &str, token: &str| -> (u16, String) {
+        let request =
+            tether_tls::KeyAndRequest::new(&Identity::new("central", Role::Node, node)).unwrap();
+        let body = serde_json::json!({"node": node, "token": token, "csr_pem": request.csr_pem});
+        multicluster_tests::harness::https_post(&admin, None, &trust, "/v1/join", &body.to_string())
+            .unwrap()
+    };
+    let mint = |args: &[&str]| -> String {
+        let mut all = vec!["node", "join-token"];
+        all.extend(args);
+        federation.tether_ok(&all).unwrap().trim().to_string()
+    };
+
+    // An unbound token: any free name, once.
+    let token = mint(&[]);
+    assert_eq!(join("node-7", &token).0, 200);
+    let (status, body) = join("node-8", &token);
+    assert_eq!(status, 401, "a used token joined again: {body}");
+    assert!(body.contains("unknown, used or expired"), "{body}");
+
+    // A live node's name is refused, whatever the token.
+    let token = mint(&[]);
+    let (status, body) = join("node-1", &token);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("node node-1 is up"), "{body}");
+
+    // A token bound to a name joins only that name.
+    let token = mint(&["--name", "node-9"]);
+    let (status, body) = join("node-10", &token);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("is for node node-9"), "{body}");
+    assert_eq!(join("node-9", &token).0, 200);
+
+    // Garbage is refused too.
+    assert_eq!(join("node-11", "0000").0, 401);
+
+    let log = federation.registry_log();
+    for issued in [
+        "tether://central/node/node-7",
+        "tether://central/node/node-9",
+    ] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains("issued a certificate") && line.contains(issued)),
+            "no issuance logged for {issued}"
+        );
+    }
+}

@@ -354,6 +354,25 @@ pub struct JoinRequest {
     pub csr_pem: String,
 }
 
+/// `POST /v1/join-tokens` (admin): a one-time token for a new node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct JoinTokenRequest {
+    /// The only name the token may join as (none: any name not in use).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How long the token lives (default one hour, at most seven days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinTokenResponse {
+    /// Shown once; the registry keeps only its hash.
+    pub token: String,
+    pub node: Option<String>,
+    pub expires_unix_ms: u64,
+}
+
 /// `POST /v1/renew`: a node (authenticated by its current certificate) asks
 /// for a new one, for a new key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

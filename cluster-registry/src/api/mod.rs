@@ -10,6 +10,7 @@
 //! | POST | /v1/volumes/{name}/resize | `ResizeVolumeRequest` → `VolumeView` |
 //! | POST | /v1/volumes/{name}/attach | `AttachRequest` → `AttachResponse` |
 //! | POST | /v1/volumes/{name}/detach | → `VolumeView` |
+//! | POST | /v1/join-tokens | `JoinTokenRequest` → `JoinTokenResponse` (a one-time token for a new node) |
 //! | POST | /v1/join | `JoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | POST | /v1/renew | `RenewRequest` → `CertificateResponse` (a node's certificate) |
 //!
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/clusters", get(nodes::list_clusters))
         .route("/v1/nodes", get(nodes::list_nodes))
+        .route("/v1/join-tokens", post(nodes::mint_join_token))
         .route(
             "/v1/volumes",
             get(volumes::list_volumes).post(volumes::create_volume),

@@ -1,8 +1,8 @@
-//! Clusters and nodes.
+//! Clusters, nodes, and join tokens for new nodes.
 
 use axum::extract::State;
 use axum::Json;
-use tether_proto::admin::{ClusterView, NodeRecord, NodeView};
+use tether_proto::admin::{ClusterView, JoinTokenRequest, JoinTokenResponse, NodeRecord, NodeView};
 
 use super::{ApiResult, AppState};
 use crate::placement;
@@ -52,4 +52,24 @@ pub(super) async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<
     views.extend(down.iter().map(|name| view(name, None)));
     views.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(views))
+}
+
+/// `POST /v1/join-tokens`: a one-time token a new node joins with.
+pub(super) async fn mint_join_token(
+    State(state): State<AppState>,
+    crate::error::JsonBody(request): crate::error::JsonBody<JoinTokenRequest>,
+) -> ApiResult<Json<JoinTokenResponse>> {
+    let ttl = std::time::Duration::from_secs(request.ttl_seconds.unwrap_or(3600));
+    let (token, record) = crate::join_tokens::mint(
+        state.store.as_ref(),
+        &state.cluster,
+        request.node.as_deref(),
+        ttl,
+    )
+    .await?;
+    Ok(Json(JoinTokenResponse {
+        token,
+        node: record.node,
+        expires_unix_ms: record.expires_unix_ms,
+    }))
 }
