@@ -214,7 +214,15 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
     }
     std::fs::create_dir_all(dir.join("logs"))?;
     let use_etcd = match &previous {
-        Some(previous) => previous.mode == "etcd",
+        Some(previous) => {
+            if options.embedded && previous.mode == "etcd" {
+                eprintln!(
+                    "note: the federation in {} was created with etcd and comes back with etcd; --embedded applies only to a new directory",
+                    dir.display()
+                );
+            }
+            previous.mode == "etcd"
+        }
         None => !options.embedded && find_etcd().is_some(),
     };
     if use_etcd && find_etcd().is_none() {
@@ -573,6 +581,10 @@ fn stop_pid(pid: u32) {
     if alive(pid) {
         eprintln!("process {pid} did not stop within 20 s; killing it");
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // Returns only once it is gone, so what it held (ports, files) is free.
+        while alive(pid) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -31,7 +31,8 @@ struct Cli {
     /// Admin API URL (default: $TETHER_ADMIN, else DIR/federation.json).
     #[arg(long, global = true, env = "TETHER_ADMIN")]
     admin: Option<String>,
-    /// Directory of the dev federation.
+    /// Directory of the dev federation (`tether dev up` writes
+    /// DIR/federation.json there; other commands read it to find the admin API).
     #[arg(long, global = true, default_value = ".tether")]
     dir: PathBuf,
     /// Admin credential: a directory with tls.crt, tls.key and ca.crt
@@ -256,14 +257,9 @@ fn main() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version
         Err(err) => {
-            // One line, like every other error; `--help` has the rest.
-            let rendered = err.to_string();
-            let first = rendered
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
-            eprintln!("error: {first} (see --help)");
+            // One line, like every other error, with all of clap's message
+            // (which arguments, which value); `--help` has the rest.
+            eprintln!("error: {} (see --help)", usage_error_line(&err.to_string()));
             std::process::exit(2);
         }
     };
@@ -271,6 +267,32 @@ fn main() {
         eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
         std::process::exit(1);
     }
+}
+
+/// A key file others can read is a key others have: say so (it still works).
+fn warn_if_others_can_read(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: key file {} is readable by others (mode {mode:03o}); `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+}
+
+/// clap's message without its usage block, folded onto one line.
+fn usage_error_line(rendered: &str) -> String {
+    let message = rendered.split("\nUsage:").next().unwrap_or(rendered);
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    parts.join(" ").trim_start_matches("error: ").to_string()
 }
 
 fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient> {
@@ -431,6 +453,7 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             // The data key is made and wrapped here: the user's key never leaves this machine.
             let encryption = match encrypt_key_file {
                 Some(path) => {
+                    warn_if_others_can_read(path);
                     let user = volume_crypto::UserKey::from_file(path)?;
                     let data = volume_crypto::DataKey::generate();
                     Some(tether_proto::admin::EncryptionSpec {
@@ -466,8 +489,8 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
                 return print_json(&volumes);
             }
             println!(
-                "{:<20} {:>10} {:>10} {:<10} {:<10} ATTACHED",
-                "NAME", "SIZE", "ALLOCATED", "MASTER", "STATE"
+                "{:<20} {:>10} {:>10} {:<10} {:<12} {:<8} ATTACHED",
+                "NAME", "SIZE", "ALLOCATED", "MASTER", "STATE", "IN-SYNC"
             );
             for volume in volumes {
                 print_volume_row(&volume);
@@ -482,6 +505,7 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
                 return print_json(&volume);
             }
             println!("name:        {}", volume.name);
+            println!("state:       {}", volume.state);
             println!("cluster:     {}", volume.cluster);
             println!(
                 "size:        {} ({} bytes)",
@@ -514,7 +538,13 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
                 );
             }
             for attachment in &volume.attachments {
-                println!("attached:    {} (from {})", attachment.uri, attachment.from);
+                println!(
+                    "attached:    {} (presented by {}, from {})",
+                    attachment.uri, attachment.node, attachment.from
+                );
+            }
+            for error in &volume.errors {
+                println!("error:       {error}");
             }
         }
         VolumeCommand::Resize { name, size } => {
@@ -543,6 +573,7 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             let view: VolumeView = client.get(&format!("/v1/volumes/{name}"))?;
             let data_key = match (&view.encryption, encrypt_key_file) {
                 (Some(encryption), Some(path)) => {
+                    warn_if_others_can_read(path);
                     let user = volume_crypto::UserKey::from_file(path)?;
                     let key = volume_crypto::DataKey::unwrap(name, &encryption.wrapped_key, &user)?;
                     Some(key.to_hex())
@@ -597,7 +628,47 @@ fn watch_sync(client: &client::AdminClient, mut volume: VolumeView) -> anyhow::R
         .progress_chars("=> ");
     let bars = MultiProgress::new();
     let mut by_node: std::collections::HashMap<String, ProgressBar> = Default::default();
+    // What each waiting copy waits for, as last said (said again only when it changes).
+    let mut said: std::collections::HashMap<String, String> = Default::default();
     loop {
+        let nodes: Vec<NodeView> = client.get("/v1/nodes").unwrap_or_default();
+        for copy in &volume.copies {
+            let syncing = volume
+                .syncs
+                .iter()
+                .any(|sync| sync.node == copy.node && sync.phase != "done");
+            let waiting = match copy.state.as_str() {
+                "in-sync" => None,
+                _ if syncing => None,
+                _ if copy.role == "master" => Some(format!(
+                    "master {} does not serve (its node is {}); waiting for it or for a failover",
+                    copy.node,
+                    node_state(&nodes, &copy.node)
+                )),
+                _ if node_state(&nodes, &copy.node) == "down" => Some(format!(
+                    "copy on {} is {}: its node is down; waiting for it to come back, or for the registry to replace it (--replace-after)",
+                    copy.node, copy.state
+                )),
+                _ => Some(format!(
+                    "copy on {} is {}: waiting for the master to start its Delta Sync",
+                    copy.node, copy.state
+                )),
+            };
+            match waiting {
+                Some(line) if said.get(&copy.node) != Some(&line) => {
+                    if bars.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        let _ = bars.println(&line);
+                    }
+                    said.insert(copy.node.clone(), line);
+                }
+                Some(_) => {}
+                None => {
+                    said.remove(&copy.node);
+                }
+            }
+        }
         for sync in &volume.syncs {
             let bar = by_node.entry(sync.node.clone()).or_insert_with(|| {
                 let bar = bars.add(ProgressBar::new(0));
@@ -632,23 +703,33 @@ fn watch_sync(client: &client::AdminClient, mut volume: VolumeView) -> anyhow::R
     }
 }
 
+/// "up", "down", or "unknown" for a node of `nodes`.
+fn node_state<'a>(nodes: &'a [NodeView], name: &str) -> &'a str {
+    nodes
+        .iter()
+        .find(|node| node.name == name)
+        .map_or("unknown", |node| node.state.as_str())
+}
+
 fn print_volume_row(volume: &VolumeView) {
-    let state = volume
+    let in_sync = volume
         .copies
-        .first()
-        .map_or("-", |copy| copy.state.as_str());
+        .iter()
+        .filter(|copy| copy.state == "in-sync")
+        .count();
     let attached: Vec<&str> = volume
         .attachments
         .iter()
         .map(|attachment| attachment.uri.as_str())
         .collect();
     println!(
-        "{:<20} {:>10} {:>10} {:<10} {:<10} {}",
+        "{:<20} {:>10} {:>10} {:<10} {:<12} {:<8} {}",
         volume.name,
         format_size(volume.size_bytes),
         format_size(volume.allocated_bytes),
         volume.master,
-        state,
+        volume.state,
+        format!("{in_sync}/{}", volume.copies.len()),
         if attached.is_empty() {
             "-".to_string()
         } else {
@@ -707,7 +788,27 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 "  logs:      {}",
                 std::fs::canonicalize(&cli.dir)?.join("logs").display()
             );
-            println!("  metrics:   http://{}/metrics", cluster.nodes[0].metrics);
+            let mut metrics: Vec<(String, String)> = cluster
+                .nodes
+                .iter()
+                .map(|node| (node.name.clone(), node.metrics.clone()))
+                .collect();
+            if let Some(registry) = &cluster.registry.metrics {
+                metrics.push(("registry".into(), registry.clone()));
+            }
+            metrics.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+            metrics.dedup_by(|a, b| {
+                // One process serves several (embedded mode): name them together.
+                if a.1 == b.1 {
+                    b.0 = format!("{}, {}", b.0, a.0);
+                    true
+                } else {
+                    false
+                }
+            });
+            for (daemons, addr) in metrics {
+                println!("  metrics:   http://{addr}/metrics ({daemons})");
+            }
             println!("Next: tether volume create vol1 --size 1GiB && tether volume attach vol1 --nbd unix:/tmp/vol1.sock");
             Ok(())
         }

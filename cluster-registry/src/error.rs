@@ -1,5 +1,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tether_common::size::format_size as human;
 use tether_proto::admin::ErrorBody;
 use thiserror::Error;
 
@@ -14,7 +15,7 @@ pub enum RegistryError {
     Invalid { field: &'static str, reason: String },
     #[error("volume {name} is attached at {uris}; detach it first")]
     Attached { name: String, uris: String },
-    #[error("no storage node has room for {requested} bytes (largest free: {largest_free} bytes)")]
+    #[error("no storage node has room for {} (largest free: {})", human(*requested), human(*largest_free))]
     PoolFull { requested: u64, largest_free: u64 },
     #[error("{reason}")]
     Unavailable { reason: String },

@@ -1,5 +1,5 @@
 //! What every Tether binary shares: [`telemetry`] (JSON logs, Prometheus
-//! metrics), [`size`] (parsing "10GiB" and "2s") and [`protected`] (the
+//! metrics), [`size`] (Kubernetes quantities like "10Gi", and "2s") and [`protected`] (the
 //! directories no client-chosen path may reach into).
 
 pub mod protected;
@@ -10,8 +10,10 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CommonError {
-    #[error("{input:?} is not a size (try 512MiB, 10GiB, 1TiB or a number of bytes)")]
+    #[error("{input:?} is not a size (Kubernetes quantities: 512Mi, 10Gi, 1.5Ti, 10G = 10^9, or a number of bytes)")]
     BadSize { input: String },
+    #[error("{input:?} is not a whole number of bytes")]
+    FractionalSize { input: String },
     #[error("{input:?} is not a duration (try 500ms, 2s, 10m or 1h)")]
     BadDuration { input: String },
     #[error("{input:?} is not a log format (json or pretty)")]

@@ -1,28 +1,69 @@
-//! Human sizes: `10GiB`, `512MiB`, `1TiB`, `4096`, `1G` (binary units throughout).
+//! Sizes as Kubernetes quantities (what a CSI driver receives), so `10G`
+//! means the same here as in a PersistentVolumeClaim:
+//!
+//! - binary suffixes `Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei` (2^10 …), also
+//!   written `KiB`, `MiB`, `GiB`, …;
+//! - decimal suffixes `k`, `M`, `G`, `T`, `P`, `E` (10^3 …), also written
+//!   `kB`/`KB`, `MB`, `GB`, …;
+//! - no suffix (or `B`): bytes; decimals and exponents (`1.5Gi`, `1e9`)
+//!   as long as the result is a whole number of bytes.
+//!
+//! Suffixes are case-sensitive, as in Kubernetes (`m` would be *milli*).
 
 use crate::CommonError;
 
-/// Parses a size in bytes. Units are binary (`G` = `GiB` = 2^30); `B` may follow.
+/// Parses a size in bytes (see the module doc for the syntax).
 pub fn parse_size(input: &str) -> Result<u64, CommonError> {
     let bad = || CommonError::BadSize {
         input: input.to_string(),
     };
     let trimmed = input.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
+    let number_end = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(digits_end);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "ki" | "kib" => 10,
-        "m" | "mb" | "mi" | "mib" => 20,
-        "g" | "gb" | "gi" | "gib" => 30,
-        "t" | "tb" | "ti" | "tib" => 40,
-        "p" | "pb" | "pi" | "pib" => 50,
+    let (number, mut suffix) = trimmed.split_at(number_end);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return Err(bad());
+    }
+    // An exponent: `1e9`, `5E3` (an `E` alone is exa, below).
+    let mut exponent: u32 = 0;
+    if let Some(rest) = suffix.strip_prefix(['e', 'E']) {
+        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+            exponent = rest.parse().map_err(|_| bad())?;
+            suffix = "";
+        }
+    }
+    let (base, power): (u128, u32) = match suffix.trim_start() {
+        "" | "B" => (10, 0),
+        "k" | "K" | "kB" | "KB" => (10, 3),
+        "M" | "MB" => (10, 6),
+        "G" | "GB" => (10, 9),
+        "T" | "TB" => (10, 12),
+        "P" | "PB" => (10, 15),
+        "E" | "EB" => (10, 18),
+        "Ki" | "KiB" => (2, 10),
+        "Mi" | "MiB" => (2, 20),
+        "Gi" | "GiB" => (2, 30),
+        "Ti" | "TiB" => (2, 40),
+        "Pi" | "PiB" => (2, 50),
+        "Ei" | "EiB" => (2, 60),
         _ => return Err(bad()),
     };
-    number.checked_mul(1u64 << shift).ok_or_else(bad)
+    let multiplier = base
+        .checked_pow(power)
+        .and_then(|multiplier| multiplier.checked_mul(10u128.checked_pow(exponent)?))
+        .ok_or_else(bad)?;
+    let digits = format!("{whole}{fraction}");
+    let mantissa: u128 = digits.parse().map_err(|_| bad())?;
+    let scale = 10u128.checked_pow(fraction.len() as u32).ok_or_else(bad)?;
+    let scaled = mantissa.checked_mul(multiplier).ok_or_else(bad)?;
+    if scaled % scale != 0 {
+        return Err(CommonError::FractionalSize {
+            input: input.to_string(),
+        });
+    }
+    u64::try_from(scaled / scale).map_err(|_| bad())
 }
 
 /// Formats bytes with the largest binary unit that divides them exactly, else one decimal.
@@ -71,16 +112,40 @@ mod tests {
         for (input, bytes) in [
             ("4096", 4096),
             ("10GiB", 10 << 30),
-            ("10G", 10 << 30),
-            ("512mib", 512 << 20),
+            ("10Gi", 10 << 30),
+            ("10G", 10_000_000_000),
+            ("10GB", 10_000_000_000),
+            ("1.5GiB", 3 << 29),
+            ("1.5Gi", 3 << 29),
+            ("0.5Ki", 512),
+            ("512MiB", 512 << 20),
+            ("512Mi", 512 << 20),
             ("1TiB", 1 << 40),
             ("64 KiB", 64 << 10),
+            ("100k", 100_000),
+            ("1e9", 1_000_000_000),
+            ("2E", 2_000_000_000_000_000_000),
+            ("1.25M", 1_250_000),
         ] {
             assert_eq!(parse_size(input).unwrap(), bytes, "{input}");
         }
-        for input in ["", "ten", "10XB", "-1G", "99999999999PiB"] {
+        for input in [
+            "",
+            "ten",
+            "10XB",
+            "-1G",
+            "99999999999PiB",
+            "512mib",
+            "1m",
+            ".",
+            "1.2.3G",
+        ] {
             assert!(parse_size(input).is_err(), "{input}");
         }
+        assert!(matches!(
+            parse_size("1.3"),
+            Err(CommonError::FractionalSize { .. })
+        ));
     }
 
     #[test]

@@ -37,6 +37,29 @@ fn errors_are_one_clear_line() {
         &["volume", "create", "x", "--size", "ten"],
         "is not a size",
     );
+    // clap's own message, whole, on one line: which argument is missing.
+    fails_with(&federation, &["volume", "create", "m9"], "--size <SIZE>");
+    fails_with(
+        &federation,
+        &["volume", "create", "x", "--size", "1.3"],
+        "not a whole number of bytes",
+    );
+    // Kubernetes quantities: 1.5Gi is 1.5 GiB, 10G is 10^9 bytes.
+    federation
+        .tether_ok(&["volume", "create", "k8s-gi", "--size", "1.5Mi"])
+        .unwrap();
+    federation
+        .tether_ok(&["volume", "create", "k8s-g", "--size", "1G"])
+        .unwrap();
+    for (name, bytes) in [("k8s-gi", 1_572_864u64), ("k8s-g", 1_000_000_000)] {
+        let view = federation.tether_json(&["volume", "get", name]).unwrap();
+        assert_eq!(view["size_bytes"].as_u64(), Some(bytes), "{view}");
+    }
+    fails_with(
+        &federation,
+        &["volume", "create", "odd", "--size", "1001"],
+        "1001 bytes) is not a positive multiple of 512",
+    );
     fails_with(
         &federation,
         &["volume", "create", "taken", "--size", "1MiB"],
@@ -45,7 +68,7 @@ fn errors_are_one_clear_line() {
     fails_with(
         &federation,
         &["volume", "create", "huge", "--size", "2GiB"],
-        "no storage node has room",
+        "no storage node has room for 2GiB",
     );
     fails_with(
         &federation,
@@ -96,6 +119,26 @@ fn errors_are_one_clear_line() {
         .tether_ok(&["volume", "delete", "taken"])
         .unwrap();
     fails_with(&federation, &["volume", "get", "taken"], "not found");
+
+    // A key file others can read still works, with a warning.
+    let key = federation.dir().join("loose.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let made = federation.tether(&[
+        "volume",
+        "create",
+        "loose",
+        "--size",
+        "64MiB",
+        "--encrypt-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(made.status.success());
+    assert!(
+        String::from_utf8_lossy(&made.stderr).contains("is readable by others (mode 644)"),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 
     let nobody = std::process::Command::new(multicluster_tests::harness::tether_bin())
         .args(["--admin", "http://127.0.0.1:1", "volume", "list"])
@@ -234,6 +277,18 @@ fn a_dead_node_is_listed_down_and_its_volumes_faulted() {
     federation
         .tether_ok(&["volume", "create", "orphan", "--size", "64MiB"])
         .unwrap();
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "pair",
+            "--size",
+            "64MiB",
+            "--replicas",
+            "2",
+        ])
+        .unwrap();
+    federation.wait_in_sync("pair", Duration::from_secs(30));
     let master = federation
         .tether_json(&["volume", "get", "orphan"])
         .unwrap()["master"]
@@ -252,7 +307,7 @@ fn a_dead_node_is_listed_down_and_its_volumes_faulted() {
             .find(|node| node["name"] == master.as_str())
             .cloned();
         if entry.as_ref().is_some_and(|node| node["state"] == "down") {
-            assert_eq!(entry.unwrap()["volumes"], 1);
+            assert_eq!(entry.unwrap()["volumes"], 2, "orphan and pair");
             break;
         }
         assert!(
@@ -265,6 +320,53 @@ fn a_dead_node_is_listed_down_and_its_volumes_faulted() {
         .tether_json(&["volume", "get", "orphan"])
         .unwrap();
     assert_eq!(view["copies"][0]["state"], "faulted", "{view}");
+    assert_eq!(view["state"], "unavailable", "{view}");
+    // The other volume serves from its other copy: degraded, not faulted.
+    let pair = federation.wait_volume("pair", Duration::from_secs(30), "degraded", |view| {
+        view["state"] == "degraded"
+    });
+    let listing = federation.tether_ok(&["volume", "list"]).unwrap();
+    let row = |name: &str| {
+        listing
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("orphan").contains("unavailable"), "{listing}");
+    assert!(
+        row("pair").contains("degraded") && row("pair").contains("1/2"),
+        "{listing}"
+    );
+    // --watch says what it is waiting for instead of printing nothing.
+    let mut watch = std::process::Command::new(multicluster_tests::harness::tether_bin())
+        .arg("--dir")
+        .arg(federation.dir())
+        .args(["volume", "get", "pair", "--watch"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = watch.stderr.take().unwrap();
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = said.send(line);
+        }
+    });
+    let line = heard
+        .recv_timeout(Duration::from_secs(20))
+        .expect("volume get --watch said nothing while a copy was down");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        line.contains(&format!("copy on {master}")) && line.contains("its node is down"),
+        "{line}; {pair}"
+    );
 }
 
 #[test]

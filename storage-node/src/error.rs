@@ -1,3 +1,4 @@
+use tether_common::size::format_size as human;
 use thiserror::Error;
 
 /// Errors of the storage node, each naming the volume, file or key involved.
@@ -30,15 +31,15 @@ pub enum NodeError {
         path: String,
         reason: String,
     },
-    #[error("volume {volume}: size {size_bytes} is not a positive multiple of 512 bytes")]
+    #[error("volume {volume}: size {} is not a positive multiple of 512 bytes", human(*size_bytes))]
     BadSize { volume: String, size_bytes: u64 },
-    #[error("volume {volume}: cannot shrink from {current} to {requested} bytes (shrinking a block device loses data)")]
+    #[error("volume {volume}: cannot shrink from {} to {} (shrinking a block device loses data)", human(*current), human(*requested))]
     ShrinkRefused {
         volume: String,
         current: u64,
         requested: u64,
     },
-    #[error("pool {pool} is full: {requested} bytes asked, {free} of {capacity} free")]
+    #[error("pool {pool} is full: {} asked, {} of {} free", human(*requested), human(*free), human(*capacity))]
     PoolFull {
         pool: String,
         requested: u64,

@@ -42,7 +42,10 @@ fn check_size(size_bytes: u64) -> ApiResult<()> {
     if size_bytes == 0 || !size_bytes.is_multiple_of(512) {
         return Err(RegistryError::Invalid {
             field: "size",
-            reason: format!("{size_bytes} bytes is not a positive multiple of 512"),
+            reason: format!(
+                "{} ({size_bytes} bytes) is not a positive multiple of 512 bytes",
+                tether_common::size::format_size(size_bytes)
+            ),
         });
     }
     Ok(())
