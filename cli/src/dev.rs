@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use coord_store::etcd_process::{find_etcd, free_port, EtcdProcess};
+use coord_store::etcd_process::{find_etcd, free_port, EtcdMemberSpec, EtcdProcess};
 use coord_store::{CoordStore, EmbeddedStore};
 use storage_node::config::{NodeConfig, StoreConfig, DEFAULT_LEASE_TTL, DEFAULT_REPLICA_TIMEOUT};
 use tether_proto::admin::NodeView;
@@ -22,7 +22,9 @@ use tether_proto::admin::NodeView;
 use cluster_registry::placement::FAILURE_DOMAIN_LABEL;
 
 use crate::client::AdminClient;
-use crate::federation::{ClusterEntry, EtcdEntry, Federation, NodeEntry, ProcessEntry};
+use crate::federation::{
+    ClusterEntry, EtcdEntry, EtcdMemberEntry, Federation, NodeEntry, ProcessEntry,
+};
 
 const CLUSTER: &str = "central";
 /// `DIR/admin`: the CLI's admin credential (tls.crt, tls.key, ca.crt).
@@ -141,6 +143,8 @@ pub struct UpOptions {
     pub replace_after: Option<String>,
     /// The registry's `--cert-lifetime` (default: its own, 30 days).
     pub cert_lifetime: Option<String>,
+    /// Members of the local etcd cluster (a new federation only).
+    pub etcd_members: usize,
 }
 
 /// True if `pid` is a live (not zombie) process.
@@ -270,30 +274,56 @@ fn up_with_etcd(
         trusted_ca_file: trust.etcd_tls_dir.join("ca.crt"),
         client: tether_tls::TlsContext::new(&admin_credentials)?,
     };
-    let etcd_ports = previous_cluster
-        .as_ref()
-        .and_then(|cluster| cluster.etcd.as_ref())
-        .map(|etcd| (etcd.client_port, etcd.peer_port));
-    let etcd_dir = dir.join(CLUSTER).join("etcd");
-    let etcd_log = dir.join("logs").join("etcd.log");
-    let etcd = runtime
-        .block_on(EtcdProcess::start(
-            &etcd_dir,
-            &etcd_log,
-            etcd_ports,
-            Some(etcd_tls),
-        ))
-        .with_context(|| format!("starting etcd (log: {})", etcd_log.display()))?;
-    let etcd_entry = EtcdEntry {
-        endpoints: vec![etcd.endpoint.clone()],
-        pid: etcd.pid,
-        client_port: etcd.client_port,
-        peer_port: etcd.peer_port,
-        data_dir: etcd_dir,
-        log: etcd_log,
+    // The members as they were (ports, names, data), or new ones.
+    let specs: Vec<EtcdMemberSpec> = match previous_cluster.as_ref().and_then(|c| c.etcd.as_ref()) {
+        Some(etcd) => etcd.member_specs(),
+        None => (0..options.etcd_members.max(1))
+            .map(|index| {
+                let suffix = if index == 0 {
+                    String::new()
+                } else {
+                    format!("-{}", index + 1)
+                };
+                EtcdMemberSpec::local(
+                    index,
+                    dir.join(CLUSTER).join(format!("etcd{suffix}")),
+                    dir.join("logs").join(format!("etcd{suffix}.log")),
+                    None,
+                )
+            })
+            .collect(),
     };
-    let etcd_pid = etcd.detach();
-    let endpoint = etcd_entry.endpoints[0].clone();
+    let first_log = specs[0].log_path.clone();
+    let etcd = runtime
+        .block_on(EtcdProcess::start_cluster(&specs, Some(etcd_tls)))
+        .with_context(|| format!("starting etcd (log: {})", first_log.display()))?;
+    let members: Vec<EtcdMemberEntry> = etcd
+        .into_iter()
+        .zip(&specs)
+        .map(|(process, spec)| EtcdMemberEntry {
+            name: spec.name.clone(),
+            endpoint: process.endpoint.clone(),
+            client_port: spec.client_port,
+            peer_port: spec.peer_port,
+            data_dir: spec.data_dir.clone(),
+            log: spec.log_path.clone(),
+            pid: process.detach(),
+        })
+        .collect();
+    let etcd_entry = EtcdEntry {
+        endpoints: members
+            .iter()
+            .map(|member| member.endpoint.clone())
+            .collect(),
+        pid: members[0].pid,
+        client_port: members[0].client_port,
+        peer_port: members[0].peer_port,
+        data_dir: members[0].data_dir.clone(),
+        log: members[0].log.clone(),
+        members,
+    };
+    let etcd_pids: Vec<u32> = etcd_entry.members.iter().map(|member| member.pid).collect();
+    let endpoint = etcd_entry.endpoints.join(",");
 
     let mut children = Vec::new();
     let result = (|| -> anyhow::Result<Federation> {
@@ -409,7 +439,9 @@ fn up_with_etcd(
             let _ = child.kill();
             let _ = child.wait();
         }
-        stop_pid(etcd_pid);
+        for pid in etcd_pids {
+            stop_pid(pid);
+        }
     }
     result
 }

@@ -27,6 +27,8 @@ pub struct ClusterEntry {
     pub gateway: Option<GatewayEntry>,
 }
 
+/// The local etcd: `endpoints` of every member; `pid`, ports, `data_dir`
+/// and `log` are the first member's (a one-member cluster has only that).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EtcdEntry {
     pub endpoints: Vec<String>,
@@ -35,6 +37,53 @@ pub struct EtcdEntry {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Every member (absent in files of one-member clusters from before).
+    #[serde(default)]
+    pub members: Vec<EtcdMemberEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdMemberEntry {
+    pub name: String,
+    pub endpoint: String,
+    pub pid: u32,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl EtcdEntry {
+    /// How to start the same members again.
+    pub fn member_specs(&self) -> Vec<coord_store::etcd_process::EtcdMemberSpec> {
+        if self.members.is_empty() {
+            return vec![coord_store::etcd_process::EtcdMemberSpec {
+                name: "tether".into(),
+                data_dir: self.data_dir.clone(),
+                log_path: self.log.clone(),
+                client_port: self.client_port,
+                peer_port: self.peer_port,
+            }];
+        }
+        self.members
+            .iter()
+            .map(|member| coord_store::etcd_process::EtcdMemberSpec {
+                name: member.name.clone(),
+                data_dir: member.data_dir.clone(),
+                log_path: member.log.clone(),
+                client_port: member.client_port,
+                peer_port: member.peer_port,
+            })
+            .collect()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        if self.members.is_empty() {
+            vec![self.pid]
+        } else {
+            self.members.iter().map(|member| member.pid).collect()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,7 +155,7 @@ impl Federation {
             pids.push(cluster.registry.pid);
         }
         for cluster in &self.clusters {
-            pids.extend(cluster.etcd.iter().map(|etcd| etcd.pid));
+            pids.extend(cluster.etcd.iter().flat_map(EtcdEntry::pids));
         }
         let mut seen = std::collections::HashSet::new();
         pids.retain(|pid| seen.insert(*pid));

@@ -100,6 +100,9 @@ enum DevCommand {
         /// holders renew after two thirds of it.
         #[arg(long)]
         cert_lifetime: Option<String>,
+        /// Members of the cluster's local etcd (3 or 5 survive a member's loss).
+        #[arg(long, default_value_t = 1)]
+        etcd_members: usize,
     },
     /// Stop the federation in --dir (its data stays; `dev up` brings it back).
     Down,
@@ -747,8 +750,13 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             no_hash_upkeep,
             replace_after,
             cert_lifetime,
+            etcd_members,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
+            anyhow::ensure!(
+                (1..=7).contains(etcd_members),
+                "--etcd-members must be between 1 and 7"
+            );
             if let Some(lifetime) = cert_lifetime {
                 tether_common::size::parse_duration(lifetime)
                     .map_err(|err| anyhow::anyhow!("--cert-lifetime: {err}"))?;
@@ -768,6 +776,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 hash_upkeep: !no_hash_upkeep,
                 replace_after: replace_after.clone(),
                 cert_lifetime: cert_lifetime.clone(),
+                etcd_members: *etcd_members,
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);

@@ -8,6 +8,8 @@ pub enum StoreError {
         endpoints: String,
         source: tonic::transport::Error,
     },
+    #[error("no etcd member at {endpoints} answered: {reason}")]
+    Unreachable { endpoints: String, reason: String },
     #[error("etcd {op} on {key:?} failed: {source}")]
     Rpc {
         op: &'static str,

@@ -1,7 +1,9 @@
 //! The etcd v3 store, over gRPC stubs generated from a trimmed copy of
 //! etcd's protos (`protos/etcd/`) by protox: the build needs no `protoc`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -23,20 +25,51 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client of one etcd cluster. Cheap to clone (one HTTP/2 channel).
+/// A client of one etcd cluster, over every member it was given: requests
+/// go to one member, and a request that finds it unreachable (refused,
+/// reset, timed out, or "no leader") is sent again to the next, which then
+/// serves the following requests. Cheap to clone.
+///
+/// Retrying is safe for every request Tether makes: gets, keep-alives and
+/// watches are reads; puts and deletes are idempotent; transactions compare
+/// first, and callers resolve one whose answer was lost by reading back.
 #[derive(Clone)]
 pub struct EtcdStore {
+    inner: Arc<Members>,
+}
+
+struct Members {
+    members: Vec<Member>,
+    /// The member requests go to first.
+    current: AtomicUsize,
+    /// Granted TTLs, so a keep-alive times out in time to try another member
+    /// before the lease lapses.
+    lease_ttls: Mutex<HashMap<LeaseId, Duration>>,
+}
+
+#[derive(Clone)]
+struct Member {
+    endpoint: String,
     kv: pb::kv_client::KvClient<Channel>,
     lease: pb::lease_client::LeaseClient<Channel>,
     watch: pb::watch_client::WatchClient<Channel>,
 }
 
+/// Whether a failed request should be tried on another member.
+fn member_unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) || (status.code() == tonic::Code::Unknown && status.message().contains("transport"))
+}
+
 impl EtcdStore {
-    /// Connects to the first endpoint of `endpoints` that answers:
-    /// `http://host:port`, or `https://host:port` with mutual TLS as the
-    /// holder of `tls` (whose renewed certificate later reconnects use).
+    /// Connects to the members at `endpoints`: `http://host:port`, or
+    /// `https://host:port` with mutual TLS as the holder of `tls` (whose
+    /// renewed certificate later reconnects use). Channels connect lazily;
+    /// this returns once one member answers.
     pub async fn connect(endpoints: &[String], tls: Option<Arc<TlsContext>>) -> Result<Self> {
-        let mut last_error = None;
+        let mut members = Vec::new();
         for endpoint in endpoints {
             let built =
                 Endpoint::from_shared(endpoint.clone()).map_err(|source| StoreError::Connect {
@@ -47,35 +80,115 @@ impl EtcdStore {
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(REQUEST_TIMEOUT)
                 .tcp_nodelay(true);
-            let connected = if endpoint.starts_with("https://") {
+            let channel = if endpoint.starts_with("https://") {
                 let Some(tls) = tls.clone() else {
                     return Err(StoreError::EtcdProcess {
                         reason: format!("{endpoint} needs TLS and no certificate was given"),
                     });
                 };
-                built.connect_with_connector(tls_connector(tls)).await
+                built.connect_with_connector_lazy(tls_connector(tls))
             } else {
-                built.connect().await
+                built.connect_lazy()
             };
-            match connected {
-                Ok(channel) => {
-                    return Ok(Self {
-                        kv: pb::kv_client::KvClient::new(channel.clone()),
-                        lease: pb::lease_client::LeaseClient::new(channel.clone()),
-                        watch: pb::watch_client::WatchClient::new(channel),
+            members.push(Member {
+                endpoint: endpoint.clone(),
+                kv: pb::kv_client::KvClient::new(channel.clone()),
+                lease: pb::lease_client::LeaseClient::new(channel.clone()),
+                watch: pb::watch_client::WatchClient::new(channel),
+            });
+        }
+        if members.is_empty() {
+            return Err(StoreError::EtcdProcess {
+                reason: "no etcd endpoints given".into(),
+            });
+        }
+        let store = Self {
+            inner: Arc::new(Members {
+                members,
+                current: AtomicUsize::new(0),
+                lease_ttls: Mutex::new(HashMap::new()),
+            }),
+        };
+        // One member must answer now: a wrong address or certificate is an
+        // error at start, not a hang later.
+        let probe = store
+            .call("range", "", CONNECT_TIMEOUT, |member| async move {
+                member
+                    .kv
+                    .clone()
+                    .range(pb::RangeRequest {
+                        key: b"/tether/connect-probe".to_vec(),
+                        ..Default::default()
                     })
+                    .await
+            })
+            .await;
+        match probe {
+            Ok(_) => Ok(store),
+            Err(status) => Err(StoreError::Unreachable {
+                endpoints: endpoints.join(","),
+                reason: status.message().to_string(),
+            }),
+        }
+    }
+
+    /// Sends a request to the current member, and on to the others in turn
+    /// while they are unreachable; the member that answers becomes current.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        timeout: Duration,
+        request: F,
+    ) -> std::result::Result<T, tonic::Status>
+    where
+        F: Fn(Member) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let members = &self.inner.members;
+        let first = self.inner.current.load(Ordering::Acquire) % members.len();
+        let mut last = None;
+        for attempt in 0..members.len() {
+            let index = (first + attempt) % members.len();
+            let member = members[index].clone();
+            let answer = match tokio::time::timeout(timeout, request(member)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer within {timeout:?}"
+                ))),
+            };
+            match answer {
+                Ok(response) => {
+                    if attempt > 0 {
+                        self.inner.current.store(index, Ordering::Release);
+                        tracing::warn!(
+                            op,
+                            key,
+                            from = %members[first].endpoint,
+                            to = %members[index].endpoint,
+                            "etcd member unreachable; switched to another"
+                        );
+                    }
+                    return Ok(response.into_inner());
                 }
-                Err(source) => {
-                    last_error = Some(StoreError::Connect {
-                        endpoints: endpoint.clone(),
-                        source,
-                    })
+                Err(status) if member_unreachable(&status) && members.len() > 1 => {
+                    tracing::debug!(op, key, endpoint = %members[index].endpoint, error = %status, "etcd member unreachable");
+                    last = Some(status);
                 }
+                Err(status) => return Err(status),
             }
         }
-        Err(last_error.unwrap_or(StoreError::EtcdProcess {
-            reason: "no etcd endpoints given".into(),
-        }))
+        Err(last.unwrap_or_else(|| tonic::Status::unavailable("no etcd member answered")))
+    }
+
+    /// How long a keep-alive of `lease` may take before another member is
+    /// tried: a quarter of its TTL (at least 250 ms), so several members can
+    /// be tried before it lapses.
+    fn keep_alive_timeout(&self, lease: LeaseId) -> Duration {
+        let ttl = self.inner.lease_ttls.lock().unwrap().get(&lease).copied();
+        ttl.map_or(REQUEST_TIMEOUT, |ttl| {
+            (ttl / 4).max(Duration::from_millis(250))
+        })
     }
 }
 
@@ -201,62 +314,66 @@ fn compare_to_pb(compare: Compare) -> pb::Compare {
 #[async_trait]
 impl CoordStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let request = pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
         let response = self
-            .kv
-            .clone()
-            .range(pb::RangeRequest {
-                key: key.as_bytes().to_vec(),
-                ..Default::default()
+            .call("range", key, REQUEST_TIMEOUT, |member| {
+                let request = request.clone();
+                async move { member.kv.clone().range(request).await }
             })
             .await
-            .map_err(|status| rpc_error("range", key, status))?
-            .into_inner();
+            .map_err(|status| rpc_error("range", key, status))?;
         Ok(response.kvs.into_iter().next().map(from_pb))
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let request = pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix),
+            ..Default::default()
+        };
         let response = self
-            .kv
-            .clone()
-            .range(pb::RangeRequest {
-                key: prefix.as_bytes().to_vec(),
-                range_end: prefix_end(prefix),
-                ..Default::default()
+            .call("range", prefix, REQUEST_TIMEOUT, |member| {
+                let request = request.clone();
+                async move { member.kv.clone().range(request).await }
             })
             .await
-            .map_err(|status| rpc_error("range", prefix, status))?
-            .into_inner();
+            .map_err(|status| rpc_error("range", prefix, status))?;
         let revision = revision_of(response.header);
         Ok((response.kvs.into_iter().map(from_pb).collect(), revision))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64> {
+        let request = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            lease: lease.unwrap_or(0),
+            ..Default::default()
+        };
         let response = self
-            .kv
-            .clone()
-            .put(pb::PutRequest {
-                key: key.as_bytes().to_vec(),
-                value,
-                lease: lease.unwrap_or(0),
-                ..Default::default()
+            .call("put", key, REQUEST_TIMEOUT, |member| {
+                let request = request.clone();
+                async move { member.kv.clone().put(request).await }
             })
             .await
-            .map_err(|status| lease_error("put", key, lease, status))?
-            .into_inner();
+            .map_err(|status| lease_error("put", key, lease, status))?;
         Ok(revision_of(response.header))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
+        let request = pb::DeleteRangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
         let response = self
-            .kv
-            .clone()
-            .delete_range(pb::DeleteRangeRequest {
-                key: key.as_bytes().to_vec(),
-                ..Default::default()
+            .call("delete", key, REQUEST_TIMEOUT, |member| {
+                let request = request.clone();
+                async move { member.kv.clone().delete_range(request).await }
             })
             .await
-            .map_err(|status| rpc_error("delete", key, status))?
-            .into_inner();
+            .map_err(|status| rpc_error("delete", key, status))?;
         Ok(response.deleted > 0)
     }
 
@@ -280,12 +397,12 @@ impl CoordStore for EtcdStore {
             failure: txn.failure.into_iter().map(op_to_pb).collect(),
         };
         let response = self
-            .kv
-            .clone()
-            .txn(request)
+            .call("txn", &first_key, REQUEST_TIMEOUT, |member| {
+                let request = request.clone();
+                async move { member.kv.clone().txn(request).await }
+            })
             .await
-            .map_err(|status| lease_error("txn", &first_key, first_lease, status))?
-            .into_inner();
+            .map_err(|status| lease_error("txn", &first_key, first_lease, status))?;
         let gets = response
             .responses
             .into_iter()
@@ -305,62 +422,75 @@ impl CoordStore for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         let seconds = crate::check_lease_ttl(ttl)?;
+        let request = pb::LeaseGrantRequest {
+            ttl: seconds,
+            id: 0,
+        };
         let response = self
-            .lease
-            .clone()
-            .lease_grant(pb::LeaseGrantRequest {
-                ttl: seconds,
-                id: 0,
+            .call("lease grant", "", REQUEST_TIMEOUT, |member| {
+                let request = request.clone();
+                async move { member.lease.clone().lease_grant(request).await }
             })
             .await
-            .map_err(|status| rpc_error("lease grant", "", status))?
-            .into_inner();
+            .map_err(|status| rpc_error("lease grant", "", status))?;
         if !response.error.is_empty() {
             return Err(StoreError::EtcdProcess {
                 reason: format!("lease grant: {}", response.error),
             });
         }
+        let granted = Duration::from_secs(response.ttl.max(0) as u64);
+        self.inner
+            .lease_ttls
+            .lock()
+            .unwrap()
+            .insert(response.id, granted);
         Ok(Lease {
             id: response.id,
-            ttl: Duration::from_secs(response.ttl.max(0) as u64),
+            ttl: granted,
         })
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        let (sender, receiver) = mpsc::channel(1);
-        sender
-            .send(pb::LeaseKeepAliveRequest { id: lease })
-            .await
-            .expect("receiver is alive");
-        let mut responses = self
-            .lease
-            .clone()
-            .lease_keep_alive(ReceiverStream::new(receiver))
-            .await
-            .map_err(|status| rpc_error("lease keep-alive", "", status))?
-            .into_inner();
-        let response = responses
-            .message()
+        let timeout = self.keep_alive_timeout(lease);
+        let response = self
+            .call("lease keep-alive", "", timeout, |member| async move {
+                let (sender, receiver) = mpsc::channel(1);
+                sender
+                    .send(pb::LeaseKeepAliveRequest { id: lease })
+                    .await
+                    .expect("receiver is alive");
+                let mut responses = member
+                    .lease
+                    .clone()
+                    .lease_keep_alive(ReceiverStream::new(receiver))
+                    .await?
+                    .into_inner();
+                let response = responses.message().await?;
+                Ok(tonic::Response::new(response))
+            })
             .await
             .map_err(|status| rpc_error("lease keep-alive", "", status))?
             .ok_or(StoreError::LeaseExpired { lease })?;
         if response.ttl <= 0 {
+            self.inner.lease_ttls.lock().unwrap().remove(&lease);
             return Err(StoreError::LeaseExpired { lease });
         }
         Ok(Duration::from_secs(response.ttl as u64))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.lease
-            .clone()
-            .lease_revoke(pb::LeaseRevokeRequest { id: lease })
-            .await
-            .map_err(|status| lease_error("lease revoke", "", Some(lease), status))?;
+        self.inner.lease_ttls.lock().unwrap().remove(&lease);
+        let request = pb::LeaseRevokeRequest { id: lease };
+        self.call("lease revoke", "", REQUEST_TIMEOUT, |member| {
+            let request = request.clone();
+            async move { member.lease.clone().lease_revoke(request).await }
+        })
+        .await
+        .map_err(|status| lease_error("lease revoke", "", Some(lease), status))?;
         Ok(())
     }
 
     async fn watch_prefix(&self, prefix: &str, start_revision: i64) -> Result<WatchStream> {
-        let (request_sender, request_receiver) = mpsc::channel(1);
         let create = pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
@@ -371,26 +501,34 @@ impl CoordStore for EtcdStore {
                 },
             )),
         };
-        request_sender
-            .send(create)
+        // The watch is made on one member; if that member goes, the stream
+        // breaks and the watcher re-lists and watches again (on another).
+        let (request_sender, mut responses, first) = self
+            .call("watch", prefix, REQUEST_TIMEOUT, |member| {
+                let create = create.clone();
+                async move {
+                    let (request_sender, request_receiver) = mpsc::channel(1);
+                    request_sender
+                        .send(create)
+                        .await
+                        .expect("receiver is alive");
+                    let mut responses = member
+                        .watch
+                        .clone()
+                        .watch(ReceiverStream::new(request_receiver))
+                        .await?
+                        .into_inner();
+                    // Wait for the watch to exist, so a change made after we return is seen.
+                    let first = responses.message().await?;
+                    Ok(tonic::Response::new((request_sender, responses, first)))
+                }
+            })
             .await
-            .expect("receiver is alive");
-        let mut responses = self
-            .watch
-            .clone()
-            .watch(ReceiverStream::new(request_receiver))
-            .await
-            .map_err(|status| rpc_error("watch", prefix, status))?
-            .into_inner();
-        // Wait for the watch to exist, so a change made after we return is seen.
-        let first = responses
-            .message()
-            .await
-            .map_err(|status| rpc_error("watch", prefix, status))?
-            .ok_or_else(|| StoreError::WatchBroken {
-                prefix: prefix.into(),
-                reason: "stream closed".into(),
-            })?;
+            .map_err(|status| rpc_error("watch", prefix, status))?;
+        let first = first.ok_or_else(|| StoreError::WatchBroken {
+            prefix: prefix.into(),
+            reason: "stream closed".into(),
+        })?;
         if first.compact_revision > 0 {
             return Err(StoreError::Compacted {
                 prefix: prefix.into(),

@@ -1,4 +1,5 @@
-//! Starts a single-member etcd on loopback, for tests and `tether dev up`.
+//! Starts a local etcd on loopback, one member or several, for tests and
+//! `tether dev up`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +52,40 @@ pub fn find_etcd() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// One member of a local etcd cluster to start.
+#[derive(Debug, Clone)]
+pub struct EtcdMemberSpec {
+    /// The member's name (the first member of a dev cluster is `tether`).
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl EtcdMemberSpec {
+    /// Member `index` (0-based) of a local cluster, on free ports unless given.
+    pub fn local(
+        index: usize,
+        data_dir: PathBuf,
+        log_path: PathBuf,
+        ports: Option<(u16, u16)>,
+    ) -> Self {
+        let (client_port, peer_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
+        Self {
+            name: if index == 0 {
+                "tether".into()
+            } else {
+                format!("tether-{}", index + 1)
+            },
+            data_dir,
+            log_path,
+            client_port,
+            peer_port,
+        }
+    }
+}
+
 impl EtcdProcess {
     /// Starts etcd with its data in `data_dir` and its log in `log_path`, on
     /// the given ports (or free ones), with mutual TLS on its client and peer
@@ -61,10 +96,44 @@ impl EtcdProcess {
         ports: Option<(u16, u16)>,
         tls: Option<EtcdTls>,
     ) -> Result<Self> {
+        let spec = EtcdMemberSpec::local(0, data_dir.to_path_buf(), log_path.to_path_buf(), ports);
+        let mut members = Self::start_cluster(&[spec], tls).await?;
+        Ok(members.remove(0))
+    }
+
+    /// Starts every member of one cluster (they find each other on their
+    /// peer ports) and waits until each answers.
+    pub async fn start_cluster(
+        members: &[EtcdMemberSpec],
+        tls: Option<EtcdTls>,
+    ) -> Result<Vec<Self>> {
         let etcd = find_etcd().ok_or_else(|| StoreError::EtcdProcess {
             reason: "no `etcd` on PATH (Debian: apt-get install etcd-server)".into(),
         })?;
-        let (client_port, peer_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let initial_cluster = members
+            .iter()
+            .map(|member| format!("{}={scheme}://127.0.0.1:{}", member.name, member.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut started = Vec::new();
+        for member in members {
+            started.push(Self::spawn(&etcd, member, &initial_cluster, tls.as_ref())?);
+        }
+        for (process, member) in started.iter_mut().zip(members) {
+            process.wait_ready(&member.log_path).await?;
+        }
+        Ok(started)
+    }
+
+    fn spawn(
+        etcd: &Path,
+        member: &EtcdMemberSpec,
+        initial_cluster: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self> {
+        let (data_dir, log_path) = (&member.data_dir, &member.log_path);
+        let (client_port, peer_port) = (member.client_port, member.peer_port);
         std::fs::create_dir_all(data_dir).map_err(|err| StoreError::EtcdProcess {
             reason: format!("creating {}: {err}", data_dir.display()),
         })?;
@@ -79,7 +148,7 @@ impl EtcdProcess {
         let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("{scheme}://127.0.0.1:{peer_port}");
         let mut command = Command::new(etcd);
-        if let Some(tls) = &tls {
+        if let Some(tls) = tls {
             let (cert, key, ca) = (
                 tls.cert_file.display(),
                 tls.key_file.display(),
@@ -96,13 +165,14 @@ impl EtcdProcess {
                 .arg("--peer-client-cert-auth");
         }
         command
-            .arg("--name=tether")
+            .arg(format!("--name={}", member.name))
             .arg(format!("--data-dir={}", data_dir.display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=tether={peer_url}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg("--initial-cluster-state=new")
             .arg("--logger=zap")
             .arg("--log-level=warn")
             .stdin(Stdio::null())
@@ -115,17 +185,15 @@ impl EtcdProcess {
         let child = command.spawn().map_err(|err| StoreError::EtcdProcess {
             reason: format!("spawning etcd: {err}"),
         })?;
-        let mut process = Self {
+        Ok(Self {
             pid: child.id(),
             child: Some(child),
             client_port,
             peer_port,
             endpoint: client_url,
             data_dir: data_dir.to_path_buf(),
-            tls: tls.map(|tls| tls.client),
-        };
-        process.wait_ready(log_path).await?;
-        Ok(process)
+            tls: tls.map(|tls| tls.client.clone()),
+        })
     }
 
     async fn wait_ready(&mut self, log_path: &Path) -> Result<()> {

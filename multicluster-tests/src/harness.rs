@@ -39,6 +39,7 @@ pub struct FederationBuilder {
     hash_upkeep: bool,
     replace_after: Option<String>,
     cert_lifetime: Option<String>,
+    etcd_members: usize,
 }
 
 impl Default for FederationBuilder {
@@ -50,6 +51,7 @@ impl Default for FederationBuilder {
             hash_upkeep: true,
             replace_after: None,
             cert_lifetime: None,
+            etcd_members: 1,
         }
     }
 }
@@ -77,6 +79,11 @@ impl FederationBuilder {
     /// Lifetime of the certificates the cluster CA issues.
     pub fn cert_lifetime(mut self, lifetime: &str) -> Self {
         self.cert_lifetime = Some(lifetime.to_string());
+        self
+    }
+    /// Members of the local etcd cluster.
+    pub fn etcd_members(mut self, members: usize) -> Self {
+        self.etcd_members = members;
         self
     }
     pub fn capacity(mut self, capacity: &str) -> Self {
@@ -139,6 +146,9 @@ impl DevFederation {
         }
         if let Some(lifetime) = &self.builder.cert_lifetime {
             args.push(format!("--cert-lifetime={lifetime}"));
+        }
+        if self.builder.etcd_members != 1 {
+            args.push(format!("--etcd-members={}", self.builder.etcd_members));
         }
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.tether_ok(&arg_refs)?;
@@ -260,6 +270,22 @@ impl DevFederation {
             .as_str()
             .unwrap();
         std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// The local etcd's members in `federation.json`: (endpoint, pid).
+    pub fn etcd_members(&self) -> Vec<(String, u32)> {
+        self.info["clusters"][0]["etcd"]["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|member| {
+                (
+                    member["endpoint"].as_str().unwrap().to_string(),
+                    member["pid"].as_u64().unwrap() as u32,
+                )
+            })
+            .collect()
     }
 
     /// The node entries of `federation.json`.
