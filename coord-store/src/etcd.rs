@@ -427,9 +427,8 @@ impl CoordStore for EtcdStore {
             id: 0,
         };
         let response = self
-            .call("lease grant", "", REQUEST_TIMEOUT, |member| {
-                let request = request.clone();
-                async move { member.lease.clone().lease_grant(request).await }
+            .call("lease grant", "", REQUEST_TIMEOUT, |member| async move {
+                member.lease.clone().lease_grant(request).await
             })
             .await
             .map_err(|status| rpc_error("lease grant", "", status))?;
@@ -481,9 +480,8 @@ impl CoordStore for EtcdStore {
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         self.inner.lease_ttls.lock().unwrap().remove(&lease);
         let request = pb::LeaseRevokeRequest { id: lease };
-        self.call("lease revoke", "", REQUEST_TIMEOUT, |member| {
-            let request = request.clone();
-            async move { member.lease.clone().lease_revoke(request).await }
+        self.call("lease revoke", "", REQUEST_TIMEOUT, |member| async move {
+            member.lease.clone().lease_revoke(request).await
         })
         .await
         .map_err(|status| lease_error("lease revoke", "", Some(lease), status))?;
