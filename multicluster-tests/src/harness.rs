@@ -593,3 +593,27 @@ impl DevFederation {
             .to_string()
     }
 }
+
+impl DevFederation {
+    /// The cluster's etcd revision now (how many writes it has taken), read
+    /// with the dev admin's credential.
+    pub fn store_revision(&self) -> anyhow::Result<i64> {
+        use coord_store::CoordStore;
+        let endpoints: Vec<String> = self.info["clusters"][0]["etcd"]["endpoints"]
+            .as_array()
+            .context("an etcd federation")?
+            .iter()
+            .filter_map(|endpoint| endpoint.as_str().map(str::to_string))
+            .collect();
+        let credentials = tether_tls::Credentials::load(&self.dir().join("admin"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let tls = tether_tls::TlsContext::new(&credentials)?;
+            let store = coord_store::EtcdStore::connect(&endpoints, Some(tls)).await?;
+            let (_, revision) = store.get_prefix("/tether/revision-probe/").await?;
+            Ok(revision)
+        })
+    }
+}

@@ -39,8 +39,29 @@ const REHASH_MAX_STALENESS: Duration = Duration::from_secs(30);
 /// Clean extents are unmarked in the activity log this often.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Volume statuses are compared with what was last published this often;
-/// only changes are written, so an idle node writes nothing.
+/// only changes are written, so an idle node writes nothing, and a busy
+/// volume's counters (allocation, dirty chunks, sync progress) are written
+/// at most once per interval: store writes grow with busy volumes, at most
+/// one per volume per interval, however busy.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A change an operator or the registry waits on (a new epoch, an error, a
+/// resize served, a sync starting or ending), published at once; counters
+/// alone wait for the interval.
+fn significant(before: &VolumeStatus, after: &VolumeStatus) -> bool {
+    let phases = |status: &VolumeStatus| {
+        status
+            .syncs
+            .iter()
+            .map(|sync| (sync.node.clone(), sync.phase.clone()))
+            .collect::<Vec<_>>()
+    };
+    before.epoch != after.epoch
+        || before.errors != after.errors
+        || before.size_bytes != after.size_bytes
+        || before.node != after.node
+        || phases(before) != phases(after)
+}
 
 /// A volume this node presents: its presenter and its NBD listeners by endpoint.
 type Presented = (Arc<Presenter>, HashMap<String, NbdServer>);
@@ -67,8 +88,8 @@ struct Agent {
     presenting_errors: std::sync::Mutex<HashMap<String, Vec<EndpointFailure>>>,
     /// The byte budget every NBD connection of this node shares.
     nbd_limits: nbd::NbdLimits,
-    /// What was last written to each status key.
-    published: std::sync::Mutex<HashMap<String, VolumeStatus>>,
+    /// What was last written to each status key, and when.
+    published: std::sync::Mutex<HashMap<String, (VolumeStatus, Instant)>>,
     published_presenting: std::sync::Mutex<HashMap<String, PresentingStatus>>,
 }
 
@@ -630,8 +651,12 @@ impl Agent {
                 .cloned()
                 .unwrap_or_default(),
         };
-        if self.published.lock().unwrap().get(name) == Some(&status) {
-            return;
+        if let Some((last, at)) = self.published.lock().unwrap().get(name) {
+            if *last == status
+                || (!significant(last, &status) && at.elapsed() < STATUS_INTERVAL * 9 / 10)
+            {
+                return;
+            }
         }
         let value = serde_json::to_vec(&status).expect("status serializes");
         let lease = self.lease.load(Ordering::Acquire);
@@ -641,10 +666,11 @@ impl Agent {
             .await
         {
             Ok(_) => {
+                metrics::counter!("tether_status_writes_total").increment(1);
                 self.published
                     .lock()
                     .unwrap()
-                    .insert(name.to_string(), status);
+                    .insert(name.to_string(), (status, Instant::now()));
             }
             Err(err) => {
                 tracing::warn!(volume = name, error = %err, "publishing volume status failed")

@@ -2,6 +2,11 @@
 //! master locks and node registrations. One list-then-watch per node feeds
 //! every volume's controller and presenter, so the store's load grows with
 //! nodes, not with volumes.
+//!
+//! Only changes to what the mirror holds wake its subscribers: a status or
+//! presenting record (written by every busy volume's master every couple of
+//! seconds) wakes nobody, or every write would wake every node's loops and
+//! each wake-up would write again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -110,7 +115,7 @@ impl Mirror {
                     }
                 };
                 let revision = event.mod_revision();
-                {
+                let held = {
                     let mut state = self.state.write().unwrap();
                     match &event {
                         WatchEvent::Put(kv) => apply_put(&self.prefix, &mut state, kv),
@@ -118,8 +123,10 @@ impl Mirror {
                             apply_delete(&self.prefix, &mut state, key)
                         }
                     }
+                };
+                if held {
+                    self.revision.send_replace(revision);
                 }
-                self.revision.send_replace(revision);
             }
         }
     }
@@ -129,9 +136,10 @@ fn split<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
     key.strip_prefix(prefix)?.split_once('/')
 }
 
-fn apply_put(prefix: &str, state: &mut State, kv: &KeyValue) {
+/// Applies a put; false if the key is not one the mirror holds.
+fn apply_put(prefix: &str, state: &mut State, kv: &KeyValue) -> bool {
     let Some((kind, name)) = split(prefix, &kv.key) else {
-        return;
+        return false;
     };
     match kind {
         "volumes" => {
@@ -158,13 +166,15 @@ fn apply_put(prefix: &str, state: &mut State, kv: &KeyValue) {
                 state.nodes.insert(name.to_string(), node);
             }
         }
-        _ => {}
+        _ => return false,
     }
+    true
 }
 
-fn apply_delete(prefix: &str, state: &mut State, key: &str) {
+/// Applies a delete; false if the key is not one the mirror holds.
+fn apply_delete(prefix: &str, state: &mut State, key: &str) -> bool {
     let Some((kind, name)) = split(prefix, key) else {
-        return;
+        return false;
     };
     match kind {
         "volumes" => {
@@ -179,6 +189,7 @@ fn apply_delete(prefix: &str, state: &mut State, key: &str) {
         "nodes" => {
             state.nodes.remove(name);
         }
-        _ => {}
+        _ => return false,
     }
+    true
 }
