@@ -209,10 +209,13 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
                 );
                 return Ok(previous.clone());
             }
-            bail!(
-                "federation in {} is partly running (pids {running:?}); run `tether dev down --dir {}` first",
+            // Partly running (a node was killed): start what is missing,
+            // and leave what runs alone, so its clients carry on.
+            eprintln!(
+                "federation in {} is partly running ({} of {} processes); starting the missing ones",
                 dir.display(),
-                dir.display()
+                running.len(),
+                previous.pids_in_stop_order().len()
             );
         }
     }
@@ -293,23 +296,50 @@ fn up_with_etcd(
             })
             .collect(),
     };
-    let first_log = specs[0].log_path.clone();
-    let etcd = runtime
-        .block_on(EtcdProcess::start_cluster(&specs, Some(etcd_tls)))
-        .with_context(|| format!("starting etcd (log: {})", first_log.display()))?;
-    let members: Vec<EtcdMemberEntry> = etcd
+    // Members still running (a partly running federation) are kept as they are.
+    let running: Vec<EtcdMemberEntry> = previous_cluster
+        .as_ref()
+        .and_then(|cluster| cluster.etcd.as_ref())
+        .map(|etcd| etcd.members.clone())
+        .unwrap_or_default()
         .into_iter()
-        .zip(&specs)
-        .map(|(process, spec)| EtcdMemberEntry {
-            name: spec.name.clone(),
-            endpoint: process.endpoint.clone(),
-            client_port: spec.client_port,
-            peer_port: spec.peer_port,
-            data_dir: spec.data_dir.clone(),
-            log: spec.log_path.clone(),
-            pid: process.detach(),
-        })
+        .filter(|member| alive(member.pid))
         .collect();
+    let missing: Vec<EtcdMemberSpec> = specs
+        .iter()
+        .filter(|spec| !running.iter().any(|member| member.name == spec.name))
+        .cloned()
+        .collect();
+    let first_log = specs[0].log_path.clone();
+    let started = if missing.is_empty() {
+        Vec::new()
+    } else {
+        runtime
+            .block_on(EtcdProcess::start_cluster(&missing, Some(etcd_tls)))
+            .with_context(|| format!("starting etcd (log: {})", first_log.display()))?
+    };
+    let mut started_pids = Vec::new();
+    let mut members: Vec<EtcdMemberEntry> = started
+        .into_iter()
+        .zip(&missing)
+        .map(|(process, spec)| {
+            let endpoint = process.endpoint.clone();
+            let pid = process.detach();
+            started_pids.push(pid);
+            EtcdMemberEntry {
+                name: spec.name.clone(),
+                endpoint,
+                client_port: spec.client_port,
+                peer_port: spec.peer_port,
+                data_dir: spec.data_dir.clone(),
+                log: spec.log_path.clone(),
+                pid,
+            }
+        })
+        .chain(running)
+        .collect();
+    // In the order of the specs, the first member first.
+    members.sort_by_key(|member| specs.iter().position(|spec| spec.name == member.name));
     let etcd_entry = EtcdEntry {
         endpoints: members
             .iter()
@@ -322,7 +352,6 @@ fn up_with_etcd(
         log: members[0].log.clone(),
         members,
     };
-    let etcd_pids: Vec<u32> = etcd_entry.members.iter().map(|member| member.pid).collect();
     let endpoint = etcd_entry.endpoints.join(",");
 
     let mut children = Vec::new();
@@ -336,33 +365,43 @@ fn up_with_etcd(
             .as_ref()
             .and_then(|cluster| cluster.registry.metrics.clone())
             .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
-        let registry = spawn_self(
-            &[
-                "daemon".into(),
-                "registry".into(),
-                format!("--cluster={CLUSTER}"),
-                format!("--listen={admin_listen}"),
-                format!("--etcd={endpoint}"),
-                format!("--metrics-addr={registry_metrics}"),
-                format!("--state-dir={}", trust.control_dir.display()),
-                format!(
-                    "--cert-lifetime={}",
-                    options.cert_lifetime.as_deref().unwrap_or("30d")
-                ),
-                format!(
-                    "--replace-after={}",
-                    options.replace_after.as_deref().unwrap_or("10m")
-                ),
-            ],
-            &registry_log,
-        )?;
-        let registry_entry = ProcessEntry {
-            pid: registry.id(),
-            log: registry_log,
-            listen: admin_listen.clone(),
-            metrics: Some(registry_metrics),
+        let running_registry = previous_cluster
+            .as_ref()
+            .map(|cluster| cluster.registry.clone())
+            .filter(|registry| alive(registry.pid));
+        let registry_entry = match running_registry {
+            Some(running) => running,
+            None => {
+                let registry = spawn_self(
+                    &[
+                        "daemon".into(),
+                        "registry".into(),
+                        format!("--cluster={CLUSTER}"),
+                        format!("--listen={admin_listen}"),
+                        format!("--etcd={endpoint}"),
+                        format!("--metrics-addr={registry_metrics}"),
+                        format!("--state-dir={}", trust.control_dir.display()),
+                        format!(
+                            "--cert-lifetime={}",
+                            options.cert_lifetime.as_deref().unwrap_or("30d")
+                        ),
+                        format!(
+                            "--replace-after={}",
+                            options.replace_after.as_deref().unwrap_or("10m")
+                        ),
+                    ],
+                    &registry_log,
+                )?;
+                let entry = ProcessEntry {
+                    pid: registry.id(),
+                    log: registry_log,
+                    listen: admin_listen.clone(),
+                    metrics: Some(registry_metrics),
+                };
+                children.push(("registry".to_string(), registry, entry.log.clone()));
+                entry
+            }
         };
-        children.push(("registry".to_string(), registry, registry_entry.log.clone()));
         let admin = format!("https://{admin_listen}");
         let client = wait_registry(&admin, &trust.admin_dir, &mut children)?;
 
@@ -378,6 +417,14 @@ fn up_with_etcd(
         };
         let mut nodes = Vec::new();
         for (name, metrics) in node_names {
+            let running = previous_cluster
+                .as_ref()
+                .and_then(|cluster| cluster.nodes.iter().find(|node| node.name == name))
+                .filter(|node| alive(node.pid));
+            if let Some(running) = running {
+                nodes.push(running.clone());
+                continue;
+            }
             let data_dir = dir.join(CLUSTER).join(&name);
             let log = dir.join("logs").join(format!("{name}.log"));
             let mut args = vec![
@@ -439,7 +486,7 @@ fn up_with_etcd(
             let _ = child.kill();
             let _ = child.wait();
         }
-        for pid in etcd_pids {
+        for pid in started_pids {
             stop_pid(pid);
         }
     }

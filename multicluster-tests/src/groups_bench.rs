@@ -5,7 +5,9 @@
 //! - Delta Sync vs rsync: a 4 GiB volume with 1 % of its chunks changed,
 //!   against `rsync --inplace --no-whole-file` of the same two files through
 //!   a loopback rsync daemon;
-//! - etcd requests per second at idle with 10, 100 and 1,000 volumes.
+//! - etcd requests per second at idle with 10, 100 and 1,000 volumes;
+//! - store writes per second with 1, 10 and 100 busy volumes (each written
+//!   to all the time), against the same federation at idle.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -24,7 +26,7 @@ use super::{fio, prefill, Target, WORKLOADS};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Runs the parts named in `only` (all when empty): write, failover, delta, etcd.
+/// Runs the parts named in `only` (all when empty): write, failover, delta, etcd, busy.
 pub fn run(runtime: u64, size: &str, size_bytes: u64, only: &[String]) -> anyhow::Result<()> {
     let wanted = |part: &str| only.is_empty() || only.iter().any(|name| name == part);
     if wanted("write") {
@@ -39,6 +41,71 @@ pub fn run(runtime: u64, size: &str, size_bytes: u64, only: &[String]) -> anyhow
     if wanted("etcd") {
         etcd_idle_load()?;
     }
+    if wanted("busy") {
+        store_writes_under_load()?;
+    }
+    Ok(())
+}
+
+/// Store writes (etcd revisions) per second while 1, 10 and 100 volumes are
+/// written to (fio, 4 KiB random writes at 200 IOPS each, through a node
+/// without a copy), and at idle before each.
+fn store_writes_under_load() -> anyhow::Result<()> {
+    const SECONDS: u64 = 10;
+    let federation = DevFederation::builder().nodes(3).start()?;
+    let mut uris: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for busy in [1usize, 10, 100] {
+        eprintln!("store writes: presenting {busy} volumes ...");
+        while uris.len() < busy {
+            let name = format!("busy{}", uris.len());
+            let (_, uri, _) = federation.create_presented(&name, "64MiB", 2);
+            uris.push(uri);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let idle_start = federation.store_revision()?;
+        std::thread::sleep(Duration::from_secs(SECONDS));
+        let idle = (federation.store_revision()? - idle_start) as f64 / SECONDS as f64;
+        let mut args = vec![
+            "--ioengine=nbd".to_string(),
+            "--rw=randwrite".into(),
+            "--bs=4k".into(),
+            "--iodepth=4".into(),
+            "--size=32M".into(),
+            "--rate_iops=200".into(),
+            "--time_based".into(),
+            format!("--runtime={SECONDS}"),
+            "--output-format=terse".into(),
+        ];
+        for (index, uri) in uris.iter().enumerate() {
+            args.push(format!("--name=busy{index}"));
+            args.push(format!("--uri={uri}"));
+        }
+        let start = federation.store_revision()?;
+        let output = Command::new("fio").args(&args).output()?;
+        if !output.status.success() {
+            bail!("fio: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let rate = (federation.store_revision()? - start) as f64 / SECONDS as f64;
+        eprintln!("{busy} busy volumes: {rate:.1} store writes/s (idle {idle:.1})");
+        rows.push((busy, idle, rate));
+    }
+    println!("\n### Store writes under load, 3 nodes, volumes with 2 copies, {SECONDS} s each\n");
+    println!("| busy volumes | store writes/s at idle | store writes/s busy | per busy volume |");
+    println!("| --- | --- | --- | --- |");
+    for (busy, idle, rate) in &rows {
+        println!(
+            "| {busy} | {idle:.1} | {rate:.1} | {:.2} |",
+            rate / *busy as f64
+        );
+    }
+    let met = rows
+        .iter()
+        .all(|(busy, _, rate)| *rate <= *busy as f64 + 1.0);
+    println!(
+        "\ntarget <= 1 write/s per busy volume: {}",
+        if met { "met" } else { "MISSED" }
+    );
     Ok(())
 }
 

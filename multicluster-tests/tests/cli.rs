@@ -447,3 +447,28 @@ fn malformed_request_bodies_get_the_json_error_shape() {
         assert!(json["error"].as_str().unwrap().contains("body"), "{json}");
     }
 }
+
+/// `dev up` on a federation with one node killed starts that node alone:
+/// the others keep running and their clients carry on.
+#[test]
+fn dev_up_starts_only_what_is_missing() {
+    let federation = DevFederation::builder().nodes(3).start().unwrap();
+    let (view, uri, presenter) = federation.create_presented("partial", "256MiB", 2);
+    let replica = multicluster_tests::harness::replicas_of(&view)[0].clone();
+    let presenter_pid = federation.node_pid(&presenter);
+    federation.kill_node(&replica);
+    let fio = multicluster_tests::clients::fio_verify(&uri, "0", "64M", 5);
+    let federation = federation.up().unwrap();
+    assert_eq!(
+        federation.node_pid(&presenter),
+        presenter_pid,
+        "a running node was left alone"
+    );
+    multicluster_tests::clients::finish(fio, "fio verify across dev up");
+    let nodes = federation.tether_json(&["node", "list"]).unwrap();
+    assert!(
+        nodes.as_array().unwrap().iter().all(|node| node["state"] == "up"),
+        "{nodes}"
+    );
+    federation.wait_in_sync("partial", Duration::from_secs(60));
+}

@@ -32,7 +32,7 @@ struct Args {
     /// Working-set size per target.
     #[arg(long, default_value = "1G")]
     size: String,
-    /// Run only these parts (groups: write, failover, delta, etcd; security:
+    /// Run only these parts (groups: write, failover, delta, etcd, busy; security:
     /// encryption, tls); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
