@@ -208,6 +208,13 @@ enum VolumeCommand {
     Detach { name: String },
     /// Delete a volume and its data.
     Delete { name: String },
+    /// Compare every in-sync copy's hash tree with the master's; with
+    /// --repair, copy the chunks that differ from the master.
+    Verify {
+        name: String,
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -548,6 +555,48 @@ fn run_volume(cli: &Cli, command: &VolumeCommand) -> anyhow::Result<()> {
             }
             for error in &volume.errors {
                 println!("error:       {error}");
+            }
+        }
+        VolumeCommand::Verify { name, repair } => {
+            let report: tether_proto::admin::VerifyReport = client.post(
+                &format!("/v1/volumes/{name}/verify"),
+                &tether_proto::admin::VerifyRequest { repair: *repair },
+            )?;
+            if cli.output == Output::Json {
+                print_json(&report)?;
+            } else {
+                for copy in &report.copies {
+                    match (copy.chunks_differing, copy.chunks_repaired) {
+                        (0, _) => println!(
+                            "{}: identical to master {} ({} chunks compared)",
+                            copy.node, report.master, copy.chunks_compared
+                        ),
+                        (differing, 0) => println!(
+                            "{}: {differing} chunks differ from master {} (first: {:?})",
+                            copy.node, report.master, copy.differing
+                        ),
+                        (differing, repaired) => println!(
+                            "{}: {differing} chunks differed; {repaired} copied from master {}",
+                            copy.node, report.master
+                        ),
+                    }
+                }
+                if report.copies.is_empty() {
+                    println!(
+                        "volume {name}: no in-sync replica to compare with master {}",
+                        report.master
+                    );
+                }
+            }
+            let unrepaired: u64 = report
+                .copies
+                .iter()
+                .map(|copy| copy.chunks_differing - copy.chunks_repaired.min(copy.chunks_differing))
+                .sum();
+            if unrepaired > 0 {
+                anyhow::bail!(
+                    "volume {name}: {unrepaired} chunks differ between copies; `tether volume verify {name} --repair` copies them from the master"
+                );
             }
         }
         VolumeCommand::Resize { name, size } => {

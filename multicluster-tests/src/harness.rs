@@ -617,3 +617,17 @@ impl DevFederation {
         })
     }
 }
+
+impl DevFederation {
+    /// `tether volume verify NAME`: asserts every in-sync replica is
+    /// identical to the master (hash trees compared, settled); returns the report.
+    pub fn assert_copies_identical(&self, name: &str) -> Value {
+        let report = self
+            .tether_json(&["volume", "verify", name])
+            .unwrap_or_else(|err| panic!("verify {name}: {err}"));
+        for copy in report["copies"].as_array().unwrap() {
+            assert_eq!(copy["chunks_differing"], 0, "volume {name}: {report}");
+        }
+        report
+    }
+}

@@ -46,6 +46,7 @@ fn kill_9_of_the_etcd_member_in_use_loses_no_lease_and_no_write() {
         "a failover happened: {after}"
     );
     assert_eq!(after["master"], view["master"], "{after}");
+    federation.assert_copies_identical("quorum");
     let nodes = federation.tether_json(&["node", "list"]).unwrap();
     assert!(
         nodes

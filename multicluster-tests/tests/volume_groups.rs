@@ -101,6 +101,7 @@ fn kill_9_of_the_master_under_verifying_writes_fails_over_without_losing_a_write
         "tether_presenter_pause_seconds_count",
     );
     assert!(paused >= 1.0, "the presenter waited out the failover");
+    federation.assert_copies_identical("ha");
 }
 
 #[test]
@@ -168,6 +169,7 @@ fn a_replica_that_comes_back_copies_only_the_chunks_that_changed() {
     );
     let read_refs: Vec<&str> = reads.iter().map(String::as_str).collect();
     qemu_io(&uri, &read_refs).unwrap();
+    federation.assert_copies_identical("catchup");
 }
 
 #[test]
@@ -204,6 +206,7 @@ fn a_paused_master_is_fenced_and_its_late_writes_do_not_win() {
         view["master"] == master.as_str()
     });
     qemu_io(&uri, &["read -P 0x33 0 1M"]).unwrap();
+    federation.assert_copies_identical("fence");
 }
 
 #[test]
@@ -274,6 +277,7 @@ fn random_faults_under_load_leave_every_copy_identical() {
         assert_eq!(bytes.len(), 64 << 20);
         assert_eq!(blake3::hash(&bytes), client_view, "copy on {node} differs");
     }
+    federation.assert_copies_identical("chaos");
 }
 
 #[test]
@@ -334,6 +338,7 @@ fn a_copy_gone_too_long_is_replaced_and_seeded_with_written_chunks_only() {
         meta.blocks() * 512
     });
     assert!(allocated.unwrap() <= 9 << 20, "the new copy stays thin");
+    federation.assert_copies_identical("thin");
 }
 
 #[test]
@@ -496,4 +501,5 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
     // The volume is untouched and both copies still in sync.
     qemu_io(&uri, &["read -P 0x6b 0 1M", "read -P 0x6c 1M 1M"]).unwrap();
     federation.wait_in_sync("guard", SYNC_TIMEOUT);
+    federation.assert_copies_identical("guard");
 }

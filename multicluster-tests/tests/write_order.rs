@@ -100,6 +100,7 @@ fn overlapping_writes_land_in_the_same_order_on_every_copy() {
             differing.len()
         );
         let view = federation.wait_in_sync(volume, std::time::Duration::from_secs(30));
+        federation.assert_copies_identical(volume);
         println!("{volume}: every copy identical; {view}");
     }
 }

@@ -314,6 +314,55 @@ pub struct VolumeStatus {
     /// Delta Sync runs in progress (or just finished).
     #[serde(default)]
     pub syncs: Vec<SyncProgress>,
+    /// The last verification of the copies, once one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyReport>,
+}
+
+/// A request to compare every in-sync copy's hash tree with the master's.
+/// Key: `/tether/v1/{cluster}/verify/{volume}`, written by the registry; the
+/// master answers in its status (`VolumeStatus::verify`, same `id`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyRequestRecord {
+    pub version: u32,
+    pub id: u64,
+    /// Copy the differing chunks from the master to the copy.
+    pub repair: bool,
+}
+
+/// `POST /v1/volumes/{name}/verify`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct VerifyRequest {
+    #[serde(default)]
+    pub repair: bool,
+}
+
+/// What a verification found (the answer of `POST /v1/volumes/{name}/verify`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    pub id: u64,
+    pub repair: bool,
+    /// "running" | "done" | "failed"
+    pub state: String,
+    /// The master the copies were compared against, and its epoch.
+    pub master: String,
+    pub epoch: u64,
+    pub copies: Vec<CopyVerification>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CopyVerification {
+    pub node: String,
+    pub chunks_compared: u64,
+    /// Chunks whose hashes differ from the master's (after settling, seen
+    /// differing twice).
+    pub chunks_differing: u64,
+    /// The first differing chunk indices (at most 100).
+    pub differing: Vec<u64>,
+    /// Chunks copied from the master (with `repair`).
+    pub chunks_repaired: u64,
 }
 
 /// What a presenting node reports about the NBD endpoints it serves for one

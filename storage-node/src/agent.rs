@@ -61,6 +61,14 @@ fn significant(before: &VolumeStatus, after: &VolumeStatus) -> bool {
         || before.size_bytes != after.size_bytes
         || before.node != after.node
         || phases(before) != phases(after)
+        || before
+            .verify
+            .as_ref()
+            .map(|report| (report.id, &report.state))
+            != after
+                .verify
+                .as_ref()
+                .map(|report| (report.id, &report.state))
 }
 
 /// A volume this node presents: its presenter and its NBD listeners by endpoint.
@@ -626,12 +634,13 @@ impl Agent {
             return;
         }
         let stats = volume.map(|volume| volume.stats()).unwrap_or_default();
-        let (epoch, syncs) = match &master {
+        let (epoch, syncs, verify) = match &master {
             Some(master) => (
                 master.epoch,
                 master.syncs.lock().unwrap().values().cloned().collect(),
+                master.verify.lock().unwrap().clone(),
             ),
-            None => (0, vec![]),
+            None => (0, vec![], None),
         };
         let status = VolumeStatus {
             version: 1,
@@ -643,6 +652,7 @@ impl Agent {
             serving: vec![],
             epoch,
             syncs,
+            verify,
             errors: self
                 .errors
                 .lock()

@@ -10,6 +10,7 @@
 //! | POST | /v1/volumes/{name}/resize | `ResizeVolumeRequest` → `VolumeView` |
 //! | POST | /v1/volumes/{name}/attach | `AttachRequest` → `AttachResponse` |
 //! | POST | /v1/volumes/{name}/detach | → `VolumeView` |
+//! | POST | /v1/volumes/{name}/verify | `VerifyRequest` → `VerifyReport` (every in-sync copy against the master) |
 //! | POST | /v1/join-tokens | `JoinTokenRequest` → `JoinTokenResponse` (a one-time token for a new node) |
 //! | POST | /v1/join | `JoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | POST | /v1/renew | `RenewRequest` → `CertificateResponse` (a node's certificate) |
@@ -21,6 +22,7 @@
 mod attach;
 mod nodes;
 mod replacement;
+mod verify;
 mod view;
 mod volumes;
 
@@ -71,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/volumes/{name}/resize", post(volumes::resize_volume))
         .route("/v1/volumes/{name}/attach", post(attach::attach_volume))
         .route("/v1/volumes/{name}/detach", post(attach::detach_volume))
+        .route("/v1/volumes/{name}/verify", post(verify::verify_volume))
         .route("/v1/join", post(crate::security::join))
         .route("/v1/renew", post(crate::security::renew))
         .layer(axum::middleware::from_fn_with_state(
@@ -177,7 +180,8 @@ impl AppState {
         check: impl FnMut(Option<&PresentingStatus>) -> Option<Result<T, String>>,
     ) -> ApiResult<T> {
         let key = self.key("presenting", &format!("{name}/{node}"));
-        self.wait_on(&key, name, node, what, check).await
+        self.wait_on(&key, name, node, what, NODE_ACTION_TIMEOUT, check)
+            .await
     }
 
     /// Read-modify-write of a spec, retried while someone else changes it.
@@ -216,21 +220,35 @@ impl AppState {
         what: &str,
         check: impl FnMut(Option<&VolumeStatus>) -> Option<Result<T, String>>,
     ) -> ApiResult<T> {
+        self.wait_for_within(name, node, what, NODE_ACTION_TIMEOUT, check)
+            .await
+    }
+
+    /// [`Self::wait_for`] for actions that take longer than a spec change.
+    async fn wait_for_within<T>(
+        &self,
+        name: &str,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl FnMut(Option<&VolumeStatus>) -> Option<Result<T, String>>,
+    ) -> ApiResult<T> {
         let key = self.key("status", name);
-        self.wait_on(&key, name, node, what, check).await
+        self.wait_on(&key, name, node, what, timeout, check).await
     }
 
     /// Polls the record at `key` until `check` decides (a value, or the
-    /// node's error), or `node` takes longer than [`NODE_ACTION_TIMEOUT`].
+    /// node's error), or `node` takes longer than `timeout`.
     async fn wait_on<R: serde::de::DeserializeOwned, T>(
         &self,
         key: &str,
         name: &str,
         node: &str,
         what: &str,
+        timeout: Duration,
         mut check: impl FnMut(Option<&R>) -> Option<Result<T, String>>,
     ) -> ApiResult<T> {
-        let deadline = Instant::now() + NODE_ACTION_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             let record: Option<R> = match self.store.get(key).await? {
                 Some(kv) => Some(decode(key, &kv.value)?),
@@ -248,8 +266,8 @@ impl AppState {
                 None if Instant::now() > deadline => {
                     return Err(RegistryError::Unavailable {
                         reason: format!(
-                        "node {node} did not {what} volume {name} within {NODE_ACTION_TIMEOUT:?}"
-                    ),
+                            "node {node} did not {what} volume {name} within {timeout:?}"
+                        ),
                     })
                 }
                 None => tokio::time::sleep(POLL_INTERVAL).await,

@@ -232,6 +232,9 @@ pub(super) async fn delete_volume(
                 TxnOp::Delete {
                     key: state.key("groups", &name),
                 },
+                TxnOp::Delete {
+                    key: state.key("verify", &name),
+                },
             ],
             failure: vec![],
         })

@@ -56,6 +56,8 @@ pub struct MasterState {
     order: WriteOrder,
     /// Progress of each Delta Sync, by copy, for the status record.
     pub syncs: std::sync::Mutex<BTreeMap<String, SyncProgress>>,
+    /// The last verification of the copies (`verify.rs`), for the status record.
+    pub verify: std::sync::Mutex<Option<tether_proto::admin::VerifyReport>>,
 }
 
 /// What became of one write or flush on the other copies.
@@ -88,6 +90,7 @@ impl MasterState {
             }),
             order: WriteOrder::default(),
             syncs: Default::default(),
+            verify: Default::default(),
         })
     }
 

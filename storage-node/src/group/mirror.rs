@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use coord_store::{CoordStore, KeyValue, WatchEvent};
-use tether_proto::admin::{NodeRecord, VolumeSpec};
+use tether_proto::admin::{NodeRecord, VerifyRequestRecord, VolumeSpec};
 use tether_proto::group::GroupRecord;
 use tokio::sync::watch;
 
@@ -31,6 +31,8 @@ struct State {
     groups: HashMap<String, (GroupRecord, i64)>,
     locks: HashMap<String, LockHolder>,
     nodes: HashMap<String, NodeRecord>,
+    /// Verifications asked for, by volume.
+    verifies: HashMap<String, VerifyRequestRecord>,
 }
 
 pub struct Mirror {
@@ -73,6 +75,11 @@ impl Mirror {
 
     pub fn node(&self, node: &str) -> Option<NodeRecord> {
         self.state.read().unwrap().nodes.get(node).cloned()
+    }
+
+    /// The verification last asked for on `volume`.
+    pub fn verify_request(&self, volume: &str) -> Option<VerifyRequestRecord> {
+        self.state.read().unwrap().verifies.get(volume).cloned()
     }
 
     pub fn nodes(&self) -> Vec<NodeRecord> {
@@ -166,6 +173,11 @@ fn apply_put(prefix: &str, state: &mut State, kv: &KeyValue) -> bool {
                 state.nodes.insert(name.to_string(), node);
             }
         }
+        "verify" => {
+            if let Ok(request) = serde_json::from_slice::<VerifyRequestRecord>(&kv.value) {
+                state.verifies.insert(name.to_string(), request);
+            }
+        }
         _ => return false,
     }
     true
@@ -188,6 +200,9 @@ fn apply_delete(prefix: &str, state: &mut State, key: &str) -> bool {
         }
         "nodes" => {
             state.nodes.remove(name);
+        }
+        "verify" => {
+            state.verifies.remove(name);
         }
         _ => return false,
     }

@@ -9,7 +9,8 @@
 //!   shrinking, fencing by lease deadline);
 //! - [`sync`]: Delta Sync, bringing a copy back by hash-tree comparison;
 //! - [`server`] / [`transport`]: the node-to-node block-frame streams;
-//! - [`presenter`]: what the NBD front end talks to; follows the master.
+//! - [`presenter`]: what the NBD front end talks to; follows the master;
+//! - [`verify`]: online comparison (and repair) of the in-sync copies.
 //!
 //! The decisions themselves (who may be promoted, how the ISR changes, which
 //! epochs a replica admits) are pure functions in `tether_proto::group`,
@@ -23,6 +24,7 @@ pub mod presenter;
 pub mod server;
 pub mod sync;
 pub mod transport;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::path::Path;

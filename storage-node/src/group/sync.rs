@@ -42,6 +42,12 @@ pub fn spawn_resync_loop(master: Arc<MasterState>) {
     tokio::spawn(
         async move {
             while !master.is_deposed() {
+                if let Some(request) = master.ctx.mirror.verify_request(master.name()) {
+                    let handled = master.verify.lock().unwrap().as_ref().map(|report| report.id);
+                    if handled != Some(request.id) {
+                        super::verify::run(&master, request.id, request.repair).await;
+                    }
+                }
                 if let Err(err) = master.drop_lost_members().await {
                     tracing::warn!(volume = master.name(), error = %err, "dropping lost replicas failed");
                 }
@@ -115,27 +121,8 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
     let labels = [("volume", volume.name().to_string())];
     for pass in 0..PASSES {
         let rehashed_before = volume.bytes_rehashed();
-        volume.settle().await?;
+        let (differing, fetched) = differing_chunks(master, node, conn).await?;
         progress.source_bytes_read += volume.bytes_rehashed() - rehashed_before;
-        let tree = volume.hash_tree();
-        let mut walk = DiffWalk::new(&tree);
-        while let Some((level, indices)) = walk.next_request() {
-            let mut hashes = Vec::with_capacity(indices.len());
-            for batch in indices.chunks(INDICES_PER_REQUEST) {
-                let request = Frame::TreeRequest {
-                    seq: 0,
-                    epoch: master.epoch,
-                    level: level as u8,
-                    indices: batch.to_vec(),
-                };
-                match conn.request(request, master.replica_timeout() * 4).await? {
-                    Frame::TreeResponse { hashes: got, .. } => hashes.extend(got),
-                    other => return Err(refused(master, node, &other)),
-                }
-            }
-            walk.feed(&hashes);
-        }
-        let (differing, fetched) = walk.finish();
         metrics::counter!("tether_sync_hashes_fetched_total", &labels).increment(fetched);
         progress.hashes_fetched += fetched;
         progress.chunks_compared = progress.chunks_total;
@@ -159,36 +146,8 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
             if length == 0 {
                 continue;
             }
-            let copied = {
-                let _ordered = master.lock_chunk(chunk_idx).await;
-                let data = volume.read(offset, length as u32).await?;
-                progress.source_bytes_read += length;
-                let frame = if data.iter().all(|byte| *byte == 0) {
-                    Frame::WriteZeroes {
-                        seq: 0,
-                        epoch: master.epoch,
-                        offset,
-                        length,
-                        punch: true,
-                        fua: false,
-                    }
-                } else {
-                    Frame::ChunkData {
-                        seq: 0,
-                        epoch: master.epoch,
-                        chunk_idx,
-                        data: Bytes::from(data),
-                    }
-                };
-                let sent = match &frame {
-                    Frame::ChunkData { data, .. } => data.len() as u64,
-                    _ => 0,
-                };
-                match conn.request(frame, master.replica_timeout()).await? {
-                    Frame::Ack { error: 0, .. } => sent,
-                    other => return Err(refused(master, node, &other)),
-                }
-            };
+            let copied = copy_chunk(master, node, conn, chunk_idx, length).await?;
+            progress.source_bytes_read += length;
             progress.chunks_copied += 1;
             progress.bytes_copied += copied;
             metrics::counter!("tether_sync_chunks_copied_total", &labels).increment(1);
@@ -212,20 +171,7 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
                 }
             }
         }
-        // Flush the copy so the chunks it took are as durable as acknowledged writes.
-        match conn
-            .request(
-                Frame::Flush {
-                    seq: 0,
-                    epoch: master.epoch,
-                },
-                master.replica_timeout(),
-            )
-            .await?
-        {
-            Frame::Ack { error: 0, .. } => {}
-            other => return Err(refused(master, node, &other)),
-        }
+        flush_copy(master, node, conn).await?;
     }
     progress.phase = "done".into();
     progress.eta_seconds = 0;
@@ -242,6 +188,89 @@ async fn reconcile(master: &Arc<MasterState>, node: &str, conn: &BlockConn) -> R
         "Delta Sync done"
     );
     Ok(())
+}
+
+/// Settles both sides' hashes (rule 1) and walks the two hash trees from
+/// the root, fetching only the children of differing nodes; returns the
+/// differing chunks and how many remote hashes were fetched.
+pub(super) async fn differing_chunks(
+    master: &MasterState,
+    node: &str,
+    conn: &BlockConn,
+) -> Result<(Vec<u64>, u64)> {
+    master.volume.settle().await?;
+    let tree = master.volume.hash_tree();
+    let mut walk = DiffWalk::new(&tree);
+    while let Some((level, indices)) = walk.next_request() {
+        let mut hashes = Vec::with_capacity(indices.len());
+        for batch in indices.chunks(INDICES_PER_REQUEST) {
+            let request = Frame::TreeRequest {
+                seq: 0,
+                epoch: master.epoch,
+                level: level as u8,
+                indices: batch.to_vec(),
+            };
+            match conn.request(request, master.replica_timeout() * 4).await? {
+                Frame::TreeResponse { hashes: got, .. } => hashes.extend(got),
+                other => return Err(refused(master, node, &other)),
+            }
+        }
+        walk.feed(&hashes);
+    }
+    Ok(walk.finish())
+}
+
+/// Copies one chunk (`length` bytes of it, the last may be short) from the
+/// master to the copy, holding its range in the write order (rule 5);
+/// returns the payload bytes sent (0 for a zero chunk, sent as a hole).
+pub(super) async fn copy_chunk(
+    master: &MasterState,
+    node: &str,
+    conn: &BlockConn,
+    chunk_idx: u64,
+    length: u64,
+) -> Result<u64> {
+    let volume = &master.volume;
+    let offset = chunk_idx * volume.chunk_size();
+    let _ordered = master.lock_chunk(chunk_idx).await;
+    let data = volume.read(offset, length as u32).await?;
+    let frame = if data.iter().all(|byte| *byte == 0) {
+        Frame::WriteZeroes {
+            seq: 0,
+            epoch: master.epoch,
+            offset,
+            length,
+            punch: true,
+            fua: false,
+        }
+    } else {
+        Frame::ChunkData {
+            seq: 0,
+            epoch: master.epoch,
+            chunk_idx,
+            data: Bytes::from(data),
+        }
+    };
+    let sent = match &frame {
+        Frame::ChunkData { data, .. } => data.len() as u64,
+        _ => 0,
+    };
+    match conn.request(frame, master.replica_timeout()).await? {
+        Frame::Ack { error: 0, .. } => Ok(sent),
+        other => Err(refused(master, node, &other)),
+    }
+}
+
+/// Flushes the copy, so the chunks it took are as durable as acknowledged writes.
+pub(super) async fn flush_copy(master: &MasterState, node: &str, conn: &BlockConn) -> Result<()> {
+    let flush = Frame::Flush {
+        seq: 0,
+        epoch: master.epoch,
+    };
+    match conn.request(flush, master.replica_timeout()).await? {
+        Frame::Ack { error: 0, .. } => Ok(()),
+        other => Err(refused(master, node, &other)),
+    }
 }
 
 fn refused(master: &MasterState, node: &str, answer: &Frame) -> NodeError {
