@@ -145,6 +145,8 @@ pub struct UpOptions {
     pub cert_lifetime: Option<String>,
     /// Members of the local etcd cluster (a new federation only).
     pub etcd_members: usize,
+    /// Each node's `--overprovision` (default: its own, 100%).
+    pub overprovision: Option<String>,
 }
 
 /// True if `pid` is a live (not zombie) process.
@@ -453,6 +455,9 @@ fn up_with_etcd(
             if let Some(capacity) = &options.capacity {
                 args.push(format!("--capacity={capacity}"));
             }
+            if let Some(overprovision) = &options.overprovision {
+                args.push(format!("--overprovision={overprovision}"));
+            }
             if !options.hash_upkeep {
                 args.push("--no-hash-upkeep".into());
             }
@@ -728,6 +733,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             data_dir,
             store: StoreConfig::Shared(store.clone()),
             capacity_bytes,
+            overprovision_percent: 100,
             metrics_addr: Some(options.metrics_addr),
             io_uring: true,
             hash_upkeep: options.hash_upkeep,

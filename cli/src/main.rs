@@ -103,6 +103,9 @@ enum DevCommand {
         /// Members of the cluster's local etcd (3 or 5 survive a member's loss).
         #[arg(long, default_value_t = 1)]
         etcd_members: usize,
+        /// Each node's over-provisioning (tether-node --overprovision), e.g. 200%.
+        #[arg(long)]
+        overprovision: Option<String>,
     },
     /// Stop the federation in --dir (its data stays; `dev up` brings it back).
     Down,
@@ -354,8 +357,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&nodes);
             }
             println!(
-                "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<9} LABELS",
-                "NAME", "CLUSTER", "STATE", "CAPACITY", "PROVISIONED", "VOLUMES", "IO"
+                "{:<12} {:<10} {:<6} {:>10} {:>20} {:>10} {:>8} {:<9} LABELS",
+                "NAME",
+                "CLUSTER",
+                "STATE",
+                "CAPACITY",
+                "PROVISIONED/LIMIT",
+                "ALLOCATED",
+                "VOLUMES",
+                "IO"
             );
             let mut quarantined = Vec::new();
             for node in nodes {
@@ -366,12 +376,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ));
                 }
                 println!(
-                    "{:<12} {:<10} {:<6} {:>10} {:>12} {:>8} {:<9} {}",
+                    "{:<12} {:<10} {:<6} {:>10} {:>20} {:>10} {:>8} {:<9} {}",
                     node.name,
                     node.cluster,
                     node.state,
                     format_size(node.capacity_bytes),
-                    format_size(node.provisioned_bytes),
+                    format!(
+                        "{}/{}",
+                        format_size(node.provisioned_bytes),
+                        format_size(node.provisionable_bytes)
+                    ),
+                    format_size(node.allocated_bytes),
                     node.volumes,
                     node.io_backend,
                     cluster_registry::placement::format_labels(&node.labels)
@@ -800,6 +815,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             replace_after,
             cert_lifetime,
             etcd_members,
+            overprovision,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
             anyhow::ensure!(
@@ -826,6 +842,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 replace_after: replace_after.clone(),
                 cert_lifetime: cert_lifetime.clone(),
                 etcd_members: *etcd_members,
+                overprovision: overprovision.clone(),
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);

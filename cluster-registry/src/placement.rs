@@ -75,7 +75,7 @@ pub fn place_beside(
         });
     }
     let free = |node: &NodeRecord| {
-        node.capacity_bytes
+        node.provisioning_limit()
             .saturating_sub(provisioned_on(&node.name, specs))
     };
     let mut fitting: Vec<&NodeRecord> = eligible
@@ -139,6 +139,7 @@ mod tests {
             block_addr: None,
             control_addr: None,
             quarantined: Default::default(),
+            provisionable_bytes: 0,
         }
     }
 

@@ -40,6 +40,7 @@ pub struct FederationBuilder {
     replace_after: Option<String>,
     cert_lifetime: Option<String>,
     etcd_members: usize,
+    overprovision: Option<String>,
 }
 
 impl Default for FederationBuilder {
@@ -52,6 +53,7 @@ impl Default for FederationBuilder {
             replace_after: None,
             cert_lifetime: None,
             etcd_members: 1,
+            overprovision: None,
         }
     }
 }
@@ -79,6 +81,11 @@ impl FederationBuilder {
     /// Lifetime of the certificates the cluster CA issues.
     pub fn cert_lifetime(mut self, lifetime: &str) -> Self {
         self.cert_lifetime = Some(lifetime.to_string());
+        self
+    }
+    /// Each node's over-provisioning, e.g. "200%".
+    pub fn overprovision(mut self, percent: &str) -> Self {
+        self.overprovision = Some(percent.to_string());
         self
     }
     /// Members of the local etcd cluster.
@@ -146,6 +153,9 @@ impl DevFederation {
         }
         if let Some(lifetime) = &self.builder.cert_lifetime {
             args.push(format!("--cert-lifetime={lifetime}"));
+        }
+        if let Some(percent) = &self.builder.overprovision {
+            args.push(format!("--overprovision={percent}"));
         }
         if self.builder.etcd_members != 1 {
             args.push(format!("--etcd-members={}", self.builder.etcd_members));
@@ -630,4 +640,17 @@ impl DevFederation {
         }
         report
     }
+}
+
+/// Writes a user's key file as a careful user does: readable by its owner only.
+pub fn write_key_file(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("key file opens");
+    std::io::Write::write_all(&mut file, contents.as_ref()).expect("key file writes");
 }

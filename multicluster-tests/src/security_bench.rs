@@ -47,7 +47,7 @@ fn print_row(workload: &Workload, base: &Measured, secured: &Measured, target: f
 fn encryption_cost(runtime: u64, size: &str, size_bytes: u64) -> anyhow::Result<()> {
     let federation = DevFederation::builder().nodes(1).start()?;
     let key = federation.dir().join("bench.key");
-    std::fs::write(&key, rand::random::<[u8; 32]>())?;
+    multicluster_tests::harness::write_key_file(&key, rand::random::<[u8; 32]>());
     let key_arg = key.to_str().unwrap().to_string();
     let size_arg = format!("{size_bytes}B");
     federation.tether_ok(&["volume", "create", "plain", "--size", &size_arg])?;

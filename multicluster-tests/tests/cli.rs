@@ -477,3 +477,74 @@ fn dev_up_starts_only_what_is_missing() {
     federation.wait_in_sync("partial", Duration::from_secs(60));
     federation.assert_copies_identical("partial");
 }
+
+/// Thin volumes promise what the over-provisioning ratio allows (all of the
+/// capacity by default, twice it at 200%), and `node list` tells promised
+/// from written.
+#[test]
+fn thin_volumes_promise_what_the_overprovisioning_ratio_allows() {
+    for (overprovision, volumes_that_fit) in [(None, 1), (Some("200%"), 3)] {
+        let mut builder = DevFederation::builder().nodes(1).capacity("1GiB");
+        if let Some(percent) = overprovision {
+            builder = builder.overprovision(percent);
+        }
+        let federation = builder.start().unwrap();
+        for index in 0..volumes_that_fit {
+            federation
+                .tether_ok(&[
+                    "volume",
+                    "create",
+                    &format!("thin{index}"),
+                    "--size",
+                    "600MiB",
+                ])
+                .unwrap();
+        }
+        fails_with(
+            &federation,
+            &["volume", "create", "onemore", "--size", "600MiB"],
+            "no storage node has room",
+        );
+        let uri = {
+            let socket = federation.dir().join("thin0.sock");
+            federation
+                .tether_ok(&[
+                    "volume",
+                    "attach",
+                    "thin0",
+                    "--nbd",
+                    &format!("unix:{}", socket.display()),
+                ])
+                .unwrap()
+        };
+        qemu_io(uri.trim(), &["write -P 0x12 0 8M", "flush"]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let node = loop {
+            let nodes = federation.tether_json(&["node", "list"]).unwrap();
+            let node = nodes[0].clone();
+            if node["allocated_bytes"].as_u64().unwrap_or(0) >= 8 << 20 {
+                break node;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "allocation never reported: {node}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let limit = if overprovision.is_some() {
+            2u64 << 30
+        } else {
+            1 << 30
+        };
+        assert_eq!(node["provisionable_bytes"].as_u64(), Some(limit), "{node}");
+        assert_eq!(
+            node["provisioned_bytes"].as_u64(),
+            Some(volumes_that_fit * (600 << 20)),
+            "{node}"
+        );
+        assert!(
+            node["allocated_bytes"].as_u64().unwrap() < 64 << 20,
+            "{node}"
+        );
+    }
+}

@@ -458,9 +458,9 @@ fn encrypted_volumes_leave_no_plaintext_and_open_only_with_their_key() {
 
     let key_file = federation.dir().join("user.key");
     let user_key: [u8; 32] = rand::random();
-    std::fs::write(&key_file, user_key).unwrap();
+    multicluster_tests::harness::write_key_file(&key_file, user_key);
     let wrong_file = federation.dir().join("wrong.key");
-    std::fs::write(&wrong_file, hex_of(&rand::random::<[u8; 32]>())).unwrap();
+    multicluster_tests::harness::write_key_file(&wrong_file, hex_of(&rand::random::<[u8; 32]>()));
     federation
         .tether_ok(&[
             "volume",

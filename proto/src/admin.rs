@@ -36,7 +36,13 @@ pub struct NodeView {
     /// "up" while the node's lease is alive.
     pub state: String,
     pub capacity_bytes: u64,
+    /// What volumes may be promised here (capacity × over-provisioning).
+    #[serde(default)]
+    pub provisionable_bytes: u64,
     pub provisioned_bytes: u64,
+    /// Bytes written to the copies here, as their masters report them.
+    #[serde(default)]
+    pub allocated_bytes: u64,
     pub volumes: usize,
     pub io_backend: String,
     #[serde(default)]
@@ -270,6 +276,10 @@ pub struct NodeRecord {
     pub version: u32,
     pub name: String,
     pub capacity_bytes: u64,
+    /// What the volumes placed here may add up to: the capacity times the
+    /// node's over-provisioning ratio (0 in records from before: the capacity).
+    #[serde(default)]
+    pub provisionable_bytes: u64,
     pub io_backend: String,
     pub metrics_addr: Option<String>,
     pub pid: u32,
@@ -290,6 +300,15 @@ pub struct NodeRecord {
 
 impl NodeRecord {
     pub const VERSION: u32 = 1;
+
+    /// What placement may promise on this node.
+    pub fn provisioning_limit(&self) -> u64 {
+        if self.provisionable_bytes == 0 {
+            self.capacity_bytes
+        } else {
+            self.provisionable_bytes
+        }
+    }
 }
 
 /// What the master node reports about a volume it serves. Key:

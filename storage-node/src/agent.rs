@@ -122,9 +122,11 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         hash_upkeep: config.hash_upkeep,
     };
     let (data_dir, capacity) = (config.data_dir.clone(), config.capacity_bytes);
-    let pool = tokio::task::spawn_blocking(move || Pool::open(&data_dir, capacity, io, options))
-        .await
-        .expect("pool open does not panic")?;
+    let mut pool =
+        tokio::task::spawn_blocking(move || Pool::open(&data_dir, capacity, io, options))
+            .await
+            .expect("pool open does not panic")?;
+    pool.set_overprovision(config.overprovision_percent);
     let pool = Arc::new(pool);
     let lease = Arc::new(AtomicI64::new(0));
     let mirror = Mirror::new(&config.cluster);
@@ -242,6 +244,7 @@ impl Agent {
             version: NodeRecord::VERSION,
             name: self.config.node.clone(),
             capacity_bytes: self.pool.capacity_bytes(),
+            provisionable_bytes: self.pool.provisionable_bytes(),
             io_backend: self.pool.io_backend().kind().as_str().to_string(),
             metrics_addr: self.config.metrics_addr.map(|addr| addr.to_string()),
             pid: std::process::id(),

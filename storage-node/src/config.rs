@@ -39,6 +39,12 @@ pub struct NodeArgs {
     /// Pool capacity (e.g. 100GiB); default: the size of the filesystem holding --data-dir.
     #[arg(long)]
     pub capacity: Option<String>,
+    /// How much thin volumes may promise, as a percentage of the capacity:
+    /// 100 (the default) promises only what the disk holds; 200 lets the
+    /// volumes' sizes add up to twice the capacity (writes then fail with
+    /// ENOSPC if they all fill up).
+    #[arg(long, default_value = "100%", value_parser = parse_percent)]
+    pub overprovision: u32,
     /// Serve Prometheus metrics here (http://ADDR/metrics).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -96,6 +102,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub capacity_bytes: u64,
+    /// Thin volumes may promise this percentage of `capacity_bytes`.
+    pub overprovision_percent: u32,
     pub metrics_addr: Option<SocketAddr>,
     pub io_uring: bool,
     pub hash_upkeep: bool,
@@ -162,6 +170,7 @@ impl NodeConfig {
             data_dir: args.data_dir,
             store: StoreConfig::Etcd(args.etcd),
             capacity_bytes,
+            overprovision_percent: args.overprovision,
             metrics_addr: args.metrics_addr,
             io_uring: !args.no_io_uring,
             hash_upkeep: !args.no_hash_upkeep,
@@ -207,6 +216,15 @@ pub fn filesystem_size(path: &std::path::Path) -> Result<u64> {
         });
     }
     Ok(stat.f_blocks as u64 * stat.f_frsize as u64)
+}
+
+/// `150%` or `150`: a percentage of at least 10.
+fn parse_percent(text: &str) -> std::result::Result<u32, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<u32>() {
+        Ok(percent) if (10..=10_000).contains(&percent) => Ok(percent),
+        _ => Err(format!("{text}: a percentage between 10% and 10000%")),
+    }
 }
 
 /// A lease TTL etcd can grant as asked: whole seconds, at least one.

@@ -165,6 +165,19 @@ impl AppState {
     }
 
     /// What each presenting node reports for the volume.
+    /// Allocated bytes of every volume whose master reports a status.
+    async fn allocated_by_volume(&self) -> ApiResult<std::collections::HashMap<String, u64>> {
+        let (kvs, _) = self.store.get_prefix(&self.prefix("status")).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let status: VolumeStatus = serde_json::from_slice(&kv.value).ok()?;
+                let name = kv.key.rsplit('/').next()?.to_string();
+                Some((name, status.allocated_bytes))
+            })
+            .collect())
+    }
+
     async fn presenting(&self, name: &str) -> ApiResult<Vec<PresentingStatus>> {
         let prefix = format!("{}{name}/", self.prefix("presenting"));
         let (kvs, _) = self.store.get_prefix(&prefix).await?;

@@ -22,11 +22,18 @@ pub(super) async fn list_clusters(
 /// still owns volumes but has no registration is listed as "down".
 pub(super) async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeView>>> {
     let (nodes, specs) = (state.nodes().await?, state.specs().await?);
+    let allocated_by_volume = state.allocated_by_volume().await?;
     let view = |name: &str, up: Option<&NodeRecord>| NodeView {
         name: name.to_string(),
         cluster: state.cluster.clone(),
         state: if up.is_some() { "up" } else { "down" }.into(),
         capacity_bytes: up.map_or(0, |node| node.capacity_bytes),
+        provisionable_bytes: up.map_or(0, |node| node.provisioning_limit()),
+        allocated_bytes: specs
+            .iter()
+            .filter(|spec| spec.copy_nodes().iter().any(|copy| copy == name))
+            .filter_map(|spec| allocated_by_volume.get(&spec.name))
+            .sum(),
         provisioned_bytes: placement::provisioned_on(name, &specs),
         volumes: specs
             .iter()

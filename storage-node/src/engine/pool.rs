@@ -25,6 +25,8 @@ const CREATING_PREFIX: &str = ".creating-";
 pub struct Pool {
     dir: PathBuf,
     capacity_bytes: u64,
+    /// What the volumes' sizes may add up to (thin provisioning's promise).
+    provisionable_bytes: u64,
     io: IoEngine,
     options: VolumeOptions,
     volumes: Mutex<BTreeMap<String, Arc<Volume>>>,
@@ -99,6 +101,7 @@ impl Pool {
         Ok(Self {
             dir: dir.to_path_buf(),
             capacity_bytes,
+            provisionable_bytes: capacity_bytes,
             io,
             options,
             volumes: Mutex::new(volumes),
@@ -126,6 +129,25 @@ impl Pool {
         self.capacity_bytes
     }
 
+    /// Lets the volumes' sizes add up to `percent` of the capacity (100:
+    /// no more than the disk holds).
+    pub fn set_overprovision(&mut self, percent: u32) {
+        self.provisionable_bytes = self.capacity_bytes / 100 * percent as u64
+            + self.capacity_bytes % 100 * percent as u64 / 100;
+    }
+
+    pub fn provisionable_bytes(&self) -> u64 {
+        self.provisionable_bytes
+    }
+
+    /// Bytes the pool's data files hold on disk (thin: only what was written).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.list()
+            .iter()
+            .map(|volume| volume.stats().allocated_bytes)
+            .sum()
+    }
+
     pub fn io_backend(&self) -> &IoEngine {
         &self.io
     }
@@ -149,12 +171,12 @@ impl Pool {
 
     fn check_room(&self, extra: u64) -> Result<()> {
         let provisioned = self.provisioned_bytes();
-        if provisioned.saturating_add(extra) > self.capacity_bytes {
+        if provisioned.saturating_add(extra) > self.provisionable_bytes {
             return Err(NodeError::PoolFull {
                 pool: self.dir.display().to_string(),
                 requested: extra,
-                free: self.capacity_bytes.saturating_sub(provisioned),
-                capacity: self.capacity_bytes,
+                free: self.provisionable_bytes.saturating_sub(provisioned),
+                capacity: self.provisionable_bytes,
             });
         }
         Ok(())
