@@ -638,7 +638,9 @@ fn wait_ready(
     loop {
         check_children(children)?;
         if let Ok(nodes) = client.get::<Vec<NodeView>>("/v1/nodes") {
-            if nodes.iter().filter(|node| node.state == "up").count() >= n_nodes {
+            if nodes.iter().filter(|node| node.state == "up").count() >= n_nodes
+                && attachments_served(&client)
+            {
                 return Ok(());
             }
         }
@@ -650,6 +652,25 @@ fn wait_ready(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// True once every attachment that can be served again by itself is served
+/// (an encrypted volume's waits for its key) or has failed with an error,
+/// so `dev up` returns with clients able to connect.
+fn attachments_served(client: &AdminClient) -> bool {
+    let Ok(volumes) = client.get::<Vec<tether_proto::admin::VolumeView>>("/v1/volumes") else {
+        return false;
+    };
+    volumes
+        .iter()
+        .filter(|volume| volume.encryption.is_none())
+        .all(|volume| {
+            !volume.errors.is_empty()
+                || volume
+                    .attachments
+                    .iter()
+                    .all(|attachment| attachment.uri.starts_with("nbd"))
+        })
 }
 
 /// SIGTERM, then SIGKILL if the process has not exited after 20 s.
