@@ -75,6 +75,14 @@ fn attach_never_replaces_a_file_or_reaches_into_a_pool() {
     }
     assert!(!std::path::Path::new(&format!("{data_dir}/volumes/new.sock")).exists());
 
+    // tcp:PORT serves on loopback only (plain NBD has no TLS).
+    let tcp = federation
+        .tether_ok(&["volume", "attach", "vj", "--nbd", "tcp:0"])
+        .unwrap();
+    assert!(tcp.trim().starts_with("nbd://127.0.0.1:"), "{tcp}");
+    qemu_io(tcp.trim(), &["read -P 0x4e 0 1M"]).unwrap();
+    federation.tether_ok(&["volume", "detach", "vj"]).unwrap();
+
     // The node restarts with the volume whole: nothing was deleted.
     federation.down().unwrap();
     let federation = federation.up().unwrap();

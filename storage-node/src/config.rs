@@ -67,7 +67,8 @@ pub struct NodeArgs {
     /// A replica that does not answer a write this long leaves the in-sync set.
     #[arg(long, default_value = "2s", value_parser = tether_common::size::parse_duration)]
     pub replica_timeout: Duration,
-    /// Delta Sync copy rate limit per volume, e.g. 100MiB (per second); default: none.
+    /// Copy rate limit of each Delta Sync (per sync, not per node), e.g.
+    /// 100MiB (per second); default: none.
     #[arg(long)]
     pub sync_rate_limit: Option<String>,
     /// The block address other nodes are told to use (default: the bound

@@ -73,7 +73,7 @@ async fn attach(
     if !(endpoint.starts_with("unix:") || endpoint.starts_with("tcp:")) {
         return Err(RegistryError::Invalid {
             field: "nbd",
-            reason: format!("{endpoint:?}: expected unix:PATH or tcp:HOST:PORT"),
+            reason: format!("{endpoint:?}: expected unix:PATH, tcp:PORT or tcp:HOST:PORT"),
         });
     }
     let from = request.from.unwrap_or_else(|| state.cluster.clone());

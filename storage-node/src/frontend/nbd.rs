@@ -63,7 +63,9 @@ const READ_BUFFER: usize = 256 * 1024;
 /// Read payloads larger than this are written straight from their buffer.
 const LARGE_PAYLOAD: usize = 64 * 1024;
 
-/// Where to serve: `unix:PATH` or `tcp:HOST:PORT` (port 0 picks one).
+/// Where to serve: `unix:PATH`, `tcp:HOST:PORT`, or `tcp:PORT` (loopback);
+/// port 0 picks one. NBD carries no TLS here, so a TCP export binds to
+/// loopback unless a host is named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Unix(PathBuf),
@@ -82,11 +84,14 @@ impl Endpoint {
             }
             Ok(Endpoint::Unix(PathBuf::from(path)))
         } else if let Some(addr) = input.strip_prefix("tcp:") {
+            if addr.parse::<u16>().is_ok() {
+                return Ok(Endpoint::Tcp(format!("127.0.0.1:{addr}")));
+            }
             match addr.rsplit_once(':') {
                 Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                     Ok(Endpoint::Tcp(addr.to_string()))
                 }
-                _ => Err(bad("tcp: needs HOST:PORT")),
+                _ => Err(bad("tcp: needs PORT (loopback) or HOST:PORT")),
             }
         } else {
             Err(bad("expected unix:PATH or tcp:HOST:PORT"))
@@ -198,6 +203,9 @@ pub async fn serve(
                 .await
                 .map_err(bind_err)?;
             let local = listener.local_addr().map_err(bind_err)?;
+            if !local.ip().is_loopback() {
+                tracing::warn!(volume = %name, addr = %local, "NBD export reachable beyond this host, without TLS: anyone who reaches it can read and write the volume");
+            }
             let uri = format!("nbd://{local}/{name}");
             let accept = accept_loop_tcp(listener, Connections::new(volume, limits), shutdown_rx);
             tokio::spawn(accept.in_current_span());
