@@ -654,3 +654,40 @@ pub fn write_key_file(path: &Path, contents: impl AsRef<[u8]>) {
         .expect("key file opens");
     std::io::Write::write_all(&mut file, contents.as_ref()).expect("key file writes");
 }
+
+impl DevFederation {
+    /// Asserts `tether node list` shows every node up.
+    pub fn assert_all_nodes_up(&self) {
+        let nodes = self.tether_json(&["node", "list"]).unwrap();
+        assert!(
+            nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|node| node["state"] == "up"),
+            "{nodes}"
+        );
+    }
+}
+
+/// Sends one block frame on `stream` and reads frames until the first
+/// answer (a test speaking to a block port as a node).
+pub fn block_exchange(
+    stream: &mut TlsStream,
+    frame: tether_proto::block::Frame,
+) -> tether_proto::block::Frame {
+    use std::io::{Read, Write};
+    let mut out = bytes::BytesMut::new();
+    tether_proto::block::encode_frame(&frame, &mut out);
+    stream.write_all(&out).unwrap();
+    let mut input = bytes::BytesMut::new();
+    loop {
+        if let Some(answer) = tether_proto::block::decode_frame(&mut input).unwrap() {
+            return answer;
+        }
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed instead of answering {frame:?}");
+        input.extend_from_slice(&buf[..n]);
+    }
+}

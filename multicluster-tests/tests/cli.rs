@@ -465,15 +465,7 @@ fn dev_up_starts_only_what_is_missing() {
         "a running node was left alone"
     );
     multicluster_tests::clients::finish(fio, "fio verify across dev up");
-    let nodes = federation.tether_json(&["node", "list"]).unwrap();
-    assert!(
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|node| node["state"] == "up"),
-        "{nodes}"
-    );
+    federation.assert_all_nodes_up();
     federation.wait_in_sync("partial", Duration::from_secs(60));
     federation.assert_copies_identical("partial");
 }

@@ -47,15 +47,7 @@ fn kill_9_of_the_etcd_member_in_use_loses_no_lease_and_no_write() {
     );
     assert_eq!(after["master"], view["master"], "{after}");
     federation.assert_copies_identical("quorum");
-    let nodes = federation.tether_json(&["node", "list"]).unwrap();
-    assert!(
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|node| node["state"] == "up"),
-        "{nodes}"
-    );
+    federation.assert_all_nodes_up();
     // The nodes say where they went.
     let switched = federation
         .nodes()

@@ -5,29 +5,14 @@
 //! cluster's CA, the epoch the store holds): the divergence a replication
 //! bug would leave.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use multicluster_tests::clients::qemu_io;
-use multicluster_tests::harness::{replicas_of, tls_connect, DevFederation, TlsStream};
-use tether_proto::block::{decode_frame, encode_frame, Frame};
+use multicluster_tests::harness::{
+    block_exchange as exchange, replicas_of, tls_connect, DevFederation,
+};
+use tether_proto::block::Frame;
 use tether_tls::{Identity, Role};
-
-fn exchange(stream: &mut TlsStream, frame: Frame) -> Frame {
-    let mut out = bytes::BytesMut::new();
-    encode_frame(&frame, &mut out);
-    stream.write_all(&out).unwrap();
-    let mut input = bytes::BytesMut::new();
-    loop {
-        if let Some(answer) = decode_frame(&mut input).unwrap() {
-            return answer;
-        }
-        let mut buf = [0u8; 4096];
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "closed instead of answering {frame:?}");
-        input.extend_from_slice(&buf[..n]);
-    }
-}
 
 #[test]
 fn verify_finds_a_copy_that_differs_and_repair_copies_it_from_the_master() {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use multicluster_tests::clients::{finish, fio_verify, qemu_img_convert, qemu_io};
 use multicluster_tests::harness::{
     closed_with_at_most_an_alert, copies_of, refused, replicas_of, tls_connect, DevFederation,
-    TlsStream,
 };
 use serde_json::Value;
 use tether_tls::{Identity, Role};
@@ -343,8 +342,8 @@ fn a_copy_gone_too_long_is_replaced_and_seeded_with_written_chunks_only() {
 
 #[test]
 fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
-    use std::io::{Read, Write};
-    use tether_proto::block::{decode_frame, encode_frame, Frame};
+    use std::io::Write;
+    use tether_proto::block::Frame;
 
     let federation = DevFederation::builder().nodes(2).start().unwrap();
     federation
@@ -388,21 +387,7 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
     let trust = std::fs::read_to_string(rogue.join("ca.crt")).unwrap();
     let server = Identity::new("central", Role::Node, &replica).dns_name();
     let open = || tls_connect(&addr, Some(&rogue), &trust, &server).unwrap();
-    let exchange = |stream: &mut TlsStream, frame: Frame| -> Frame {
-        let mut out = bytes::BytesMut::new();
-        encode_frame(&frame, &mut out);
-        stream.write_all(&out).unwrap();
-        let mut input = bytes::BytesMut::new();
-        loop {
-            if let Some(answer) = decode_frame(&mut input).unwrap() {
-                return answer;
-            }
-            let mut buf = [0u8; 4096];
-            let n = stream.read(&mut buf).unwrap();
-            assert!(n > 0, "closed instead of answering {frame:?}");
-            input.extend_from_slice(&buf[..n]);
-        }
-    };
+    let exchange = multicluster_tests::harness::block_exchange;
 
     // Plaintext garbage: the stream is closed, nothing else happens.
     let mut stranger = std::net::TcpStream::connect(&addr).unwrap();

@@ -423,18 +423,22 @@ fn run_ring<R: Ring>(mut ring: R, receiver: std_mpsc::Receiver<UringOp>, wake_fd
 mod tests {
     use super::*;
 
+    /// A new file of `length` bytes (a hole) in `dir`, open for reading and writing.
+    fn scratch_file(dir: &std::path::Path, length: u64) -> Arc<File> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("f"))
+            .unwrap();
+        file.set_len(length).unwrap();
+        Arc::new(file)
+    }
+
     async fn round_trip(engine: IoEngine) {
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dir.path().join("f"))
-                .unwrap(),
-        );
-        file.set_len(1 << 20).unwrap();
+        let file = scratch_file(dir.path(), 1 << 20);
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         engine
             .write_at(&file, 12_345, Bytes::from(data.clone()))
@@ -473,16 +477,7 @@ mod tests {
             uring: Some(start_uring_thread(4).unwrap()),
         };
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dir.path().join("f"))
-                .unwrap(),
-        );
-        file.set_len(4096 * 4096).unwrap();
+        let file = scratch_file(dir.path(), 4096 * 4096);
         let writes = (0..4096u64).map(|block| {
             let (engine, file) = (engine.clone(), file.clone());
             tokio::spawn(async move {
@@ -570,16 +565,7 @@ mod tests {
             uring: Some(start_ring_thread(ring).unwrap()),
         };
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dir.path().join("f"))
-                .unwrap(),
-        );
-        file.set_len(256 * 4096).unwrap();
+        let file = scratch_file(dir.path(), 256 * 4096);
         let writes = (0..256u64).map(|block| {
             let (engine, file) = (engine.clone(), file.clone());
             tokio::spawn(async move {
