@@ -212,3 +212,49 @@ fn an_encrypted_volume_attaches_again_with_its_key_after_a_restart() {
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), uri);
     qemu_io(&uri, &["read -P 0x3e 0 1M"]).unwrap();
 }
+
+/// Attaching a volume whose master just died goes to a live node (the next
+/// master), not to the dead one, and `volume get` names the presenting node.
+#[test]
+fn attach_right_after_the_master_died_is_presented_by_a_live_node() {
+    let federation = DevFederation::builder().nodes(3).start().unwrap();
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "r1",
+            "--size",
+            "64MiB",
+            "--replicas",
+            "2",
+        ])
+        .unwrap();
+    let view = federation.wait_in_sync("r1", Duration::from_secs(30));
+    let master = view["master"].as_str().unwrap().to_string();
+    federation.kill_node(&master);
+    let socket = federation.dir().join("r1.sock");
+    let started = Instant::now();
+    let uri = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "r1",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ])
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "attach waited {:?}",
+        started.elapsed()
+    );
+    let view = federation.tether_json(&["volume", "get", "r1"]).unwrap();
+    let presenter = view["attachments"][0]["node"].as_str().unwrap().to_string();
+    assert_ne!(presenter, master, "{view}");
+    let shown = federation.tether_ok(&["volume", "get", "r1"]).unwrap();
+    assert!(
+        shown.contains(&format!("presented by {presenter}")),
+        "{shown}"
+    );
+    qemu_io(uri.trim(), &["write -P 0x61 0 1M", "read -P 0x61 0 1M"]).unwrap();
+}

@@ -39,6 +39,16 @@ async fn default_presenter(
     {
         return Ok(existing.presenter(spec).to_string());
     }
+    default_presenter_except(state, spec, &[]).await
+}
+
+/// The master if it is up, else a live copy (the next master), else any
+/// live node; never one of `excluded`.
+async fn default_presenter_except(
+    state: &AppState,
+    spec: &VolumeSpec,
+    excluded: &[String],
+) -> ApiResult<String> {
     let live: Vec<String> = state
         .nodes()
         .await?
@@ -55,13 +65,78 @@ async fn default_presenter(
         .chain(isr)
         .chain(spec.copy_nodes())
         .chain(live.iter().cloned())
-        .find(|node| live.contains(node))
+        .find(|node| live.contains(node) && !excluded.contains(node))
         .ok_or_else(|| RegistryError::Unavailable {
             reason: format!(
                 "no node of cluster {} is up to present volume {}",
                 state.cluster, spec.name
             ),
         })
+}
+
+enum Waited {
+    /// The presenting node's registration is gone (its lease lapsed).
+    Gone,
+    Failed(RegistryError),
+}
+
+/// Waits until `presenter` serves `endpoint` for `name` (its URI), reports
+/// a failure for it, goes away, or takes longer than a node may.
+async fn wait_served(
+    state: &AppState,
+    name: &str,
+    presenter: &str,
+    endpoint: &str,
+) -> Result<String, Waited> {
+    let deadline = std::time::Instant::now() + super::NODE_ACTION_TIMEOUT;
+    let status_key = state.key("presenting", &format!("{name}/{presenter}"));
+    let node_key = state.key("nodes", presenter);
+    loop {
+        let record = state
+            .store
+            .get(&status_key)
+            .await
+            .map_err(|err| Waited::Failed(err.into()))?;
+        if let Some(kv) = record {
+            let status: tether_proto::admin::PresentingStatus =
+                super::decode(&status_key, &kv.value).map_err(Waited::Failed)?;
+            if let Some(serving) = status
+                .serving
+                .iter()
+                .find(|serving| serving.endpoint == endpoint)
+            {
+                return Ok(serving.uri.clone());
+            }
+            if let Some(failure) = status
+                .failures
+                .iter()
+                .find(|failure| failure.endpoint == endpoint)
+            {
+                return Err(Waited::Failed(RegistryError::NodeFailed {
+                    name: name.into(),
+                    node: presenter.into(),
+                    reason: failure.error.clone(),
+                }));
+            }
+        }
+        let alive = state
+            .store
+            .get(&node_key)
+            .await
+            .map_err(|err| Waited::Failed(err.into()))?;
+        if alive.is_none() {
+            return Err(Waited::Gone);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Waited::Failed(RegistryError::Unavailable {
+                reason: format!(
+                    "node {presenter} did not serve volume {name} within {:?}",
+                    super::NODE_ACTION_TIMEOUT
+                ),
+            }));
+        }
+        tokio::time::sleep(super::POLL_INTERVAL).await;
+    }
 }
 
 async fn attach(
@@ -79,7 +154,8 @@ async fn attach(
     let from = request.from.unwrap_or_else(|| state.cluster.clone());
     // The presenting node: as asked, or the master now.
     let (spec, _) = state.spec(&name).await?;
-    let presenter = match request.node {
+    let chose_presenter = request.node.is_none();
+    let mut presenter = match request.node {
         Some(node) => {
             if !state
                 .nodes()
@@ -150,23 +226,48 @@ async fn attach(
         })
         .await?;
     tracing::info!(volume = %name, %endpoint, node = %presenter, "volume attach requested");
-    let outcome = state
-        .wait_for_presenter(&name, &presenter, "serve", |status| {
-            let status = status?;
-            if let Some(serving) = status
-                .serving
-                .iter()
-                .find(|serving| serving.endpoint == endpoint)
-            {
-                return Some(Ok(serving.uri.clone()));
+    // A presenter chosen here that dies before serving (its lease lapses:
+    // it was the master that just died) is replaced by another live node.
+    // An encrypted volume's key went to the first one, so it is not moved.
+    let mut tried = vec![presenter.clone()];
+    let outcome = loop {
+        match wait_served(&state, &name, &presenter, &endpoint).await {
+            Err(Waited::Gone) if chose_presenter && spec.encryption.is_none() => {
+                let mut next = spec.clone();
+                next.attachments
+                    .retain(|attachment| attachment.endpoint != endpoint);
+                let Ok(candidate) = default_presenter_except(&state, &next, &tried).await else {
+                    break Err(RegistryError::Unavailable {
+                        reason: format!("no live node left to present volume {name}"),
+                    });
+                };
+                tracing::warn!(volume = %name, %endpoint, gone = %presenter, node = %candidate, "presenting node went away before serving; moving the attachment");
+                let moved = candidate.clone();
+                let updated = state
+                    .update_spec(&name, |spec| {
+                        for attachment in &mut spec.attachments {
+                            if attachment.endpoint == endpoint {
+                                attachment.node = Some(moved.clone());
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if let Err(err) = updated {
+                    break Err(err);
+                }
+                tried.push(candidate.clone());
+                presenter = candidate;
             }
-            status
-                .failures
-                .iter()
-                .find(|failure| failure.endpoint == endpoint)
-                .map(|failure| Err(failure.error.clone()))
-        })
-        .await;
+            Err(Waited::Gone) => {
+                break Err(RegistryError::Unavailable {
+                    reason: format!("node {presenter} went away before serving volume {name}"),
+                })
+            }
+            Err(Waited::Failed(err)) => break Err(err),
+            Ok(uri) => break Ok(uri),
+        }
+    };
     let _ = spec;
     match outcome {
         Ok(uri) => Ok(AttachResponse { uri }),
