@@ -881,6 +881,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                     false
                 }
             });
+            metrics.sort();
             for (daemons, addr) in metrics {
                 println!("  metrics:   http://{addr}/metrics ({daemons})");
             }
