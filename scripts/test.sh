@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test Tether has. Installs the Debian packages the tests need
-# (etcd-server, fio, libnbd-bin, python3-libnbd, qemu-utils, rsync) when
-# they are missing.
+# (etcd-server, fio, fuse3, libnbd-bin, python3-libnbd, qemu-utils, rsync)
+# when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,8 @@ command -v nbdcopy >/dev/null || need+=(libnbd-bin)
 command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 command -v qemu-io >/dev/null || need+=(qemu-utils)
 command -v rsync >/dev/null || need+=(rsync)
+# fusermount3, for the power-loss test's FUSE filesystem (lossyfs).
+command -v fusermount3 >/dev/null || need+=(fuse3)
 # libnbd's Python module, for test clients that issue raw aio requests.
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || need+=(python3-libnbd)
 if [ ${#need[@]} -gt 0 ]; then
