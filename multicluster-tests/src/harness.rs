@@ -691,3 +691,81 @@ pub fn block_exchange(
         input.extend_from_slice(&buf[..n]);
     }
 }
+
+/// A mounted `lossyfs` (the test FUSE filesystem that forgets unsynced
+/// writes at a power cut, and can fail writes); unmounted on drop.
+pub struct LossyDisk {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+}
+
+impl LossyDisk {
+    /// Mounts `backing` on `mountpoint`; returns once the mount is there.
+    pub fn mount(backing: &Path, mountpoint: &Path) -> Self {
+        let child = Command::new(tether_bin().with_file_name("lossyfs"))
+            .arg(backing)
+            .arg(mountpoint)
+            .spawn()
+            .expect("lossyfs runs (cargo build --workspace --bins builds it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let wanted = mountpoint.display().to_string();
+        while !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .any(|line| line.split_whitespace().nth(1) == Some(wanted.as_str()))
+        {
+            assert!(Instant::now() < deadline, "lossyfs did not mount {wanted}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+        }
+    }
+
+    /// The power cut: everything not yet fsynced is gone.
+    pub fn cut_power(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-USR1", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mountpoint)
+            .status();
+    }
+}
+
+impl LossyDisk {
+    /// Turns the failing disk on or off: while on, writes and fsyncs fail with EIO.
+    pub fn toggle_failing(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-USR2", &child.id().to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for LossyDisk {
+    fn drop(&mut self) {
+        self.cut_power();
+    }
+}
+
+impl DevFederation {
+    /// Moves node `name`'s pool onto a `lossyfs` (stopping the node,
+    /// mounting, starting it again); returns the disk and the node's command line.
+    pub fn put_on_lossy_disk(&self, name: &str) -> (LossyDisk, Vec<String>) {
+        let data_dir = PathBuf::from(self.node(name)["data_dir"].as_str().unwrap());
+        let cmdline = self.kill_node_gracefully(name);
+        let backing = self.dir().join(format!("{name}-backing"));
+        std::fs::rename(&data_dir, &backing).unwrap();
+        std::fs::create_dir(&data_dir).unwrap();
+        let disk = LossyDisk::mount(&backing, &data_dir);
+        self.start_node(name, &cmdline);
+        (disk, cmdline)
+    }
+}

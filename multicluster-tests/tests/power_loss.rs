@@ -5,62 +5,12 @@
 //! every write acknowledged and then flushed reads back, and every hash
 //! matches its data.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use multicluster_tests::clients::qemu_io;
-use multicluster_tests::harness::{tether_bin, DevFederation};
-
-/// A mounted lossyfs; unmounted (and its process gone) on drop.
-struct Lossy {
-    child: Option<Child>,
-    mountpoint: PathBuf,
-}
-
-impl Lossy {
-    fn mount(backing: &Path, mountpoint: &Path) -> Self {
-        let child = Command::new(tether_bin().with_file_name("lossyfs"))
-            .arg(backing)
-            .arg(mountpoint)
-            .spawn()
-            .expect("lossyfs runs (cargo build --workspace --bins builds it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let wanted = mountpoint.display().to_string();
-        while !std::fs::read_to_string("/proc/mounts")
-            .unwrap()
-            .lines()
-            .any(|line| line.split_whitespace().nth(1) == Some(wanted.as_str()))
-        {
-            assert!(Instant::now() < deadline, "lossyfs did not mount {wanted}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child: Some(child),
-            mountpoint: mountpoint.to_path_buf(),
-        }
-    }
-
-    /// The power cut: everything not yet fsynced is gone.
-    fn cut_power(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-USR1", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-        let _ = Command::new("fusermount3")
-            .arg("-uz")
-            .arg(&self.mountpoint)
-            .status();
-    }
-}
-
-impl Drop for Lossy {
-    fn drop(&mut self) {
-        self.cut_power();
-    }
-}
+use multicluster_tests::harness::{DevFederation, LossyDisk as Lossy};
 
 #[test]
 fn a_power_cut_loses_no_acknowledged_flushed_write_and_no_hash_lies() {

@@ -104,3 +104,58 @@ fn overlapping_writes_land_in_the_same_order_on_every_copy() {
         println!("{volume}: every copy identical; {view}");
     }
 }
+
+/// A master whose own disk fails a write its replica took does not stay in
+/// the ISR with different data: it hands the volume to the replica, and the
+/// client, whose request the presenting node sends again, sees no error.
+#[test]
+fn a_master_whose_disk_fails_hands_over_and_the_client_sees_no_error() {
+    use multicluster_tests::clients::qemu_io;
+    use multicluster_tests::harness::replicas_of;
+    use std::time::Duration;
+    let federation = DevFederation::builder().nodes(3).start().unwrap();
+    let (view, uri, _) = federation.create_presented("failing", "64MiB", 2);
+    let first_master = view["master"].as_str().unwrap().to_string();
+    let lossy = replicas_of(&view)[0].clone();
+    // The replica's pool moves onto a disk that can fail...
+    let (disk, _) = federation.put_on_lossy_disk(&lossy);
+    federation.wait_in_sync("failing", Duration::from_secs(60));
+    // ... and becomes master (the first master stops; it comes back as replica).
+    let other = federation.kill_node_gracefully(&first_master);
+    federation.wait_volume("failing", Duration::from_secs(30), "failover", |view| {
+        view["master"] == lossy.as_str()
+    });
+    federation.start_node(&first_master, &other);
+    let before = federation.wait_in_sync("failing", Duration::from_secs(60));
+    qemu_io(&uri, &["write -P 0x11 0 1M", "flush"]).unwrap();
+
+    // The master's disk fails; its replica takes the write.
+    disk.toggle_failing();
+    qemu_io(&uri, &["write -P 0x77 0 1M", "flush"])
+        .expect("the client sees no error when the master's own disk fails");
+    let after = federation.wait_volume("failing", Duration::from_secs(30), "hand-over", |view| {
+        view["master"] == first_master.as_str()
+    });
+    assert!(
+        after["epoch"].as_u64() > before["epoch"].as_u64(),
+        "{after}"
+    );
+    let failed_copy = after["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|copy| copy["node"] == lossy.as_str())
+        .unwrap()
+        .clone();
+    assert_ne!(failed_copy["state"], "in-sync", "{after}");
+    qemu_io(&uri, &["read -P 0x77 0 1M"]).unwrap();
+    assert!(federation
+        .node_log(&lossy)
+        .contains("local write failed where the replicas succeeded; stepping down"));
+
+    // The disk recovers: the copy is brought back and agrees again.
+    disk.toggle_failing();
+    federation.wait_in_sync("failing", Duration::from_secs(60));
+    federation.assert_copies_identical("failing");
+    let _ = federation.kill_node(&lossy);
+}

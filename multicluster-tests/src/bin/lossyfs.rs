@@ -7,6 +7,8 @@
 //! fdatasynced there). SIGUSR1 is the power cut: the process exits at once
 //! and everything not synced is gone (the mount point is left to
 //! `fusermount3 -uz`). SIGTERM unmounts first; unsynced writes are gone too.
+//! SIGUSR2 turns a failing disk on or off: while on, every write and fsync
+//! fails with EIO (reads still work), as a disk with bad sectors does.
 //!
 //! Simplifications, said plainly: metadata (create, rename, unlink,
 //! mkdir, chmod) is durable at once, as on a journalling filesystem that
@@ -405,6 +407,9 @@ impl Filesystem for LossyFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        if FAILING.load(Ordering::SeqCst) {
+            return reply.error(Errno::EIO);
+        }
         let mut inner = self.0.lock().unwrap();
         if !inner.paths.contains_key(&ino.0) {
             return reply.error(Errno::ENOENT);
@@ -436,6 +441,9 @@ impl Filesystem for LossyFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if FAILING.load(Ordering::SeqCst) {
+            return reply.error(Errno::EIO);
+        }
         match self.0.lock().unwrap().sync(ino.0) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(err),
@@ -548,9 +556,15 @@ impl Filesystem for LossyFs {
 }
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// While set, writes and fsyncs fail with EIO (SIGUSR2 toggles it).
+static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_signal(signal: i32) {
-    SIGNAL.store(signal, Ordering::SeqCst);
+    if signal == libc::SIGUSR2 {
+        FAILING.fetch_xor(true, Ordering::SeqCst);
+    } else {
+        SIGNAL.store(signal, Ordering::SeqCst);
+    }
 }
 
 fn main() -> std::io::Result<()> {
@@ -579,6 +593,7 @@ fn main() -> std::io::Result<()> {
     unsafe {
         libc::signal(libc::SIGUSR1, on_signal as *const () as usize);
         libc::signal(libc::SIGTERM, on_signal as *const () as usize);
+        libc::signal(libc::SIGUSR2, on_signal as *const () as usize);
     }
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
     eprintln!("lossyfs: mounted on {mountpoint}");
