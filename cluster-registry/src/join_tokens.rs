@@ -30,7 +30,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn key(cluster: &str, token: &str) -> String {
     let hash = blake3::hash(token.trim().as_bytes()).to_hex();
-    format!("/tether/v1/{cluster}/join-tokens/{hash}")
+    tether_proto::keys::ClusterKeys::new(cluster).key(tether_proto::keys::Kind::JoinTokens, &hash)
 }
 
 /// Makes a token valid for `ttl` (rounded up to whole seconds), for `node`

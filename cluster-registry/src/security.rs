@@ -206,7 +206,8 @@ pub async fn join(
     }
     // A live node's name is never issued again: a token holder must not
     // become a second node-1 while node-1 serves.
-    let node_key = format!("/tether/v1/{}/nodes/{}", security.cluster, request.node);
+    let node_key = tether_proto::keys::ClusterKeys::new(&security.cluster)
+        .key(tether_proto::keys::Kind::Nodes, &request.node);
     if state.store.get(&node_key).await?.is_some() {
         tracing::warn!(peer = %peer.addr, node = %request.node, "refused a join: that node is up");
         return Err(RegistryError::NodeNameInUse { node: request.node });

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod block;
 mod error;
 pub mod group;
+pub mod keys;
 pub mod nbd;
 
 pub use error::ProtoError;

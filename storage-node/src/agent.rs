@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tether_proto::keys::{ClusterKeys, Kind};
 
 use coord_store::{CoordStore, EtcdStore, StoreError, WatchEvent};
 use tether_proto::admin::{
@@ -73,10 +74,6 @@ fn significant(before: &VolumeStatus, after: &VolumeStatus) -> bool {
 
 /// A volume this node presents: its presenter and its NBD listeners by endpoint.
 type Presented = (Arc<Presenter>, HashMap<String, NbdServer>);
-
-pub fn cluster_prefix(cluster: &str) -> String {
-    format!("/tether/v1/{cluster}/")
-}
 
 struct Agent {
     config: NodeConfig,
@@ -226,8 +223,12 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
 }
 
 impl Agent {
-    fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}{kind}/{name}", cluster_prefix(&self.config.cluster))
+    fn keys(&self) -> ClusterKeys {
+        ClusterKeys::new(&self.config.cluster)
+    }
+
+    fn key(&self, kind: Kind, name: &str) -> String {
+        self.keys().key(kind, name)
     }
 
     async fn register(&self) -> Result<()> {
@@ -255,7 +256,11 @@ impl Agent {
         };
         let value = serde_json::to_vec(&record).expect("record serializes");
         self.store
-            .put(&self.key("nodes", &self.config.node), value, Some(lease))
+            .put(
+                &self.key(Kind::Nodes, &self.config.node),
+                value,
+                Some(lease),
+            )
             .await?;
         Ok(())
     }
@@ -315,7 +320,7 @@ impl Agent {
 
     /// Lists the specs, acts on them, then follows changes; re-lists when the watch breaks.
     async fn reconcile_loop(self: Arc<Self>) {
-        let prefix = format!("{}volumes/", cluster_prefix(&self.config.cluster));
+        let prefix = self.keys().kind_prefix(Kind::Volumes);
         loop {
             let (specs, revision) = match self.store.get_prefix(&prefix).await {
                 Ok(listing) => listing,
@@ -557,12 +562,12 @@ impl Agent {
         self.published_presenting.lock().unwrap().remove(name);
         let _ = self
             .store
-            .delete(&self.key("presenting", &format!("{name}/{}", self.config.node)))
+            .delete(&self.keys().presenting(name, &self.config.node))
             .await;
         if self.published.lock().unwrap().remove(name).is_some() || was_master {
-            let _ = self.store.delete(&self.key("status", name)).await;
-            let _ = self.store.delete(&self.key("locks", name)).await;
-            let _ = self.store.delete(&self.key("groups", name)).await;
+            let _ = self.store.delete(&self.key(Kind::Status, name)).await;
+            let _ = self.store.delete(&self.key(Kind::Locks, name)).await;
+            let _ = self.store.delete(&self.key(Kind::Groups, name)).await;
         }
     }
 
@@ -603,7 +608,7 @@ impl Agent {
         if self.published_presenting.lock().unwrap().get(name) == Some(&status) {
             return;
         }
-        let key = self.key("presenting", &format!("{name}/{}", self.config.node));
+        let key = self.keys().presenting(name, &self.config.node);
         let value = serde_json::to_vec(&status).expect("status serializes");
         let lease = self.lease.load(Ordering::Acquire);
         match self.store.put(&key, value, Some(lease)).await {
@@ -675,7 +680,7 @@ impl Agent {
         let lease = self.lease.load(Ordering::Acquire);
         match self
             .store
-            .put(&self.key("status", name), value, Some(lease))
+            .put(&self.key(Kind::Status, name), value, Some(lease))
             .await
         {
             Ok(_) => {

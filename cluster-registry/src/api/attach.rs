@@ -7,6 +7,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use tether_proto::admin::{AttachRequest, AttachResponse, AttachmentSpec, VolumeSpec, VolumeView};
+use tether_proto::keys::Kind;
 
 use super::{ApiResult, AppState};
 use crate::RegistryError;
@@ -89,8 +90,8 @@ async fn wait_served(
     endpoint: &str,
 ) -> Result<String, Waited> {
     let deadline = std::time::Instant::now() + super::NODE_ACTION_TIMEOUT;
-    let status_key = state.key("presenting", &format!("{name}/{presenter}"));
-    let node_key = state.key("nodes", presenter);
+    let status_key = state.keys().presenting(name, presenter);
+    let node_key = state.key(Kind::Nodes, presenter);
     loop {
         let record = state
             .store

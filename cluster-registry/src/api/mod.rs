@@ -28,6 +28,7 @@ mod volumes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tether_proto::keys::Kind;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -108,26 +109,30 @@ async fn record_request(
 type ApiResult<T> = Result<T, RegistryError>;
 
 impl AppState {
-    fn key(&self, kind: &str, name: &str) -> String {
-        format!("/tether/v1/{}/{kind}/{name}", self.cluster)
+    fn keys(&self) -> tether_proto::keys::ClusterKeys {
+        tether_proto::keys::ClusterKeys::new(&self.cluster)
     }
 
-    fn prefix(&self, kind: &str) -> String {
-        format!("/tether/v1/{}/{kind}/", self.cluster)
+    fn key(&self, kind: Kind, name: &str) -> String {
+        self.keys().key(kind, name)
+    }
+
+    fn prefix(&self, kind: Kind) -> String {
+        self.keys().kind_prefix(kind)
     }
 
     async fn nodes(&self) -> ApiResult<Vec<NodeRecord>> {
-        let (kvs, _) = self.store.get_prefix(&self.prefix("nodes")).await?;
+        let (kvs, _) = self.store.get_prefix(&self.prefix(Kind::Nodes)).await?;
         kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
     }
 
     async fn specs(&self) -> ApiResult<Vec<VolumeSpec>> {
-        let (kvs, _) = self.store.get_prefix(&self.prefix("volumes")).await?;
+        let (kvs, _) = self.store.get_prefix(&self.prefix(Kind::Volumes)).await?;
         kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
     }
 
     async fn spec(&self, name: &str) -> ApiResult<(VolumeSpec, i64)> {
-        let key = self.key("volumes", name);
+        let key = self.key(Kind::Volumes, name);
         let kv = self
             .store
             .get(&key)
@@ -137,7 +142,7 @@ impl AppState {
     }
 
     async fn status(&self, name: &str) -> ApiResult<Option<VolumeStatus>> {
-        let key = self.key("status", name);
+        let key = self.key(Kind::Status, name);
         match self.store.get(&key).await? {
             Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
             None => Ok(None),
@@ -145,7 +150,7 @@ impl AppState {
     }
 
     async fn group(&self, name: &str) -> ApiResult<Option<GroupRecord>> {
-        let key = self.key("groups", name);
+        let key = self.key(Kind::Groups, name);
         match self.store.get(&key).await? {
             Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
             None => Ok(None),
@@ -154,7 +159,7 @@ impl AppState {
 
     /// Every group record, by volume.
     async fn groups(&self) -> ApiResult<std::collections::HashMap<String, GroupRecord>> {
-        let prefix = self.prefix("groups");
+        let prefix = self.prefix(Kind::Groups);
         let (kvs, _) = self.store.get_prefix(&prefix).await?;
         kvs.iter()
             .map(|kv| {
@@ -167,7 +172,7 @@ impl AppState {
     /// What each presenting node reports for the volume.
     /// Allocated bytes of every volume whose master reports a status.
     async fn allocated_by_volume(&self) -> ApiResult<std::collections::HashMap<String, u64>> {
-        let (kvs, _) = self.store.get_prefix(&self.prefix("status")).await?;
+        let (kvs, _) = self.store.get_prefix(&self.prefix(Kind::Status)).await?;
         Ok(kvs
             .iter()
             .filter_map(|kv| {
@@ -179,7 +184,7 @@ impl AppState {
     }
 
     async fn presenting(&self, name: &str) -> ApiResult<Vec<PresentingStatus>> {
-        let prefix = format!("{}{name}/", self.prefix("presenting"));
+        let prefix = self.keys().presenting_prefix(name);
         let (kvs, _) = self.store.get_prefix(&prefix).await?;
         kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
     }
@@ -192,7 +197,7 @@ impl AppState {
         what: &str,
         check: impl FnMut(Option<&PresentingStatus>) -> Option<Result<T, String>>,
     ) -> ApiResult<T> {
-        let key = self.key("presenting", &format!("{name}/{node}"));
+        let key = self.keys().presenting(name, node);
         self.wait_on(&key, name, node, what, NODE_ACTION_TIMEOUT, check)
             .await
     }
@@ -206,7 +211,7 @@ impl AppState {
         loop {
             let (mut spec, revision) = self.spec(name).await?;
             change(&mut spec)?;
-            let key = self.key("volumes", name);
+            let key = self.key(Kind::Volumes, name);
             let txn = Txn {
                 compares: vec![Compare::ModRevision {
                     key: key.clone(),
@@ -246,7 +251,7 @@ impl AppState {
         timeout: Duration,
         check: impl FnMut(Option<&VolumeStatus>) -> Option<Result<T, String>>,
     ) -> ApiResult<T> {
-        let key = self.key("status", name);
+        let key = self.key(Kind::Status, name);
         self.wait_on(&key, name, node, what, timeout, check).await
     }
 

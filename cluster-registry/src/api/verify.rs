@@ -3,6 +3,7 @@
 //! status to carry the answer with that id.
 
 use std::time::Duration;
+use tether_proto::keys::Kind;
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -31,7 +32,7 @@ pub(super) async fn verify_volume(
     state
         .store
         .put(
-            &state.key("verify", &name),
+            &state.key(Kind::Verify, &name),
             serde_json::to_vec(&record).expect("verify request serializes"),
             None,
         )

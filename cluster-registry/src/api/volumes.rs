@@ -8,6 +8,7 @@ use tether_proto::admin::{
     valid_volume_name, CreateVolumeRequest, ResizeVolumeRequest, VolumeSpec, VolumeView,
 };
 use tether_proto::group::GroupRecord;
+use tether_proto::keys::Kind;
 
 use super::{ApiResult, AppState, MAX_COPIES};
 use crate::placement;
@@ -115,7 +116,7 @@ pub(super) async fn create_volume(
         copies: copies.clone(),
         encryption: request.encryption.clone(),
     };
-    let key = state.key("volumes", &spec.name);
+    let key = state.key(Kind::Volumes, &spec.name);
     let group = GroupRecord::new(&copies);
     let created = state
         .store
@@ -131,7 +132,7 @@ pub(super) async fn create_volume(
                     lease: None,
                 },
                 TxnOp::Put {
-                    key: state.key("groups", &spec.name),
+                    key: state.key(Kind::Groups, &spec.name),
                     value: serde_json::to_vec(&group).expect("group serializes"),
                     lease: None,
                 },
@@ -154,7 +155,10 @@ pub(super) async fn create_volume(
     if let Err(err) = outcome {
         // Roll back: the nodes delete whatever they made when the spec goes.
         let _ = state.store.delete(&key).await;
-        let _ = state.store.delete(&state.key("groups", &spec.name)).await;
+        let _ = state
+            .store
+            .delete(&state.key(Kind::Groups, &spec.name))
+            .await;
         return Err(err);
     }
     Ok((StatusCode::CREATED, Json(state.view(spec).await?)))
@@ -219,7 +223,7 @@ pub(super) async fn delete_volume(
             uris: uris.join(", "),
         });
     }
-    let key = state.key("volumes", &name);
+    let key = state.key(Kind::Volumes, &name);
     let deleted = state
         .store
         .txn(Txn {
@@ -230,10 +234,10 @@ pub(super) async fn delete_volume(
             success: vec![
                 TxnOp::Delete { key },
                 TxnOp::Delete {
-                    key: state.key("groups", &name),
+                    key: state.key(Kind::Groups, &name),
                 },
                 TxnOp::Delete {
-                    key: state.key("verify", &name),
+                    key: state.key(Kind::Verify, &name),
                 },
             ],
             failure: vec![],

@@ -17,6 +17,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tether_proto::keys::Kind;
 
 use coord_store::{Compare, Txn, TxnOp};
 use tether_proto::group::GroupRecord;
@@ -109,7 +110,7 @@ async fn take_over(
         tracing::error!(error = %err, "recording the epoch failed; not taking the lock");
         return None;
     }
-    let (group_key, lock_key) = (ctx.key("groups", name), ctx.key("locks", name));
+    let (group_key, lock_key) = (ctx.key(Kind::Groups, name), ctx.key(Kind::Locks, name));
     let answer = ctx
         .store
         .txn(Txn {
@@ -178,11 +179,11 @@ async fn committed_takeover(
     next: &GroupRecord,
     lease: i64,
 ) -> Option<i64> {
-    let lock = ctx.store.get(&ctx.key("locks", name)).await.ok()??;
+    let lock = ctx.store.get(&ctx.key(Kind::Locks, name)).await.ok()??;
     if lock.value != ctx.node.as_bytes() || lock.lease != Some(lease) {
         return None;
     }
-    let group = ctx.store.get(&ctx.key("groups", name)).await.ok()??;
+    let group = ctx.store.get(&ctx.key(Kind::Groups, name)).await.ok()??;
     match serde_json::from_slice::<GroupRecord>(&group.value) {
         Ok(record) if record == *next => Some(group.mod_revision),
         // Ours but not as written: held, not served; released on the next pass.
@@ -192,7 +193,7 @@ async fn committed_takeover(
 
 /// Deletes the volume's lock if this node still holds it under `lease`.
 async fn release_lock(ctx: &GroupContext, name: &str, lease: i64) {
-    let lock_key = ctx.key("locks", name);
+    let lock_key = ctx.key(Kind::Locks, name);
     let release = Txn {
         compares: vec![
             Compare::Value {

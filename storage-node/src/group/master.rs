@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_proto::keys::Kind;
 
 use coord_store::{Compare, Txn, TxnOp};
 use futures::future::join_all;
@@ -467,8 +468,8 @@ impl MasterState {
     ) -> Result<Option<i64>> {
         self.check()?;
         let (group_key, lock_key) = (
-            self.ctx.key("groups", self.name()),
-            self.ctx.key("locks", self.name()),
+            self.ctx.key(Kind::Groups, self.name()),
+            self.ctx.key(Kind::Locks, self.name()),
         );
         let mut success = vec![TxnOp::Put {
             key: group_key.clone(),
@@ -558,12 +559,12 @@ impl MasterState {
     /// After a failed commit: re-reads the group; a newer epoch (or a lost
     /// lock) deposes this master.
     async fn refresh(&self, members: &mut Members) -> Result<()> {
-        let key = self.ctx.key("groups", self.name());
+        let key = self.ctx.key(Kind::Groups, self.name());
         let current = self.ctx.store.get(&key).await?;
         let lock = self
             .ctx
             .store
-            .get(&self.ctx.key("locks", self.name()))
+            .get(&self.ctx.key(Kind::Locks, self.name()))
             .await?;
         let still_mine = lock.is_some_and(|kv| kv.value == self.ctx.node.as_bytes());
         match current.and_then(|kv| {

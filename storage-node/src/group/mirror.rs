@@ -15,6 +15,7 @@ use std::time::Duration;
 use coord_store::{CoordStore, KeyValue, WatchEvent};
 use tether_proto::admin::{NodeRecord, VerifyRequestRecord, VolumeSpec};
 use tether_proto::group::GroupRecord;
+use tether_proto::keys::{ClusterKeys, Kind};
 use tokio::sync::watch;
 
 /// A lock key: which node holds it, under which lease.
@@ -36,7 +37,7 @@ struct State {
 }
 
 pub struct Mirror {
-    prefix: String,
+    keys: ClusterKeys,
     state: RwLock<State>,
     /// The store revision last applied; bumps wake the watchers.
     revision: watch::Sender<i64>,
@@ -45,7 +46,7 @@ pub struct Mirror {
 impl Mirror {
     pub fn new(cluster: &str) -> Arc<Self> {
         Arc::new(Self {
-            prefix: format!("/tether/v1/{cluster}/"),
+            keys: ClusterKeys::new(cluster),
             state: RwLock::new(State::default()),
             revision: watch::channel(0).0,
         })
@@ -89,7 +90,7 @@ impl Mirror {
     /// Lists, then follows changes; lists again whenever the watch breaks.
     pub async fn run(self: Arc<Self>, store: Arc<dyn CoordStore>) {
         loop {
-            let (kvs, revision) = match store.get_prefix(&self.prefix).await {
+            let (kvs, revision) = match store.get_prefix(self.keys.prefix()).await {
                 Ok(listing) => listing,
                 Err(err) => {
                     tracing::warn!(error = %err, "listing the cluster's keys failed; retrying");
@@ -101,11 +102,11 @@ impl Mirror {
                 let mut state = self.state.write().unwrap();
                 *state = State::default();
                 for kv in &kvs {
-                    apply_put(&self.prefix, &mut state, kv);
+                    apply_put(&self.keys, &mut state, kv);
                 }
             }
             self.revision.send_replace(revision);
-            let mut events = match store.watch_prefix(&self.prefix, revision + 1).await {
+            let mut events = match store.watch_prefix(self.keys.prefix(), revision + 1).await {
                 Ok(events) => events,
                 Err(err) => {
                     tracing::warn!(error = %err, "watching the cluster's keys failed; re-listing");
@@ -125,10 +126,8 @@ impl Mirror {
                 let held = {
                     let mut state = self.state.write().unwrap();
                     match &event {
-                        WatchEvent::Put(kv) => apply_put(&self.prefix, &mut state, kv),
-                        WatchEvent::Delete { key, .. } => {
-                            apply_delete(&self.prefix, &mut state, key)
-                        }
+                        WatchEvent::Put(kv) => apply_put(&self.keys, &mut state, kv),
+                        WatchEvent::Delete { key, .. } => apply_delete(&self.keys, &mut state, key),
                     }
                 };
                 if held {
@@ -139,41 +138,37 @@ impl Mirror {
     }
 }
 
-fn split<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
-    key.strip_prefix(prefix)?.split_once('/')
-}
-
 /// Applies a put; false if the key is not one the mirror holds.
-fn apply_put(prefix: &str, state: &mut State, kv: &KeyValue) -> bool {
-    let Some((kind, name)) = split(prefix, &kv.key) else {
+fn apply_put(keys: &ClusterKeys, state: &mut State, kv: &KeyValue) -> bool {
+    let Some((kind, name)) = keys.parse(&kv.key) else {
         return false;
     };
     match kind {
-        "volumes" => {
+        Kind::Volumes => {
             if let Ok(spec) = serde_json::from_slice::<VolumeSpec>(&kv.value) {
                 state.specs.insert(name.to_string(), spec);
             }
         }
-        "groups" => {
+        Kind::Groups => {
             if let Ok(group) = serde_json::from_slice::<GroupRecord>(&kv.value) {
                 state
                     .groups
                     .insert(name.to_string(), (group, kv.mod_revision));
             }
         }
-        "locks" => {
+        Kind::Locks => {
             let node = String::from_utf8_lossy(&kv.value).into_owned();
             let lease = kv.lease.unwrap_or(0);
             state
                 .locks
                 .insert(name.to_string(), LockHolder { node, lease });
         }
-        "nodes" => {
+        Kind::Nodes => {
             if let Ok(node) = serde_json::from_slice::<NodeRecord>(&kv.value) {
                 state.nodes.insert(name.to_string(), node);
             }
         }
-        "verify" => {
+        Kind::Verify => {
             if let Ok(request) = serde_json::from_slice::<VerifyRequestRecord>(&kv.value) {
                 state.verifies.insert(name.to_string(), request);
             }
@@ -184,24 +179,24 @@ fn apply_put(prefix: &str, state: &mut State, kv: &KeyValue) -> bool {
 }
 
 /// Applies a delete; false if the key is not one the mirror holds.
-fn apply_delete(prefix: &str, state: &mut State, key: &str) -> bool {
-    let Some((kind, name)) = split(prefix, key) else {
+fn apply_delete(keys: &ClusterKeys, state: &mut State, key: &str) -> bool {
+    let Some((kind, name)) = keys.parse(key) else {
         return false;
     };
     match kind {
-        "volumes" => {
+        Kind::Volumes => {
             state.specs.remove(name);
         }
-        "groups" => {
+        Kind::Groups => {
             state.groups.remove(name);
         }
-        "locks" => {
+        Kind::Locks => {
             state.locks.remove(name);
         }
-        "nodes" => {
+        Kind::Nodes => {
             state.nodes.remove(name);
         }
-        "verify" => {
+        Kind::Verify => {
             state.verifies.remove(name);
         }
         _ => return false,

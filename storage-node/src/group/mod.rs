@@ -157,8 +157,8 @@ impl BlockTls {
 }
 
 impl GroupContext {
-    pub fn key(&self, kind: &str, name: &str) -> String {
-        format!("/tether/v1/{}/{kind}/{name}", self.cluster)
+    pub fn key(&self, kind: tether_proto::keys::Kind, name: &str) -> String {
+        tether_proto::keys::ClusterKeys::new(&self.cluster).key(kind, name)
     }
 
     pub fn master(&self, volume: &str) -> Option<Arc<MasterState>> {

@@ -26,6 +26,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use tether_proto::keys::Kind;
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::block::{decode_frame, encode_frame, Frame};
@@ -356,8 +357,8 @@ async fn admit_master(ctx: &GroupContext, name: &str, from: &str, epoch: u64) ->
         return Admission::Admitted;
     }
     let read = async {
-        let lock = ctx.store.get(&ctx.key("locks", name)).await?;
-        let group = ctx.store.get(&ctx.key("groups", name)).await?;
+        let lock = ctx.store.get(&ctx.key(Kind::Locks, name)).await?;
+        let group = ctx.store.get(&ctx.key(Kind::Groups, name)).await?;
         Ok::<_, coord_store::StoreError>((lock, group))
     };
     let (lock, group) = match read.await {
