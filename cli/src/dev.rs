@@ -149,6 +149,11 @@ pub struct UpOptions {
     pub overprovision: Option<String>,
 }
 
+/// True if nothing listens on `addr` now (it can be bound).
+fn port_free(addr: &str) -> bool {
+    std::net::TcpListener::bind(addr).is_ok()
+}
+
 /// True if `pid` is a live (not zombie) process.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -358,19 +363,29 @@ fn up_with_etcd(
 
     let mut children = Vec::new();
     let result = (|| -> anyhow::Result<Federation> {
-        let admin_listen = previous_cluster
-            .as_ref()
-            .map(|cluster| cluster.registry.listen.clone())
-            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
-        let registry_log = dir.join("logs").join("registry.log");
-        let registry_metrics = previous_cluster
-            .as_ref()
-            .and_then(|cluster| cluster.registry.metrics.clone())
-            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let running_registry = previous_cluster
             .as_ref()
             .map(|cluster| cluster.registry.clone())
             .filter(|registry| alive(registry.pid));
+        // A process started again keeps its address unless something else
+        // took that port meanwhile (an ephemeral port can be).
+        let keep = |addr: Option<String>| -> String {
+            match addr {
+                Some(addr) if running_registry.is_some() || port_free(&addr) => addr,
+                _ => format!("127.0.0.1:{}", free_port()),
+            }
+        };
+        let admin_listen = keep(
+            previous_cluster
+                .as_ref()
+                .map(|cluster| cluster.registry.listen.clone()),
+        );
+        let registry_log = dir.join("logs").join("registry.log");
+        let registry_metrics = keep(
+            previous_cluster
+                .as_ref()
+                .and_then(|cluster| cluster.registry.metrics.clone()),
+        );
         let registry_entry = match running_registry {
             Some(running) => running,
             None => {
@@ -427,6 +442,11 @@ fn up_with_etcd(
                 nodes.push(running.clone());
                 continue;
             }
+            let metrics = if port_free(&metrics) {
+                metrics
+            } else {
+                format!("127.0.0.1:{}", free_port())
+            };
             let data_dir = dir.join(CLUSTER).join(&name);
             let log = dir.join("logs").join(format!("{name}.log"));
             let mut args = vec![
