@@ -769,3 +769,19 @@ impl DevFederation {
         (disk, cmdline)
     }
 }
+
+impl DevFederation {
+    /// Where node `name` takes block frames, as `tether node list` says.
+    pub fn block_addr(&self, name: &str) -> String {
+        let nodes = self.tether_json(&["node", "list"]).unwrap();
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|node| node["name"] == name)
+            .unwrap_or_else(|| panic!("node {name} is not listed: {nodes}"))["block_addr"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}

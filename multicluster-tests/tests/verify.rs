@@ -27,16 +27,7 @@ fn verify_finds_a_copy_that_differs_and_repair_copies_it_from_the_master() {
     let master = view["master"].as_str().unwrap().to_string();
     let replica = replicas_of(&view)[0].clone();
     let epoch = view["epoch"].as_u64().unwrap();
-    let nodes = federation.tether_json(&["node", "list"]).unwrap();
-    let addr = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|node| node["name"] == replica.as_str())
-        .unwrap()["block_addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = federation.block_addr(&replica);
     let as_master = federation.issue(&Identity::new("central", Role::Node, &master), None);
     let trust = std::fs::read_to_string(as_master.join("ca.crt")).unwrap();
     let server = Identity::new("central", Role::Node, &replica).dns_name();

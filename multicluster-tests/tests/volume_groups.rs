@@ -372,16 +372,7 @@ fn the_block_port_refuses_garbage_unknown_volumes_and_writes_to_a_non_master() {
         .trim()
         .to_string();
     qemu_io(&uri, &["write -P 0x6b 0 1M", "flush"]).unwrap();
-    let nodes = federation.tether_json(&["node", "list"]).unwrap();
-    let addr = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|node| node["name"] == replica.as_str())
-        .unwrap()["block_addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = federation.block_addr(&replica);
     // A node of this cluster (certified by its CA) that holds no copy.
     let rogue = federation.issue(&Identity::new("central", Role::Node, "node-9"), None);
     let trust = std::fs::read_to_string(rogue.join("ca.crt")).unwrap();
