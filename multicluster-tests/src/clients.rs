@@ -123,6 +123,28 @@ pub fn fio_verify(uri: &str, offset: &str, size: &str, seed: u64) -> std::proces
         .expect("fio runs")
 }
 
+/// `fio --ioengine=nbd` writing random 4 KiB blocks over the first `size`
+/// bytes at `iodepth` for up to 30 s, with no verification and no flush:
+/// a load to crash a node under.
+pub fn fio_random_load(uri: &str, size: &str, iodepth: u32) -> std::process::Child {
+    std::process::Command::new("fio")
+        .args([
+            "--name=load",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            &format!("--iodepth={iodepth}"),
+            &format!("--size={size}"),
+            "--time_based",
+            "--runtime=30",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fio runs")
+}
+
 /// Waits for a client process and fails the test with its output if it failed.
 pub fn finish(child: std::process::Child, what: &str) {
     let output = child.wait_with_output().unwrap();

@@ -18,22 +18,7 @@ fn kill_9_loses_no_flushed_write_and_hash_lists_stay_true() {
     .unwrap();
 
     // A random-write workload over the first 256 MiB; kill -9 the node under it.
-    let fio = std::process::Command::new("fio")
-        .args([
-            "--name=load",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=32",
-            "--size=256M",
-            "--time_based",
-            "--runtime=30",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let fio = multicluster_tests::clients::fio_random_load(&uri, "256M", 32);
     let node = federation.node("node-1");
     // Wait until the workload has dirtied chunks (the node reports them), then kill.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

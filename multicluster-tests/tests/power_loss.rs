@@ -6,7 +6,6 @@
 //! matches its data.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use multicluster_tests::clients::qemu_io;
@@ -40,22 +39,7 @@ fn a_power_cut_loses_no_acknowledged_flushed_write_and_no_hash_lies() {
     )
     .unwrap();
     // Then writes that are acknowledged but never flushed, in flight at the cut.
-    let fio = Command::new("fio")
-        .args([
-            "--name=load",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=16",
-            "--size=64M",
-            "--time_based",
-            "--runtime=30",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let fio = multicluster_tests::clients::fio_random_load(&uri, "64M", 16);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let view = federation.tether_json(&["volume", "get", "power"]).unwrap();

@@ -173,6 +173,29 @@ impl LossyFs {
     }
 }
 
+impl LossyFs {
+    /// Removes `name` under `parent` from the backing directory with `how`
+    /// (a file or a directory), and forgets its inode and pending writes.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        how: impl Fn(&Path) -> std::io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let mut inner = self.0.lock().unwrap();
+        let result = inner.child(parent.0, name).and_then(|relative| {
+            how(&inner.full(&relative)).map_err(errno)?;
+            inner.forget_path(&relative);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(err),
+        }
+    }
+}
+
 impl Filesystem for LossyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let child = self.0.lock().unwrap().child(parent.0, name);
@@ -251,29 +274,11 @@ impl Filesystem for LossyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut inner = self.0.lock().unwrap();
-        let result = inner.child(parent.0, name).and_then(|relative| {
-            std::fs::remove_file(inner.full(&relative)).map_err(errno)?;
-            inner.forget_path(&relative);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(err),
-        }
+        self.remove(parent, name, |path| std::fs::remove_file(path), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut inner = self.0.lock().unwrap();
-        let result = inner.child(parent.0, name).and_then(|relative| {
-            std::fs::remove_dir(inner.full(&relative)).map_err(errno)?;
-            inner.forget_path(&relative);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(err),
-        }
+        self.remove(parent, name, |path| std::fs::remove_dir(path), reply);
     }
 
     fn rename(
