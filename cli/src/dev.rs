@@ -29,6 +29,9 @@ use crate::federation::{
 const CLUSTER: &str = "central";
 /// `DIR/admin`: the CLI's admin credential (tls.crt, tls.key, ca.crt).
 pub const ADMIN_CREDENTIALS_DIR: &str = "admin";
+/// A `client` credential for NBD over TLS, in the layout qemu and libnbd
+/// read (`tls-certificates=DIR/nbd-client`).
+pub const NBD_CLIENT_CREDENTIALS_DIR: &str = "nbd-client";
 /// How long the dev admin's and etcd's certificates last; `dev up` renews them when due.
 const DEV_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -52,9 +55,17 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
         &control_dir.join(cluster_registry::security::CA_DIR),
         CLUSTER,
     )?;
+    // A client's credential is in the files NBD clients read; the others in
+    // Tether's own layout.
     let issue_if_due =
         |target: &Path, identity: Identity, names: &[String]| -> anyhow::Result<()> {
-            let current = Credentials::load(target).ok().filter(|credentials| {
+            let for_nbd = identity.role == Role::Client;
+            let loaded = if for_nbd {
+                Credentials::load_nbd_client(target)
+            } else {
+                Credentials::load(target)
+            };
+            let current = loaded.ok().filter(|credentials| {
                 credentials.identity == identity
                     && credentials.trust_pem == ca.trust_pem()
                     && !credentials
@@ -62,8 +73,12 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
                         .unwrap_or(true)
             });
             if current.is_none() {
-                ca.issue_credentials(&identity, names, DEV_CERT_LIFETIME)?
-                    .save(target)?;
+                let issued = ca.issue_credentials(&identity, names, DEV_CERT_LIFETIME)?;
+                if for_nbd {
+                    issued.save_for_nbd_client(target)?;
+                } else {
+                    issued.save(target)?;
+                }
             }
             Ok(())
         };
@@ -71,6 +86,12 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
     issue_if_due(
         &admin_dir,
         Identity::new(CLUSTER, Role::Admin, "dev-admin"),
+        &[],
+    )?;
+    let nbd_client_dir = dir.join(NBD_CLIENT_CREDENTIALS_DIR);
+    issue_if_due(
+        &nbd_client_dir,
+        Identity::new(CLUSTER, Role::Client, "dev-client"),
         &[],
     )?;
     let etcd_tls_dir = dir.join(CLUSTER).join("etcd-tls");
@@ -82,6 +103,7 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
     // Pools, the registry's state, etcd's data and every credential: no
     // client-chosen path (an NBD socket) may land in there.
     tether_common::protected::mark(&admin_dir, "the dev admin's credentials")?;
+    tether_common::protected::mark(&nbd_client_dir, "the dev NBD client's credentials")?;
     tether_common::protected::mark(&dir.join(CLUSTER), "a dev cluster's state")?;
     Ok(DevTrust {
         ca_cert: control_dir
@@ -791,6 +813,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 join_token,
                 trust_pem: Some(trust_pem.clone()),
                 plaintext_block: false,
+                addresses: vec!["127.0.0.1".into()],
             },
         };
         let (mut stopped, failed) = (stopped.clone(), failed.clone());

@@ -194,7 +194,8 @@ enum VolumeCommand {
     /// Serve a volume over NBD and print its URI.
     Attach {
         name: String,
-        /// unix:PATH or tcp:HOST:PORT
+        /// unix:PATH; tcp:[HOST:]PORT (loopback if no host; STARTTLS offered,
+        /// and required beyond loopback); tls:[HOST:]PORT (STARTTLS required)
         #[arg(long)]
         nbd: String,
         /// The cluster attaching (satellites come with the federation gateway).
@@ -223,7 +224,9 @@ enum VolumeCommand {
 #[derive(Subcommand)]
 enum CaCommand {
     /// Issue a credential (tls.crt, tls.key at 0600, ca.crt) into --out,
-    /// e.g. an admin's for `tether --credentials DIR`.
+    /// e.g. an admin's for `tether --credentials DIR`; a client's (for NBD
+    /// over TLS) in the files qemu and libnbd read: ca-cert.pem,
+    /// client-cert.pem, client-key.pem.
     Issue {
         /// The registry's --state-dir (its CA is in state-dir/ca) ...
         #[arg(long, required_unless_present = "ca_cert")]
@@ -237,7 +240,7 @@ enum CaCommand {
         ca_chain: Option<PathBuf>,
         #[arg(long, default_value = "central")]
         cluster: String,
-        /// admin or node.
+        /// admin, node, or client (an NBD consumer).
         #[arg(long, default_value = "admin")]
         role: String,
         /// Who holds it (an operator's name, or a node's).
@@ -427,7 +430,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let role = match role.as_str() {
                 "admin" => Role::Admin,
                 "node" => Role::Node,
-                other => anyhow::bail!("--role {other}: issue admin or node credentials"),
+                "client" => Role::Client,
+                other => anyhow::bail!("--role {other}: issue admin, node or client credentials"),
             };
             let ca = match (ca_cert, ca_key, state_dir) {
                 (Some(cert), Some(key), _) => {
@@ -445,7 +449,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => anyhow::bail!("pass --state-dir, or --ca-cert and --ca-key"),
             };
             let identity = Identity::new(cluster, role, name);
-            ca.issue_credentials(&identity, &[], *lifetime)?.save(out)?;
+            let credentials = ca.issue_credentials(&identity, &[], *lifetime)?;
+            match role {
+                Role::Client => credentials.save_for_nbd_client(out)?,
+                _ => credentials.save(out)?,
+            }
             println!(
                 "issued {} to {} (valid {} days)",
                 identity.uri(),

@@ -420,6 +420,10 @@ pub struct JoinRequest {
     pub token: String,
     /// PEM CSR for a key the node made and keeps.
     pub csr_pem: String,
+    /// Host names and IP addresses the certificate should also be valid
+    /// for, so NBD clients can verify the node by the address they dial.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// `POST /v1/join-tokens` (admin): a one-time token for a new node.
@@ -446,6 +450,9 @@ pub struct JoinTokenResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RenewRequest {
     pub csr_pem: String,
+    /// As in [`JoinRequest::addresses`].
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// Answer to join and renew.

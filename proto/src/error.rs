@@ -19,6 +19,10 @@ pub enum ProtoError {
     RequestTooLarge { cookie: u64, length: u32, max: u32 },
     #[error("handshake input after the handshake finished")]
     HandshakeFinished,
+    /// Bytes sent after STARTTLS but before the TLS handshake would be
+    /// taken as if they came under TLS (the STARTTLS injection attack).
+    #[error("{bytes} plaintext bytes followed STARTTLS before the TLS handshake")]
+    PlaintextAfterStartTls { bytes: usize },
     #[error("block frame magic {found:#x} is not TBLK")]
     BadFrameMagic { found: u32 },
     #[error("block frame version {version} is not supported (this build speaks {supported})")]

@@ -92,7 +92,7 @@ struct Agent {
     /// Endpoints that could not be served, per volume.
     presenting_errors: std::sync::Mutex<HashMap<String, Vec<EndpointFailure>>>,
     /// The byte budget every NBD connection of this node shares.
-    nbd_limits: nbd::NbdLimits,
+    nbd_limits: nbd::NbdContext,
     /// What was last written to each status key, and when.
     published: std::sync::Mutex<HashMap<String, (VolumeStatus, Instant)>>,
     published_presenting: std::sync::Mutex<HashMap<String, PresentingStatus>>,
@@ -179,7 +179,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         presenting_errors: Default::default(),
         published: Default::default(),
         published_presenting: Default::default(),
-        nbd_limits: Default::default(),
+        nbd_limits: nbd::NbdContext::new(&tls),
     });
     for volume in agent.pool.list() {
         spawn_rehasher(volume);

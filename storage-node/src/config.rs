@@ -90,6 +90,12 @@ pub struct NodeArgs {
     /// The cluster CA's certificate, to check the registry's when joining.
     #[arg(long)]
     pub trust_ca: Option<PathBuf>,
+    /// A host name or IP the node's certificate should also name, so NBD
+    /// clients using TLS can verify the node by the address they dial
+    /// (repeatable; the host of --block-advertise or --block-listen is
+    /// added unless it is a wildcard address).
+    #[arg(long = "tls-san", value_name = "HOST")]
+    pub tls_sans: Vec<String>,
     /// Block streams without TLS. Insecure: only to measure what TLS costs.
     #[arg(long, hide = true)]
     pub insecure_plaintext_block: bool,
@@ -161,6 +167,12 @@ impl NodeConfig {
             join_token: read(&args.join_token_file, "--join-token-file")?,
             trust_pem: read(&args.trust_ca, "--trust-ca")?,
             plaintext_block: args.insecure_plaintext_block,
+            addresses: certificate_addresses(
+                &args.tls_sans,
+                args.block_advertise
+                    .as_deref()
+                    .unwrap_or(&args.block_listen),
+            ),
         };
         Ok(Self {
             security,
@@ -187,6 +199,26 @@ impl NodeConfig {
             },
         })
     }
+}
+
+/// The addresses the node's certificate names: `--tls-san`s, and the host
+/// NBD and block clients most likely dial (that of the block address),
+/// unless it is a wildcard that names no host.
+fn certificate_addresses(sans: &[String], block_addr: &str) -> Vec<String> {
+    let mut addresses = sans.to_vec();
+    let host = block_addr
+        .rsplit_once(':')
+        .map_or(block_addr, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let wildcard = host.is_empty()
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+    if !wildcard && !addresses.iter().any(|address| address == host) {
+        addresses.push(host.to_string());
+    }
+    addresses
 }
 
 /// Parses `key=value` (labels and placement constraints).

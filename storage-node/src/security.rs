@@ -32,6 +32,21 @@ pub struct NodeSecurityConfig {
     pub trust_pem: Option<String>,
     /// Block streams without TLS: only to measure what TLS costs.
     pub plaintext_block: bool,
+    /// Host names and IPs the certificate should name besides the node's
+    /// identity: the addresses NBD clients dial to reach this node.
+    pub addresses: Vec<String>,
+}
+
+impl NodeSecurityConfig {
+    /// The asked-for addresses `credentials` does not name yet.
+    fn missing_addresses(&self, credentials: &Credentials) -> Vec<String> {
+        let named = credentials.alternative_names().unwrap_or_default();
+        self.addresses
+            .iter()
+            .filter(|address| !named.iter().any(|name| name.eq_ignore_ascii_case(address)))
+            .cloned()
+            .collect()
+    }
 }
 
 /// The node's credentials: from `tls_dir` when they name this node and are
@@ -103,6 +118,7 @@ async fn join(identity: &Identity, config: &NodeSecurityConfig) -> Result<Creden
         node: identity.name.clone(),
         token,
         csr_pem: request.csr_pem,
+        addresses: config.addresses.clone(),
     };
     let started = std::time::Instant::now();
     let answer: CertificateResponse = loop {
@@ -137,9 +153,17 @@ pub async fn renew_loop(tls: Arc<TlsContext>, config: NodeSecurityConfig) {
         return;
     };
     loop {
-        let due = match Credentials::load(&config.tls_dir)
-            .and_then(|credentials| credentials.renew_at())
-        {
+        let due = match Credentials::load(&config.tls_dir).and_then(|credentials| {
+            let missing = config.missing_addresses(&credentials);
+            if missing.is_empty() {
+                credentials.renew_at()
+            } else {
+                // Asked to be valid for more addresses (a new --tls-san):
+                // renew now rather than at two thirds of the lifetime.
+                tracing::info!(?missing, "this node's certificate does not name every address asked for; renewing it now");
+                Ok(SystemTime::now())
+            }
+        }) {
             Ok(due) => due,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read this node's certificate to renew it");
@@ -178,6 +202,7 @@ async fn renew_once(
     let request = KeyAndRequest::new(&identity)?;
     let body = RenewRequest {
         csr_pem: request.csr_pem,
+        addresses: config.addresses.clone(),
     };
     let answer: CertificateResponse = post(registry, "/v1/renew", tls.client_config(), &body)
         .await

@@ -99,7 +99,16 @@ impl TlsContext {
         Arc::new(Resolver(self.clone()))
     }
 
+    /// For the HTTP endpoints (admin API, control RPCs, block streams).
     pub fn server_config(self: &Arc<Self>, auth: ClientAuth) -> Arc<ServerConfig> {
+        self.server_config_with_alpn(auth, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+    }
+
+    pub fn server_config_with_alpn(
+        self: &Arc<Self>,
+        auth: ClientAuth,
+        alpn: Vec<Vec<u8>>,
+    ) -> Arc<ServerConfig> {
         let builder =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crate::provider());
         let verifier = match auth {
@@ -112,7 +121,7 @@ impl TlsContext {
             .expect("ring supports the default versions")
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(self.resolver());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn;
         Arc::new(config)
     }
 

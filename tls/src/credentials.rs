@@ -17,6 +17,11 @@ pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 pub const TRUST_FILE: &str = "ca.crt";
 
+/// The file names GnuTLS-based NBD clients read from one directory: qemu's
+/// `--object tls-creds-x509,dir=DIR,endpoint=client` and libnbd's
+/// `tls-certificates=DIR` (nbdinfo, nbdcopy, `nbds://` URIs).
+pub const NBD_CLIENT_FILES: [&str; 3] = ["ca-cert.pem", "client-cert.pem", "client-key.pem"];
+
 #[derive(Clone)]
 pub struct Credentials {
     pub identity: Identity,
@@ -61,10 +66,24 @@ impl KeyAndRequest {
 
 impl Credentials {
     pub fn load(dir: &Path) -> Result<Self, TlsError> {
-        let chain_pem = read(&dir.join(CERT_FILE))?;
-        let key_pem = read(&dir.join(KEY_FILE))?;
-        let trust_pem = read(&dir.join(TRUST_FILE))?;
-        let leaf = leaf_der(&chain_pem, &dir.join(CERT_FILE))?;
+        Self::load_files(
+            &dir.join(CERT_FILE),
+            &dir.join(KEY_FILE),
+            &dir.join(TRUST_FILE),
+        )
+    }
+
+    /// Reads what [`Credentials::save_for_nbd_client`] wrote.
+    pub fn load_nbd_client(dir: &Path) -> Result<Self, TlsError> {
+        let [trust, cert, key] = NBD_CLIENT_FILES;
+        Self::load_files(&dir.join(cert), &dir.join(key), &dir.join(trust))
+    }
+
+    fn load_files(cert: &Path, key: &Path, trust: &Path) -> Result<Self, TlsError> {
+        let chain_pem = read(cert)?;
+        let key_pem = read(key)?;
+        let trust_pem = read(trust)?;
+        let leaf = leaf_der(&chain_pem, cert)?;
         let identity = Identity::from_certificate(&leaf)?;
         Ok(Self {
             identity,
@@ -86,6 +105,28 @@ impl Credentials {
         write_private(&dir.join(CERT_FILE), self.chain_pem.as_bytes())?;
         write_private(&dir.join(TRUST_FILE), self.trust_pem.as_bytes())?;
         Ok(())
+    }
+
+    /// Writes the credential in the layout NBD clients read
+    /// ([`NBD_CLIENT_FILES`]), all 0600 in a 0700 directory.
+    pub fn save_for_nbd_client(&self, dir: &Path) -> Result<(), TlsError> {
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let [trust, cert, key] = NBD_CLIENT_FILES;
+        write_private(&dir.join(key), self.key_pem.as_bytes())?;
+        write_private(&dir.join(cert), self.chain_pem.as_bytes())?;
+        write_private(&dir.join(trust), self.trust_pem.as_bytes())?;
+        Ok(())
+    }
+
+    /// The DNS names and IP addresses the leaf certificate is valid for
+    /// (besides its `tether://` identity).
+    pub fn alternative_names(&self) -> Result<Vec<String>, TlsError> {
+        let leaf = leaf_der(&self.chain_pem, Path::new(CERT_FILE))?;
+        alternative_names(&leaf)
     }
 
     pub fn certificate_chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -137,6 +178,35 @@ pub(crate) fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), TlsError>
         at(cert.validity().not_before),
         at(cert.validity().not_after),
     ))
+}
+
+fn alternative_names(der: &[u8]) -> Result<Vec<String>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let bad = |reason: String| TlsError::NoIdentity { reason };
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| bad(format!("unparseable certificate: {err}")))?;
+    let Some(sans) = cert
+        .subject_alternative_name()
+        .map_err(|err| bad(err.to_string()))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(sans
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).ok()?).to_string()),
+                16 => {
+                    Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).ok()?).to_string())
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, TlsError> {

@@ -21,6 +21,9 @@ pub enum Role {
     Registry,
     /// The coordination store's server (etcd).
     Store,
+    /// A consumer of volumes over NBD with TLS (a hypervisor, qemu-img, a
+    /// backup job): may read and write the exports it reaches, nothing else.
+    Client,
 }
 
 impl Role {
@@ -30,6 +33,7 @@ impl Role {
             Role::Node => "node",
             Role::Registry => "registry",
             Role::Store => "store",
+            Role::Client => "client",
         }
     }
 }
@@ -48,6 +52,7 @@ impl FromStr for Role {
             "node" => Ok(Role::Node),
             "registry" => Ok(Role::Registry),
             "store" => Ok(Role::Store),
+            "client" => Ok(Role::Client),
             other => Err(TlsError::NoIdentity {
                 reason: format!("unknown role {other:?}"),
             }),

@@ -146,10 +146,13 @@ async fn attach(
     request: AttachRequest,
 ) -> ApiResult<AttachResponse> {
     let endpoint = request.nbd.trim().to_string();
-    if !(endpoint.starts_with("unix:") || endpoint.starts_with("tcp:")) {
+    if !["unix:", "tcp:", "tls:"]
+        .iter()
+        .any(|scheme| endpoint.starts_with(scheme))
+    {
         return Err(RegistryError::Invalid {
             field: "nbd",
-            reason: format!("{endpoint:?}: expected unix:PATH, tcp:PORT or tcp:HOST:PORT"),
+            reason: format!("{endpoint:?}: expected unix:PATH, tcp:[HOST:]PORT or tls:[HOST:]PORT"),
         });
     }
     let from = request.from.unwrap_or_else(|| state.cluster.clone());

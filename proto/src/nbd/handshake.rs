@@ -8,6 +8,12 @@
 //! ```
 //! The haggling ends with EXPORT_NAME or a successful GO (transmission
 //! begins), or with ABORT.
+//!
+//! TLS is negotiated in-band: STARTTLS is acknowledged, the caller runs the
+//! TLS handshake on the socket, and haggling resumes with input read
+//! through TLS. In
+//! [`TlsMode::Required`] (the protocol's FORCEDTLS) every option but
+//! STARTTLS and ABORT is refused with `NBD_REP_ERR_TLS_REQD` until then.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -36,11 +42,26 @@ pub trait ExportCatalog {
     fn names(&self) -> Vec<String>;
 }
 
-/// How the handshake ended.
+/// Whether this listener speaks TLS, and whether it insists on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS (Unix sockets): STARTTLS is answered `NBD_REP_ERR_UNSUP`.
+    Off,
+    /// A client may upgrade with STARTTLS, or carry on in plaintext.
+    Optional,
+    /// Nothing but STARTTLS or ABORT until TLS is up (FORCEDTLS).
+    Required,
+}
+
+/// How the handshake ended, or paused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeOutcome {
     /// Transmission begins on this export.
     Transmission(ExportInfo),
+    /// STARTTLS was acknowledged: send what `poll_transmit` holds, run the
+    /// TLS handshake on the socket, and go on feeding input read through
+    /// TLS. Not an end: the handshake continues.
+    StartTls,
     /// The client aborted, or asked for an export we do not have with
     /// EXPORT_NAME (where the protocol's only answer is to close).
     Closed { reason: String },
@@ -59,6 +80,9 @@ enum State {
 pub struct ServerHandshake {
     state: State,
     no_zeroes: bool,
+    tls_mode: TlsMode,
+    /// STARTTLS acknowledged (the TLS handshake is the caller's to run).
+    tls_acknowledged: bool,
     out: BytesMut,
 }
 
@@ -69,7 +93,12 @@ impl Default for ServerHandshake {
 }
 
 impl ServerHandshake {
+    /// A handshake without TLS.
     pub fn new() -> Self {
+        Self::with_tls(TlsMode::Off)
+    }
+
+    pub fn with_tls(tls_mode: TlsMode) -> Self {
         let mut out = BytesMut::with_capacity(18);
         out.put_u64(NBDMAGIC);
         out.put_u64(IHAVEOPT);
@@ -77,8 +106,15 @@ impl ServerHandshake {
         Self {
             state: State::AwaitClientFlags,
             no_zeroes: false,
+            tls_mode,
+            tls_acknowledged: false,
             out,
         }
+    }
+
+    /// Whether option haggling is (from now on) under TLS.
+    pub fn under_tls(&self) -> bool {
+        self.tls_acknowledged
     }
 
     /// Bytes to send to the client, if any are pending.
@@ -138,9 +174,22 @@ impl ServerHandshake {
                     }
                     input.advance(16);
                     let data = input.split_to(length as usize).freeze();
-                    if let Some(outcome) = self.handle_option(option, data, catalog) {
-                        self.state = State::Finished;
-                        return Ok(Some(outcome));
+                    match self.handle_option(option, data, catalog) {
+                        None => {}
+                        Some(HandshakeOutcome::StartTls) => {
+                            // Whatever the client sent after STARTTLS arrived
+                            // in plaintext; it must not pass as TLS input.
+                            if !input.is_empty() {
+                                return Err(ProtoError::PlaintextAfterStartTls {
+                                    bytes: input.len(),
+                                });
+                            }
+                            return Ok(Some(HandshakeOutcome::StartTls));
+                        }
+                        Some(outcome) => {
+                            self.state = State::Finished;
+                            return Ok(Some(outcome));
+                        }
                     }
                 }
             }
@@ -153,6 +202,26 @@ impl ServerHandshake {
         data: Bytes,
         catalog: &dyn ExportCatalog,
     ) -> Option<HandshakeOutcome> {
+        let tls_missing = self.tls_mode == TlsMode::Required && !self.tls_acknowledged;
+        match option {
+            OPT_STARTTLS => return self.handle_starttls(&data),
+            OPT_ABORT => {}
+            // EXPORT_NAME cannot be refused: the protocol's answer is to close.
+            OPT_EXPORT_NAME if tls_missing => {
+                return Some(HandshakeOutcome::Closed {
+                    reason: "EXPORT_NAME before STARTTLS on a listener that requires TLS".into(),
+                })
+            }
+            _ if tls_missing => {
+                self.reply(
+                    option,
+                    REP_ERR_TLS_REQD,
+                    b"this export requires TLS: send STARTTLS first",
+                );
+                return None;
+            }
+            _ => {}
+        }
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).into_owned();
@@ -191,7 +260,7 @@ impl ServerHandshake {
                 None
             }
             OPT_INFO | OPT_GO => self.handle_info_or_go(option, data, catalog),
-            OPT_STRUCTURED_REPLY | OPT_STARTTLS => {
+            OPT_STRUCTURED_REPLY => {
                 self.reply(option, REP_ERR_UNSUP, b"not supported by this server");
                 None
             }
@@ -200,6 +269,25 @@ impl ServerHandshake {
                 None
             }
         }
+    }
+
+    fn handle_starttls(&mut self, data: &[u8]) -> Option<HandshakeOutcome> {
+        if self.tls_mode == TlsMode::Off {
+            self.reply(
+                OPT_STARTTLS,
+                REP_ERR_UNSUP,
+                b"TLS is not offered on this listener",
+            );
+        } else if self.tls_acknowledged {
+            self.reply(OPT_STARTTLS, REP_ERR_INVALID, b"TLS is already in use");
+        } else if !data.is_empty() {
+            self.reply(OPT_STARTTLS, REP_ERR_INVALID, b"STARTTLS takes no data");
+        } else {
+            self.reply(OPT_STARTTLS, REP_ACK, &[]);
+            self.tls_acknowledged = true;
+            return Some(HandshakeOutcome::StartTls);
+        }
+        None
     }
 
     fn handle_info_or_go(

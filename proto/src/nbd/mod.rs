@@ -15,7 +15,7 @@ mod transmission;
 
 pub use consts::*;
 
-pub use handshake::{ExportCatalog, ExportInfo, HandshakeOutcome, ServerHandshake};
+pub use handshake::{ExportCatalog, ExportInfo, HandshakeOutcome, ServerHandshake, TlsMode};
 pub use transmission::{
     decode_request, encode_simple_reply, request_bytes, Command, Request, REQUEST_HEADER_LEN,
 };

@@ -301,3 +301,103 @@ fn a_request_says_what_it_will_hold_from_its_header_alone() {
     assert_eq!(request_bytes(&request(0, CMD_TRIM, 3, 0, 1 << 30)), Some(0));
     assert_eq!(request_bytes(&request(0, CMD_FLUSH, 4, 0, 0)), Some(0));
 }
+
+fn started_with(mode: TlsMode) -> (ServerHandshake, BytesMut) {
+    let mut server = ServerHandshake::with_tls(mode);
+    server.poll_transmit().unwrap();
+    let mut input = BytesMut::new();
+    input.put_u32(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+    (server, input)
+}
+
+#[test]
+fn required_tls_refuses_every_option_but_starttls_and_closes_on_export_name() {
+    let (mut server, mut input) = started_with(TlsMode::Required);
+    option(&mut input, OPT_LIST, &[]);
+    option(&mut input, OPT_INFO, &info_request("vol1", &[]));
+    option(&mut input, OPT_GO, &info_request("vol1", &[]));
+    assert_eq!(server.handle_input(&mut input, &OneExport).unwrap(), None);
+    let parsed = replies(server.poll_transmit().unwrap());
+    let answers: Vec<(u32, u32)> = parsed.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(
+        answers,
+        vec![
+            (OPT_LIST, REP_ERR_TLS_REQD),
+            (OPT_INFO, REP_ERR_TLS_REQD),
+            (OPT_GO, REP_ERR_TLS_REQD)
+        ],
+        "no export is listed or described, and transmission does not start, in plaintext"
+    );
+    option(&mut input, OPT_EXPORT_NAME, b"vol1");
+    let outcome = server.handle_input(&mut input, &OneExport).unwrap();
+    assert!(
+        matches!(outcome, Some(HandshakeOutcome::Closed { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        server.poll_transmit().is_none(),
+        "nothing about the export is sent"
+    );
+}
+
+#[test]
+fn starttls_is_acknowledged_then_haggling_resumes_under_tls() {
+    let (mut server, mut input) = started_with(TlsMode::Required);
+    option(&mut input, OPT_STARTTLS, &[]);
+    assert_eq!(
+        server.handle_input(&mut input, &OneExport).unwrap(),
+        Some(HandshakeOutcome::StartTls)
+    );
+    let parsed = replies(server.poll_transmit().unwrap());
+    assert_eq!(
+        (parsed[0].0, parsed[0].1, parsed[0].2.len()),
+        (OPT_STARTTLS, REP_ACK, 0)
+    );
+    assert!(server.under_tls());
+
+    // (the caller runs the TLS handshake here; what follows came through it)
+    option(&mut input, OPT_STARTTLS, &[]);
+    option(&mut input, OPT_GO, &info_request("vol1", &[]));
+    let outcome = server.handle_input(&mut input, &OneExport).unwrap();
+    assert!(
+        matches!(outcome, Some(HandshakeOutcome::Transmission(_))),
+        "{outcome:?}"
+    );
+    let types: Vec<u32> = replies(server.poll_transmit().unwrap())
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(
+        types,
+        vec![REP_ERR_INVALID, REP_INFO, REP_INFO, REP_ACK],
+        "a second STARTTLS is invalid; GO proceeds under TLS"
+    );
+}
+
+#[test]
+fn plaintext_bytes_after_starttls_end_the_connection() {
+    // An attacker on the path appends a plaintext GO after the client's
+    // STARTTLS, hoping it is taken as sent under TLS.
+    let (mut server, mut input) = started_with(TlsMode::Required);
+    option(&mut input, OPT_STARTTLS, &[]);
+    option(&mut input, OPT_GO, &info_request("vol1", &[]));
+    assert!(matches!(
+        server.handle_input(&mut input, &OneExport),
+        Err(ProtoError::PlaintextAfterStartTls { .. })
+    ));
+}
+
+#[test]
+fn optional_tls_serves_plaintext_and_off_refuses_starttls() {
+    let (mut server, mut input) = started_with(TlsMode::Optional);
+    option(&mut input, OPT_GO, &info_request("vol1", &[]));
+    let outcome = server.handle_input(&mut input, &OneExport).unwrap();
+    assert!(matches!(outcome, Some(HandshakeOutcome::Transmission(_))));
+
+    let (mut server, mut input) = started_with(TlsMode::Off);
+    option(&mut input, OPT_STARTTLS, &[]);
+    assert_eq!(server.handle_input(&mut input, &OneExport).unwrap(), None);
+    let parsed = replies(server.poll_transmit().unwrap());
+    assert_eq!((parsed[0].0, parsed[0].1), (OPT_STARTTLS, REP_ERR_UNSUP));
+    assert!(!server.under_tls());
+}

@@ -1,3 +1,6 @@
-//! How volumes reach their consumers. Today: NBD over TCP and Unix sockets.
+//! How volumes reach their consumers: NBD over Unix sockets and TCP (with
+//! STARTTLS).
 
+pub mod endpoint;
 pub mod nbd;
+mod negotiate;

@@ -19,14 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tether_proto::nbd::{
-    self, Command, ExportCatalog, ExportInfo, HandshakeOutcome, Request, ServerHandshake,
-};
+use tether_proto::nbd::{self, Command, ExportCatalog, ExportInfo, Request, TlsMode};
 use tether_proto::ProtoError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::Instrument;
 
+use super::endpoint::{claim_socket_path, socket_identity, tcp_tls_mode, Endpoint};
+use super::negotiate::{negotiate, NbdTls, Negotiated};
 use crate::error::{NodeError, Result};
 use crate::group::{BlockOp, Presenter};
 use crate::limits::{AcceptBackoff, Budget, Charge, ConnectionCap};
@@ -46,58 +46,25 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// stalled clients hold up others for at most this long).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What every NBD listener of a node shares: the node-wide byte budget.
+/// What every NBD listener of a node shares: the node-wide byte budget and
+/// the TLS configuration.
 #[derive(Clone)]
-pub struct NbdLimits {
+pub struct NbdContext {
     shared_bytes: Arc<Semaphore>,
+    tls: Arc<NbdTls>,
 }
 
-impl Default for NbdLimits {
-    fn default() -> Self {
+impl NbdContext {
+    pub fn new(tls: &Arc<tether_tls::TlsContext>) -> Self {
         Self {
             shared_bytes: Arc::new(Semaphore::new(NODE_BYTES as usize)),
+            tls: Arc::new(NbdTls::new(tls)),
         }
     }
 }
 const READ_BUFFER: usize = 256 * 1024;
 /// Read payloads larger than this are written straight from their buffer.
 const LARGE_PAYLOAD: usize = 64 * 1024;
-
-/// Where to serve: `unix:PATH`, `tcp:HOST:PORT`, or `tcp:PORT` (loopback);
-/// port 0 picks one. NBD carries no TLS here, so a TCP export binds to
-/// loopback unless a host is named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-impl Endpoint {
-    pub fn parse(input: &str) -> Result<Self> {
-        let bad = |reason: &str| NodeError::BadEndpoint {
-            endpoint: input.to_string(),
-            reason: reason.to_string(),
-        };
-        if let Some(path) = input.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(bad("unix: needs a socket path"));
-            }
-            Ok(Endpoint::Unix(PathBuf::from(path)))
-        } else if let Some(addr) = input.strip_prefix("tcp:") {
-            if addr.parse::<u16>().is_ok() {
-                return Ok(Endpoint::Tcp(format!("127.0.0.1:{addr}")));
-            }
-            match addr.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                    Ok(Endpoint::Tcp(addr.to_string()))
-                }
-                _ => Err(bad("tcp: needs PORT (loopback) or HOST:PORT")),
-            }
-        } else {
-            Err(bad("expected unix:PATH or tcp:HOST:PORT"))
-        }
-    }
-}
 
 /// A running listener. Dropping it stops accepting and closes its connections.
 pub struct NbdServer {
@@ -117,48 +84,6 @@ impl Drop for NbdServer {
             if socket_identity(path) == Some((*dev, *ino)) {
                 let _ = std::fs::remove_file(path);
             }
-        }
-    }
-}
-
-/// Device and inode of `path` if it is a Unix socket (not following links).
-fn socket_identity(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    meta.file_type()
-        .is_socket()
-        .then(|| (meta.dev(), meta.ino()))
-}
-
-/// Checks a client-chosen socket path before anything is created there: it
-/// must not lie inside a pool or state directory, and must not exist unless
-/// it is a socket nobody serves (left over from a crash), which is removed.
-fn claim_socket_path(endpoint_spec: &str, path: &std::path::Path) -> Result<()> {
-    let bad = |reason: String| NodeError::BadEndpoint {
-        endpoint: endpoint_spec.to_string(),
-        reason,
-    };
-    if let Some(dir) = tether_common::protected::protected_ancestor(path) {
-        return Err(bad(format!(
-            "{} is inside a pool or state directory ({}); choose a path outside it",
-            path.display(),
-            dir.display()
-        )));
-    }
-    match std::fs::symlink_metadata(path) {
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(bad(format!("cannot check {}: {err}", path.display()))),
-        Ok(_) if socket_identity(path).is_none() => Err(bad(format!(
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        ))),
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(bad("another server is listening there".into()));
-            }
-            // A socket nobody answers on is left over from a crash: replace it.
-            std::fs::remove_file(path)
-                .map_err(|err| bad(format!("cannot replace the stale socket: {err}")))
         }
     }
 }
@@ -188,7 +113,7 @@ impl ExportCatalog for VolumeCatalog {
 pub async fn serve(
     endpoint_spec: &str,
     volume: Arc<Presenter>,
-    limits: NbdLimits,
+    limits: NbdContext,
 ) -> Result<NbdServer> {
     let endpoint = Endpoint::parse(endpoint_spec)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -198,16 +123,21 @@ pub async fn serve(
     };
     let name = volume.name().to_string();
     match endpoint {
-        Endpoint::Tcp(addr) => {
+        Endpoint::Tcp { addr, require_tls } => {
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .map_err(bind_err)?;
             let local = listener.local_addr().map_err(bind_err)?;
-            if !local.ip().is_loopback() {
-                tracing::warn!(volume = %name, addr = %local, "NBD export reachable beyond this host, without TLS: anyone who reaches it can read and write the volume");
-            }
-            let uri = format!("nbd://{local}/{name}");
-            let accept = accept_loop_tcp(listener, Connections::new(volume, limits), shutdown_rx);
+            let tls_mode = tcp_tls_mode(local, require_tls);
+            let uri = match tls_mode {
+                TlsMode::Required => format!("nbds://{local}/{name}"),
+                _ => format!("nbd://{local}/{name}"),
+            };
+            let accept = accept_loop_tcp(
+                listener,
+                Connections::new(volume, limits, tls_mode),
+                shutdown_rx,
+            );
             tokio::spawn(accept.in_current_span());
             Ok(NbdServer {
                 endpoint: endpoint_spec.to_string(),
@@ -224,7 +154,11 @@ pub async fn serve(
                 reason: "the socket vanished as it was made".into(),
             })?;
             let uri = format!("nbd+unix:///{name}?socket={}", path.display());
-            let accept = accept_loop_unix(listener, Connections::new(volume, limits), shutdown_rx);
+            let accept = accept_loop_unix(
+                listener,
+                Connections::new(volume, limits, TlsMode::Off),
+                shutdown_rx,
+            );
             tokio::spawn(accept.in_current_span());
             Ok(NbdServer {
                 endpoint: endpoint_spec.to_string(),
@@ -240,18 +174,20 @@ pub async fn serve(
 #[derive(Clone)]
 struct Connections {
     volume: Arc<Presenter>,
-    limits: NbdLimits,
+    limits: NbdContext,
+    tls_mode: TlsMode,
     cap: ConnectionCap,
 }
 
 impl Connections {
-    fn new(volume: Arc<Presenter>, limits: NbdLimits) -> Self {
+    fn new(volume: Arc<Presenter>, limits: NbdContext, tls_mode: TlsMode) -> Self {
         // Never more than half the descriptors this process may open, so
         // the cap refuses before accept() starts failing with EMFILE.
         let limit = MAX_CONNECTIONS_PER_EXPORT.min(crate::limits::open_files_limit() / 2);
         Self {
             volume,
             limits,
+            tls_mode,
             cap: ConnectionCap::new(limit.max(1)),
         }
     }
@@ -259,7 +195,7 @@ impl Connections {
     /// Serves `stream` if the export has room; closes it otherwise.
     fn admit<S>(&self, stream: S, peer: String, shutdown: watch::Receiver<bool>, refusals: &mut u64)
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         match self.cap.try_admit() {
             Some(slot) => spawn_connection(stream, peer, self.clone(), slot, shutdown),
@@ -330,7 +266,7 @@ fn spawn_connection<S>(
     slot: tokio::sync::OwnedSemaphorePermit,
     shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let volume = connections.volume.clone();
     let span = tracing::info_span!("nbd", volume = %volume.name(), peer = %peer);
@@ -339,7 +275,7 @@ fn spawn_connection<S>(
             let _slot = slot;
             metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string())
                 .increment(1.0);
-            match handle_connection(stream, volume.clone(), &connections.limits, shutdown).await {
+            match handle_connection(stream, volume.clone(), &connections, shutdown).await {
                 Ok(()) => tracing::debug!("connection closed"),
                 Err(ConnectionError::Protocol(err)) => {
                     tracing::warn!(error = %err, "protocol violation; closing this connection")
@@ -347,6 +283,9 @@ fn spawn_connection<S>(
                 Err(ConnectionError::Io(err)) => tracing::debug!(error = %err, "connection ended"),
                 Err(ConnectionError::Stalled(what)) => {
                     tracing::warn!(what, "client stalled; closing this connection")
+                }
+                Err(ConnectionError::Refused(reason)) => {
+                    tracing::warn!(%reason, "refused an NBD client over TLS")
                 }
             }
             metrics::gauge!("tether_nbd_connections", "volume" => volume.name().to_string())
@@ -356,11 +295,13 @@ fn spawn_connection<S>(
     );
 }
 
-enum ConnectionError {
+pub(super) enum ConnectionError {
     Protocol(ProtoError),
     Io(std::io::Error),
     /// The client stopped halfway: what it did not finish.
     Stalled(&'static str),
+    /// TLS failed, or the certificate is not a client's of this cluster.
+    Refused(String),
 }
 
 impl From<std::io::Error> for ConnectionError {
@@ -443,44 +384,50 @@ async fn read_more<R: AsyncRead + Unpin>(
 async fn handle_connection<S>(
     stream: S,
     volume: Arc<Presenter>,
-    limits: &NbdLimits,
+    connections: &Connections,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let catalog = VolumeCatalog(volume.clone());
+    let mut input = BytesMut::with_capacity(READ_BUFFER);
+    let tls = &connections.limits.tls;
+    let handshake = negotiate(stream, &catalog, connections.tls_mode, tls, &mut input);
+    let negotiated = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(Some(negotiated))) => negotiated,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(err)) => return Err(err),
+        Err(_) => return Err(ConnectionError::Stalled("the handshake")),
+    };
+    let limits = &connections.limits;
+    match negotiated {
+        (Negotiated::Plain(stream), export) => {
+            transmit(stream, export, input, volume, limits, shutdown).await
+        }
+        (Negotiated::Tls { stream, client }, export) => {
+            let span = tracing::info_span!("tls", client = %client);
+            transmit(*stream, export, input, volume, limits, shutdown)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// The transmission phase: requests in, replies out, until the client
+/// disconnects, stalls, or the volume is detached.
+async fn transmit<S>(
+    stream: S,
+    export: ExportInfo,
+    mut input: BytesMut,
+    volume: Arc<Presenter>,
+    limits: &NbdContext,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let catalog = VolumeCatalog(volume.clone());
-    let mut input = BytesMut::with_capacity(READ_BUFFER);
-    let handshake = async {
-        let mut handshake = ServerHandshake::new();
-        if let Some(out) = handshake.poll_transmit() {
-            writer.write_all(&out).await?;
-        }
-        loop {
-            if reader.read_buf(&mut input).await? == 0 {
-                return Ok(None);
-            }
-            let outcome = handshake.handle_input(&mut input, &catalog)?;
-            if let Some(out) = handshake.poll_transmit() {
-                writer.write_all(&out).await?;
-            }
-            match outcome {
-                Some(HandshakeOutcome::Transmission(export)) => return Ok(Some(export)),
-                Some(HandshakeOutcome::Closed { reason }) => {
-                    tracing::info!(%reason, "handshake ended without transmission");
-                    return Ok(None);
-                }
-                None => {}
-            }
-        }
-    };
-    let export = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(Some(export))) => export,
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(err)) => return Err(err),
-        Err(_) => return Err(ConnectionError::Stalled("the handshake")),
-    };
+    let (mut reader, writer) = tokio::io::split(stream);
     tracing::debug!(size_bytes = export.size_bytes, "transmission started");
 
     let budget = Budget::new(
@@ -558,9 +505,15 @@ where
 /// Writes replies as they come; a reply the client does not take within
 /// [`STALL_TIMEOUT`] ends the connection (the reader sees this task end).
 async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::Receiver<Reply>) {
+    // Flushed every time: a TLS stream may keep what it accepted in its
+    // buffer until told to flush (a plain socket's flush does nothing).
     async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> bool {
+        let written = async {
+            writer.write_all(bytes).await?;
+            writer.flush().await
+        };
         matches!(
-            tokio::time::timeout(STALL_TIMEOUT, writer.write_all(bytes)).await,
+            tokio::time::timeout(STALL_TIMEOUT, written).await,
             Ok(Ok(()))
         )
     }
