@@ -124,7 +124,11 @@ impl Security {
         identity: &Identity,
         addresses: &[String],
     ) -> Result<Json<CertificateResponse>, RegistryError> {
-        let addresses = certificate_addresses(addresses)?;
+        let addresses =
+            tether_tls::certificate_addresses(addresses).map_err(|err| RegistryError::Invalid {
+                field: "addresses",
+                reason: err.to_string(),
+            })?;
         let chain_pem =
             self.ca
                 .sign_request(csr_pem, identity, &addresses, self.config.cert_lifetime)?;
@@ -181,59 +185,6 @@ pub async fn authorize(
         }
     }
     next.run(request).await
-}
-
-/// Most addresses one node certificate may name.
-pub const MAX_CERTIFICATE_ADDRESSES: usize = 8;
-
-/// Checks the host names and IPs a node asks its certificate to name. Names
-/// under `.tether` are Tether identities (`node-2.node.CLUSTER.tether`) and
-/// are never granted this way: a node must not become valid as another.
-fn certificate_addresses(addresses: &[String]) -> Result<Vec<String>, RegistryError> {
-    let invalid = |reason: String| RegistryError::Invalid {
-        field: "addresses",
-        reason,
-    };
-    if addresses.len() > MAX_CERTIFICATE_ADDRESSES {
-        return Err(invalid(format!(
-            "{} addresses asked for; at most {MAX_CERTIFICATE_ADDRESSES}",
-            addresses.len()
-        )));
-    }
-    let mut granted = Vec::with_capacity(addresses.len());
-    for address in addresses {
-        if let Ok(ip) = address.parse::<std::net::IpAddr>() {
-            if ip.is_unspecified() {
-                return Err(invalid(format!("{address} names no host")));
-            }
-            granted.push(ip.to_string());
-            continue;
-        }
-        let name = address.to_ascii_lowercase();
-        let label_ok = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        };
-        if name.len() > 253 || !name.split('.').all(label_ok) {
-            return Err(invalid(format!(
-                "{address:?} is neither an IP address nor a host name"
-            )));
-        }
-        if name == "tether" || name.ends_with(".tether") {
-            return Err(invalid(format!(
-                "{address:?} is in the .tether namespace of identities"
-            )));
-        }
-        granted.push(name);
-    }
-    granted.sort();
-    granted.dedup();
-    Ok(granted)
 }
 
 /// `POST /v1/join`: checks the token, signs the CSR for `node`.
@@ -296,44 +247,4 @@ pub async fn renew(
     tracing::info!(peer = %peer.addr, identity = %identity.uri(), addresses = ?request.addresses, lifetime_secs = security.config.cert_lifetime.as_secs(), "renewed a node's certificate: issued a certificate");
     metrics::counter!("tether_certificates_renewed_total", "role" => "node").increment(1);
     Ok(answer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|name| name.to_string()).collect()
-    }
-
-    #[test]
-    fn certificate_addresses_grant_hosts_and_ips_but_no_tether_identity() {
-        assert_eq!(
-            certificate_addresses(&names(&["10.0.0.7", "Storage-1.example.com", "::1"])).unwrap(),
-            names(&["10.0.0.7", "::1", "storage-1.example.com"])
-        );
-        for refused in [
-            "node-2.node.central.tether",
-            "TETHER",
-            "*.example.com",
-            "0.0.0.0",
-            "bad host",
-            "-x.example.com",
-        ] {
-            assert!(
-                matches!(
-                    certificate_addresses(&names(&[refused])),
-                    Err(RegistryError::Invalid {
-                        field: "addresses",
-                        ..
-                    })
-                ),
-                "{refused} was granted"
-            );
-        }
-        let many: Vec<String> = (0..=MAX_CERTIFICATE_ADDRESSES)
-            .map(|i| format!("10.0.0.{i}"))
-            .collect();
-        assert!(certificate_addresses(&many).is_err());
-    }
 }

@@ -26,6 +26,8 @@ pub enum TlsError {
     NoIdentity { reason: String },
     #[error("TLS configuration for {identity} failed: {reason}")]
     Config { identity: String, reason: String },
+    #[error("a certificate cannot name {address:?}: {reason}")]
+    BadAddress { address: String, reason: String },
     #[error("the CA key {path} is readable by others (mode {mode:o}); it must be 0600")]
     KeyExposed { path: PathBuf, mode: u32 },
 }

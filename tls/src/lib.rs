@@ -7,6 +7,7 @@
 //! (issuing from a CSR), [`TlsContext`] (client and server configs, the peer's
 //! identity after a handshake).
 
+mod addresses;
 mod ca;
 mod context;
 mod credentials;
@@ -14,6 +15,7 @@ mod error;
 pub mod http;
 mod identity;
 
+pub use addresses::{certificate_addresses, MAX_CERTIFICATE_ADDRESSES};
 pub use ca::{CertificateAuthority, DEFAULT_CERT_LIFETIME};
 pub use context::{anonymous_client_config, peer_identity, ClientAuth, TlsContext};
 pub use credentials::{Credentials, KeyAndRequest, NBD_CLIENT_FILES};
