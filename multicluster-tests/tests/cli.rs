@@ -83,7 +83,7 @@ fn errors_are_one_clear_line() {
     fails_with(
         &federation,
         &["volume", "attach", "taken", "--nbd", "ftp:x"],
-        "expected unix:PATH, tcp:PORT or tcp:HOST:PORT",
+        "expected unix:PATH, tcp:[HOST:]PORT or tls:[HOST:]PORT",
     );
     fails_with(
         &federation,
