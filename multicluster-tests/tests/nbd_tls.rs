@@ -267,3 +267,69 @@ fn loopback_tcp_export_offers_starttls_and_still_serves_plaintext() {
     .unwrap();
     assert_eq!(info["TLS"], true);
 }
+
+#[test]
+fn a_node_whose_certificate_lacks_its_address_renews_it_at_start() {
+    // A node certified before it asked for addresses (or given a new
+    // --tls-san) must not wait two thirds of a lifetime to be verifiable.
+    let federation = DevFederation::builder().nodes(1).start().unwrap();
+    let tls_dir = federation.dir().join("central/node-1/tls");
+    let names = || {
+        Credentials::load(&tls_dir)
+            .unwrap()
+            .alternative_names()
+            .unwrap()
+    };
+    assert!(names().contains(&"127.0.0.1".to_string()), "{:?}", names());
+    let cmdline = federation.kill_node_gracefully("node-1");
+    let ca = CertificateAuthority::load_or_create(
+        &federation.dir().join("central/control/ca"),
+        "central",
+    )
+    .unwrap();
+    ca.issue_credentials(
+        &Identity::new("central", Role::Node, "node-1"),
+        &[],
+        std::time::Duration::from_secs(24 * 3600),
+    )
+    .unwrap()
+    .save(&tls_dir)
+    .unwrap();
+    assert!(!names().contains(&"127.0.0.1".to_string()));
+    federation.start_node("node-1", &cmdline);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !names().contains(&"127.0.0.1".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the certificate was not renewed with the node's address: {:?}",
+            names()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let node_up = || {
+        let nodes = federation.tether_json(&["node", "list"]).unwrap();
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|node| node["name"] == "node-1" && node["state"] == "up")
+    };
+    while !node_up() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-1 did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    federation
+        .tether_ok(&["volume", "create", "after", "--size", "8MiB"])
+        .unwrap();
+    let uri = federation
+        .tether_ok(&["volume", "attach", "after", "--nbd", "tls:0"])
+        .unwrap();
+    let info = nbdinfo(&with_certificates(
+        uri.trim(),
+        &federation.dir().join("nbd-client"),
+    ));
+    assert_eq!(info.unwrap()["TLS"], true);
+}
