@@ -5,6 +5,7 @@
 mod client;
 mod dev;
 mod federation;
+mod membership;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tether_common::size::{format_size, parse_size};
 use tether_common::telemetry::{self, LogFormat};
 use tether_proto::admin::{
-    AttachRequest, AttachResponse, ClusterView, CreateVolumeRequest, NodeView, ResizeVolumeRequest,
-    VolumeView,
+    AttachRequest, AttachResponse, CreateVolumeRequest, NodeView, ResizeVolumeRequest, VolumeView,
 };
 
 use crate::client::AdminClient;
@@ -60,9 +60,12 @@ enum Commands {
     /// A local federation for development and tests.
     #[command(subcommand)]
     Dev(DevCommand),
-    /// Clusters of the federation.
+    /// Clusters of the federation: this one and its satellites.
     #[command(subcommand)]
-    Cluster(ClusterCommand),
+    Cluster(membership::ClusterCommand),
+    /// What each satellite may reach.
+    #[command(subcommand)]
+    Grant(membership::GrantCommand),
     /// Storage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -127,12 +130,6 @@ enum DevCommand {
         #[arg(long, default_value = "30d", value_parser = tether_common::size::parse_duration)]
         cert_lifetime: std::time::Duration,
     },
-}
-
-#[derive(Subcommand)]
-enum ClusterCommand {
-    /// List clusters.
-    List,
 }
 
 #[derive(Subcommand)]
@@ -337,19 +334,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Commands::Daemon(daemon) => run_daemon(daemon, cli.log_format),
         Commands::Dev(dev) => run_dev(&cli, dev),
-        Commands::Cluster(ClusterCommand::List) => {
-            let clusters: Vec<ClusterView> = admin_client(&cli)?.get("/v1/clusters")?;
-            if cli.output == Output::Json {
-                return print_json(&clusters);
-            }
-            println!("{:<16} {:<10} {:>8}", "NAME", "ROLE", "NODES-UP");
-            for cluster in clusters {
-                println!(
-                    "{:<16} {:<10} {:>8}",
-                    cluster.name, cluster.role, cluster.nodes_up
-                );
-            }
-            Ok(())
+        Commands::Cluster(command) => {
+            membership::run_cluster(&admin_client(&cli)?, command, cli.output == Output::Json)
+        }
+        Commands::Grant(command) => {
+            membership::run_grant(&admin_client(&cli)?, command, cli.output == Output::Json)
         }
         Commands::Node(NodeCommand::List { cluster }) => {
             let mut nodes: Vec<NodeView> = admin_client(&cli)?.get("/v1/nodes")?;

@@ -37,10 +37,32 @@ pub enum RegistryError {
     Unauthenticated { what: String },
     #[error("{identity} may not call {what}")]
     Forbidden { identity: String, what: String },
-    #[error("node {node} cannot join: {reason}")]
+    #[error("{node} cannot join: {reason}")]
     BadJoinToken { node: String, reason: String },
     #[error("node {node} is up: a live node's name cannot join again")]
     NodeNameInUse { node: String },
+    #[error("cluster {name} not found")]
+    ClusterNotFound { name: String },
+    #[error("cluster {name} already exists ({state})")]
+    ClusterExists { name: String, state: String },
+    #[error("satellite {name} was removed: its certificate is no longer accepted")]
+    SatelliteRevoked { name: String },
+    #[error("satellite {satellite} has no grant for volume {volume}")]
+    OutOfGrant { satellite: String, volume: String },
+    #[error("satellite {satellite}'s {grant} allows {what} (read-only)")]
+    ReadOnlyGrant {
+        satellite: String,
+        grant: String,
+        what: String,
+    },
+    #[error("satellite {satellite}'s {grant} is at its limit: {reason}")]
+    OverQuota {
+        satellite: String,
+        grant: String,
+        reason: String,
+    },
+    #[error("satellite {satellite} has no {grant}")]
+    GrantNotFound { satellite: String, grant: String },
     #[error("certificates: {0}")]
     Tls(#[from] tether_tls::TlsError),
     #[error("control-plane state {path}: {source}")]
@@ -58,10 +80,17 @@ pub enum RegistryError {
 impl RegistryError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            RegistryError::VolumeNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            RegistryError::VolumeExists { .. } | RegistryError::NodeNameInUse { .. } => {
-                (StatusCode::CONFLICT, "already_exists")
+            RegistryError::VolumeNotFound { .. }
+            | RegistryError::ClusterNotFound { .. }
+            | RegistryError::GrantNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::VolumeExists { .. }
+            | RegistryError::NodeNameInUse { .. }
+            | RegistryError::ClusterExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            RegistryError::SatelliteRevoked { .. } => (StatusCode::FORBIDDEN, "revoked"),
+            RegistryError::OutOfGrant { .. } | RegistryError::ReadOnlyGrant { .. } => {
+                (StatusCode::FORBIDDEN, "not_granted")
             }
+            RegistryError::OverQuota { .. } => (StatusCode::FORBIDDEN, "over_quota"),
             RegistryError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             RegistryError::Attached { .. } => (StatusCode::CONFLICT, "attached"),
             RegistryError::PoolFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "pool_full"),

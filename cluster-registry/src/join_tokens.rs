@@ -15,14 +15,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::RegistryError;
 
+/// Who a token lets join: a token minted for a node never makes a
+/// satellite, and one minted for a satellite never makes a node.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenPurpose {
+    #[default]
+    Node,
+    Satellite,
+}
+
 /// What the store holds for an unused token. Key:
 /// `/tether/v1/{cluster}/join-tokens/{blake3 hex of the token}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenRecord {
     pub version: u32,
-    /// The only node name this token may join as (`None`: any free name).
+    /// The only name this token may join as (`None`: any free node name).
     pub node: Option<String>,
     pub expires_unix_ms: u64,
+    #[serde(default)]
+    pub purpose: TokenPurpose,
 }
 
 /// Longest a token may live.
@@ -38,6 +50,17 @@ fn key(cluster: &str, token: &str) -> String {
 pub async fn mint(
     store: &dyn CoordStore,
     cluster: &str,
+    node: Option<&str>,
+    ttl: Duration,
+) -> Result<(String, TokenRecord), RegistryError> {
+    mint_for(store, cluster, TokenPurpose::Node, node, ttl).await
+}
+
+/// [`mint`] for a purpose.
+pub async fn mint_for(
+    store: &dyn CoordStore,
+    cluster: &str,
+    purpose: TokenPurpose,
     node: Option<&str>,
     ttl: Duration,
 ) -> Result<(String, TokenRecord), RegistryError> {
@@ -58,6 +81,7 @@ pub async fn mint(
         expires_unix_ms: expires
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64),
+        purpose,
     };
     let lease = store.grant_lease(ttl).await?;
     store
@@ -67,7 +91,7 @@ pub async fn mint(
             Some(lease.id),
         )
         .await?;
-    tracing::info!(node = ?node, ttl_secs = ttl.as_secs(), "minted a join token");
+    tracing::info!(node = ?node, ?purpose, ttl_secs = ttl.as_secs(), "minted a join token");
     Ok((token, record))
 }
 
@@ -76,6 +100,18 @@ pub async fn mint(
 pub async fn redeem(
     store: &dyn CoordStore,
     cluster: &str,
+    token: &str,
+    node: &str,
+) -> Result<(), RegistryError> {
+    redeem_for(store, cluster, TokenPurpose::Node, token, node).await
+}
+
+/// [`redeem`] for a purpose: a token of another purpose is refused, and
+/// left unused.
+pub async fn redeem_for(
+    store: &dyn CoordStore,
+    cluster: &str,
+    purpose: TokenPurpose,
     token: &str,
     node: &str,
 ) -> Result<(), RegistryError> {
@@ -94,9 +130,16 @@ pub async fn redeem(
             key: key.clone(),
             reason: err.to_string(),
         })?;
+    if record.purpose != purpose {
+        return Err(refused(&format!(
+            "the join token is for a {}, not a {}",
+            purpose_name(record.purpose),
+            purpose_name(purpose)
+        )));
+    }
     if let Some(bound) = &record.node {
         if bound != node {
-            return Err(refused(&format!("the join token is for node {bound}")));
+            return Err(refused(&format!("the join token is for {bound}")));
         }
     }
     let consume = Txn {
@@ -111,4 +154,11 @@ pub async fn redeem(
         return Err(refused("the join token was just used by another join"));
     }
     Ok(())
+}
+
+fn purpose_name(purpose: TokenPurpose) -> &'static str {
+    match purpose {
+        TokenPurpose::Node => "node",
+        TokenPurpose::Satellite => "satellite",
+    }
 }

@@ -10,6 +10,8 @@
 
 pub mod api;
 mod error;
+pub mod federation;
+pub mod grants;
 pub mod join_tokens;
 pub mod node_rpc;
 pub mod placement;

@@ -163,28 +163,67 @@ impl Security {
     }
 }
 
-/// Middleware: the role each path requires (see the module table).
+/// Middleware: the role each path requires (see the module table), and for
+/// a satellite, that it is not removed and what its grants are (the
+/// [`Caller`](crate::grants::Caller) handlers scope their answers by).
 pub async fn authorize(
     State(state): State<crate::api::AppState>,
     Extension(peer): Extension<Peer>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let security = &state.security;
     let path = request.uri().path().to_string();
     let what = format!("{} {path}", request.method());
+    // Volumes (but not verify) are the satellites' part of the API.
+    let satellite_path =
+        (path == "/v1/volumes" || path.starts_with("/v1/volumes/")) && !path.ends_with("/verify");
     let roles: &[Role] = match path.as_str() {
-        "/v1/join" => &[],
-        "/v1/renew" => &[Role::Node],
+        "/v1/join" | "/v1/satellites/join" => &[],
+        "/v1/renew" => &[Role::Node, Role::Satellite],
+        _ if satellite_path => &[Role::Admin, Role::Satellite],
         _ => &[Role::Admin],
     };
-    if !roles.is_empty() {
-        if let Err(refused) = security.require(&peer, roles, &what) {
-            return refused.into_response();
-        }
+    if roles.is_empty() {
+        return next.run(request).await;
     }
+    let identity = match security.require(&peer, roles, &what) {
+        Ok(identity) => identity,
+        Err(refused) => return refused.into_response(),
+    };
+    let caller = match identity.role {
+        Role::Satellite => match satellite_caller(&state, &identity.name).await {
+            Ok(caller) => caller,
+            Err(refused) => {
+                tracing::warn!(peer = %peer.addr, identity = %identity.uri(), request = %what, reason = %refused, "refused an admin API request");
+                return refused.into_response();
+            }
+        },
+        _ => crate::grants::Caller::Admin,
+    };
+    request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// A satellite's standing: joined (not removed), and its grants now.
+async fn satellite_caller(
+    state: &crate::api::AppState,
+    name: &str,
+) -> Result<crate::grants::Caller, RegistryError> {
+    let store = state.store.as_ref();
+    let Some((record, revision)) = crate::federation::record(store, &state.cluster, name).await?
+    else {
+        return Err(RegistryError::ClusterNotFound { name: name.into() });
+    };
+    if record.state == tether_proto::federation::ClusterState::Revoked {
+        return Err(RegistryError::SatelliteRevoked { name: name.into() });
+    }
+    crate::federation::seen(store, &state.cluster, &record, revision).await;
+    Ok(crate::grants::Caller::Satellite {
+        name: name.into(),
+        grants: crate::grants::list(store, &state.cluster, Some(name)).await?,
+    })
 }
 
 /// `POST /v1/join`: checks the token, signs the CSR for `node`.
@@ -242,9 +281,63 @@ pub async fn renew(
     crate::error::JsonBody(request): crate::error::JsonBody<RenewRequest>,
 ) -> Result<Json<CertificateResponse>, RegistryError> {
     let security = &state.security;
-    let identity = security.require(&peer, &[Role::Node], "POST /v1/renew")?;
+    let identity = security.require(&peer, &[Role::Node, Role::Satellite], "POST /v1/renew")?;
+    if identity.role == Role::Satellite {
+        // Addresses are for nodes NBD clients dial; a satellite asks for none.
+        let answer = security.sign(&request.csr_pem, &identity, &[])?;
+        crate::federation::joined(
+            state.store.as_ref(),
+            &security.cluster,
+            &identity.name,
+            not_after_unix_ms(&answer.chain_pem),
+        )
+        .await?;
+        tracing::info!(peer = %peer.addr, identity = %identity.uri(), "renewed a satellite's certificate: issued a certificate");
+        metrics::counter!("tether_certificates_renewed_total", "role" => "satellite").increment(1);
+        return Ok(answer);
+    }
     let answer = security.sign(&request.csr_pem, &identity, &request.addresses)?;
     tracing::info!(peer = %peer.addr, identity = %identity.uri(), addresses = ?request.addresses, lifetime_secs = security.config.cert_lifetime.as_secs(), "renewed a node's certificate: issued a certificate");
     metrics::counter!("tether_certificates_renewed_total", "role" => "node").increment(1);
     Ok(answer)
+}
+
+/// `POST /v1/satellites/join`: checks the satellite's token, signs its CSR.
+pub async fn join_satellite(
+    State(state): State<crate::api::AppState>,
+    Extension(peer): Extension<Peer>,
+    crate::error::JsonBody(request): crate::error::JsonBody<
+        tether_proto::federation::SatelliteJoinRequest,
+    >,
+) -> Result<Json<CertificateResponse>, RegistryError> {
+    let security = &state.security;
+    crate::federation::check_name(&request.name)?;
+    let store = state.store.as_ref();
+    if let Err(err) =
+        crate::federation::redeem_join(store, &security.cluster, &request.name, &request.token)
+            .await
+    {
+        tracing::warn!(peer = %peer.addr, satellite = %request.name, error = %err, "refused a satellite join");
+        return Err(err);
+    }
+    let identity = Identity::new(&security.cluster, Role::Satellite, &request.name);
+    let answer = security.sign(&request.csr_pem, &identity, &[])?;
+    crate::federation::joined(
+        store,
+        &security.cluster,
+        &request.name,
+        not_after_unix_ms(&answer.chain_pem),
+    )
+    .await?;
+    tracing::info!(peer = %peer.addr, identity = %identity.uri(), lifetime_secs = security.config.cert_lifetime.as_secs(), "satellite joined: issued a certificate");
+    Ok(answer)
+}
+
+/// When the leaf of `chain_pem` expires (0 if it cannot be read: the
+/// record is then only informational).
+fn not_after_unix_ms(chain_pem: &str) -> u64 {
+    tether_tls::leaf_validity(chain_pem)
+        .ok()
+        .and_then(|(_, not_after)| not_after.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |since| since.as_millis() as u64)
 }

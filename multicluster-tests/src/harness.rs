@@ -785,3 +785,44 @@ impl DevFederation {
             .to_string()
     }
 }
+
+impl DevFederation {
+    /// Joins satellite `name` with its `token` as a satellite daemon does (its
+    /// own key, a CSR, the token) and saves the credential it gets (tls.crt,
+    /// tls.key, ca.crt) in a new directory, for `tether --credentials DIR`.
+    pub fn join_satellite(&self, name: &str, token: &str) -> anyhow::Result<PathBuf> {
+        let identity = Identity::new("central", tether_tls::Role::Satellite, name);
+        let request = tether_tls::KeyAndRequest::new(&identity)?;
+        let trust = std::fs::read_to_string(self.dir().join("central/control/ca/ca.crt"))?;
+        let body =
+            serde_json::json!({"name": name, "token": token.trim(), "csr_pem": request.csr_pem});
+        let (status, payload) = https_post(
+            &self.admin_addr(),
+            None,
+            &trust,
+            "/v1/satellites/join",
+            &body.to_string(),
+        )?;
+        anyhow::ensure!(
+            status == 200,
+            "join of satellite {name}: {status} {payload}"
+        );
+        let answer: Value = serde_json::from_str(&payload)?;
+        let credentials = tether_tls::Credentials {
+            identity,
+            chain_pem: answer["chain_pem"].as_str().unwrap_or_default().to_string(),
+            key_pem: request.key_pem,
+            trust_pem: answer["trust_pem"].as_str().unwrap_or_default().to_string(),
+        };
+        let dir = self.dir().join("satellites").join(name);
+        credentials.save(&dir)?;
+        Ok(dir)
+    }
+
+    /// `tether ARGS` as the holder of the credential in `credentials`.
+    pub fn tether_as(&self, credentials: &Path, args: &[&str]) -> Output {
+        let mut all = vec!["--credentials", credentials.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.tether(&all)
+    }
+}

@@ -20,14 +20,6 @@ pub fn valid_volume_name(name: &str) -> bool {
         && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
-/// `GET /v1/clusters`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClusterView {
-    pub name: String,
-    pub role: String,
-    pub nodes_up: usize,
-}
-
 /// `GET /v1/nodes`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeView {

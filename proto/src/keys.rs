@@ -11,6 +11,8 @@
 //! | `nodes` | node | `admin::NodeRecord` |
 //! | `verify` | volume | `admin::VerifyRequestRecord` |
 //! | `join-tokens` | BLAKE3 of the token | the registry's token record |
+//! | `clusters` | satellite | `federation::ClusterRecord` |
+//! | `grants` | `satellite/grant id` | `federation::GrantRecord` |
 
 /// What a key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,10 +25,12 @@ pub enum Kind {
     Nodes,
     Verify,
     JoinTokens,
+    Clusters,
+    Grants,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 10] = [
         Kind::Volumes,
         Kind::Groups,
         Kind::Locks,
@@ -35,6 +39,8 @@ impl Kind {
         Kind::Nodes,
         Kind::Verify,
         Kind::JoinTokens,
+        Kind::Clusters,
+        Kind::Grants,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +53,8 @@ impl Kind {
             Kind::Nodes => "nodes",
             Kind::Verify => "verify",
             Kind::JoinTokens => "join-tokens",
+            Kind::Clusters => "clusters",
+            Kind::Grants => "grants",
         }
     }
 }
@@ -86,6 +94,16 @@ impl ClusterKeys {
     /// Every presenting record of one volume starts with this.
     pub fn presenting_prefix(&self, volume: &str) -> String {
         format!("{}{volume}/", self.kind_prefix(Kind::Presenting))
+    }
+
+    /// `grants/{satellite}/{id}`.
+    pub fn grant(&self, satellite: &str, id: &str) -> String {
+        self.key(Kind::Grants, &format!("{satellite}/{id}"))
+    }
+
+    /// Every grant of one satellite starts with this.
+    pub fn grants_prefix(&self, satellite: &str) -> String {
+        format!("{}{satellite}/", self.kind_prefix(Kind::Grants))
     }
 
     /// A key of this cluster as its kind and name.

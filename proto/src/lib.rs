@@ -12,11 +12,13 @@
 //!   exchange), with [`block::decode_frame`] / [`block::encode_frame`].
 //! - [`group`]: the volume-group protocol's decisions (promotion, epochs,
 //!   the in-sync replica set, fencing), shared with the model checker.
-//! - [`admin`]: the JSON shapes of the federation admin API.
+//! - [`admin`]: the JSON shapes of the admin API; [`federation`]: clusters
+//!   and grants.
 
 pub mod admin;
 pub mod block;
 mod error;
+pub mod federation;
 pub mod group;
 pub mod keys;
 pub mod nbd;

@@ -166,6 +166,11 @@ impl Credentials {
     }
 }
 
+/// The validity period of the first certificate in `chain_pem`.
+pub fn leaf_validity(chain_pem: &str) -> Result<(SystemTime, SystemTime), TlsError> {
+    validity(&leaf_der(chain_pem, Path::new(CERT_FILE))?)
+}
+
 pub(crate) fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), TlsError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|err| TlsError::NoIdentity {

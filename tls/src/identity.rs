@@ -24,6 +24,9 @@ pub enum Role {
     /// A consumer of volumes over NBD with TLS (a hypervisor, qemu-img, a
     /// backup job): may read and write the exports it reaches, nothing else.
     Client,
+    /// A satellite cluster: reaches the volumes its grants cover, through
+    /// the admin API and the federation gateway.
+    Satellite,
 }
 
 impl Role {
@@ -34,6 +37,7 @@ impl Role {
             Role::Registry => "registry",
             Role::Store => "store",
             Role::Client => "client",
+            Role::Satellite => "satellite",
         }
     }
 }
@@ -53,6 +57,7 @@ impl FromStr for Role {
             "registry" => Ok(Role::Registry),
             "store" => Ok(Role::Store),
             "client" => Ok(Role::Client),
+            "satellite" => Ok(Role::Satellite),
             other => Err(TlsError::NoIdentity {
                 reason: format!("unknown role {other:?}"),
             }),

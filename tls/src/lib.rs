@@ -18,7 +18,7 @@ mod identity;
 pub use addresses::{certificate_addresses, MAX_CERTIFICATE_ADDRESSES};
 pub use ca::{CertificateAuthority, DEFAULT_CERT_LIFETIME};
 pub use context::{anonymous_client_config, peer_identity, ClientAuth, TlsContext};
-pub use credentials::{Credentials, KeyAndRequest, NBD_CLIENT_FILES};
+pub use credentials::{leaf_validity, Credentials, KeyAndRequest, NBD_CLIENT_FILES};
 pub use error::TlsError;
 pub use identity::{Identity, Role};
 

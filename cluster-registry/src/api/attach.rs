@@ -5,24 +5,71 @@
 //! served attachment or none, never one the node cannot serve.
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use tether_proto::admin::{AttachRequest, AttachResponse, AttachmentSpec, VolumeSpec, VolumeView};
 use tether_proto::keys::Kind;
 
 use super::{ApiResult, AppState};
+use crate::grants::Caller;
 use crate::RegistryError;
 
 pub(super) async fn attach_volume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    crate::error::JsonBody(request): crate::error::JsonBody<AttachRequest>,
+    crate::error::JsonBody(mut request): crate::error::JsonBody<AttachRequest>,
 ) -> ApiResult<Json<AttachResponse>> {
+    request.from = Some(attaching_cluster(&state, &caller, &name, request.from.take()).await?);
     tokio::spawn(attach(state, name, request))
         .await
         .map_err(|err| RegistryError::Unavailable {
             reason: format!("attach failed: {err}"),
         })?
         .map(Json)
+}
+
+/// Which cluster attaches: this one, or a satellite whose grants cover the
+/// volume (a satellite attaches only for itself).
+async fn attaching_cluster(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    from: Option<String>,
+) -> ApiResult<String> {
+    let from = match (caller.satellite(), from) {
+        (Some(satellite), Some(other)) if other != satellite => {
+            return Err(RegistryError::Forbidden {
+                identity: format!("satellite {satellite}"),
+                what: format!("attach volume {name} for {other}"),
+            })
+        }
+        (Some(satellite), _) => satellite.to_string(),
+        (None, from) => from.unwrap_or_else(|| state.cluster.clone()),
+    };
+    if from == state.cluster {
+        return Ok(from);
+    }
+    caller.require_volume(name)?;
+    let store = state.store.as_ref();
+    match crate::federation::record(store, &state.cluster, &from).await? {
+        None => return Err(RegistryError::ClusterNotFound { name: from }),
+        Some((record, _)) if record.state == tether_proto::federation::ClusterState::Revoked => {
+            return Err(RegistryError::SatelliteRevoked { name: from })
+        }
+        Some(_) => {}
+    }
+    let grants = crate::grants::list(store, &state.cluster, Some(&from)).await?;
+    if !grants.iter().any(|grant| grant.scope.covers(name)) {
+        return Err(RegistryError::OutOfGrant {
+            satellite: from,
+            volume: name.into(),
+        });
+    }
+    Err(RegistryError::Unavailable {
+        reason: format!(
+            "satellite {from} may attach volume {name}, but satellites serve attachments through the federation gateway, which this build does not have yet"
+        ),
+    })
 }
 
 /// The presenting node when none is asked for: the one already presenting
@@ -290,15 +337,24 @@ async fn attach(
 
 pub(super) async fn detach_volume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<VolumeView>> {
-    let (before, _) = state.spec(&name).await?;
+    caller.require_volume(&name)?;
+    // An admin detaches every attachment; a satellite only its own.
+    let detached = |attachment: &AttachmentSpec| {
+        caller
+            .satellite()
+            .is_none_or(|satellite| attachment.from == satellite)
+    };
+    let (mut before, _) = state.spec(&name).await?;
     let spec = state
         .update_spec(&name, |spec| {
-            spec.attachments.clear();
+            spec.attachments.retain(|attachment| !detached(attachment));
             Ok(())
         })
         .await?;
+    before.attachments.retain(|attachment| detached(attachment));
     tracing::info!(volume = %name, "volume detach requested");
     let live = state.nodes().await?;
     for attachment in &before.attachments {

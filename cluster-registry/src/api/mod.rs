@@ -3,7 +3,11 @@
 //! | method | path | body → answer |
 //! | --- | --- | --- |
 //! | GET | /v1/health | → `{"ok": true}` |
-//! | GET | /v1/clusters | → `[ClusterView]` |
+//! | GET, POST | /v1/clusters | `AddSatelliteRequest` → `AddSatelliteResponse` (its join token); GET → `[ClusterView]` |
+//! | DELETE | /v1/clusters/{name} | → `ClusterView` (the satellite, revoked) |
+//! | GET, POST | /v1/grants | `AddGrantRequest` → `GrantRecord`; GET `?satellite=S` → `[GrantView]` |
+//! | DELETE | /v1/grants/{satellite}/{id} | (`id`: `volume:NAME` or `prefix:P`) |
+//! | POST | /v1/satellites/join | `SatelliteJoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | GET | /v1/nodes | → `[NodeView]` |
 //! | GET, POST | /v1/volumes | `CreateVolumeRequest` → `VolumeView` |
 //! | GET, DELETE | /v1/volumes/{name} | → `VolumeView` |
@@ -15,11 +19,14 @@
 //! | POST | /v1/join | `JoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | POST | /v1/renew | `RenewRequest` → `CertificateResponse` (a node's certificate) |
 //!
-//! Every call comes over mutual TLS; `security` says which role each path needs.
+//! Every call comes over mutual TLS; `security` says which role each path
+//! needs. Satellites may call the volume routes (not verify), scoped by
+//! their grants (`grants::Caller`).
 //!
 //! Errors are `ErrorBody` with a 4xx/5xx status.
 
 mod attach;
+mod federation;
 mod nodes;
 mod replacement;
 mod verify;
@@ -60,7 +67,23 @@ pub fn router(state: AppState) -> Router {
             "/v1/health",
             get(|| async { Json(serde_json::json!({"ok": true})) }),
         )
-        .route("/v1/clusters", get(nodes::list_clusters))
+        .route(
+            "/v1/clusters",
+            get(federation::list_clusters).post(federation::add_satellite),
+        )
+        .route(
+            "/v1/clusters/{name}",
+            axum::routing::delete(federation::remove_satellite),
+        )
+        .route(
+            "/v1/grants",
+            get(federation::list_grants).post(federation::add_grant),
+        )
+        .route(
+            "/v1/grants/{satellite}/{id}",
+            axum::routing::delete(federation::remove_grant),
+        )
+        .route("/v1/satellites/join", post(crate::security::join_satellite))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/join-tokens", post(nodes::mint_join_token))
         .route(
@@ -208,20 +231,49 @@ impl AppState {
         name: &str,
         mut change: impl FnMut(&mut VolumeSpec) -> ApiResult<()>,
     ) -> ApiResult<VolumeSpec> {
+        self.update_spec_guarded(name, None, |spec, _| change(spec))
+            .await
+    }
+
+    /// [`Self::update_spec`] under a satellite's prefix grant: `change` also
+    /// sees every spec (to check the quota), and the write commits only if
+    /// the grant is unchanged since (and bumps it).
+    async fn update_spec_guarded(
+        &self,
+        name: &str,
+        grant: Option<&tether_proto::federation::GrantRecord>,
+        mut change: impl FnMut(&mut VolumeSpec, &[VolumeSpec]) -> ApiResult<()>,
+    ) -> ApiResult<VolumeSpec> {
         loop {
+            let guard = match grant {
+                Some(grant) => {
+                    Some(crate::grants::guard(self.store.as_ref(), &self.cluster, grant).await?)
+                }
+                None => None,
+            };
+            let specs = match guard {
+                Some(_) => self.specs().await?,
+                None => Vec::new(),
+            };
             let (mut spec, revision) = self.spec(name).await?;
-            change(&mut spec)?;
+            change(&mut spec, &specs)?;
             let key = self.key(Kind::Volumes, name);
+            let mut compares = vec![Compare::ModRevision {
+                key: key.clone(),
+                revision,
+            }];
+            let mut success = vec![TxnOp::Put {
+                key,
+                value: serde_json::to_vec(&spec).expect("spec serializes"),
+                lease: None,
+            }];
+            if let Some(guard) = &guard {
+                compares.push(guard.compare());
+                success.push(guard.touch());
+            }
             let txn = Txn {
-                compares: vec![Compare::ModRevision {
-                    key: key.clone(),
-                    revision,
-                }],
-                success: vec![TxnOp::Put {
-                    key,
-                    value: serde_json::to_vec(&spec).expect("spec serializes"),
-                    lease: None,
-                }],
+                compares,
+                success,
                 failure: vec![],
             };
             if self.store.txn(txn).await?.succeeded {
@@ -311,7 +363,7 @@ impl AppState {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> ApiResult<T> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(value).map_err(|err| RegistryError::BadRecord {
         key: key.into(),
         reason: err.to_string(),

@@ -1,22 +1,11 @@
-//! Clusters, nodes, and join tokens for new nodes.
+//! Nodes, and join tokens for new nodes.
 
 use axum::extract::State;
 use axum::Json;
-use tether_proto::admin::{ClusterView, JoinTokenRequest, JoinTokenResponse, NodeRecord, NodeView};
+use tether_proto::admin::{JoinTokenRequest, JoinTokenResponse, NodeRecord, NodeView};
 
 use super::{ApiResult, AppState};
 use crate::placement;
-
-pub(super) async fn list_clusters(
-    State(state): State<AppState>,
-) -> ApiResult<Json<Vec<ClusterView>>> {
-    let nodes = state.nodes().await?;
-    Ok(Json(vec![ClusterView {
-        name: state.cluster.clone(),
-        role: "central".into(),
-        nodes_up: nodes.len(),
-    }]))
-}
 
 /// Live nodes (their lease-bound registration exists) are "up"; a node that
 /// still owns volumes but has no registration is listed as "down".

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use coord_store::{Compare, Txn, TxnOp};
 use tether_proto::admin::{
     valid_volume_name, CreateVolumeRequest, ResizeVolumeRequest, VolumeSpec, VolumeView,
@@ -11,6 +11,7 @@ use tether_proto::group::GroupRecord;
 use tether_proto::keys::Kind;
 
 use super::{ApiResult, AppState, MAX_COPIES};
+use crate::grants::Caller;
 use crate::placement;
 use crate::RegistryError;
 
@@ -54,9 +55,13 @@ fn check_size(size_bytes: u64) -> ApiResult<()> {
 
 pub(super) async fn list_volumes(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<VolumeView>>> {
     let mut views = Vec::new();
     for spec in state.specs().await? {
+        if !caller.may_see(&spec.name) {
+            continue;
+        }
         views.push(state.view(spec).await?);
     }
     Ok(Json(views))
@@ -64,14 +69,17 @@ pub(super) async fn list_volumes(
 
 pub(super) async fn get_volume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<VolumeView>> {
+    caller.require_volume(&name)?;
     let (spec, _) = state.spec(&name).await?;
     Ok(Json(state.view(spec).await?))
 }
 
 pub(super) async fn create_volume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     crate::error::JsonBody(request): crate::error::JsonBody<CreateVolumeRequest>,
 ) -> ApiResult<(StatusCode, Json<VolumeView>)> {
     if !valid_volume_name(&request.name) {
@@ -96,53 +104,79 @@ pub(super) async fn create_volume(
             ),
         });
     }
-    let copies = placement::place(
-        request.size_bytes,
-        request.replicas as usize,
-        &request.placement,
-        &state.nodes().await?,
-        &state.specs().await?,
-    )?;
-    let master = copies[0].clone();
-    let spec = VolumeSpec {
-        version: VolumeSpec::VERSION,
-        name: request.name.clone(),
-        size_bytes: request.size_bytes,
-        replicas: request.replicas,
-        master: master.clone(),
-        epoch: 1,
-        attachments: vec![],
-        placement: request.placement.clone(),
-        copies: copies.clone(),
-        encryption: request.encryption.clone(),
-    };
-    let key = state.key(Kind::Volumes, &spec.name);
-    let group = GroupRecord::new(&copies);
-    let created = state
-        .store
-        .txn(Txn {
-            compares: vec![Compare::ModRevision {
+    // A satellite creates only under a prefix grant, within its quota; the
+    // grant record is compared and bumped with the create, so concurrent
+    // creates under one quota are checked one after the other.
+    let grant = caller.prefix_grant(&request.name, "create")?.cloned();
+    let mut attempts = 0;
+    let (spec, key, copies, master) = loop {
+        attempts += 1;
+        let specs = state.specs().await?;
+        let guard = match (&grant, caller.satellite()) {
+            (Some(grant), Some(satellite)) => {
+                crate::grants::check_quota(satellite, grant, &specs, 1, request.size_bytes)?;
+                Some(crate::grants::guard(state.store.as_ref(), &state.cluster, grant).await?)
+            }
+            _ => None,
+        };
+        let copies = placement::place(
+            request.size_bytes,
+            request.replicas as usize,
+            &request.placement,
+            &state.nodes().await?,
+            &specs,
+        )?;
+        let master = copies[0].clone();
+        let spec = VolumeSpec {
+            version: VolumeSpec::VERSION,
+            name: request.name.clone(),
+            size_bytes: request.size_bytes,
+            replicas: request.replicas,
+            master: master.clone(),
+            epoch: 1,
+            attachments: vec![],
+            placement: request.placement.clone(),
+            copies: copies.clone(),
+            encryption: request.encryption.clone(),
+        };
+        let key = state.key(Kind::Volumes, &spec.name);
+        let group = GroupRecord::new(&copies);
+        let mut compares = vec![Compare::ModRevision {
+            key: key.clone(),
+            revision: 0,
+        }];
+        let mut success = vec![
+            TxnOp::Put {
                 key: key.clone(),
-                revision: 0,
-            }],
-            success: vec![
-                TxnOp::Put {
-                    key: key.clone(),
-                    value: serde_json::to_vec(&spec).expect("spec serializes"),
-                    lease: None,
-                },
-                TxnOp::Put {
-                    key: state.key(Kind::Groups, &spec.name),
-                    value: serde_json::to_vec(&group).expect("group serializes"),
-                    lease: None,
-                },
-            ],
-            failure: vec![],
-        })
-        .await?;
-    if !created.succeeded {
-        return Err(RegistryError::VolumeExists { name: spec.name });
-    }
+                value: serde_json::to_vec(&spec).expect("spec serializes"),
+                lease: None,
+            },
+            TxnOp::Put {
+                key: state.key(Kind::Groups, &spec.name),
+                value: serde_json::to_vec(&group).expect("group serializes"),
+                lease: None,
+            },
+        ];
+        if let Some(guard) = &guard {
+            compares.push(guard.compare());
+            success.push(guard.touch());
+        }
+        let created = state
+            .store
+            .txn(Txn {
+                compares,
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if created.succeeded {
+            break (spec, key, copies, master);
+        }
+        if guard.is_none() || state.store.get(&key).await?.is_some() || attempts >= 10 {
+            return Err(RegistryError::VolumeExists { name: spec.name });
+        }
+        // Another change under the same grant came first: check again.
+    };
     tracing::info!(volume = %spec.name, size_bytes = spec.size_bytes, node = %master, copies = ?copies, "volume create requested");
     let size = spec.size_bytes;
     let outcome = state
@@ -166,13 +200,15 @@ pub(super) async fn create_volume(
 
 pub(super) async fn resize_volume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     crate::error::JsonBody(request): crate::error::JsonBody<ResizeVolumeRequest>,
 ) -> ApiResult<Json<VolumeView>> {
     check_size(request.size_bytes)?;
+    let grant = caller.prefix_grant(&name, "resize")?.cloned();
     let (nodes, specs) = (state.nodes().await?, state.specs().await?);
     let spec = state
-        .update_spec(&name, |spec| {
+        .update_spec_guarded(&name, grant.as_ref(), |spec, current| {
             if request.size_bytes < spec.size_bytes {
                 return Err(RegistryError::Invalid {
                     field: "size",
@@ -183,6 +219,9 @@ pub(super) async fn resize_volume(
                 });
             }
             let growth = request.size_bytes - spec.size_bytes;
+            if let (Some(grant), Some(satellite)) = (&grant, caller.satellite()) {
+                crate::grants::check_quota(satellite, grant, current, 0, growth)?;
+            }
             for copy in spec.copy_nodes() {
                 let node = nodes.iter().find(|node| node.name == copy);
                 let free = node.map_or(0, |node| node.capacity_bytes.saturating_sub(placement::provisioned_on(&node.name, &specs)));
@@ -208,8 +247,10 @@ pub(super) async fn resize_volume(
 
 pub(super) async fn delete_volume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    caller.prefix_grant(&name, "delete")?;
     let (spec, revision) = state.spec(&name).await?;
     if !spec.attachments.is_empty() {
         let view = state.view(spec).await?;

@@ -1,0 +1,215 @@
+//! Federation records and API shapes: the clusters a central cluster knows
+//! (itself and its satellites), and the grants that say which volumes a
+//! satellite may reach. Stored under `clusters/{name}` and
+//! `grants/{satellite}/{grant id}` (see [`crate::keys`]).
+//!
+//! As in [`crate::admin`], field names are a contract: add, never rename.
+
+use serde::{Deserialize, Serialize};
+
+/// What a cluster is to this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterRole {
+    Central,
+    Satellite,
+}
+
+/// Where a satellite stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterState {
+    /// Added; its join token not used yet.
+    Pending,
+    /// Joined: holds a certificate.
+    Joined,
+    /// Removed: every session and call of it is refused, whatever its
+    /// certificate says. The name is never issued again.
+    Revoked,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Pending => "pending",
+            ClusterState::Joined => "joined",
+            ClusterState::Revoked => "revoked",
+        }
+    }
+}
+
+/// `clusters/{name}`: a satellite of this central cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterRecord {
+    pub name: String,
+    pub role: ClusterRole,
+    pub state: ClusterState,
+    pub added_unix_ms: u64,
+    #[serde(default)]
+    pub joined_unix_ms: Option<u64>,
+    /// When its newest certificate expires.
+    #[serde(default)]
+    pub certificate_not_after_unix_ms: Option<u64>,
+    /// Last authenticated call or session (updated at most every
+    /// [`LAST_SEEN_EVERY_MS`], so a busy satellite costs the store little).
+    #[serde(default)]
+    pub last_seen_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub revoked_unix_ms: Option<u64>,
+}
+
+/// How stale `last_seen_unix_ms` may get before a call refreshes it.
+pub const LAST_SEEN_EVERY_MS: u64 = 30_000;
+
+/// `GET /v1/clusters`: this cluster first, then its satellites.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterView {
+    pub name: String,
+    /// "central" or "satellite".
+    pub role: String,
+    /// Storage nodes up (0 for satellites: they run none).
+    pub nodes_up: usize,
+    /// "up" for this cluster; a satellite's [`ClusterState`].
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub last_seen_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub certificate_not_after_unix_ms: Option<u64>,
+}
+
+/// `POST /v1/clusters` (admin): add a satellite; answers its join token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddSatelliteRequest {
+    pub name: String,
+    /// Seconds the join token lives (default one hour).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddSatelliteResponse {
+    pub name: String,
+    /// Shown once: the store keeps only its hash.
+    pub token: String,
+    pub expires_unix_ms: u64,
+}
+
+/// `POST /v1/satellites/join` (no certificate: the token is the credential).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SatelliteJoinRequest {
+    pub name: String,
+    pub token: String,
+    /// PEM CSR for a key the satellite made and keeps.
+    pub csr_pem: String,
+}
+
+/// What a grant lets a satellite reach.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum GrantScope {
+    /// One existing volume: open and attach it (read-only if so marked).
+    Volume { volume: String, read_only: bool },
+    /// Volumes whose names start with `prefix`: create, resize, attach and
+    /// delete them, within a quota.
+    Prefix {
+        prefix: String,
+        capacity_bytes: u64,
+        count: u32,
+    },
+}
+
+impl GrantScope {
+    /// The grant's id under its satellite: one grant per volume or prefix.
+    pub fn id(&self) -> String {
+        match self {
+            GrantScope::Volume { volume, .. } => format!("volume:{volume}"),
+            GrantScope::Prefix { prefix, .. } => format!("prefix:{prefix}"),
+        }
+    }
+
+    /// Whether the grant covers the volume named `volume`.
+    pub fn covers(&self, volume: &str) -> bool {
+        match self {
+            GrantScope::Volume {
+                volume: granted, ..
+            } => granted == volume,
+            GrantScope::Prefix { prefix, .. } => volume.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// Whether writes are allowed through this grant.
+    pub fn writable(&self) -> bool {
+        !matches!(
+            self,
+            GrantScope::Volume {
+                read_only: true,
+                ..
+            }
+        )
+    }
+
+    /// How people name it in errors: "grant volume:db" / "grant prefix:ci-".
+    pub fn describe(&self) -> String {
+        format!("grant {}", self.id())
+    }
+}
+
+/// `grants/{satellite}/{id}`, and one row of `GET /v1/grants`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub satellite: String,
+    #[serde(flatten)]
+    pub scope: GrantScope,
+    pub created_unix_ms: u64,
+}
+
+/// `POST /v1/grants` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddGrantRequest {
+    pub satellite: String,
+    #[serde(flatten)]
+    pub scope: GrantScope,
+}
+
+/// A prefix grant's use, as `GET /v1/grants` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantView {
+    #[serde(flatten)]
+    pub grant: GrantRecord,
+    /// Volumes under the prefix now, and the bytes they provision.
+    #[serde(default)]
+    pub used_count: Option<u32>,
+    #[serde(default)]
+    pub used_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_scopes_cover_what_they_name() {
+        let volume = GrantScope::Volume {
+            volume: "db".into(),
+            read_only: true,
+        };
+        assert!(volume.covers("db") && !volume.covers("db2") && !volume.writable());
+        let prefix = GrantScope::Prefix {
+            prefix: "ci-".into(),
+            capacity_bytes: 1 << 30,
+            count: 2,
+        };
+        assert!(prefix.covers("ci-1") && !prefix.covers("c") && prefix.writable());
+        assert_eq!(prefix.id(), "prefix:ci-");
+        let record = GrantRecord {
+            satellite: "edge".into(),
+            scope: volume,
+            created_unix_ms: 1,
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["kind"], "volume");
+        assert_eq!(json["volume"], "db");
+        assert_eq!(serde_json::from_value::<GrantRecord>(json).unwrap(), record);
+    }
+}
