@@ -23,6 +23,8 @@ pub enum ProtoError {
     /// taken as if they came under TLS (the STARTTLS injection attack).
     #[error("{bytes} plaintext bytes followed STARTTLS before the TLS handshake")]
     PlaintextAfterStartTls { bytes: usize },
+    #[error("link frame magic {found:#x} is not TFED")]
+    BadLinkMagic { found: u32 },
     #[error("block frame magic {found:#x} is not TBLK")]
     BadFrameMagic { found: u32 },
     #[error("block frame version {version} is not supported (this build speaks {supported})")]

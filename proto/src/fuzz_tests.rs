@@ -5,6 +5,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::block::{decode_frame, encode_frame, Frame};
+use crate::link::{self, LinkFrame};
 use crate::nbd::{self, ExportCatalog, ExportInfo, ServerHandshake};
 
 /// xorshift64*: enough randomness for input generation, no dependency.
@@ -50,6 +51,19 @@ fn drain_frames(mut input: BytesMut) {
     }
 }
 
+fn drain_link_frames(mut input: BytesMut) {
+    loop {
+        let before = input.len();
+        match link::decode_link_frame(&mut input) {
+            Ok(Some(_)) => assert!(
+                input.len() < before,
+                "a decoded link frame consumed nothing"
+            ),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 fn drain_requests(mut input: BytesMut) {
     loop {
         let before = input.len();
@@ -67,6 +81,7 @@ fn random_bytes_never_panic_any_decoder() {
         let len = (rng.next() % 300) as usize;
         let garbage = rng.bytes(len);
         drain_frames(BytesMut::from(&garbage[..]));
+        drain_link_frames(BytesMut::from(&garbage[..]));
         drain_requests(BytesMut::from(&garbage[..]));
         let mut handshake = ServerHandshake::new();
         let _ = handshake.handle_input(&mut BytesMut::from(&garbage[..]), &AnyExport);
@@ -101,6 +116,30 @@ fn bit_flipped_valid_input_never_panics() {
         },
         &mut frames,
     );
+    let mut links = BytesMut::new();
+    for frame in [
+        LinkFrame::Hello {
+            min_version: 1,
+            max_version: 1,
+            features: link::FEATURE_ZSTD,
+            volume: "db".into(),
+        },
+        LinkFrame::Write {
+            id: 9,
+            offset: 4096,
+            fua: true,
+            data: link::Payload::Compressed {
+                raw_len: 4096,
+                data: bytes::Bytes::from_static(b"abc"),
+            },
+        },
+        LinkFrame::Refused {
+            code: 1,
+            reason: "no".into(),
+        },
+    ] {
+        link::encode_link_frame(&frame, &mut links);
+    }
     let mut handshake = BytesMut::new();
     handshake.put_u32(nbd::FLAG_C_FIXED_NEWSTYLE);
     for option in [nbd::OPT_LIST, nbd::OPT_INFO, nbd::OPT_GO] {
@@ -110,13 +149,14 @@ fn bit_flipped_valid_input_never_panics() {
         handshake.put_slice(&[0, 0, 0, 1, b'x', 0, 0]);
     }
     for _ in 0..20_000 {
-        for valid in [&frames, &handshake] {
+        for valid in [&frames, &links, &handshake] {
             let mut mutated = valid.clone();
             for _ in 0..=(rng.next() % 4) {
                 let at = (rng.next() as usize) % mutated.len();
                 mutated[at] ^= 1 << (rng.next() % 8);
             }
             drain_frames(mutated.clone());
+            drain_link_frames(mutated.clone());
             drain_requests(mutated.clone());
             let _ = ServerHandshake::new().handle_input(&mut mutated, &AnyExport);
         }

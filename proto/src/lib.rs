@@ -12,6 +12,7 @@
 //!   exchange), with [`block::decode_frame`] / [`block::encode_frame`].
 //! - [`group`]: the volume-group protocol's decisions (promotion, epochs,
 //!   the in-sync replica set, fencing), shared with the model checker.
+//! - [`link`]: satellite ⇄ gateway frames (one QUIC stream per volume).
 //! - [`admin`]: the JSON shapes of the admin API; [`federation`]: clusters
 //!   and grants.
 
@@ -21,6 +22,7 @@ mod error;
 pub mod federation;
 pub mod group;
 pub mod keys;
+pub mod link;
 pub mod nbd;
 
 pub use error::ProtoError;
