@@ -81,6 +81,38 @@ pub enum NodeError {
     NoMaster { volume: String, waited_secs: u64 },
 }
 
+impl From<master_follower::FollowError> for NodeError {
+    fn from(err: master_follower::FollowError) -> Self {
+        use master_follower::FollowError;
+        match err {
+            FollowError::NotMaster { volume, epoch } => NodeError::NotMaster { volume, epoch },
+            FollowError::Peer {
+                volume,
+                peer,
+                reason,
+            } => NodeError::Peer {
+                volume,
+                peer,
+                reason,
+            },
+            FollowError::Remote { volume, errno } => NodeError::Remote { volume, errno },
+            FollowError::NoMaster {
+                volume,
+                waited_secs,
+            } => NodeError::NoMaster {
+                volume,
+                waited_secs,
+            },
+        }
+    }
+}
+
+impl master_follower::Retryable for NodeError {
+    fn is_retryable(&self) -> bool {
+        NodeError::is_retryable(self)
+    }
+}
+
 impl NodeError {
     /// Whether a presenting node should retry the request on the (maybe new)
     /// master: the request is idempotent and no answer was received.

@@ -152,7 +152,8 @@ impl MasterState {
             self.ctx.replica_timeout,
             self.ctx.tls.as_ref(),
         )
-        .await;
+        .await
+        .map_err(NodeError::from);
         if let Err(NodeError::NotMaster { epoch, .. }) = &conn {
             self.confirm_newer_epoch(*epoch).await;
         }

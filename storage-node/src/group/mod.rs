@@ -18,13 +18,15 @@
 
 pub mod controller;
 pub mod master;
-pub mod mirror;
 pub mod order;
 pub mod presenter;
 pub mod server;
 pub mod sync;
-pub mod transport;
 pub mod verify;
+
+// The mirror and the block-stream client are shared with the federation
+// gateway (crate `master-follower`); they keep their paths here.
+pub use master_follower::{mirror, transport, BlockOp, BlockTls};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,39 +34,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use coord_store::CoordStore;
 
 pub use master::MasterState;
 pub use mirror::Mirror;
 pub use presenter::Presenter;
-
-/// One request against a volume, wherever it is served.
-#[derive(Debug, Clone)]
-pub enum BlockOp {
-    Read {
-        offset: u64,
-        length: u32,
-    },
-    Write {
-        offset: u64,
-        data: Bytes,
-        fua: bool,
-    },
-    WriteZeroes {
-        offset: u64,
-        length: u64,
-        punch: bool,
-        fua: bool,
-    },
-    Flush,
-}
-
-impl BlockOp {
-    pub fn writes(&self) -> bool {
-        matches!(self, BlockOp::Write { .. } | BlockOp::WriteZeroes { .. })
-    }
-}
 
 /// When this node's lease is known to be alive, on the monotonic clock:
 /// the moment the last successful keep-alive was *sent*, plus
@@ -135,25 +109,6 @@ pub struct GroupContext {
     pub tls: Option<BlockTls>,
     /// Data keys of encrypted volumes this node presents (memory only).
     pub keys: Arc<crate::keys::KeyRing>,
-}
-
-/// Mutual TLS for block streams: the node's certificate (renewals swap it
-/// underneath) and the server and client configs built on it once.
-#[derive(Clone)]
-pub struct BlockTls {
-    pub context: Arc<tether_tls::TlsContext>,
-    pub server: Arc<rustls::ServerConfig>,
-    pub client: Arc<rustls::ClientConfig>,
-}
-
-impl BlockTls {
-    pub fn new(context: Arc<tether_tls::TlsContext>) -> Self {
-        Self {
-            server: context.server_config(tether_tls::ClientAuth::Required),
-            client: context.client_config(),
-            context,
-        }
-    }
 }
 
 impl GroupContext {

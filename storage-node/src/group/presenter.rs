@@ -6,38 +6,21 @@
 //! client sees a pause, not an error.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use tether_proto::block::Frame;
+use master_follower::VolumeFollower;
 use volume_crypto::SectorCipher;
 
-use super::master::MasterState;
-use super::transport::BlockConn;
 use super::{BlockOp, GroupContext};
 use crate::engine::Pool;
 use crate::error::{NodeError, Result};
-
-/// How long a request waits for a master before it fails with EIO.
-const PATIENCE: Duration = Duration::from_secs(60);
-/// A master that has not answered in this long is asked again (or the next one is).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
-
-#[derive(Clone)]
-enum Route {
-    Local(Arc<MasterState>),
-    Remote { conn: Arc<BlockConn>, epoch: u64 },
-}
 
 pub struct Presenter {
     ctx: Arc<GroupContext>,
     pool: Arc<Pool>,
     name: String,
-    remote: tokio::sync::Mutex<Option<(String, u64, Arc<BlockConn>)>>,
-    /// The route last resolved and the mirror revision it was resolved at:
-    /// requests reuse it until the store changes or it fails, so the I/O
-    /// path does not look up the group for every request.
-    resolved: std::sync::Mutex<Option<(i64, Route)>>,
+    /// Finds the master and follows it; this node's own master runs
+    /// requests directly (see `execute_on_master`).
+    follower: VolumeFollower,
     /// Encrypted at rest: data is encrypted here, before it leaves this
     /// node, and decrypted here; masters and replicas see ciphertext only.
     encrypted: bool,
@@ -45,12 +28,18 @@ pub struct Presenter {
 
 impl Presenter {
     pub fn new(ctx: Arc<GroupContext>, pool: Arc<Pool>, name: &str, encrypted: bool) -> Arc<Self> {
+        let follower = VolumeFollower::new(
+            name,
+            &ctx.node,
+            ctx.mirror.clone(),
+            ctx.tls.clone(),
+            ctx.replica_timeout,
+        );
         Arc::new(Self {
             ctx,
             pool,
             name: name.to_string(),
-            remote: tokio::sync::Mutex::new(None),
-            resolved: std::sync::Mutex::new(None),
+            follower,
             encrypted,
         })
     }
@@ -137,179 +126,28 @@ impl Presenter {
             .map_or(0, |spec| spec.size_bytes)
     }
 
-    /// Runs one request on the current master, waiting out a failover.
+    /// Runs one request on the current master, waiting out a failover:
+    /// here if this node is the master at that epoch, over a block stream
+    /// otherwise.
     async fn execute_on_master(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
-        let started = Instant::now();
-        let mut changes = None;
-        let mut waited = false;
-        loop {
-            let result = match self.cached_route().await {
-                Some(Route::Local(master)) => master.execute(op.clone()).await,
-                Some(Route::Remote { conn, epoch }) => self.remote(&conn, epoch, &op).await,
-                None => Err(NodeError::NotMaster {
-                    volume: self.name.clone(),
-                    epoch: 0,
-                }),
-            };
-            match result {
-                Err(err) if err.is_retryable() => {
-                    self.resolved.lock().unwrap().take();
-                    if !waited {
-                        tracing::debug!(volume = %self.name, error = %err, "waiting for the volume's master");
-                        waited = true;
+        let local = |master: &str, epoch: u64| {
+            (master == self.ctx.node).then(|| {
+                let op = op.clone();
+                async move {
+                    match self
+                        .ctx
+                        .master(&self.name)
+                        .filter(|local| local.epoch == epoch && !local.is_deposed())
+                    {
+                        Some(local) => local.execute(op).await,
+                        None => Err(NodeError::NotMaster {
+                            volume: self.name.clone(),
+                            epoch,
+                        }),
                     }
                 }
-                other => {
-                    if waited {
-                        metrics::histogram!("tether_presenter_pause_seconds", "volume" => self.name.clone())
-                            .record(started.elapsed().as_secs_f64());
-                    }
-                    return other;
-                }
-            }
-            if started.elapsed() > PATIENCE {
-                return Err(NodeError::NoMaster {
-                    volume: self.name.clone(),
-                    waited_secs: PATIENCE.as_secs(),
-                });
-            }
-            let changes = changes.get_or_insert_with(|| self.ctx.mirror.subscribe());
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(RETRY_PAUSE) => {}
-            }
-        }
-    }
-
-    /// The last route while the store has not changed since it was resolved.
-    async fn cached_route(&self) -> Option<Route> {
-        let revision = self.ctx.mirror.revision();
-        if let Some((at, route)) = self.resolved.lock().unwrap().as_ref() {
-            if *at == revision {
-                return Some(route.clone());
-            }
-        }
-        let route = self.route().await?;
-        *self.resolved.lock().unwrap() = Some((revision, route.clone()));
-        Some(route)
-    }
-
-    /// The current master, if the store names one whose lock is held.
-    async fn route(&self) -> Option<Route> {
-        let (group, _) = self.ctx.mirror.group(&self.name)?;
-        let lock = self.ctx.mirror.lock(&self.name)?;
-        if lock.node != group.master {
-            return None;
-        }
-        if group.master == self.ctx.node {
-            return self
-                .ctx
-                .master(&self.name)
-                .filter(|master| master.epoch == group.epoch && !master.is_deposed())
-                .map(Route::Local);
-        }
-        let mut cached = self.remote.lock().await;
-        if let Some((master, epoch, conn)) = cached.as_ref() {
-            if *master == group.master && *epoch == group.epoch && !conn.is_dead() {
-                return Some(Route::Remote {
-                    conn: conn.clone(),
-                    epoch: *epoch,
-                });
-            }
-        }
-        let addr = self.ctx.mirror.node(&group.master)?.block_addr?;
-        let hello = Frame::Hello {
-            volume: self.name.clone(),
-            node: self.ctx.node.clone(),
-            epoch: 0,
+            })
         };
-        match BlockConn::connect(
-            &addr,
-            &group.master,
-            hello,
-            self.ctx.replica_timeout,
-            self.ctx.tls.as_ref(),
-        )
-        .await
-        {
-            Ok(conn) => {
-                tracing::info!(volume = %self.name, master = %group.master, epoch = group.epoch, "presenting from master");
-                *cached = Some((group.master.clone(), group.epoch, conn.clone()));
-                Some(Route::Remote {
-                    conn,
-                    epoch: group.epoch,
-                })
-            }
-            Err(err) => {
-                tracing::debug!(volume = %self.name, master = %group.master, error = %err, "master not reachable");
-                None
-            }
-        }
-    }
-
-    async fn remote(&self, conn: &BlockConn, epoch: u64, op: &BlockOp) -> Result<Option<Vec<u8>>> {
-        let frame = match op.clone() {
-            BlockOp::Read { offset, length } => Frame::Read {
-                seq: 0,
-                offset,
-                length,
-            },
-            BlockOp::Write { offset, data, fua } => Frame::Write {
-                seq: 0,
-                epoch: 0,
-                offset,
-                fua,
-                data,
-            },
-            BlockOp::WriteZeroes {
-                offset,
-                length,
-                punch,
-                fua,
-            } => Frame::WriteZeroes {
-                seq: 0,
-                epoch: 0,
-                offset,
-                length,
-                punch,
-                fua,
-            },
-            BlockOp::Flush => Frame::Flush { seq: 0, epoch: 0 },
-        };
-        let not_master = || NodeError::NotMaster {
-            volume: self.name.clone(),
-            epoch,
-        };
-        // A new epoch means the old master will never answer validly: move on at once.
-        let answer = tokio::select! {
-            answer = conn.request(frame, REQUEST_TIMEOUT) => answer?,
-            _ = self.epoch_moves_past(epoch) => return Err(not_master()),
-        };
-        match answer {
-            Frame::ReadData { data, .. } => Ok(Some(data.to_vec())),
-            Frame::Ack { error: 0, .. } => Ok(None),
-            Frame::Ack { error, .. } => Err(NodeError::Remote {
-                volume: self.name.clone(),
-                errno: error,
-            }),
-            _ => Err(not_master()),
-        }
-    }
-
-    async fn epoch_moves_past(&self, epoch: u64) {
-        let mut changes = self.ctx.mirror.subscribe();
-        loop {
-            if self
-                .ctx
-                .mirror
-                .group(&self.name)
-                .is_some_and(|(group, _)| group.epoch != epoch)
-            {
-                return;
-            }
-            if changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+        self.follower.execute(&op, local).await
     }
 }

@@ -16,8 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::BlockTls;
-use crate::error::{NodeError, Result};
+use crate::BlockTls;
+use crate::FollowError;
+
+type Result<T, E = FollowError> = std::result::Result<T, E>;
 
 const READ_BUFFER: usize = 256 * 1024;
 /// Bytes of requests (payloads and expected answers) one connection keeps
@@ -53,7 +55,7 @@ impl BlockConn {
             panic!("a block stream opens with Hello");
         };
         let volume = volume.clone();
-        let peer_err = |reason: String| NodeError::Peer {
+        let peer_err = |reason: String| FollowError::Peer {
             volume: volume.clone(),
             peer: addr.to_string(),
             reason,
@@ -104,7 +106,7 @@ impl BlockConn {
             Ok(Ok(Frame::Ack { error: 0, .. })) => Ok(conn),
             Ok(Ok(Frame::StaleEpoch { newest_epoch, .. })) => {
                 conn.close();
-                Err(NodeError::NotMaster {
+                Err(FollowError::NotMaster {
                     volume,
                     epoch: newest_epoch,
                 })
@@ -139,7 +141,7 @@ impl BlockConn {
     /// Sends `frame` (renumbered) and waits for its answer, at most `timeout`.
     /// A timeout closes the connection: a peer that stops answering is gone.
     pub async fn request(&self, frame: Frame, timeout: Duration) -> Result<Frame> {
-        let peer_err = |reason: &str| NodeError::Peer {
+        let peer_err = |reason: &str| FollowError::Peer {
             volume: self.volume.clone(),
             peer: self.peer.clone(),
             reason: reason.to_string(),
