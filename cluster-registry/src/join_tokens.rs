@@ -139,7 +139,10 @@ pub async fn redeem_for(
     }
     if let Some(bound) = &record.node {
         if bound != node {
-            return Err(refused(&format!("the join token is for {bound}")));
+            return Err(refused(&format!(
+                "the join token is for {} {bound}",
+                purpose_name(record.purpose)
+            )));
         }
     }
     let consume = Txn {

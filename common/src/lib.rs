@@ -1,7 +1,9 @@
 //! What every Tether binary shares: [`telemetry`] (JSON logs, Prometheus
-//! metrics), [`size`] (Kubernetes quantities like "10Gi", and "2s") and [`protected`] (the
-//! directories no client-chosen path may reach into).
+//! metrics), [`size`] (Kubernetes quantities like "10Gi", and "2s"), [`protected`] (the
+//! directories no client-chosen path may reach into) and [`limits`] (byte
+//! budgets, accept backoff and connection caps for every listener).
 
+pub mod limits;
 pub mod protected;
 pub mod size;
 pub mod telemetry;

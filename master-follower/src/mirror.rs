@@ -1,7 +1,8 @@
-//! The node's live copy of its cluster's keys: volume specs, group records,
-//! master locks and node registrations. One list-then-watch per node feeds
-//! every volume's controller and presenter, so the store's load grows with
-//! nodes, not with volumes.
+//! A live copy of a cluster's keys: volume specs, group records, master
+//! locks, node registrations, and the federation's satellites and grants.
+//! One list-then-watch per node (or gateway) feeds every volume's
+//! controller and presenter (or every session), so the store's load grows
+//! with processes, not with volumes.
 //!
 //! Only changes to what the mirror holds wake its subscribers: a status or
 //! presenting record (written by every busy volume's master every couple of
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use coord_store::{CoordStore, KeyValue, WatchEvent};
 use tether_proto::admin::{NodeRecord, VerifyRequestRecord, VolumeSpec};
+use tether_proto::federation::{ClusterRecord, GrantRecord};
 use tether_proto::group::GroupRecord;
 use tether_proto::keys::{ClusterKeys, Kind};
 use tokio::sync::watch;
@@ -34,6 +36,10 @@ struct State {
     nodes: HashMap<String, NodeRecord>,
     /// Verifications asked for, by volume.
     verifies: HashMap<String, VerifyRequestRecord>,
+    /// Satellites, by name.
+    clusters: HashMap<String, ClusterRecord>,
+    /// Grants, by `satellite/id`.
+    grants: HashMap<String, GrantRecord>,
 }
 
 pub struct Mirror {
@@ -81,6 +87,23 @@ impl Mirror {
     /// The verification last asked for on `volume`.
     pub fn verify_request(&self, volume: &str) -> Option<VerifyRequestRecord> {
         self.state.read().unwrap().verifies.get(volume).cloned()
+    }
+
+    /// Satellite `name`'s record.
+    pub fn satellite(&self, name: &str) -> Option<ClusterRecord> {
+        self.state.read().unwrap().clusters.get(name).cloned()
+    }
+
+    /// Every grant of satellite `name`.
+    pub fn grants(&self, satellite: &str) -> Vec<GrantRecord> {
+        self.state
+            .read()
+            .unwrap()
+            .grants
+            .values()
+            .filter(|grant| grant.satellite == satellite)
+            .cloned()
+            .collect()
     }
 
     pub fn nodes(&self) -> Vec<NodeRecord> {
@@ -173,6 +196,16 @@ fn apply_put(keys: &ClusterKeys, state: &mut State, kv: &KeyValue) -> bool {
                 state.verifies.insert(name.to_string(), request);
             }
         }
+        Kind::Clusters => {
+            if let Ok(record) = serde_json::from_slice::<ClusterRecord>(&kv.value) {
+                state.clusters.insert(name.to_string(), record);
+            }
+        }
+        Kind::Grants => {
+            if let Ok(grant) = serde_json::from_slice::<GrantRecord>(&kv.value) {
+                state.grants.insert(name.to_string(), grant);
+            }
+        }
         _ => return false,
     }
     true
@@ -198,6 +231,12 @@ fn apply_delete(keys: &ClusterKeys, state: &mut State, key: &str) -> bool {
         }
         Kind::Verify => {
             state.verifies.remove(name);
+        }
+        Kind::Clusters => {
+            state.clusters.remove(name);
+        }
+        Kind::Grants => {
+            state.grants.remove(name);
         }
         _ => return false,
     }

@@ -21,7 +21,8 @@ pub mod frontend;
 pub mod group;
 pub mod hashlist;
 pub mod keys;
-pub mod limits;
+/// Bounds on what a peer can make the node hold (shared with the gateway).
+pub use tether_common::limits;
 pub mod security;
 
 pub use agent::run;

@@ -27,6 +27,9 @@ pub enum Role {
     /// A satellite cluster: reaches the volumes its grants cover, through
     /// the admin API and the federation gateway.
     Satellite,
+    /// A federation gateway: terminates satellites' QUIC sessions and opens
+    /// client block streams to masters (never replication streams).
+    Gateway,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
             Role::Store => "store",
             Role::Client => "client",
             Role::Satellite => "satellite",
+            Role::Gateway => "gateway",
         }
     }
 }
@@ -58,6 +62,7 @@ impl FromStr for Role {
             "store" => Ok(Role::Store),
             "client" => Ok(Role::Client),
             "satellite" => Ok(Role::Satellite),
+            "gateway" => Ok(Role::Gateway),
             other => Err(TlsError::NoIdentity {
                 reason: format!("unknown role {other:?}"),
             }),

@@ -111,14 +111,19 @@ pub(super) async fn create_volume(
     let mut attempts = 0;
     let (spec, key, copies, master) = loop {
         attempts += 1;
-        let specs = state.specs().await?;
-        let guard = match (&grant, caller.satellite()) {
-            (Some(grant), Some(satellite)) => {
-                crate::grants::check_quota(satellite, grant, &specs, 1, request.size_bytes)?;
+        // The grant's revision first, then the specs: if the grant is still
+        // at that revision when the create commits, no other change under
+        // it committed since, and the specs read counted every earlier one.
+        let guard = match &grant {
+            Some(grant) => {
                 Some(crate::grants::guard(state.store.as_ref(), &state.cluster, grant).await?)
             }
-            _ => None,
+            None => None,
         };
+        let specs = state.specs().await?;
+        if let (Some(grant), Some(satellite)) = (&grant, caller.satellite()) {
+            crate::grants::check_quota(satellite, grant, &specs, 1, request.size_bytes)?;
+        }
         let copies = placement::place(
             request.size_bytes,
             request.replicas as usize,

@@ -131,13 +131,19 @@ async fn accept_stream(
     );
     match handshake.await {
         Ok(Ok((stream, Some(identity))))
-            if identity.role == tether_tls::Role::Node
-                && identity.cluster == tls.context.identity().cluster =>
+            if matches!(
+                identity.role,
+                tether_tls::Role::Node | tether_tls::Role::Gateway
+            ) && identity.cluster == tls.context.identity().cluster =>
         {
-            serve_stream(stream, Some(identity.name), ctx, pool, shared).await
+            let peer = Peer {
+                name: identity.name,
+                gateway: identity.role == tether_tls::Role::Gateway,
+            };
+            serve_stream(stream, Some(peer), ctx, pool, shared).await
         }
         Ok(Ok((_, identity))) => {
-            tracing::warn!(identity = ?identity.map(|identity| identity.uri()), "refused a block stream: only nodes of this cluster may open one");
+            tracing::warn!(identity = ?identity.map(|identity| identity.uri()), "refused a block stream: only nodes and gateways of this cluster may open one");
         }
         Ok(Err(reason)) => {
             metrics::counter!("tether_tls_refused_total", "endpoint" => "block").increment(1);
@@ -148,9 +154,16 @@ async fn accept_stream(
     }
 }
 
+/// Who opened a block stream, by its certificate.
+struct Peer {
+    name: String,
+    /// A gateway may open client streams (I/O to the master) only.
+    gateway: bool,
+}
+
 async fn serve_stream<S>(
     stream: S,
-    peer_node: Option<String>,
+    peer: Option<Peer>,
     ctx: Arc<GroupContext>,
     pool: Arc<Pool>,
     shared: Arc<tokio::sync::Semaphore>,
@@ -192,9 +205,15 @@ async fn serve_stream<S>(
         tracing::warn!("block stream did not open with Hello; closing it");
         return;
     };
-    if peer_node.as_ref().is_some_and(|peer| *peer != from) {
-        tracing::warn!(volume = %name, claimed = %from, certificate = ?peer_node, "refused a block stream: Hello names another node than the certificate");
-        return;
+    if let Some(peer) = &peer {
+        if peer.name != from {
+            tracing::warn!(volume = %name, claimed = %from, certificate = %peer.name, "refused a block stream: Hello names another node than the certificate");
+            return;
+        }
+        if peer.gateway && epoch != 0 {
+            tracing::warn!(volume = %name, gateway = %peer.name, epoch, "refused a block stream: a gateway may not open a replication stream");
+            return;
+        }
     }
     let (answer, role) = if epoch == 0 {
         (Frame::Ack { seq: 0, error: 0 }, Some(Role::Client))
