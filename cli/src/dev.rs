@@ -23,7 +23,7 @@ use cluster_registry::placement::FAILURE_DOMAIN_LABEL;
 
 use crate::client::AdminClient;
 use crate::federation::{
-    ClusterEntry, EtcdEntry, EtcdMemberEntry, Federation, NodeEntry, ProcessEntry,
+    ClusterEntry, EtcdEntry, EtcdMemberEntry, Federation, GatewayEntry, NodeEntry, ProcessEntry,
 };
 
 const CLUSTER: &str = "central";
@@ -169,6 +169,8 @@ pub struct UpOptions {
     pub etcd_members: usize,
     /// Each node's `--overprovision` (default: its own, 100%).
     pub overprovision: Option<String>,
+    /// Federation gateways to run (etcd mode).
+    pub gateways: usize,
 }
 
 /// True if nothing listens on `addr` now (it can be bound).
@@ -514,6 +516,13 @@ fn up_with_etcd(
             children.push((name, child, log));
         }
         wait_ready(&admin, &trust.admin_dir, nodes.len(), &mut children)?;
+        let gateways = start_gateways(
+            dir,
+            options.gateways,
+            previous_cluster.as_ref(),
+            &endpoint,
+            &mut children,
+        )?;
         Ok(Federation {
             admin,
             mode: "etcd".into(),
@@ -523,7 +532,8 @@ fn up_with_etcd(
                 etcd: Some(etcd_entry),
                 registry: registry_entry,
                 nodes,
-                gateway: None,
+                gateway: gateways.first().cloned(),
+                gateways,
             }],
             satellites: vec![],
         })
@@ -621,6 +631,7 @@ fn up_embedded(
             },
             nodes,
             gateway: None,
+            gateways: vec![],
         }],
         satellites: vec![],
     })
@@ -628,6 +639,119 @@ fn up_embedded(
 
 /// Waits until the admin API answers; fails fast, naming the log, if a
 /// process exits first. Returns a client of it.
+/// Issues gateway `name` its credential (if missing or due), valid for the
+/// loopback address satellites dial.
+fn gateway_credentials(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    use tether_tls::{CertificateAuthority, Credentials, Identity, Role};
+    let ca = CertificateAuthority::load_or_create(
+        &dir.join(CLUSTER)
+            .join("control")
+            .join(cluster_registry::security::CA_DIR),
+        CLUSTER,
+    )?;
+    let tls_dir = dir.join(CLUSTER).join(name).join("tls");
+    let identity = Identity::new(CLUSTER, Role::Gateway, name);
+    let current = Credentials::load(&tls_dir).ok().filter(|credentials| {
+        credentials.identity == identity
+            && credentials.trust_pem == ca.trust_pem()
+            && !credentials
+                .renewal_due(std::time::SystemTime::now())
+                .unwrap_or(true)
+    });
+    if current.is_none() {
+        ca.issue_credentials(
+            &identity,
+            &["127.0.0.1".into(), "localhost".into()],
+            DEV_CERT_LIFETIME,
+        )?
+        .save(&tls_dir)?;
+    }
+    tether_common::protected::mark(&dir.join(CLUSTER).join(name), "a dev gateway's state")?;
+    Ok(tls_dir)
+}
+
+/// True if nothing has UDP `addr` bound now.
+fn udp_port_free(addr: &str) -> bool {
+    std::net::UdpSocket::bind(addr).is_ok()
+}
+
+/// Starts the gateways not running yet (each keeps its address if it is
+/// still free) and waits until each serves.
+fn start_gateways(
+    dir: &Path,
+    count: usize,
+    previous: Option<&ClusterEntry>,
+    etcd: &str,
+    children: &mut Vec<(String, Child, PathBuf)>,
+) -> anyhow::Result<Vec<GatewayEntry>> {
+    let names: Vec<String> = match previous.filter(|cluster| !cluster.gateways.is_empty()) {
+        Some(cluster) => cluster.gateways.iter().map(|g| g.name.clone()).collect(),
+        None => (1..=count).map(|i| format!("gateway-{i}")).collect(),
+    };
+    let mut gateways = Vec::new();
+    let mut waiting = Vec::new();
+    for name in names {
+        let before = previous.and_then(|cluster| cluster.gateways.iter().find(|g| g.name == name));
+        if let Some(running) = before.filter(|gateway| alive(gateway.pid)) {
+            gateways.push(running.clone());
+            continue;
+        }
+        let tls_dir = gateway_credentials(dir, &name)?;
+        let endpoint = match before {
+            Some(gateway) if udp_port_free(&gateway.endpoint) => gateway.endpoint.clone(),
+            _ => loop {
+                let candidate = format!("127.0.0.1:{}", free_port());
+                if udp_port_free(&candidate) {
+                    break candidate;
+                }
+            },
+        };
+        let metrics = match before.and_then(|gateway| gateway.metrics.clone()) {
+            Some(metrics) if port_free(&metrics) => metrics,
+            _ => format!("127.0.0.1:{}", free_port()),
+        };
+        let log = dir.join("logs").join(format!("{name}.log"));
+        let ready_file = dir.join(CLUSTER).join(&name).join("ready");
+        let _ = std::fs::remove_file(&ready_file);
+        let child = spawn_self(
+            &[
+                "daemon".into(),
+                "gateway".into(),
+                format!("--cluster={CLUSTER}"),
+                format!("--name={name}"),
+                format!("--listen={endpoint}"),
+                format!("--etcd={etcd}"),
+                format!("--tls-dir={}", tls_dir.display()),
+                format!("--metrics-addr={metrics}"),
+                format!("--ready-file={}", ready_file.display()),
+            ],
+            &log,
+        )?;
+        gateways.push(GatewayEntry {
+            endpoint,
+            pid: child.id(),
+            name: name.clone(),
+            log: log.clone(),
+            metrics: Some(metrics),
+        });
+        waiting.push(ready_file);
+        children.push((name, child, log));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for ready_file in waiting {
+        while !ready_file.exists() {
+            check_children(children)?;
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "a gateway did not start within 60 s (see {})",
+                dir.join("logs").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+    Ok(gateways)
+}
+
 fn wait_registry(
     admin: &str,
     credentials: &Path,

@@ -24,7 +24,10 @@ pub struct ClusterEntry {
     pub etcd: Option<EtcdEntry>,
     pub registry: ProcessEntry,
     pub nodes: Vec<NodeEntry>,
+    /// The first gateway (DESIGN's shape); every one is in `gateways`.
     pub gateway: Option<GatewayEntry>,
+    #[serde(default)]
+    pub gateways: Vec<GatewayEntry>,
 }
 
 /// The local etcd: `endpoints` of every member; `pid`, ports, `data_dir`
@@ -107,8 +110,15 @@ pub struct NodeEntry {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GatewayEntry {
+    /// `host:port` (UDP: QUIC) satellites dial.
     pub endpoint: String,
     pub pid: u32,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub log: PathBuf,
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,9 +155,13 @@ impl Federation {
         Ok(())
     }
 
-    /// Every process of the federation, nodes first (they stop before what they depend on).
+    /// Every process of the federation, gateways and nodes first (they stop
+    /// before what they depend on).
     pub fn pids_in_stop_order(&self) -> Vec<u32> {
         let mut pids = Vec::new();
+        for cluster in &self.clusters {
+            pids.extend(cluster.gateways.iter().map(|gateway| gateway.pid));
+        }
         for cluster in &self.clusters {
             pids.extend(cluster.nodes.iter().map(|node| node.pid));
         }

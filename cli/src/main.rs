@@ -106,6 +106,9 @@ enum DevCommand {
         /// Members of the cluster's local etcd (3 or 5 survive a member's loss).
         #[arg(long, default_value_t = 1)]
         etcd_members: usize,
+        /// Federation gateways satellites connect to (etcd mode).
+        #[arg(long, default_value_t = 2)]
+        gateways: usize,
         /// Each node's over-provisioning (tether-node --overprovision), e.g. 200%.
         #[arg(long)]
         overprovision: Option<String>,
@@ -237,9 +240,13 @@ enum CaCommand {
         ca_chain: Option<PathBuf>,
         #[arg(long, default_value = "central")]
         cluster: String,
-        /// admin, node, or client (an NBD consumer).
+        /// admin, node, gateway, or client (an NBD consumer).
         #[arg(long, default_value = "admin")]
         role: String,
+        /// A host name or IP the certificate is also valid for (repeatable;
+        /// what clients dial to reach a gateway or node).
+        #[arg(long = "san", value_name = "HOST")]
+        sans: Vec<String>,
         /// Who holds it (an operator's name, or a node's).
         #[arg(long)]
         name: String,
@@ -263,6 +270,14 @@ enum DaemonCommand {
     Node(Box<storage_node::config::NodeArgs>),
     /// The cluster registry (admin API).
     Registry(Box<cluster_registry::RegistryArgs>),
+    /// A federation gateway.
+    Gateway {
+        #[command(flatten)]
+        args: Box<federation_gateway::GatewayArgs>,
+        /// Write the bound address here once serving (how `dev up` waits).
+        #[arg(long, hide = true)]
+        ready_file: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -411,6 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ca_chain,
             cluster,
             role,
+            sans,
             name,
             out,
             lifetime,
@@ -420,7 +436,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "admin" => Role::Admin,
                 "node" => Role::Node,
                 "client" => Role::Client,
-                other => anyhow::bail!("--role {other}: issue admin, node or client credentials"),
+                "gateway" => Role::Gateway,
+                other => anyhow::bail!(
+                    "--role {other}: issue admin, node, gateway or client credentials"
+                ),
             };
             let ca = match (ca_cert, ca_key, state_dir) {
                 (Some(cert), Some(key), _) => {
@@ -438,7 +457,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => anyhow::bail!("pass --state-dir, or --ca-cert and --ca-key"),
             };
             let identity = Identity::new(cluster, role, name);
-            let credentials = ca.issue_credentials(&identity, &[], *lifetime)?;
+            let sans = tether_tls::certificate_addresses(sans)?;
+            let credentials = ca.issue_credentials(&identity, &sans, *lifetime)?;
             match role {
                 Role::Client => credentials.save_for_nbd_client(out)?,
                 _ => credentials.save(out)?,
@@ -813,6 +833,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             cert_lifetime,
             etcd_members,
             overprovision,
+            gateways,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
             anyhow::ensure!(
@@ -840,6 +861,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 cert_lifetime: cert_lifetime.clone(),
                 etcd_members: *etcd_members,
                 overprovision: overprovision.clone(),
+                gateways: *gateways,
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);
@@ -867,6 +889,12 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 .collect();
             if let Some(registry) = &cluster.registry.metrics {
                 metrics.push(("registry".into(), registry.clone()));
+            }
+            for gateway in &cluster.gateways {
+                println!("  gateway:   {} ({}, QUIC)", gateway.endpoint, gateway.name);
+                if let Some(addr) = &gateway.metrics {
+                    metrics.push((gateway.name.clone(), addr.clone()));
+                }
             }
             metrics.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
             metrics.dedup_by(|a, b| {
@@ -970,6 +998,24 @@ fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<
                 telemetry::serve_metrics(addr)?;
             }
             runtime.block_on(storage_node::run(config, tether_common::shutdown_signal()))?;
+        }
+        DaemonCommand::Gateway { args, ready_file } => {
+            if let Some(addr) = args.metrics_addr {
+                telemetry::serve_metrics(addr)?;
+            }
+            let config = federation_gateway::GatewayConfig::from_args(args.as_ref().clone());
+            let ready = |addr: std::net::SocketAddr| {
+                if let Some(file) = ready_file {
+                    if let Err(err) = std::fs::write(file, addr.to_string()) {
+                        tracing::error!(file = %file.display(), error = %err, "cannot write the ready file");
+                    }
+                }
+            };
+            runtime.block_on(federation_gateway::run(
+                config,
+                ready,
+                tether_common::shutdown_signal(),
+            ))?;
         }
         DaemonCommand::Registry(args) => {
             if let Some(addr) = args.metrics_addr {

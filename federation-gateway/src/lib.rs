@@ -41,8 +41,6 @@ use tracing::Instrument;
 pub use config::{GatewayArgs, GatewayConfig, GatewayLimits, GatewayStore};
 pub use error::GatewayError;
 
-/// The ALPN a satellite must offer.
-pub const ALPN: &[u8] = b"tether-link/1";
 /// A block stream to a master that does not connect in this long is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -104,7 +102,10 @@ fn quic_server(
     tls: &Arc<TlsContext>,
     limits: &GatewayLimits,
 ) -> Result<quinn::ServerConfig, GatewayError> {
-    let rustls = tls.server_config_with_alpn(ClientAuth::Required, vec![ALPN.to_vec()]);
+    let rustls = tls.server_config_with_alpn(
+        ClientAuth::Required,
+        vec![tether_proto::link::LINK_ALPN.to_vec()],
+    );
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls).map_err(|err| {
         GatewayError::Quic {
             reason: err.to_string(),
@@ -154,6 +155,9 @@ async fn run_in_span(
     };
     let mirror = Mirror::new(&config.cluster);
     let mirror_task = tokio::spawn(mirror.clone().run(store).in_current_span());
+    // Serve only once the records are in: before that every satellite
+    // would look unknown.
+    let _ = mirror.subscribe().wait_for(|revision| *revision > 0).await;
     let endpoint = quinn::Endpoint::server(quic_server(&tls, &config.limits)?, config.listen)
         .map_err(|source| GatewayError::Listen {
             addr: config.listen.to_string(),

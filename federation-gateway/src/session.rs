@@ -12,11 +12,13 @@ use tracing::Instrument;
 
 use crate::{access, stream, Gateway};
 
-/// QUIC close codes a satellite sees.
-pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
-pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(1);
-pub const CLOSE_REVOKED: VarInt = VarInt::from_u32(2);
-pub const CLOSE_PROTOCOL: VarInt = VarInt::from_u32(3);
+use tether_proto::link::close;
+
+/// QUIC close codes a satellite sees (`tether_proto::link::close`).
+pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(close::SHUTDOWN);
+pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(close::REFUSED);
+pub const CLOSE_REVOKED: VarInt = VarInt::from_u32(close::REVOKED);
+pub const CLOSE_PROTOCOL: VarInt = VarInt::from_u32(close::PROTOCOL);
 
 /// A satellite has this long to finish the QUIC handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -826,3 +826,39 @@ impl DevFederation {
         self.tether(&all)
     }
 }
+
+impl DevFederation {
+    /// The gateways `dev up` started: (name, endpoint, pid, log).
+    pub fn gateways(&self) -> Vec<(String, String, u32, PathBuf)> {
+        self.info["clusters"][0]["gateways"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|gateway| {
+                (
+                    gateway["name"].as_str().unwrap_or_default().to_string(),
+                    gateway["endpoint"].as_str().unwrap_or_default().to_string(),
+                    gateway["pid"].as_u64().unwrap_or_default() as u32,
+                    PathBuf::from(gateway["log"].as_str().unwrap_or_default()),
+                )
+            })
+            .collect()
+    }
+
+    /// Every gateway's log so far, together.
+    pub fn gateway_logs(&self) -> String {
+        self.gateways()
+            .iter()
+            .map(|(_, _, _, log)| std::fs::read_to_string(log).unwrap_or_default())
+            .collect()
+    }
+
+    /// Adds satellite `name`, joins it, and returns its credential directory.
+    pub fn satellite(&self, name: &str) -> PathBuf {
+        let token = self
+            .tether_ok(&["cluster", "add-satellite", name])
+            .expect("add-satellite");
+        self.join_satellite(name, &token).expect("satellite joins")
+    }
+}

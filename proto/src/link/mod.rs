@@ -40,6 +40,18 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::ProtoError;
 
 pub const LINK_MAGIC: u32 = 0x5446_4544;
+/// The ALPN both ends of a link speak (QUIC requires one).
+pub const LINK_ALPN: &[u8] = b"tether-link/1";
+/// QUIC close codes a gateway ends a session with.
+pub mod close {
+    pub const SHUTDOWN: u32 = 0;
+    /// Not a satellite of this cluster.
+    pub const REFUSED: u32 = 1;
+    /// The satellite was removed.
+    pub const REVOKED: u32 = 2;
+    /// The satellite broke the protocol.
+    pub const PROTOCOL: u32 = 3;
+}
 /// The frame header's own version (the layout above).
 pub const LINK_FRAME_VERSION: u8 = 1;
 /// Link protocol versions this build speaks (negotiated in Hello/Welcome).
