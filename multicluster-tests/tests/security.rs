@@ -205,7 +205,7 @@ fn every_endpoint_refuses_plaintext_and_strangers() {
     assert!(refused(&mut as_admin), "an admin opened a block stream");
     wait_for_log(
         "node-2",
-        "only nodes of this cluster may open one",
+        "only nodes and gateways of this cluster may open one",
         node2_log,
     );
     // A node may not speak as another node.
