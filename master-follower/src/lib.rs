@@ -10,13 +10,12 @@
 mod error;
 pub mod follower;
 pub mod mirror;
-mod op;
 mod tls;
 pub mod transport;
 
 pub use error::FollowError;
 pub use follower::{Retryable, VolumeFollower};
 pub use mirror::Mirror;
-pub use op::BlockOp;
+pub use tether_proto::block::BlockOp;
 pub use tls::BlockTls;
 pub use transport::BlockConn;

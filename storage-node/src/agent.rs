@@ -30,8 +30,8 @@ use tracing::Instrument;
 use crate::config::{NodeConfig, StoreConfig};
 use crate::engine::{IoEngine, Pool, Volume, VolumeOptions};
 use crate::error::Result;
-use crate::frontend::nbd::{self, NbdServer};
 use crate::group::{self, GroupContext, LeaseClock, Mirror, Presenter};
+use nbd_export::{self as nbd, NbdServer};
 
 /// A dirty chunk is rehashed once no write has touched it for this long...
 const REHASH_QUIET: Duration = Duration::from_secs(1);

@@ -5,7 +5,7 @@
 //!   directory, I/O through io_uring (or the fallback), and the write
 //!   ordering that keeps hash lists true across crashes;
 //! - [`hashlist::HashTree`]: per-chunk BLAKE3 hashes as a tree, for Delta Sync;
-//! - [`frontend::nbd`]: the NBD server (TCP and Unix sockets);
+//! - the NBD server is crate `nbd-export`, serving [`group::Presenter`];
 //! - [`group`]: volume groups (lock and epoch, synchronous replication,
 //!   failover, Delta Sync) and the presenter the NBD server runs requests on;
 //! - [`agent`]: registers the node in the coordination store, acts on the
@@ -17,7 +17,6 @@ pub mod config;
 pub mod control;
 pub mod engine;
 mod error;
-pub mod frontend;
 pub mod group;
 pub mod hashlist;
 pub mod keys;

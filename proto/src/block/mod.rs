@@ -38,6 +38,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::ProtoError;
 
+mod op;
+pub use op::BlockOp;
+
 pub const FRAME_MAGIC: u32 = 0x5442_4c4b;
 pub const FRAME_VERSION: u8 = 1;
 pub const FRAME_HEADER_LEN: usize = 28;

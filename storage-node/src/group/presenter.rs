@@ -151,3 +151,31 @@ impl Presenter {
         self.follower.execute(&op, local).await
     }
 }
+
+/// What the NBD server runs requests on.
+impl nbd_export::Export for Presenter {
+    fn name(&self) -> &str {
+        Presenter::name(self)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        Presenter::size_bytes(self)
+    }
+
+    fn min_block_bytes(&self) -> u32 {
+        Presenter::min_block_bytes(self)
+    }
+
+    async fn execute(
+        &self,
+        op: BlockOp,
+    ) -> std::result::Result<Option<Vec<u8>>, nbd_export::Failure> {
+        Presenter::execute(self, op)
+            .await
+            .map_err(|err| nbd_export::Failure {
+                errno: err.errno(true),
+                out_of_range: matches!(err, NodeError::OutOfRange { .. }),
+                message: err.to_string(),
+            })
+    }
+}

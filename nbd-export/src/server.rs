@@ -25,11 +25,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::Instrument;
 
-use super::endpoint::{claim_socket_path, socket_identity, tcp_tls_mode, Endpoint};
-use super::negotiate::{negotiate, NbdTls, Negotiated};
-use crate::error::{NodeError, Result};
-use crate::group::{BlockOp, Presenter};
-use crate::limits::{AcceptBackoff, Budget, Charge, ConnectionCap};
+use crate::endpoint::{claim_socket_path, socket_identity, tcp_tls_mode, Endpoint};
+use crate::negotiate::{negotiate, NbdTls, Negotiated};
+use crate::{BlockOp, Export, ExportError, Result};
+use tether_common::limits::{AcceptBackoff, Budget, Charge, ConnectionCap};
 
 /// Requests one connection may have in flight; more wait in the socket.
 const MAX_IN_FLIGHT: u32 = 128;
@@ -88,9 +87,9 @@ impl Drop for NbdServer {
     }
 }
 
-struct VolumeCatalog(Arc<Presenter>);
+struct VolumeCatalog<E>(Arc<E>);
 
-impl ExportCatalog for VolumeCatalog {
+impl<E: Export> ExportCatalog for VolumeCatalog<E> {
     fn lookup(&self, name: &str) -> Option<ExportInfo> {
         (name.is_empty() || name == self.0.name()).then(|| ExportInfo {
             name: self.0.name().to_string(),
@@ -110,14 +109,14 @@ impl ExportCatalog for VolumeCatalog {
 }
 
 /// Starts serving `volume` on `endpoint`.
-pub async fn serve(
+pub async fn serve<E: Export>(
     endpoint_spec: &str,
-    volume: Arc<Presenter>,
+    volume: Arc<E>,
     limits: NbdContext,
 ) -> Result<NbdServer> {
     let endpoint = Endpoint::parse(endpoint_spec)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let bind_err = |source: std::io::Error| NodeError::BadEndpoint {
+    let bind_err = |source: std::io::Error| ExportError::BadEndpoint {
         endpoint: endpoint_spec.to_string(),
         reason: format!("cannot listen: {source}"),
     };
@@ -149,7 +148,7 @@ pub async fn serve(
         Endpoint::Unix(path) => {
             claim_socket_path(endpoint_spec, &path)?;
             let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
-            let (dev, ino) = socket_identity(&path).ok_or_else(|| NodeError::BadEndpoint {
+            let (dev, ino) = socket_identity(&path).ok_or_else(|| ExportError::BadEndpoint {
                 endpoint: endpoint_spec.to_string(),
                 reason: "the socket vanished as it was made".into(),
             })?;
@@ -171,19 +170,30 @@ pub async fn serve(
 }
 
 /// What an accept loop hands each connection, and how many it has.
-#[derive(Clone)]
-struct Connections {
-    volume: Arc<Presenter>,
+struct Connections<E> {
+    volume: Arc<E>,
     limits: NbdContext,
     tls_mode: TlsMode,
     cap: ConnectionCap,
 }
 
-impl Connections {
-    fn new(volume: Arc<Presenter>, limits: NbdContext, tls_mode: TlsMode) -> Self {
+// Not derived: a derive would ask `E: Clone`, and only the Arc is cloned.
+impl<E> Clone for Connections<E> {
+    fn clone(&self) -> Self {
+        Self {
+            volume: self.volume.clone(),
+            limits: self.limits.clone(),
+            tls_mode: self.tls_mode,
+            cap: self.cap.clone(),
+        }
+    }
+}
+
+impl<E: Export> Connections<E> {
+    fn new(volume: Arc<E>, limits: NbdContext, tls_mode: TlsMode) -> Self {
         // Never more than half the descriptors this process may open, so
         // the cap refuses before accept() starts failing with EMFILE.
-        let limit = MAX_CONNECTIONS_PER_EXPORT.min(crate::limits::open_files_limit() / 2);
+        let limit = MAX_CONNECTIONS_PER_EXPORT.min(tether_common::limits::open_files_limit() / 2);
         Self {
             volume,
             limits,
@@ -215,9 +225,9 @@ impl Connections {
     }
 }
 
-async fn accept_loop_tcp(
+async fn accept_loop_tcp<E: Export>(
     listener: tokio::net::TcpListener,
-    connections: Connections,
+    connections: Connections<E>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = AcceptBackoff::new("nbd");
@@ -237,9 +247,9 @@ async fn accept_loop_tcp(
     }
 }
 
-async fn accept_loop_unix(
+async fn accept_loop_unix<E: Export>(
     listener: tokio::net::UnixListener,
-    connections: Connections,
+    connections: Connections<E>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = AcceptBackoff::new("nbd");
@@ -259,10 +269,10 @@ async fn accept_loop_unix(
     }
 }
 
-fn spawn_connection<S>(
+fn spawn_connection<S, E: Export>(
     stream: S,
     peer: String,
-    connections: Connections,
+    connections: Connections<E>,
     slot: tokio::sync::OwnedSemaphorePermit,
     shutdown: watch::Receiver<bool>,
 ) where
@@ -381,10 +391,10 @@ async fn read_more<R: AsyncRead + Unpin>(
     Ok(read > 0)
 }
 
-async fn handle_connection<S>(
+async fn handle_connection<S, E: Export>(
     stream: S,
-    volume: Arc<Presenter>,
-    connections: &Connections,
+    volume: Arc<E>,
+    connections: &Connections<E>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError>
 where
@@ -416,11 +426,11 @@ where
 
 /// The transmission phase: requests in, replies out, until the client
 /// disconnects, stalls, or the volume is detached.
-async fn transmit<S>(
+async fn transmit<S, E: Export>(
     stream: S,
     export: ExportInfo,
     mut input: BytesMut,
-    volume: Arc<Presenter>,
+    volume: Arc<E>,
     limits: &NbdContext,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError>
@@ -473,7 +483,7 @@ where
                 let replies = reply_sender.clone();
                 let volume_metrics = volume_metrics.clone();
                 tokio::spawn(async move {
-                    let reply = execute(&volume, &volume_metrics, request, charge).await;
+                    let reply = execute(volume.as_ref(), &volume_metrics, request, charge).await;
                     let _ = replies.send(reply).await;
                     drop(permit);
                 });
@@ -553,8 +563,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut replies: mpsc::
 }
 
 /// Runs one request on the volume's master and maps the outcome to an NBD error number.
-async fn execute(
-    volume: &Presenter,
+async fn execute<E: Export>(
+    volume: &E,
     volume_metrics: &VolumeMetrics,
     request: Request,
     charge: Charge,
@@ -636,12 +646,20 @@ async fn execute(
                 charge,
             }
         }
-        Err(err) => {
+        Err(failure) => {
             op_metrics.errors.increment(1);
-            tracing::warn!(error = %err, "request failed");
+            tracing::warn!(error = %failure.message, errno = failure.errno, "request failed");
             Reply {
                 cookie,
-                error: err.errno(writes),
+                error: if failure.out_of_range {
+                    if writes {
+                        nbd::ENOSPC
+                    } else {
+                        nbd::EINVAL
+                    }
+                } else {
+                    failure.errno
+                },
                 data: None,
                 charge,
             }

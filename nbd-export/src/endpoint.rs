@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tether_proto::nbd::TlsMode;
 
-use crate::error::{NodeError, Result};
+use crate::{ExportError, Result};
 
 /// A parsed endpoint. `tcp:PORT` and `tls:PORT` bind to loopback.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     pub fn parse(input: &str) -> Result<Self> {
-        let bad = |reason: &str| NodeError::BadEndpoint {
+        let bad = |reason: &str| ExportError::BadEndpoint {
             endpoint: input.to_string(),
             reason: reason.to_string(),
         };
@@ -82,7 +82,7 @@ pub fn socket_identity(path: &Path) -> Option<(u64, u64)> {
 /// must not lie inside a pool or state directory, and must not exist unless
 /// it is a socket nobody serves (left over from a crash), which is removed.
 pub fn claim_socket_path(endpoint_spec: &str, path: &Path) -> Result<()> {
-    let bad = |reason: String| NodeError::BadEndpoint {
+    let bad = |reason: String| ExportError::BadEndpoint {
         endpoint: endpoint_spec.to_string(),
         reason,
     };

@@ -12,7 +12,7 @@ use tether_proto::nbd::{ExportCatalog, ExportInfo, HandshakeOutcome, ServerHands
 use tether_tls::{ClientAuth, Identity, Role, TlsContext};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::nbd::ConnectionError;
+use crate::server::ConnectionError;
 
 /// What a node's NBD listeners need to speak TLS.
 pub struct NbdTls {

@@ -1,6 +1,0 @@
-//! How volumes reach their consumers: NBD over Unix sockets and TCP (with
-//! STARTTLS).
-
-pub mod endpoint;
-pub mod nbd;
-mod negotiate;
