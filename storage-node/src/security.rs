@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tether_proto::admin::{CertificateResponse, JoinRequest, RenewRequest};
 use tether_tls::{Credentials, Identity, KeyAndRequest, Role, TlsContext};
 
@@ -122,10 +120,10 @@ async fn join(identity: &Identity, config: &NodeSecurityConfig) -> Result<Creden
     };
     let started = std::time::Instant::now();
     let answer: CertificateResponse = loop {
-        match post(&registry, "/v1/join", client.clone(), &body).await {
+        match tether_tls::client::post_json(&registry, "/v1/join", client.clone(), &body).await {
             Ok(answer) => break answer,
             // The registry may still be starting: keep trying a while, unless it refused us.
-            Err(PostError::Unreachable(reason)) if started.elapsed() < JOIN_PATIENCE => {
+            Err(tether_tls::client::CallError::Unreachable(reason)) if started.elapsed() < JOIN_PATIENCE => {
                 tracing::debug!(%reason, "registry not reachable yet");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -204,7 +202,7 @@ async fn renew_once(
         csr_pem: request.csr_pem,
         addresses: config.addresses.clone(),
     };
-    let answer: CertificateResponse = post(registry, "/v1/renew", tls.client_config(), &body)
+    let answer: CertificateResponse = tether_tls::client::post_json(registry, "/v1/renew", tls.client_config(), &body)
         .await
         .map_err(|err| NodeError::Config {
             reason: format!("renewing through {registry}: {err}"),
@@ -219,44 +217,4 @@ async fn renew_once(
     credentials.save(&config.tls_dir)?;
     tls.replace(&credentials)?;
     Ok(())
-}
-
-#[derive(Debug, thiserror::Error)]
-enum PostError {
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// POSTs JSON to the registry over TLS (ureq, on a blocking thread).
-async fn post<B: Serialize + Clone + Send + 'static, T: DeserializeOwned + Send + 'static>(
-    registry: &str,
-    path: &str,
-    tls: Arc<rustls::ClientConfig>,
-    body: &B,
-) -> std::result::Result<T, PostError> {
-    let url = format!("{}{path}", registry.trim_end_matches('/'));
-    let body = body.clone();
-    tokio::task::spawn_blocking(move || {
-        let agent = ureq::AgentBuilder::new()
-            .tls_config(tls)
-            .timeout(Duration::from_secs(30))
-            .build();
-        match agent.post(&url).send_json(&body) {
-            Ok(response) => response
-                .into_json()
-                .map_err(|err| PostError::Refused(format!("unreadable answer: {err}"))),
-            Err(ureq::Error::Status(status, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                let reason = serde_json::from_str::<tether_proto::admin::ErrorBody>(&text)
-                    .map(|error| error.error)
-                    .unwrap_or(text);
-                Err(PostError::Refused(format!("{status}: {reason}")))
-            }
-            Err(ureq::Error::Transport(err)) => Err(PostError::Unreachable(err.to_string())),
-        }
-    })
-    .await
-    .expect("the request thread does not panic")
 }

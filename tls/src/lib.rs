@@ -9,6 +9,7 @@
 
 mod addresses;
 mod ca;
+pub mod client;
 mod context;
 mod credentials;
 mod error;
