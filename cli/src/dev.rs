@@ -24,6 +24,7 @@ use cluster_registry::placement::FAILURE_DOMAIN_LABEL;
 use crate::client::AdminClient;
 use crate::federation::{
     ClusterEntry, EtcdEntry, EtcdMemberEntry, Federation, GatewayEntry, NodeEntry, ProcessEntry,
+    SatelliteEntry,
 };
 
 const CLUSTER: &str = "central";
@@ -171,6 +172,8 @@ pub struct UpOptions {
     pub overprovision: Option<String>,
     /// Federation gateways to run (etcd mode).
     pub gateways: usize,
+    /// Satellites to run (etcd mode), each with its own state directory.
+    pub satellites: usize,
 }
 
 /// True if nothing listens on `addr` now (it can be bound).
@@ -266,6 +269,10 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
     if use_etcd && find_etcd().is_none() {
         bail!("this federation was created with etcd, and no `etcd` is on PATH now (Debian: apt-get install etcd-server)");
     }
+    let previous_satellites: Vec<SatelliteEntry> = previous
+        .as_ref()
+        .map(|federation| federation.satellites.clone())
+        .unwrap_or_default();
     let previous_cluster = previous.and_then(|federation| federation.clusters.into_iter().next());
     // A new federation picks free ports, and a port free a moment ago can be
     // taken before the child binds it (other federations starting at once):
@@ -273,7 +280,12 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
     let mut attempt = 1;
     let federation = loop {
         let started = if use_etcd {
-            up_with_etcd(&dir, &options, previous_cluster.clone())
+            up_with_etcd(
+                &dir,
+                &options,
+                previous_cluster.clone(),
+                &previous_satellites,
+            )
         } else {
             up_embedded(&dir, &options, previous_cluster.clone())
         };
@@ -298,6 +310,7 @@ fn up_with_etcd(
     dir: &Path,
     options: &UpOptions,
     previous_cluster: Option<ClusterEntry>,
+    previous_satellites: &[SatelliteEntry],
 ) -> anyhow::Result<Federation> {
     let runtime = tokio::runtime::Runtime::new()?;
     let trust = prepare_trust(dir)?;
@@ -523,6 +536,16 @@ fn up_with_etcd(
             &endpoint,
             &mut children,
         )?;
+        let satellites = start_satellites(
+            dir,
+            options.satellites,
+            previous_satellites,
+            &client,
+            &admin,
+            &trust.ca_cert,
+            &gateways,
+            &mut children,
+        )?;
         Ok(Federation {
             admin,
             mode: "etcd".into(),
@@ -535,7 +558,7 @@ fn up_with_etcd(
                 gateway: gateways.first().cloned(),
                 gateways,
             }],
-            satellites: vec![],
+            satellites,
         })
     })();
     if result.is_err() {
@@ -750,6 +773,90 @@ fn start_gateways(
         }
     }
     Ok(gateways)
+}
+
+/// Starts the satellites not running yet: each is added (a one-time
+/// token) on its first start, joins with it, and is waited for until the
+/// registry lists it joined.
+#[allow(clippy::too_many_arguments)]
+fn start_satellites(
+    dir: &Path,
+    count: usize,
+    previous: &[SatelliteEntry],
+    client: &AdminClient,
+    admin: &str,
+    ca_cert: &Path,
+    gateways: &[GatewayEntry],
+    children: &mut Vec<(String, Child, PathBuf)>,
+) -> anyhow::Result<Vec<SatelliteEntry>> {
+    let names: Vec<String> = if previous.is_empty() {
+        (1..=count).map(|i| format!("satellite-{i}")).collect()
+    } else {
+        previous
+            .iter()
+            .map(|satellite| satellite.name.clone())
+            .collect()
+    };
+    let endpoints: Vec<String> = gateways.iter().map(|g| g.endpoint.clone()).collect();
+    let mut satellites = Vec::new();
+    for name in names {
+        if let Some(running) = previous.iter().find(|s| s.name == name && alive(s.pid)) {
+            satellites.push(running.clone());
+            continue;
+        }
+        anyhow::ensure!(
+            !endpoints.is_empty(),
+            "satellites need gateways (--gateways 1 or more)"
+        );
+        let state_dir = dir.join("satellites").join(&name);
+        std::fs::create_dir_all(&state_dir)?;
+        let log = dir.join("logs").join(format!("{name}.log"));
+        let mut args = vec![
+            "daemon".into(),
+            "satellite".into(),
+            format!("--cluster={CLUSTER}"),
+            format!("--name={name}"),
+            format!("--registry={admin}"),
+            format!("--gateway={}", endpoints.join(",")),
+            format!("--state-dir={}", state_dir.display()),
+            format!("--trust-ca={}", ca_cert.display()),
+        ];
+        if !state_dir.join("tls").join("tls.crt").exists() {
+            let added: tether_proto::federation::AddSatelliteResponse = client.post(
+                "/v1/clusters",
+                &tether_proto::federation::AddSatelliteRequest {
+                    name: name.clone(),
+                    ttl_seconds: Some(DEV_JOIN_TOKEN_TTL.as_secs()),
+                },
+            )?;
+            let file = write_join_token(&state_dir, &added.token)?;
+            args.push(format!("--join-token-file={}", file.display()));
+        }
+        let child = spawn_self(&args, &log)?;
+        satellites.push(SatelliteEntry {
+            name: name.clone(),
+            pid: child.id(),
+            log: log.clone(),
+        });
+        children.push((name, child, log));
+    }
+    let started = Instant::now();
+    loop {
+        check_children(children)?;
+        let clusters: Vec<tether_proto::federation::ClusterView> = client.get("/v1/clusters")?;
+        let joined = satellites.iter().all(|satellite| {
+            clusters
+                .iter()
+                .any(|cluster| cluster.name == satellite.name && cluster.state == "joined")
+        });
+        if joined {
+            return Ok(satellites);
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!("a satellite did not join within {READY_TIMEOUT:?}; see its log");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn wait_registry(

@@ -158,7 +158,11 @@ impl Federation {
     /// Every process of the federation, gateways and nodes first (they stop
     /// before what they depend on).
     pub fn pids_in_stop_order(&self) -> Vec<u32> {
-        let mut pids = Vec::new();
+        let mut pids: Vec<u32> = self
+            .satellites
+            .iter()
+            .map(|satellite| satellite.pid)
+            .collect();
         for cluster in &self.clusters {
             pids.extend(cluster.gateways.iter().map(|gateway| gateway.pid));
         }

@@ -109,6 +109,9 @@ enum DevCommand {
         /// Federation gateways satellites connect to (etcd mode).
         #[arg(long, default_value_t = 2)]
         gateways: usize,
+        /// Satellite daemons to run (etcd mode), each joined with its own token.
+        #[arg(long, default_value_t = 0)]
+        satellites: usize,
         /// Each node's over-provisioning (tether-node --overprovision), e.g. 200%.
         #[arg(long)]
         overprovision: Option<String>,
@@ -270,6 +273,8 @@ enum DaemonCommand {
     Node(Box<storage_node::config::NodeArgs>),
     /// The cluster registry (admin API).
     Registry(Box<cluster_registry::RegistryArgs>),
+    /// A satellite daemon.
+    Satellite(Box<satellite_csi::daemon::SatelliteArgs>),
     /// A federation gateway.
     Gateway {
         #[command(flatten)]
@@ -834,6 +839,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             etcd_members,
             overprovision,
             gateways,
+            satellites,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
             anyhow::ensure!(
@@ -862,6 +868,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 etcd_members: *etcd_members,
                 overprovision: overprovision.clone(),
                 gateways: *gateways,
+                satellites: *satellites,
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);
@@ -889,6 +896,13 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 .collect();
             if let Some(registry) = &cluster.registry.metrics {
                 metrics.push(("registry".into(), registry.clone()));
+            }
+            for satellite in &federation.satellites {
+                println!(
+                    "  satellite: {} (log {})",
+                    satellite.name,
+                    satellite.log.display()
+                );
             }
             for gateway in &cluster.gateways {
                 println!("  gateway:   {} ({}, QUIC)", gateway.endpoint, gateway.name);
@@ -998,6 +1012,12 @@ fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<
                 telemetry::serve_metrics(addr)?;
             }
             runtime.block_on(storage_node::run(config, tether_common::shutdown_signal()))?;
+        }
+        DaemonCommand::Satellite(args) => {
+            runtime.block_on(satellite_csi::daemon::run(
+                args.as_ref().clone(),
+                tether_common::shutdown_signal(),
+            ))?;
         }
         DaemonCommand::Gateway { args, ready_file } => {
             if let Some(addr) = args.metrics_addr {

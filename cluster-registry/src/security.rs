@@ -179,6 +179,7 @@ pub async fn authorize(
     // Volumes (but not verify) are the satellites' part of the API.
     let satellite_path =
         (path == "/v1/volumes" || path.starts_with("/v1/volumes/")) && !path.ends_with("/verify");
+    let satellite_path = satellite_path || path.starts_with("/v1/satellites/");
     let roles: &[Role] = match path.as_str() {
         "/v1/join" | "/v1/satellites/join" => &[],
         "/v1/renew" => &[Role::Node, Role::Satellite],

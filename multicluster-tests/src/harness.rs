@@ -40,6 +40,7 @@ pub struct FederationBuilder {
     replace_after: Option<String>,
     cert_lifetime: Option<String>,
     etcd_members: usize,
+    satellites: usize,
     overprovision: Option<String>,
 }
 
@@ -53,6 +54,7 @@ impl Default for FederationBuilder {
             replace_after: None,
             cert_lifetime: None,
             etcd_members: 1,
+            satellites: 0,
             overprovision: None,
         }
     }
@@ -89,6 +91,12 @@ impl FederationBuilder {
         self
     }
     /// Members of the local etcd cluster.
+    /// Satellite daemons `dev up` runs (`satellite-1`, ...).
+    pub fn satellites(mut self, satellites: usize) -> Self {
+        self.satellites = satellites;
+        self
+    }
+
     pub fn etcd_members(mut self, members: usize) -> Self {
         self.etcd_members = members;
         self
@@ -156,6 +164,9 @@ impl DevFederation {
         }
         if let Some(percent) = &self.builder.overprovision {
             args.push(format!("--overprovision={percent}"));
+        }
+        if self.builder.satellites != 0 {
+            args.push(format!("--satellites={}", self.builder.satellites));
         }
         if self.builder.etcd_members != 1 {
             args.push(format!("--etcd-members={}", self.builder.etcd_members));

@@ -184,6 +184,28 @@ pub struct GrantView {
     pub used_bytes: Option<u64>,
 }
 
+/// One volume a satellite presents, as `GET /v1/satellites/{name}/attachments` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SatelliteAttachment {
+    pub volume: String,
+    /// Where the satellite serves it (`unix:PATH`, `tcp:…`, `tls:…`).
+    pub endpoint: String,
+}
+
+/// What a satellite should present now. `version` changes whenever the set
+/// does; asking with the version one has waits (up to ~25 s) for a change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SatelliteAttachments {
+    pub version: String,
+    pub attachments: Vec<SatelliteAttachment>,
+}
+
+/// `POST /v1/satellites/{name}/presenting`: what the satellite serves, per volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SatellitePresenting {
+    pub volumes: Vec<(String, crate::admin::PresentingStatus)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,11 @@
 //! opens a central volume through any of the cluster's gateways over
 //! mutual-TLS QUIC and runs block requests on it, moving to another gateway
 //! when one goes away (requests in flight are sent again, the same bytes to
-//! the same offset: the caller sees a pause, not an error). The satellite
-//! daemon and its CSI services build on it.
+//! the same offset: the caller sees a pause, not an error); and [`daemon`],
+//! which follows the satellite's attachments and serves each as a local NBD
+//! export over the link (`tether-satellite`). The CSI services come next.
 
+pub mod daemon;
 mod error;
 pub mod link;
 

@@ -474,7 +474,12 @@ impl Agent {
         let wanted: Vec<&str> = spec
             .attachments
             .iter()
-            .filter(|attachment| attachment.presenter(spec) == self.config.node)
+            // Attachments from a satellite are the satellite's to serve,
+            // whatever its name.
+            .filter(|attachment| {
+                attachment.from == self.config.cluster
+                    && attachment.presenter(spec) == self.config.node
+            })
             .map(|attachment| attachment.endpoint.as_str())
             .collect();
         let mut servers = self.servers.lock().await;

@@ -123,7 +123,9 @@ async fn join(identity: &Identity, config: &NodeSecurityConfig) -> Result<Creden
         match tether_tls::client::post_json(&registry, "/v1/join", client.clone(), &body).await {
             Ok(answer) => break answer,
             // The registry may still be starting: keep trying a while, unless it refused us.
-            Err(tether_tls::client::CallError::Unreachable(reason)) if started.elapsed() < JOIN_PATIENCE => {
+            Err(tether_tls::client::CallError::Unreachable(reason))
+                if started.elapsed() < JOIN_PATIENCE =>
+            {
                 tracing::debug!(%reason, "registry not reachable yet");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -202,11 +204,12 @@ async fn renew_once(
         csr_pem: request.csr_pem,
         addresses: config.addresses.clone(),
     };
-    let answer: CertificateResponse = tether_tls::client::post_json(registry, "/v1/renew", tls.client_config(), &body)
-        .await
-        .map_err(|err| NodeError::Config {
-            reason: format!("renewing through {registry}: {err}"),
-        })?;
+    let answer: CertificateResponse =
+        tether_tls::client::post_json(registry, "/v1/renew", tls.client_config(), &body)
+            .await
+            .map_err(|err| NodeError::Config {
+                reason: format!("renewing through {registry}: {err}"),
+            })?;
     let credentials = Credentials {
         identity,
         chain_pem: answer.chain_pem,

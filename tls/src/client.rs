@@ -38,7 +38,7 @@ where
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let body = body.clone();
     call(tls, Duration::from_secs(30), move |agent| {
-        agent.post(&url).send_json(&body)
+        agent.post(&url).send_json(&body).map_err(Box::new)
     })
     .await
 }
@@ -54,20 +54,27 @@ where
     T: DeserializeOwned + Send + 'static,
 {
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    call(tls, timeout, move |agent| agent.get(&url).call()).await
+    call(tls, timeout, move |agent| {
+        agent.get(&url).call().map_err(Box::new)
+    })
+    .await
 }
 
-async fn call<T, F>(tls: Arc<rustls::ClientConfig>, timeout: Duration, send: F) -> Result<T, CallError>
+async fn call<T, F>(
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    send: F,
+) -> Result<T, CallError>
 where
     T: DeserializeOwned + Send + 'static,
-    F: FnOnce(&ureq::Agent) -> Result<ureq::Response, ureq::Error> + Send + 'static,
+    F: FnOnce(&ureq::Agent) -> Result<ureq::Response, Box<ureq::Error>> + Send + 'static,
 {
     tokio::task::spawn_blocking(move || {
         let agent = ureq::AgentBuilder::new()
             .tls_config(tls)
             .timeout(timeout)
             .build();
-        match send(&agent) {
+        match send(&agent).map_err(|err| *err) {
             Ok(response) => response
                 .into_json()
                 .map_err(|err| CallError::Refused(format!("unreadable answer: {err}"))),

@@ -19,13 +19,40 @@ pub(super) async fn attach_volume(
     Path(name): Path<String>,
     crate::error::JsonBody(mut request): crate::error::JsonBody<AttachRequest>,
 ) -> ApiResult<Json<AttachResponse>> {
-    request.from = Some(attaching_cluster(&state, &caller, &name, request.from.take()).await?);
+    let from = attaching_cluster(&state, &caller, &name, request.from.take()).await?;
+    if from != state.cluster {
+        let endpoint = check_endpoint(&request.nbd)?;
+        return tokio::spawn(async move {
+            super::satellites::attach_from_satellite(&state, &name, &from, &endpoint).await
+        })
+        .await
+        .map_err(|err| RegistryError::Unavailable {
+            reason: format!("attach failed: {err}"),
+        })?
+        .map(|uri| Json(AttachResponse { uri }));
+    }
+    request.from = Some(from);
     tokio::spawn(attach(state, name, request))
         .await
         .map_err(|err| RegistryError::Unavailable {
             reason: format!("attach failed: {err}"),
         })?
         .map(Json)
+}
+
+/// An endpoint of a known kind (the presenting side parses the rest).
+fn check_endpoint(nbd: &str) -> ApiResult<String> {
+    let endpoint = nbd.trim().to_string();
+    if !["unix:", "tcp:", "tls:"]
+        .iter()
+        .any(|scheme| endpoint.starts_with(scheme))
+    {
+        return Err(RegistryError::Invalid {
+            field: "nbd",
+            reason: format!("{endpoint:?}: expected unix:PATH, tcp:[HOST:]PORT or tls:[HOST:]PORT"),
+        });
+    }
+    Ok(endpoint)
 }
 
 /// Which cluster attaches: this one, or a satellite whose grants cover the
@@ -65,11 +92,7 @@ async fn attaching_cluster(
             volume: name.into(),
         });
     }
-    Err(RegistryError::Unavailable {
-        reason: format!(
-            "satellite {from} may attach volume {name}, but satellites serve attachments through the federation gateway, which this build does not have yet"
-        ),
-    })
+    Ok(from)
 }
 
 /// The presenting node when none is asked for: the one already presenting
@@ -192,16 +215,7 @@ async fn attach(
     name: String,
     request: AttachRequest,
 ) -> ApiResult<AttachResponse> {
-    let endpoint = request.nbd.trim().to_string();
-    if !["unix:", "tcp:", "tls:"]
-        .iter()
-        .any(|scheme| endpoint.starts_with(scheme))
-    {
-        return Err(RegistryError::Invalid {
-            field: "nbd",
-            reason: format!("{endpoint:?}: expected unix:PATH, tcp:[HOST:]PORT or tls:[HOST:]PORT"),
-        });
-    }
+    let endpoint = check_endpoint(&request.nbd)?;
     let from = request.from.unwrap_or_else(|| state.cluster.clone());
     // The presenting node: as asked, or the master now.
     let (spec, _) = state.spec(&name).await?;

@@ -7,6 +7,8 @@
 //! | DELETE | /v1/clusters/{name} | → `ClusterView` (the satellite, revoked) |
 //! | GET, POST | /v1/grants | `AddGrantRequest` → `GrantRecord`; GET `?satellite=S` → `[GrantView]` |
 //! | DELETE | /v1/grants/{satellite}/{id} | (`id`: `volume:NAME` or `prefix:P`) |
+//! | GET | /v1/satellites/{name}/attachments | `?version=V` → `SatelliteAttachments` (waits up to 25 s for a change) |
+//! | POST | /v1/satellites/{name}/presenting | `SatellitePresenting` (what the satellite serves) |
 //! | POST | /v1/satellites/join | `SatelliteJoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | GET | /v1/nodes | → `[NodeView]` |
 //! | GET, POST | /v1/volumes | `CreateVolumeRequest` → `VolumeView` |
@@ -29,6 +31,7 @@ mod attach;
 mod federation;
 mod nodes;
 mod replacement;
+mod satellites;
 mod verify;
 mod view;
 mod volumes;
@@ -84,6 +87,14 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(federation::remove_grant),
         )
         .route("/v1/satellites/join", post(crate::security::join_satellite))
+        .route(
+            "/v1/satellites/{name}/attachments",
+            get(satellites::satellite_attachments),
+        )
+        .route(
+            "/v1/satellites/{name}/presenting",
+            post(satellites::satellite_presenting),
+        )
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/join-tokens", post(nodes::mint_join_token))
         .route(

@@ -1,0 +1,201 @@
+//! What satellites ask of the registry about their attachments: which
+//! volumes to present (a long poll), what they serve (their presenting
+//! status, which the attach that asked for it waits on), and the attach
+//! itself when it comes `--from` a satellite.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use tether_proto::admin::{AttachmentSpec, PresentingStatus};
+use tether_proto::federation::{SatelliteAttachment, SatelliteAttachments, SatellitePresenting};
+use tether_proto::keys::Kind;
+
+use super::{ApiResult, AppState};
+use crate::grants::Caller;
+use crate::RegistryError;
+
+/// A long poll answers after this long even if nothing changed.
+const LONG_POLL: Duration = Duration::from_secs(25);
+
+/// The caller must be satellite `name` itself.
+fn require_self(caller: &Caller, name: &str) -> ApiResult<()> {
+    match caller.satellite() {
+        Some(satellite) if satellite == name => Ok(()),
+        Some(satellite) => Err(RegistryError::Forbidden {
+            identity: format!("satellite {satellite}"),
+            what: format!("the attachments of satellite {name}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The attachments of satellite `name` that its grants still cover.
+async fn attachments(state: &AppState, name: &str) -> ApiResult<SatelliteAttachments> {
+    let grants = crate::grants::list(state.store.as_ref(), &state.cluster, Some(name)).await?;
+    let mut attachments: Vec<SatelliteAttachment> = state
+        .specs()
+        .await?
+        .into_iter()
+        .filter(|spec| grants.iter().any(|grant| grant.scope.covers(&spec.name)))
+        .flat_map(|spec| {
+            spec.attachments
+                .iter()
+                .filter(|attachment| attachment.from == name)
+                .map(|attachment| SatelliteAttachment {
+                    volume: spec.name.clone(),
+                    endpoint: attachment.endpoint.clone(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    attachments.sort_by(|a, b| (&a.volume, &a.endpoint).cmp(&(&b.volume, &b.endpoint)));
+    let version = blake3::hash(&serde_json::to_vec(&attachments).expect("serializes"))
+        .to_hex()
+        .to_string();
+    Ok(SatelliteAttachments {
+        version,
+        attachments,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct VersionQuery {
+    version: Option<String>,
+}
+
+/// `GET /v1/satellites/{name}/attachments[?version=V]`: with the version
+/// the satellite already has, waits for a change of volumes or grants.
+pub(super) async fn satellite_attachments(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(query): Query<VersionQuery>,
+) -> ApiResult<Json<SatelliteAttachments>> {
+    require_self(&caller, &name)?;
+    let current = attachments(&state, &name).await?;
+    if query.version.as_deref() != Some(current.version.as_str()) {
+        return Ok(Json(current));
+    }
+    let (_, revision) = state.store.get_prefix(&state.prefix(Kind::Volumes)).await?;
+    let mut volumes = state
+        .store
+        .watch_prefix(&state.prefix(Kind::Volumes), revision + 1)
+        .await?;
+    let mut grants = state
+        .store
+        .watch_prefix(&state.keys().grants_prefix(&name), revision + 1)
+        .await?;
+    let deadline = tokio::time::sleep(LONG_POLL);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            event = volumes.recv() => if event.is_none() { break },
+            event = grants.recv() => if event.is_none() { break },
+        }
+        let now = attachments(&state, &name).await?;
+        if now.version != current.version {
+            return Ok(Json(now));
+        }
+    }
+    Ok(Json(attachments(&state, &name).await?))
+}
+
+/// `POST /v1/satellites/{name}/presenting`: what the satellite serves.
+pub(super) async fn satellite_presenting(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    crate::error::JsonBody(report): crate::error::JsonBody<SatellitePresenting>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_self(&caller, &name)?;
+    for (volume, mut status) in report.volumes {
+        caller.require_volume(&volume)?;
+        status.node = name.clone();
+        state
+            .store
+            .put(
+                &state.keys().presenting(&volume, &name),
+                serde_json::to_vec(&status).expect("status serializes"),
+                None,
+            )
+            .await?;
+    }
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+/// An attach `--from` satellite `satellite` (already checked against its
+/// grants): records the attachment for the satellite to pick up, and waits
+/// until it serves the endpoint (or says why it cannot).
+pub(super) async fn attach_from_satellite(
+    state: &AppState,
+    name: &str,
+    satellite: &str,
+    endpoint: &str,
+) -> ApiResult<String> {
+    let (spec, _) = state.spec(name).await?;
+    if spec.encryption.is_some() {
+        return Err(RegistryError::Unavailable {
+            reason: format!(
+                "volume {name} is encrypted, and satellites do not present encrypted volumes yet"
+            ),
+        });
+    }
+    state
+        .update_spec(name, |spec| {
+            match spec
+                .attachments
+                .iter()
+                .find(|attachment| attachment.endpoint == endpoint)
+            {
+                Some(existing) if existing.from != satellite => Err(RegistryError::Invalid {
+                    field: "nbd",
+                    reason: format!(
+                        "{endpoint} is already presented by {}",
+                        existing.presenter(spec)
+                    ),
+                }),
+                Some(_) => Ok(()),
+                None => {
+                    spec.attachments.push(AttachmentSpec {
+                        endpoint: endpoint.to_string(),
+                        from: satellite.to_string(),
+                        node: Some(satellite.to_string()),
+                    });
+                    Ok(())
+                }
+            }
+        })
+        .await?;
+    tracing::info!(volume = %name, %endpoint, %satellite, "attach from a satellite requested");
+    let outcome = state
+        .wait_for_presenter(
+            name,
+            satellite,
+            "serve",
+            |status: Option<&PresentingStatus>| {
+                let status = status?;
+                if let Some(serving) = status.serving.iter().find(|s| s.endpoint == endpoint) {
+                    return Some(Ok(serving.uri.clone()));
+                }
+                status
+                    .failures
+                    .iter()
+                    .find(|failure| failure.endpoint == endpoint)
+                    .map(|failure| Err(failure.error.clone()))
+            },
+        )
+        .await;
+    if outcome.is_err() {
+        let _ = state
+            .update_spec(name, |spec| {
+                spec.attachments.retain(|attachment| {
+                    !(attachment.endpoint == endpoint && attachment.from == satellite)
+                });
+                Ok(())
+            })
+            .await;
+    }
+    outcome
+}

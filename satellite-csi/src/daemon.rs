@@ -1,0 +1,299 @@
+//! The satellite daemon: joins the central cluster once (its own key, a
+//! CSR and the one-time token), then follows its attachments and serves each
+//! as a local NBD export whose I/O goes through the gateways. It only dials
+//! out: the registry is asked (a long poll) what to present, and told what
+//! is served, which is what an attach `--from` this satellite waits for.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nbd_export::{BlockOp, Export, Failure, NbdContext, NbdServer};
+use tether_proto::admin::{
+    CertificateResponse, EndpointFailure, PresentingStatus, ServingEndpoint,
+};
+use tether_proto::federation::{SatelliteAttachments, SatelliteJoinRequest, SatellitePresenting};
+use tether_tls::{Credentials, Identity, KeyAndRequest, Role, TlsContext};
+
+use crate::link::{LinkClient, RemoteVolume, VolumeRequest};
+use crate::LinkError;
+
+/// How long a satellite keeps trying to reach the registry to join.
+const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Longer than the registry's long poll (25 s).
+const POLL_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Flags of `tether-satellite` (and `tether daemon satellite`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SatelliteArgs {
+    /// The central cluster this satellite uses.
+    #[arg(long, default_value = "central")]
+    pub cluster: String,
+    /// This satellite's name, as `tether cluster add-satellite` was given it.
+    #[arg(long)]
+    pub name: String,
+    /// The central registry's admin API (https://host:port).
+    #[arg(long)]
+    pub registry: String,
+    /// The gateways' QUIC endpoints (host:port), comma-separated; tried in turn.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub gateway: Vec<String>,
+    /// Where the satellite keeps its credential (`tls/`).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// The join token (the first start only).
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// The central CA's certificate, to check the registry's when joining.
+    #[arg(long)]
+    pub trust_ca: Option<PathBuf>,
+}
+
+/// The satellite's credential: from `state_dir/tls` when it names this
+/// satellite and is valid, else by joining.
+async fn establish(args: &SatelliteArgs) -> anyhow::Result<Arc<TlsContext>> {
+    let tls_dir = args.state_dir.join("tls");
+    let identity = Identity::new(&args.cluster, Role::Satellite, &args.name);
+    if let Ok(credentials) = Credentials::load(&tls_dir) {
+        let (_, not_after) = credentials.validity()?;
+        if credentials.identity == identity && not_after > SystemTime::now() {
+            return Ok(TlsContext::new(&credentials)?);
+        }
+    }
+    let token = match &args.join_token_file {
+        Some(file) => std::fs::read_to_string(file)?.trim().to_string(),
+        None => anyhow::bail!(
+            "satellite {} has no credential in {} and cannot join without --join-token-file",
+            args.name,
+            tls_dir.display()
+        ),
+    };
+    let trust = match &args.trust_ca {
+        Some(file) => std::fs::read_to_string(file)?,
+        None => anyhow::bail!("joining needs --trust-ca (the central CA's certificate)"),
+    };
+    let request = KeyAndRequest::new(&identity)?;
+    let body = SatelliteJoinRequest {
+        name: args.name.clone(),
+        token,
+        csr_pem: request.csr_pem,
+    };
+    let client = tether_tls::anonymous_client_config(&trust)?;
+    let started = std::time::Instant::now();
+    let answer: CertificateResponse = loop {
+        match tether_tls::client::post_json(
+            &args.registry,
+            "/v1/satellites/join",
+            client.clone(),
+            &body,
+        )
+        .await
+        {
+            Ok(answer) => break answer,
+            Err(tether_tls::client::CallError::Unreachable(reason))
+                if started.elapsed() < JOIN_PATIENCE =>
+            {
+                tracing::debug!(%reason, "registry not reachable yet");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(err) => anyhow::bail!("joining through {}: {err}", args.registry),
+        }
+    };
+    let credentials = Credentials {
+        identity,
+        chain_pem: answer.chain_pem,
+        key_pem: request.key_pem,
+        trust_pem: answer.trust_pem,
+    };
+    credentials.save(&tls_dir)?;
+    tracing::info!("joined the federation; got this satellite's certificate");
+    Ok(TlsContext::new(&credentials)?)
+}
+
+/// A volume opened through the gateways, as the NBD server sees it.
+struct SatelliteVolume(Arc<RemoteVolume>);
+
+impl Export for SatelliteVolume {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.0.welcome().size_bytes
+    }
+
+    fn min_block_bytes(&self) -> u32 {
+        self.0.welcome().min_block_bytes.max(1)
+    }
+
+    async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>, Failure> {
+        let request = match op {
+            BlockOp::Read { offset, length } => VolumeRequest::Read { offset, length },
+            BlockOp::Write { offset, data, fua } => VolumeRequest::Write { offset, data, fua },
+            BlockOp::WriteZeroes {
+                offset,
+                length,
+                punch,
+                fua,
+            } => VolumeRequest::WriteZeroes {
+                offset,
+                length,
+                fua,
+                no_hole: !punch,
+            },
+            BlockOp::Flush => VolumeRequest::Flush,
+        };
+        match self.0.execute(request).await {
+            Ok(data) => Ok(data.map(|data| data.to_vec())),
+            Err(err) => Err(Failure {
+                errno: match &err {
+                    LinkError::Io { errno, .. } => *errno,
+                    _ => 5,
+                },
+                out_of_range: false,
+                message: err.to_string(),
+            }),
+        }
+    }
+}
+
+/// Runs the satellite until `shutdown` resolves.
+pub async fn run(
+    args: SatelliteArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("satellite", satellite = %args.name);
+    run_in_span(args, shutdown).instrument(span).await
+}
+
+async fn run_in_span(
+    args: SatelliteArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.state_dir)?;
+    tether_common::protected::mark(&args.state_dir, "a Tether satellite's state")?;
+    let tls = establish(&args).await?;
+    let link = LinkClient::new(&tls, args.gateway.clone())?;
+    let nbd = NbdContext::new(&tls);
+    tracing::info!(gateways = ?args.gateway, "satellite up");
+    let mut served: HashMap<(String, String), NbdServer> = HashMap::new();
+    let mut volumes: HashMap<String, Arc<RemoteVolume>> = HashMap::new();
+    let mut version: Option<String> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let path = match &version {
+            Some(version) => format!("/v1/satellites/{}/attachments?version={version}", args.name),
+            None => format!("/v1/satellites/{}/attachments", args.name),
+        };
+        let poll = tether_tls::client::get_json::<SatelliteAttachments>(
+            &args.registry,
+            &path,
+            tls.client_config(),
+            POLL_TIMEOUT,
+        );
+        let wanted = tokio::select! {
+            _ = &mut shutdown => break,
+            answer = poll => match answer {
+                Ok(wanted) => wanted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot ask the registry for this satellite's attachments; retrying");
+                    tokio::time::sleep(RETRY_PAUSE * 2).await;
+                    continue;
+                }
+            },
+        };
+        if version.as_deref() == Some(wanted.version.as_str()) {
+            continue;
+        }
+        let keys: Vec<(String, String)> = wanted
+            .attachments
+            .iter()
+            .map(|attachment| (attachment.volume.clone(), attachment.endpoint.clone()))
+            .collect();
+        served.retain(|key, _| keys.contains(key));
+        volumes.retain(|volume, _| keys.iter().any(|(wanted, _)| wanted == volume));
+        let mut failures: HashMap<String, Vec<EndpointFailure>> = HashMap::new();
+        for (volume, endpoint) in &keys {
+            if served.contains_key(&(volume.clone(), endpoint.clone())) {
+                continue;
+            }
+            let remote = match volumes.get(volume) {
+                Some(remote) => Ok(remote.clone()),
+                None => link.open(volume).await,
+            };
+            let outcome = match remote {
+                Ok(remote) => {
+                    volumes.insert(volume.clone(), remote.clone());
+                    nbd_export::serve(endpoint, Arc::new(SatelliteVolume(remote)), nbd.clone())
+                        .await
+                        .map_err(|err| err.to_string())
+                }
+                Err(err) => Err(err.to_string()),
+            };
+            match outcome {
+                Ok(server) => {
+                    tracing::info!(%volume, uri = %server.uri, "serving over NBD");
+                    served.insert((volume.clone(), endpoint.clone()), server);
+                }
+                Err(error) => {
+                    tracing::warn!(%volume, %endpoint, %error, "cannot serve the attachment");
+                    failures
+                        .entry(volume.clone())
+                        .or_default()
+                        .push(EndpointFailure {
+                            endpoint: endpoint.clone(),
+                            error,
+                        });
+                }
+            }
+        }
+        let mut report: HashMap<String, PresentingStatus> = HashMap::new();
+        for ((volume, endpoint), server) in &served {
+            report
+                .entry(volume.clone())
+                .or_default()
+                .serving
+                .push(ServingEndpoint {
+                    endpoint: endpoint.clone(),
+                    uri: server.uri.clone(),
+                });
+        }
+        for (volume, failed) in failures {
+            let status = report.entry(volume).or_default();
+            status.errors = failed
+                .iter()
+                .map(|f| format!("{}: {}", f.endpoint, f.error))
+                .collect();
+            status.failures = failed;
+        }
+        let body = SatellitePresenting {
+            volumes: report
+                .into_iter()
+                .map(|(volume, mut status)| {
+                    status.version = 1;
+                    status.node = args.name.clone();
+                    (volume, status)
+                })
+                .collect(),
+        };
+        let path = format!("/v1/satellites/{}/presenting", args.name);
+        match tether_tls::client::post_json::<_, serde_json::Value>(
+            &args.registry,
+            &path,
+            tls.client_config(),
+            &body,
+        )
+        .await
+        {
+            Ok(_) => version = Some(wanted.version),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot report what this satellite serves; retrying")
+            }
+        }
+    }
+    tracing::info!("satellite stopping");
+    Ok(())
+}
