@@ -66,14 +66,7 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
             } else {
                 Credentials::load(target)
             };
-            let current = loaded.ok().filter(|credentials| {
-                credentials.identity == identity
-                    && credentials.trust_pem == ca.trust_pem()
-                    && !credentials
-                        .renewal_due(std::time::SystemTime::now())
-                        .unwrap_or(true)
-            });
-            if current.is_none() {
+            if !loaded.is_ok_and(|credentials| still_good(&credentials, &identity, &ca)) {
                 let issued = ca.issue_credentials(&identity, names, DEV_CERT_LIFETIME)?;
                 if for_nbd {
                     issued.save_for_nbd_client(target)?;
@@ -662,6 +655,20 @@ fn up_embedded(
 
 /// Waits until the admin API answers; fails fast, naming the log, if a
 /// process exits first. Returns a client of it.
+/// A credential `dev up` may keep: it names `identity`, comes from `ca`,
+/// and is not due for renewal.
+fn still_good(
+    credentials: &tether_tls::Credentials,
+    identity: &tether_tls::Identity,
+    ca: &tether_tls::CertificateAuthority,
+) -> bool {
+    credentials.identity == *identity
+        && credentials.trust_pem == ca.trust_pem()
+        && !credentials
+            .renewal_due(std::time::SystemTime::now())
+            .unwrap_or(true)
+}
+
 /// Issues gateway `name` its credential (if missing or due), valid for the
 /// loopback address satellites dial.
 fn gateway_credentials(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
@@ -674,14 +681,9 @@ fn gateway_credentials(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     )?;
     let tls_dir = dir.join(CLUSTER).join(name).join("tls");
     let identity = Identity::new(CLUSTER, Role::Gateway, name);
-    let current = Credentials::load(&tls_dir).ok().filter(|credentials| {
-        credentials.identity == identity
-            && credentials.trust_pem == ca.trust_pem()
-            && !credentials
-                .renewal_due(std::time::SystemTime::now())
-                .unwrap_or(true)
-    });
-    if current.is_none() {
+    if !Credentials::load(&tls_dir)
+        .is_ok_and(|credentials| still_good(&credentials, &identity, &ca))
+    {
         ca.issue_credentials(
             &identity,
             &["127.0.0.1".into(), "localhost".into()],

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use multicluster_tests::clients::{file_hash, nbdcopy_out};
 use multicluster_tests::harness::DevFederation;
-use satellite_csi::{LinkClient, LinkError, RemoteVolume, VolumeRequest};
+use satellite_csi::{BlockOp, LinkClient, LinkError, RemoteVolume};
 use tether_proto::link::refusal;
 use tether_tls::{CertificateAuthority, Credentials, Identity, Role, TlsContext};
 
@@ -53,7 +53,7 @@ fn block(seed: u64, length: usize) -> Bytes {
 
 async fn write(volume: &RemoteVolume, offset: u64, data: Bytes) -> Result<(), LinkError> {
     volume
-        .execute(VolumeRequest::Write {
+        .execute(BlockOp::Write {
             offset,
             data,
             fua: false,
@@ -64,7 +64,7 @@ async fn write(volume: &RemoteVolume, offset: u64, data: Bytes) -> Result<(), Li
 
 async fn read(volume: &RemoteVolume, offset: u64, length: u32) -> Result<Bytes, LinkError> {
     Ok(volume
-        .execute(VolumeRequest::Read { offset, length })
+        .execute(BlockOp::Read { offset, length })
         .await?
         .expect("a read answers data"))
 }
@@ -121,7 +121,7 @@ fn a_satellite_reads_and_writes_what_it_was_granted_and_nothing_else() {
         for i in 0..8u64 {
             write(&volume, i << 20, block(i, 1 << 20)).await.unwrap();
         }
-        volume.execute(VolumeRequest::Flush).await.unwrap();
+        volume.execute(BlockOp::Flush).await.unwrap();
         let mut back = Vec::new();
         for i in 0..8u64 {
             back.extend_from_slice(&read(&volume, i << 20, 1 << 20).await.unwrap());
@@ -129,7 +129,7 @@ fn a_satellite_reads_and_writes_what_it_was_granted_and_nothing_else() {
         assert_eq!(blake3::hash(&back), blake3::hash(&expected));
         // Past the end: the request fails, the stream goes on.
         let past = volume
-            .execute(VolumeRequest::Read {
+            .execute(BlockOp::Read {
                 offset: 64 << 20,
                 length: 4096,
             })

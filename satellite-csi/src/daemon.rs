@@ -16,7 +16,7 @@ use tether_proto::admin::{
 use tether_proto::federation::{SatelliteAttachments, SatelliteJoinRequest, SatellitePresenting};
 use tether_tls::{Credentials, Identity, KeyAndRequest, Role, TlsContext};
 
-use crate::link::{LinkClient, RemoteVolume, VolumeRequest};
+use crate::link::{LinkClient, RemoteVolume};
 use crate::LinkError;
 
 /// How long a satellite keeps trying to reach the registry to join.
@@ -129,23 +129,7 @@ impl Export for SatelliteVolume {
     }
 
     async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>, Failure> {
-        let request = match op {
-            BlockOp::Read { offset, length } => VolumeRequest::Read { offset, length },
-            BlockOp::Write { offset, data, fua } => VolumeRequest::Write { offset, data, fua },
-            BlockOp::WriteZeroes {
-                offset,
-                length,
-                punch,
-                fua,
-            } => VolumeRequest::WriteZeroes {
-                offset,
-                length,
-                fua,
-                no_hole: !punch,
-            },
-            BlockOp::Flush => VolumeRequest::Flush,
-        };
-        match self.0.execute(request).await {
+        match self.0.execute(op).await {
             Ok(data) => Ok(data.map(|data| data.to_vec())),
             Err(err) => Err(Failure {
                 errno: match &err {

@@ -11,4 +11,5 @@ mod error;
 pub mod link;
 
 pub use error::LinkError;
-pub use link::{LinkClient, RemoteVolume, VolumeRequest};
+pub use link::{LinkClient, RemoteVolume};
+pub use tether_proto::block::BlockOp;

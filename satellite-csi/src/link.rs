@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tether_proto::block::BlockOp;
 use tether_proto::link::{
     self, close, decode_link_frame, encode_link_frame, refusal, LinkFrame, Payload, Welcome,
     FEATURE_ZSTD,
@@ -36,74 +37,39 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const READ_BUFFER: usize = 256 * 1024;
 
-/// One request on a volume.
-#[derive(Debug, Clone)]
-pub enum VolumeRequest {
-    Read {
-        offset: u64,
-        length: u32,
-    },
-    Write {
-        offset: u64,
-        data: Bytes,
-        fua: bool,
-    },
-    WriteZeroes {
-        offset: u64,
-        length: u64,
-        fua: bool,
-        no_hole: bool,
-    },
-    Trim {
-        offset: u64,
-        length: u64,
-        fua: bool,
-    },
-    Flush,
+/// A request's bytes held in flight: a write's payload, a read's answer.
+fn held_bytes(request: &BlockOp) -> u32 {
+    match request {
+        BlockOp::Read { length, .. } => *length,
+        BlockOp::Write { data, .. } => data.len() as u32,
+        _ => 0,
+    }
 }
 
-impl VolumeRequest {
-    fn held_bytes(&self) -> u32 {
-        match self {
-            VolumeRequest::Read { length, .. } => *length,
-            VolumeRequest::Write { data, .. } => data.len() as u32,
-            _ => 0,
-        }
-    }
-
-    fn frame(&self, id: u64, zstd: bool) -> LinkFrame {
-        match self.clone() {
-            VolumeRequest::Read { offset, length } => LinkFrame::Read { id, offset, length },
-            VolumeRequest::Write { offset, data, fua } => LinkFrame::Write {
-                id,
-                offset,
-                fua,
-                data: pack(data, zstd),
-            },
-            VolumeRequest::WriteZeroes {
-                offset,
-                length,
-                fua,
-                no_hole,
-            } => LinkFrame::WriteZeroes {
-                id,
-                offset,
-                length,
-                fua,
-                no_hole,
-            },
-            VolumeRequest::Trim {
-                offset,
-                length,
-                fua,
-            } => LinkFrame::Trim {
-                id,
-                offset,
-                length,
-                fua,
-            },
-            VolumeRequest::Flush => LinkFrame::Flush { id },
-        }
+/// The link frame of `request` (a zeroing that may punch holes is sent as
+/// such; the gateway maps it back the same way).
+fn frame(request: &BlockOp, id: u64, zstd: bool) -> LinkFrame {
+    match request.clone() {
+        BlockOp::Read { offset, length } => LinkFrame::Read { id, offset, length },
+        BlockOp::Write { offset, data, fua } => LinkFrame::Write {
+            id,
+            offset,
+            fua,
+            data: pack(data, zstd),
+        },
+        BlockOp::WriteZeroes {
+            offset,
+            length,
+            punch,
+            fua,
+        } => LinkFrame::WriteZeroes {
+            id,
+            offset,
+            length,
+            fua,
+            no_hole: !punch,
+        },
+        BlockOp::Flush => LinkFrame::Flush { id },
     }
 }
 
@@ -324,7 +290,7 @@ impl RemoteVolume {
 
     /// Runs one request, through whichever gateway answers; a gateway that
     /// goes away is a pause, not an error.
-    pub async fn execute(&self, request: VolumeRequest) -> Result<Option<Bytes>, LinkError> {
+    pub async fn execute(&self, request: BlockOp) -> Result<Option<Bytes>, LinkError> {
         let started = Instant::now();
         loop {
             let attempt = match self.stream().await {
@@ -350,17 +316,13 @@ impl RemoteVolume {
         }
     }
 
-    fn answer(
-        &self,
-        answer: LinkFrame,
-        request: &VolumeRequest,
-    ) -> Result<Option<Bytes>, LinkError> {
+    fn answer(&self, answer: LinkFrame, request: &BlockOp) -> Result<Option<Bytes>, LinkError> {
         let protocol = |reason: String| LinkError::Protocol {
             volume: self.volume.clone(),
             reason,
         };
         match (answer, request) {
-            (LinkFrame::Done { error: 0, .. }, VolumeRequest::Read { .. }) => {
+            (LinkFrame::Done { error: 0, .. }, BlockOp::Read { .. }) => {
                 Err(protocol("a read answered without data".into()))
             }
             (LinkFrame::Done { error: 0, .. }, _) => Ok(None),
@@ -368,7 +330,7 @@ impl RemoteVolume {
                 volume: self.volume.clone(),
                 errno: error,
             }),
-            (LinkFrame::Data { data, .. }, VolumeRequest::Read { length, .. }) => {
+            (LinkFrame::Data { data, .. }, BlockOp::Read { length, .. }) => {
                 let data = unpack(data).map_err(protocol)?;
                 if data.len() != *length as usize {
                     return Err(protocol(format!(
@@ -510,10 +472,8 @@ impl OpenStream {
         self.pending.lock().unwrap().clear();
     }
 
-    async fn request(&self, request: &VolumeRequest) -> Result<LinkFrame, Lost> {
-        let bytes = request
-            .held_bytes()
-            .min(self.welcome.max_in_flight_bytes.max(1));
+    async fn request(&self, request: &BlockOp) -> Result<LinkFrame, Lost> {
+        let bytes = held_bytes(request).min(self.welcome.max_in_flight_bytes.max(1));
         let _slot = self.requests.acquire().await.map_err(|_| Lost::Gone)?;
         let _bytes = self
             .bytes
@@ -527,7 +487,7 @@ impl OpenStream {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
         let mut out = BytesMut::new();
-        encode_link_frame(&request.frame(id, self.zstd), &mut out);
+        encode_link_frame(&frame(request, id, self.zstd), &mut out);
         if self.outgoing.send(out).is_err() {
             self.pending.lock().unwrap().remove(&id);
             return Err(self.lost());
