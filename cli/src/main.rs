@@ -1014,10 +1014,15 @@ fn run_daemon(command: &DaemonCommand, log_format: LogFormat) -> anyhow::Result<
             runtime.block_on(storage_node::run(config, tether_common::shutdown_signal()))?;
         }
         DaemonCommand::Satellite(args) => {
-            runtime.block_on(satellite_csi::daemon::run(
+            let result = runtime.block_on(satellite_csi::daemon::run(
                 args.as_ref().clone(),
                 tether_common::shutdown_signal(),
-            ))?;
+            ));
+            // A long poll to the registry may still hold a blocking thread:
+            // do not wait for it to stop.
+            runtime.shutdown_background();
+            result?;
+            return Ok(());
         }
         DaemonCommand::Gateway { args, ready_file } => {
             if let Some(addr) = args.metrics_addr {

@@ -142,6 +142,7 @@ pub async fn run(
         cluster: config.cluster,
         store,
         security: security.clone(),
+        satellite_keys: Default::default(),
     };
     let renewer = tokio::spawn(security.clone().renew_own_certificate());
     let replacer = tokio::spawn(api::replace_lost_copies(

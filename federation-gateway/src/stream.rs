@@ -153,11 +153,11 @@ async fn run(
         version,
         features: if zstd { FEATURE_ZSTD } else { 0 },
         size_bytes: spec.size_bytes,
-        volume_flags: if access.read_only {
+        volume_flags: (if access.read_only {
             VOLUME_READ_ONLY
         } else {
             0
-        },
+        }) | (if encrypted { link::VOLUME_ENCRYPTED } else { 0 }),
         max_request_bytes: link::MAX_IO_BYTES,
         min_block_bytes: if encrypted { ENCRYPTED_BLOCK } else { 1 },
         max_in_flight: limits.max_in_flight,

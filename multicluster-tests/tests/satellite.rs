@@ -121,4 +121,85 @@ fn a_satellite_serves_a_granted_volume_to_real_nbd_clients_and_nothing_else() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     federation.assert_copies_identical("edge");
+
+    // An encrypted volume: the satellite encrypts and decrypts with the key
+    // the registry handed it; no central pool file holds the plaintext.
+    let key_file = federation.dir().join("vault.key");
+    multicluster_tests::harness::write_key_file(&key_file, rand::random::<[u8; 32]>());
+    let key = key_file.to_str().unwrap();
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "vault",
+            "--size",
+            "16MiB",
+            "--replicas",
+            "2",
+            "--encrypt-key-file",
+            key,
+        ])
+        .unwrap();
+    federation
+        .tether_ok(&["grant", "add", "satellite-1", "--volume", "vault"])
+        .unwrap();
+    let vault_socket = format!("unix:{}", federation.dir().join("vault.sock").display());
+    let no_key = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "vault",
+            "--from",
+            "satellite-1",
+            "--nbd",
+            &vault_socket,
+        ])
+        .unwrap_err();
+    assert!(
+        no_key.to_string().contains("--encrypt-key-file"),
+        "{no_key}"
+    );
+    let vault = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "vault",
+            "--from",
+            "satellite-1",
+            "--nbd",
+            &vault_socket,
+            "--encrypt-key-file",
+            key,
+        ])
+        .unwrap();
+    let marker = b"TETHER-SATELLITE-PLAINTEXT-MARKER-";
+    let plain: Vec<u8> = marker.iter().copied().cycle().take(4 << 20).collect();
+    let plain_file = federation.dir().join("plain.raw");
+    std::fs::write(&plain_file, &plain).unwrap();
+    nbdcopy_in(&plain_file, vault.trim()).unwrap();
+    let vault_back = federation.dir().join("vault-back.raw");
+    nbdcopy_out(vault.trim(), &vault_back).unwrap();
+    assert_eq!(
+        file_hash(&vault_back, plain.len() as u64).unwrap(),
+        file_hash(&plain_file, plain.len() as u64).unwrap()
+    );
+    federation
+        .tether_ok(&["volume", "detach", "vault"])
+        .unwrap();
+    let mut scanned = 0;
+    for file in multicluster_tests::harness::files_under(&federation.dir().join("central")) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !multicluster_tests::harness::contains(&bytes, marker),
+            "plaintext in {}",
+            file.display()
+        );
+        scanned += 1;
+    }
+    assert!(scanned > 0);
+    assert!(!multicluster_tests::harness::contains(
+        federation.gateway_logs().as_bytes(),
+        marker
+    ));
+    federation.assert_copies_identical("vault");
 }

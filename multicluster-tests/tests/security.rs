@@ -4,7 +4,7 @@
 //! plaintext on disk or on the wire and open only with their key.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -378,28 +378,7 @@ fn certificates_renew_under_io_without_a_failed_request() {
     }
 }
 
-/// Every regular file under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => pending.push(path),
-                Ok(kind) if kind.is_file() => files.push(path),
-                _ => {}
-            }
-        }
-    }
-    files
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
-}
+use multicluster_tests::harness::{contains, files_under};
 
 /// A TCP proxy that records every byte it forwards, both ways.
 fn recording_proxy(listen: std::net::TcpListener, target: String, tape: Arc<Mutex<Vec<u8>>>) {

@@ -190,6 +190,10 @@ pub struct SatelliteAttachment {
     pub volume: String,
     /// Where the satellite serves it (`unix:PATH`, `tcp:…`, `tls:…`).
     pub endpoint: String,
+    /// An encrypted volume's data key (hex), for this satellite only: it
+    /// encrypts and decrypts; gateways and central nodes see ciphertext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
 }
 
 /// What a satellite should present now. `version` changes whenever the set

@@ -112,35 +112,115 @@ async fn establish(args: &SatelliteArgs) -> anyhow::Result<Arc<TlsContext>> {
     Ok(TlsContext::new(&credentials)?)
 }
 
-/// A volume opened through the gateways, as the NBD server sees it.
-struct SatelliteVolume(Arc<RemoteVolume>);
+/// A volume opened through the gateways, as the NBD server sees it. An
+/// encrypted one is encrypted and decrypted here, with the data key the
+/// registry handed this satellite: gateways and central nodes see
+/// ciphertext only.
+struct SatelliteVolume {
+    remote: Arc<RemoteVolume>,
+    cipher: Option<volume_crypto::SectorCipher>,
+}
+
+fn failure(err: impl std::fmt::Display, errno: u32) -> Failure {
+    Failure {
+        errno,
+        out_of_range: false,
+        message: err.to_string(),
+    }
+}
+
+const EINVAL: u32 = 22;
+
+impl SatelliteVolume {
+    async fn run(&self, op: BlockOp) -> Result<Option<Vec<u8>>, Failure> {
+        match self.remote.execute(op).await {
+            Ok(data) => Ok(data.map(|data| data.to_vec())),
+            Err(err) => {
+                let errno = match &err {
+                    LinkError::Io { errno, .. } => *errno,
+                    _ => 5,
+                };
+                Err(failure(err, errno))
+            }
+        }
+    }
+}
 
 impl Export for SatelliteVolume {
     fn name(&self) -> &str {
-        self.0.name()
+        self.remote.name()
     }
 
     fn size_bytes(&self) -> u64 {
-        self.0.welcome().size_bytes
+        self.remote.welcome().size_bytes
     }
 
     fn min_block_bytes(&self) -> u32 {
-        self.0.welcome().min_block_bytes.max(1)
+        self.remote.welcome().min_block_bytes.max(1)
     }
 
     async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>, Failure> {
-        match self.0.execute(op).await {
-            Ok(data) => Ok(data.map(|data| data.to_vec())),
-            Err(err) => Err(Failure {
-                errno: match &err {
-                    LinkError::Io { errno, .. } => *errno,
-                    _ => 5,
-                },
-                out_of_range: false,
-                message: err.to_string(),
-            }),
+        let Some(cipher) = &self.cipher else {
+            return self.run(op).await;
+        };
+        use volume_crypto::SectorCipher;
+        match op {
+            BlockOp::Read { offset, length } => {
+                SectorCipher::check_aligned(offset, length as u64)
+                    .map_err(|e| failure(e, EINVAL))?;
+                let mut data = self
+                    .run(BlockOp::Read { offset, length })
+                    .await?
+                    .unwrap_or_default();
+                cipher
+                    .decrypt(offset, &mut data)
+                    .map_err(|e| failure(e, EINVAL))?;
+                Ok(Some(data))
+            }
+            BlockOp::Write { offset, data, fua } => {
+                let mut sealed = data.to_vec();
+                cipher
+                    .encrypt(offset, &mut sealed)
+                    .map_err(|e| failure(e, EINVAL))?;
+                self.run(BlockOp::Write {
+                    offset,
+                    data: sealed.into(),
+                    fua,
+                })
+                .await
+            }
+            BlockOp::WriteZeroes { offset, length, .. } => {
+                // Zero ciphertext sectors read back as zeros (see volume_crypto).
+                SectorCipher::check_aligned(offset, length).map_err(|e| failure(e, EINVAL))?;
+                self.run(op).await
+            }
+            BlockOp::Flush => self.run(op).await,
         }
     }
+}
+
+/// The export of `volume`: never an encrypted one without its key (the
+/// client would read ciphertext and write plaintext).
+fn export(
+    volume: &str,
+    remote: Arc<RemoteVolume>,
+    data_key: Option<String>,
+) -> Result<SatelliteVolume, String> {
+    let encrypted = remote.welcome().volume_flags & tether_proto::link::VOLUME_ENCRYPTED != 0;
+    tracing::info!(%volume, encrypted, key = data_key.is_some(), "opening the export");
+    let cipher = match (encrypted, data_key) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(format!(
+                "volume {volume} is encrypted and this satellite does not hold its key (attach again with --encrypt-key-file)"
+            ))
+        }
+        (true, Some(hex)) => {
+            let key = volume_crypto::DataKey::from_hex(volume, &hex).map_err(|err| err.to_string())?;
+            Some(volume_crypto::SectorCipher::new(&key))
+        }
+    };
+    Ok(SatelliteVolume { remote, cipher })
 }
 
 /// Runs the satellite until `shutdown` resolves.
@@ -208,12 +288,20 @@ async fn run_in_span(
                 Some(remote) => Ok(remote.clone()),
                 None => link.open(volume).await,
             };
+            let data_key = wanted
+                .attachments
+                .iter()
+                .find(|a| a.volume == *volume && a.endpoint == *endpoint)
+                .and_then(|a| a.data_key.clone());
             let outcome = match remote {
                 Ok(remote) => {
                     volumes.insert(volume.clone(), remote.clone());
-                    nbd_export::serve(endpoint, Arc::new(SatelliteVolume(remote)), nbd.clone())
-                        .await
-                        .map_err(|err| err.to_string())
+                    match export(volume, remote, data_key) {
+                        Ok(export) => nbd_export::serve(endpoint, Arc::new(export), nbd.clone())
+                            .await
+                            .map_err(|err| err.to_string()),
+                        Err(reason) => Err(reason),
+                    }
                 }
                 Err(err) => Err(err.to_string()),
             };

@@ -18,5 +18,8 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
-    satellite_csi::daemon::run(cli.satellite, tether_common::shutdown_signal()).await
+    satellite_csi::daemon::run(cli.satellite, tether_common::shutdown_signal()).await?;
+    // A long poll to the registry may still hold a blocking thread: exit
+    // without waiting for it.
+    std::process::exit(0)
 }

@@ -22,8 +22,10 @@ pub(super) async fn attach_volume(
     let from = attaching_cluster(&state, &caller, &name, request.from.take()).await?;
     if from != state.cluster {
         let endpoint = check_endpoint(&request.nbd)?;
+        let data_key = request.data_key.take();
         return tokio::spawn(async move {
-            super::satellites::attach_from_satellite(&state, &name, &from, &endpoint).await
+            super::satellites::attach_from_satellite(&state, &name, &from, &endpoint, data_key)
+                .await
         })
         .await
         .map_err(|err| RegistryError::Unavailable {
@@ -369,6 +371,15 @@ pub(super) async fn detach_volume(
         })
         .await?;
     before.attachments.retain(|attachment| detached(attachment));
+    for attachment in &before.attachments {
+        if attachment.from != state.cluster {
+            state
+                .satellite_keys
+                .lock()
+                .unwrap()
+                .remove(&(name.clone(), attachment.from.clone()));
+        }
+    }
     tracing::info!(volume = %name, "volume detach requested");
     let live = state.nodes().await?;
     for attachment in &before.attachments {

@@ -62,6 +62,10 @@ pub struct AppState {
     pub cluster: String,
     pub store: Arc<dyn CoordStore>,
     pub security: Arc<crate::security::Security>,
+    /// Data keys of encrypted volumes attached from satellites, by (volume,
+    /// satellite): memory only, handed to that satellite over mutual TLS
+    /// (never to a gateway). Lost with a registry restart: attach again.
+    pub satellite_keys: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), String>>>,
 }
 
 pub fn router(state: AppState) -> Router {

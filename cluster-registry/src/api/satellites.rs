@@ -45,12 +45,24 @@ async fn attachments(state: &AppState, name: &str) -> ApiResult<SatelliteAttachm
                 .map(|attachment| SatelliteAttachment {
                     volume: spec.name.clone(),
                     endpoint: attachment.endpoint.clone(),
+                    data_key: state
+                        .satellite_keys
+                        .lock()
+                        .unwrap()
+                        .get(&(spec.name.clone(), name.to_string()))
+                        .cloned(),
                 })
                 .collect::<Vec<_>>()
         })
         .collect();
     attachments.sort_by(|a, b| (&a.volume, &a.endpoint).cmp(&(&b.volume, &b.endpoint)));
-    let version = blake3::hash(&serde_json::to_vec(&attachments).expect("serializes"))
+    // Whether a key is there counts (a key given later must reach the
+    // satellite); the key itself stays out of the version, which travels in URLs.
+    let shape: Vec<(&str, &str, bool)> = attachments
+        .iter()
+        .map(|a| (a.volume.as_str(), a.endpoint.as_str(), a.data_key.is_some()))
+        .collect();
+    let version = blake3::hash(&serde_json::to_vec(&shape).expect("serializes"))
         .to_hex()
         .to_string();
     Ok(SatelliteAttachments {
@@ -133,14 +145,30 @@ pub(super) async fn attach_from_satellite(
     name: &str,
     satellite: &str,
     endpoint: &str,
+    data_key: Option<String>,
 ) -> ApiResult<String> {
     let (spec, _) = state.spec(name).await?;
-    if spec.encryption.is_some() {
-        return Err(RegistryError::Unavailable {
-            reason: format!(
-                "volume {name} is encrypted, and satellites do not present encrypted volumes yet"
-            ),
-        });
+    if let Some(encryption) = &spec.encryption {
+        // The key goes to the satellite with its attachment, never to a gateway.
+        let Some(data_key) = data_key else {
+            return Err(RegistryError::Invalid {
+                field: "key",
+                reason: format!(
+                    "volume {name} is encrypted: attach needs its key (--encrypt-key-file)"
+                ),
+            });
+        };
+        volume_crypto::DataKey::from_hex(name, &data_key)
+            .and_then(|key| key.verify(name, &encryption.key_check))
+            .map_err(|err| RegistryError::Invalid {
+                field: "key",
+                reason: err.to_string(),
+            })?;
+        state
+            .satellite_keys
+            .lock()
+            .unwrap()
+            .insert((name.to_string(), satellite.to_string()), data_key);
     }
     state
         .update_spec(name, |spec| {

@@ -75,6 +75,8 @@ pub const FLAG_NO_HOLE: u16 = 1 << 2;
 
 /// Volume flags in Welcome.
 pub const VOLUME_READ_ONLY: u16 = 1 << 0;
+/// Encrypted at rest: the satellite must hold the data key to serve it.
+pub const VOLUME_ENCRYPTED: u16 = 1 << 1;
 
 /// Why a gateway refused a Hello.
 pub mod refusal {
