@@ -120,6 +120,24 @@ fn a_satellite_serves_a_granted_volume_to_real_nbd_clients_and_nothing_else() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Attached again, it is served when the attach answers (no record of
+    // the earlier export stands in for it).
+    federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "edge",
+            "--from",
+            "satellite-1",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ])
+        .unwrap();
+    assert!(
+        socket.exists(),
+        "attach answered before the satellite served"
+    );
+    federation.tether_ok(&["volume", "detach", "edge"]).unwrap();
     federation.assert_copies_identical("edge");
 
     // An encrypted volume: the satellite encrypts and decrypts with the key

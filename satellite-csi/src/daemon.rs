@@ -246,6 +246,7 @@ async fn run_in_span(
     let mut served: HashMap<(String, String), NbdServer> = HashMap::new();
     let mut volumes: HashMap<String, Arc<RemoteVolume>> = HashMap::new();
     let mut version: Option<String> = None;
+    let mut reported: std::collections::HashSet<String> = Default::default();
     tokio::pin!(shutdown);
     loop {
         let path = match &version {
@@ -341,6 +342,17 @@ async fn run_in_span(
                 .collect();
             status.failures = failed;
         }
+        // A volume served before and not now is reported with nothing
+        // served, so its record does not claim an export that is gone.
+        for volume in reported.drain() {
+            report.entry(volume).or_default();
+        }
+        reported.extend(
+            report
+                .iter()
+                .filter(|(_, status)| !status.serving.is_empty() || !status.failures.is_empty())
+                .map(|(volume, _)| volume.clone()),
+        );
         let body = SatellitePresenting {
             volumes: report
                 .into_iter()
