@@ -14,7 +14,8 @@ fn with_certificates(uri: &str, dir: &Path) -> String {
 }
 
 /// `qemu-img convert` of the whole volume over TLS, as qemu's client does it.
-fn qemu_img_convert_tls(uri: &str, certificates: &Path, out: &Path) -> anyhow::Result<()> {
+/// qemu's `--object` (the x509 credentials) and `--image-opts` for `uri` over TLS.
+fn qemu_tls_args(uri: &str, certificates: &Path) -> (String, String) {
     let (host, port, export) = split_nbds(uri);
     let object = format!(
         "tls-creds-x509,id=tls0,dir={},endpoint=client",
@@ -23,6 +24,11 @@ fn qemu_img_convert_tls(uri: &str, certificates: &Path, out: &Path) -> anyhow::R
     let image = format!(
         "driver=nbd,server.type=inet,server.host={host},server.port={port},export={export},tls-creds=tls0"
     );
+    (object, image)
+}
+
+fn qemu_img_convert_tls(uri: &str, certificates: &Path, out: &Path) -> anyhow::Result<()> {
+    let (object, image) = qemu_tls_args(uri, certificates);
     run(
         "qemu-img",
         &[
@@ -40,14 +46,7 @@ fn qemu_img_convert_tls(uri: &str, certificates: &Path, out: &Path) -> anyhow::R
 }
 
 fn qemu_io_tls(uri: &str, certificates: &Path, commands: &[&str]) -> anyhow::Result<String> {
-    let (host, port, export) = split_nbds(uri);
-    let object = format!(
-        "tls-creds-x509,id=tls0,dir={},endpoint=client",
-        certificates.display()
-    );
-    let image = format!(
-        "driver=nbd,server.type=inet,server.host={host},server.port={port},export={export},tls-creds=tls0"
-    );
+    let (object, image) = qemu_tls_args(uri, certificates);
     let mut args = vec!["--object", &object, "--image-opts", &image];
     for command in commands {
         args.extend(["-c", command]);
