@@ -63,6 +63,8 @@ pub enum RegistryError {
     },
     #[error("satellite {satellite} has no {grant}")]
     GrantNotFound { satellite: String, grant: String },
+    #[error("satellite {satellite} already holds {limit} attachment watches; close one first")]
+    TooManyWatches { satellite: String, limit: usize },
     #[error("certificates: {0}")]
     Tls(#[from] tether_tls::TlsError),
     #[error("control-plane state {path}: {source}")]
@@ -91,6 +93,7 @@ impl RegistryError {
                 (StatusCode::FORBIDDEN, "not_granted")
             }
             RegistryError::OverQuota { .. } => (StatusCode::FORBIDDEN, "over_quota"),
+            RegistryError::TooManyWatches { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
             RegistryError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             RegistryError::Attached { .. } => (StatusCode::CONFLICT, "attached"),
             RegistryError::PoolFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "pool_full"),
@@ -121,6 +124,37 @@ impl IntoResponse for RegistryError {
             code: code.to_string(),
         };
         (status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<RegistryError> for tonic::Status {
+    /// The gRPC code nearest the HTTP status; the stable code rides in
+    /// the `tether-code` metadata.
+    fn from(err: RegistryError) -> Self {
+        use tonic::Code;
+        let (status, code) = err.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %err, code, "admin request failed");
+        }
+        let grpc = match status {
+            StatusCode::BAD_REQUEST => Code::InvalidArgument,
+            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            StatusCode::FORBIDDEN => Code::PermissionDenied,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::CONFLICT if code == "already_exists" => Code::AlreadyExists,
+            StatusCode::CONFLICT => Code::FailedPrecondition,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::INSUFFICIENT_STORAGE => {
+                Code::ResourceExhausted
+            }
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        let mut answer = tonic::Status::new(grpc, err.to_string());
+        answer.metadata_mut().insert(
+            "tether-code",
+            tonic::metadata::MetadataValue::from_static(code),
+        );
+        answer
     }
 }
 

@@ -143,6 +143,7 @@ pub async fn run(
         store,
         security: security.clone(),
         satellite_keys: Default::default(),
+        attachment_watches: Default::default(),
     };
     let renewer = tokio::spawn(security.clone().renew_own_certificate());
     let replacer = tokio::spawn(api::replace_lost_copies(

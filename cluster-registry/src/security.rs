@@ -4,10 +4,11 @@
 //! as hashes), the registry's own certificate (renewed in memory), and who
 //! may call what on the admin API:
 //!
-//! | path | caller |
+//! | operation (JSON path; gRPC method) | caller ([`Access`]) |
 //! | --- | --- |
-//! | `POST /v1/join` | anyone with an unused join token (no certificate yet) |
-//! | `POST /v1/renew` | a node of this cluster (its current certificate) |
+//! | `POST /v1/join`, `POST /v1/satellites/join` (`JoinSatellite`), `GET /v1/openapi.json` | anyone: a join brings its unused token instead of a certificate |
+//! | `POST /v1/renew` (`Renew`) | a node or satellite of this cluster (its current certificate) |
+//! | volumes but verify, a satellite's own attachments and presenting | an admin, or a satellite within its grants |
 //! | everything else | an admin of this cluster |
 //!
 //! Every certificate issued is logged with its holder, the peer that asked
@@ -17,9 +18,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::State;
-use axum::Extension;
-use axum::Json;
 use tether_proto::admin::{CertificateResponse, JoinRequest, RenewRequest};
 use tether_tls::http::Peer;
 use tether_tls::{CertificateAuthority, Identity, Role, TlsContext};
@@ -123,7 +121,7 @@ impl Security {
         csr_pem: &str,
         identity: &Identity,
         addresses: &[String],
-    ) -> Result<Json<CertificateResponse>, RegistryError> {
+    ) -> Result<CertificateResponse, RegistryError> {
         let addresses =
             tether_tls::certificate_addresses(addresses).map_err(|err| RegistryError::Invalid {
                 field: "addresses",
@@ -132,10 +130,10 @@ impl Security {
         let chain_pem =
             self.ca
                 .sign_request(csr_pem, identity, &addresses, self.config.cert_lifetime)?;
-        Ok(Json(CertificateResponse {
+        Ok(CertificateResponse {
             chain_pem,
             trust_pem: self.ca.trust_pem().to_string(),
-        }))
+        })
     }
 
     /// Refuses a caller that is not one of `roles` of this cluster, with a
@@ -163,52 +161,94 @@ impl Security {
     }
 }
 
-/// Middleware: the role each path requires (see the module table), and for
-/// a satellite, that it is not removed and what its grants are (the
-/// [`Caller`](crate::grants::Caller) handlers scope their answers by).
+/// Who may call an operation; both front ends (JSON and gRPC) name one
+/// per operation and admit the caller with [`admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No certificate needed: a join (its token stands in for the
+    /// certificate the caller has yet to get), the OpenAPI document.
+    Open,
+    /// Renewal: a node or satellite of this cluster.
+    Holder,
+    /// Volumes (not verify) and a satellite's own attachments: an admin,
+    /// or a satellite within its grants.
+    AdminOrSatellite,
+    /// Everything else.
+    Admin,
+}
+
+impl Access {
+    fn roles(self) -> &'static [Role] {
+        match self {
+            Access::Open => &[],
+            Access::Holder => &[Role::Node, Role::Satellite],
+            Access::AdminOrSatellite => &[Role::Admin, Role::Satellite],
+            Access::Admin => &[Role::Admin],
+        }
+    }
+
+    /// The access a JSON API path needs.
+    pub fn of_path(path: &str) -> Access {
+        let volumes = (path == "/v1/volumes" || path.starts_with("/v1/volumes/"))
+            && !path.ends_with("/verify");
+        match path {
+            "/v1/join" | "/v1/satellites/join" | "/v1/openapi.json" => Access::Open,
+            "/v1/renew" => Access::Holder,
+            _ if volumes || path.starts_with("/v1/satellites/") => Access::AdminOrSatellite,
+            _ => Access::Admin,
+        }
+    }
+}
+
+/// Admits `peer` to an operation needing `access` (`what` names it in log
+/// lines and errors): the caller's role, and for a satellite, that it is
+/// not removed and what its grants are (the [`Caller`](crate::grants::Caller)
+/// the operations scope their answers by). A token operation admits anyone,
+/// with no caller: it checks its token itself.
+pub async fn admit(
+    state: &crate::api::AppState,
+    peer: &Peer,
+    access: Access,
+    what: &str,
+) -> Result<Option<crate::grants::Caller>, RegistryError> {
+    if access == Access::Open {
+        return Ok(None);
+    }
+    let identity = state.security.require(peer, access.roles(), what)?;
+    match identity.role {
+        Role::Satellite => satellite_caller(state, &identity.name)
+            .await
+            .map(Some)
+            .inspect_err(|refused| {
+                tracing::warn!(peer = %peer.addr, identity = %identity.uri(), request = %what, reason = %refused, "refused an admin API request");
+            }),
+        _ => Ok(Some(crate::grants::Caller::Admin)),
+    }
+}
+
+/// Middleware of the JSON API: admits the caller to the path's [`Access`].
 pub async fn authorize(
-    State(state): State<crate::api::AppState>,
-    Extension(peer): Extension<Peer>,
+    axum::extract::State(state): axum::extract::State<crate::api::AppState>,
+    axum::Extension(peer): axum::Extension<Peer>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let security = &state.security;
     let path = request.uri().path().to_string();
     let what = format!("{} {path}", request.method());
-    // Volumes (but not verify) are the satellites' part of the API.
-    let satellite_path =
-        (path == "/v1/volumes" || path.starts_with("/v1/volumes/")) && !path.ends_with("/verify");
-    let satellite_path = satellite_path || path.starts_with("/v1/satellites/");
-    let roles: &[Role] = match path.as_str() {
-        "/v1/join" | "/v1/satellites/join" => &[],
-        "/v1/renew" => &[Role::Node, Role::Satellite],
-        _ if satellite_path => &[Role::Admin, Role::Satellite],
-        _ => &[Role::Admin],
-    };
-    if roles.is_empty() {
-        return next.run(request).await;
-    }
-    let identity = match security.require(&peer, roles, &what) {
-        Ok(identity) => identity,
-        Err(refused) => return refused.into_response(),
-    };
-    let caller = match identity.role {
-        Role::Satellite => match satellite_caller(&state, &identity.name).await {
-            Ok(caller) => caller,
-            Err(refused) => {
-                tracing::warn!(peer = %peer.addr, identity = %identity.uri(), request = %what, reason = %refused, "refused an admin API request");
-                return refused.into_response();
+    match admit(&state, &peer, Access::of_path(&path), &what).await {
+        Ok(caller) => {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
             }
-        },
-        _ => crate::grants::Caller::Admin,
-    };
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+            next.run(request).await
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// A satellite's standing: joined (not removed), and its grants now.
-async fn satellite_caller(
+pub(crate) async fn satellite_caller(
     state: &crate::api::AppState,
     name: &str,
 ) -> Result<crate::grants::Caller, RegistryError> {
@@ -229,10 +269,10 @@ async fn satellite_caller(
 
 /// `POST /v1/join`: checks the token, signs the CSR for `node`.
 pub async fn join(
-    State(state): State<crate::api::AppState>,
-    Extension(peer): Extension<Peer>,
-    crate::error::JsonBody(request): crate::error::JsonBody<JoinRequest>,
-) -> Result<Json<CertificateResponse>, RegistryError> {
+    state: crate::api::AppState,
+    peer: Peer,
+    request: JoinRequest,
+) -> Result<CertificateResponse, RegistryError> {
     let security = &state.security;
     let valid = !request.node.is_empty()
         && request.node.len() <= 63
@@ -277,10 +317,10 @@ pub async fn join(
 
 /// `POST /v1/renew`: a new certificate for the caller's own identity.
 pub async fn renew(
-    State(state): State<crate::api::AppState>,
-    Extension(peer): Extension<Peer>,
-    crate::error::JsonBody(request): crate::error::JsonBody<RenewRequest>,
-) -> Result<Json<CertificateResponse>, RegistryError> {
+    state: crate::api::AppState,
+    peer: Peer,
+    request: RenewRequest,
+) -> Result<CertificateResponse, RegistryError> {
     let security = &state.security;
     let identity = security.require(&peer, &[Role::Node, Role::Satellite], "POST /v1/renew")?;
     if identity.role == Role::Satellite {
@@ -305,12 +345,10 @@ pub async fn renew(
 
 /// `POST /v1/satellites/join`: checks the satellite's token, signs its CSR.
 pub async fn join_satellite(
-    State(state): State<crate::api::AppState>,
-    Extension(peer): Extension<Peer>,
-    crate::error::JsonBody(request): crate::error::JsonBody<
-        tether_proto::federation::SatelliteJoinRequest,
-    >,
-) -> Result<Json<CertificateResponse>, RegistryError> {
+    state: crate::api::AppState,
+    peer: Peer,
+    request: tether_proto::federation::SatelliteJoinRequest,
+) -> Result<CertificateResponse, RegistryError> {
     let security = &state.security;
     crate::federation::check_name(&request.name)?;
     let store = state.store.as_ref();

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use tether_tls::TlsContext;
-use tokio::net::TcpStream;
 
 use crate::etcd_api::etcdserverpb as pb;
 use crate::etcd_api::mvccpb;
@@ -86,7 +84,7 @@ impl EtcdStore {
                         reason: format!("{endpoint} needs TLS and no certificate was given"),
                     });
                 };
-                built.connect_with_connector_lazy(tls_connector(tls))
+                built.connect_with_connector_lazy(tether_tls::h2::connector(tls, 2379))
             } else {
                 built.connect_lazy()
             };
@@ -190,35 +188,6 @@ impl EtcdStore {
             (ttl / 4).max(Duration::from_millis(250))
         })
     }
-}
-
-/// Dials etcd over TCP and opens mutual TLS (ALPN h2) to the host in the URI.
-fn tls_connector(
-    tls: Arc<TlsContext>,
-) -> impl tower::Service<
-    http::Uri,
-    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-       + Send {
-    tower::service_fn(move |uri: http::Uri| {
-        let tls = tls.clone();
-        async move {
-            let host = uri
-                .host()
-                .unwrap_or("127.0.0.1")
-                .trim_matches(['[', ']'])
-                .to_string();
-            let port = uri.port_u16().unwrap_or(2379);
-            let stream = TcpStream::connect((host.as_str(), port)).await?;
-            stream.set_nodelay(true)?;
-            let tls = tls
-                .connect_host(stream, &host, vec![b"h2".to_vec()])
-                .await?;
-            Ok(TokioIo::new(tls))
-        }
-    })
 }
 
 /// The key just past every key starting with `prefix` (etcd's range end).

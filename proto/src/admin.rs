@@ -21,7 +21,7 @@ pub fn valid_volume_name(name: &str) -> bool {
 }
 
 /// `GET /v1/nodes`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NodeView {
     pub name: String,
     pub cluster: String,
@@ -51,7 +51,7 @@ pub struct NodeView {
 }
 
 /// One copy of a volume.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CopyView {
     pub node: String,
     /// "master" | "replica"
@@ -61,7 +61,7 @@ pub struct CopyView {
 }
 
 /// Where a volume is presented over NBD.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AttachmentView {
     pub uri: String,
     /// The cluster the consumer attached from (this cluster for local attaches).
@@ -72,7 +72,7 @@ pub struct AttachmentView {
 }
 
 /// `GET /v1/volumes/{name}`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VolumeView {
     pub name: String,
     /// "healthy" (every copy in sync), "degraded" (the master serves, some
@@ -105,7 +105,7 @@ pub struct VolumeView {
 
 /// How a volume is encrypted at rest. Holds no usable key: the data key is
 /// wrapped by the user's key, and the check value is one-way.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EncryptionSpec {
     /// "xts-aes-256".
     pub cipher: String,
@@ -118,7 +118,7 @@ pub struct EncryptionSpec {
 }
 
 /// Progress of one Delta Sync: the master reconciling one copy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct SyncProgress {
     /// The copy being brought in sync.
     pub node: String,
@@ -148,7 +148,7 @@ pub struct SyncProgress {
 }
 
 /// `POST /v1/volumes`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CreateVolumeRequest {
     pub name: String,
     pub size_bytes: u64,
@@ -168,13 +168,13 @@ fn one() -> u32 {
 }
 
 /// `POST /v1/volumes/{name}/resize`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ResizeVolumeRequest {
     pub size_bytes: u64,
 }
 
 /// `POST /v1/volumes/{name}/attach`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AttachRequest {
     /// `unix:PATH` or `tcp:HOST:PORT`
     pub nbd: String,
@@ -190,13 +190,13 @@ pub struct AttachRequest {
 }
 
 /// Answer to an attach: the NBD URI a client connects to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AttachResponse {
     pub uri: String,
 }
 
 /// Every error the admin API returns, as JSON with a non-2xx status.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// One line for a person.
     pub error: String,
@@ -209,7 +209,7 @@ pub struct ErrorBody {
 ///
 /// Key: `/tether/v1/{cluster}/volumes/{name}`. Versioned: `version` is
 /// [`VolumeSpec::VERSION`]; readers refuse newer versions rather than guess.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VolumeSpec {
     pub version: u32,
     pub name: String,
@@ -245,7 +245,7 @@ impl VolumeSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AttachmentSpec {
     pub endpoint: String,
     pub from: String,
@@ -263,7 +263,7 @@ impl AttachmentSpec {
 
 /// A node's registration, bound to the node's lease so it vanishes when the
 /// node dies. Key: `/tether/v1/{cluster}/nodes/{node}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NodeRecord {
     pub version: u32,
     pub name: String,
@@ -305,7 +305,7 @@ impl NodeRecord {
 
 /// What the master node reports about a volume it serves. Key:
 /// `/tether/v1/{cluster}/status/{volume}`, bound to the master's lease.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct VolumeStatus {
     pub version: u32,
     pub node: String,
@@ -333,7 +333,7 @@ pub struct VolumeStatus {
 /// A request to compare every in-sync copy's hash tree with the master's.
 /// Key: `/tether/v1/{cluster}/verify/{volume}`, written by the registry; the
 /// master answers in its status (`VolumeStatus::verify`, same `id`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VerifyRequestRecord {
     pub version: u32,
     pub id: u64,
@@ -342,14 +342,14 @@ pub struct VerifyRequestRecord {
 }
 
 /// `POST /v1/volumes/{name}/verify`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct VerifyRequest {
     #[serde(default)]
     pub repair: bool,
 }
 
 /// What a verification found (the answer of `POST /v1/volumes/{name}/verify`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub id: u64,
     pub repair: bool,
@@ -363,7 +363,7 @@ pub struct VerifyReport {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct CopyVerification {
     pub node: String,
     pub chunks_compared: u64,
@@ -379,7 +379,7 @@ pub struct CopyVerification {
 /// What a presenting node reports about the NBD endpoints it serves for one
 /// volume. Key: `/tether/v1/{cluster}/presenting/{volume}/{node}`, bound to
 /// that node's lease.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct PresentingStatus {
     pub version: u32,
     pub node: String,
@@ -392,13 +392,13 @@ pub struct PresentingStatus {
     pub failures: Vec<EndpointFailure>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EndpointFailure {
     pub endpoint: String,
     pub error: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ServingEndpoint {
     pub endpoint: String,
     pub uri: String,
@@ -406,7 +406,7 @@ pub struct ServingEndpoint {
 
 /// `POST /v1/join`: a new node asks for its certificate. The join token
 /// stands in for the client certificate it does not have yet.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct JoinRequest {
     pub node: String,
     pub token: String,
@@ -419,7 +419,7 @@ pub struct JoinRequest {
 }
 
 /// `POST /v1/join-tokens` (admin): a one-time token for a new node.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct JoinTokenRequest {
     /// The only name the token may join as (none: any name not in use).
     #[serde(default)]
@@ -429,7 +429,7 @@ pub struct JoinTokenRequest {
     pub ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct JoinTokenResponse {
     /// Shown once; the registry keeps only its hash.
     pub token: String,
@@ -439,7 +439,7 @@ pub struct JoinTokenResponse {
 
 /// `POST /v1/renew`: a node (authenticated by its current certificate) asks
 /// for a new one, for a new key.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RenewRequest {
     pub csr_pem: String,
     /// As in [`JoinRequest::addresses`].
@@ -448,7 +448,7 @@ pub struct RenewRequest {
 }
 
 /// Answer to join and renew.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CertificateResponse {
     /// Leaf first, then intermediates.
     pub chain_pem: String,
@@ -458,7 +458,7 @@ pub struct CertificateResponse {
 
 /// `PUT /v1/volumes/{name}/key` on a node's control API: the data key of an
 /// encrypted volume the node presents, held in memory only.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VolumeKey {
     pub data_key: String,
 }

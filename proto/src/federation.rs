@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a cluster is to this one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClusterRole {
     Central,
@@ -16,7 +16,7 @@ pub enum ClusterRole {
 }
 
 /// Where a satellite stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClusterState {
     /// Added; its join token not used yet.
@@ -39,7 +39,7 @@ impl ClusterState {
 }
 
 /// `clusters/{name}`: a satellite of this central cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ClusterRecord {
     pub name: String,
     pub role: ClusterRole,
@@ -62,7 +62,7 @@ pub struct ClusterRecord {
 pub const LAST_SEEN_EVERY_MS: u64 = 30_000;
 
 /// `GET /v1/clusters`: this cluster first, then its satellites.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ClusterView {
     pub name: String,
     /// "central" or "satellite".
@@ -79,7 +79,7 @@ pub struct ClusterView {
 }
 
 /// `POST /v1/clusters` (admin): add a satellite; answers its join token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AddSatelliteRequest {
     pub name: String,
     /// Seconds the join token lives (default one hour).
@@ -87,7 +87,7 @@ pub struct AddSatelliteRequest {
     pub ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AddSatelliteResponse {
     pub name: String,
     /// Shown once: the store keeps only its hash.
@@ -96,7 +96,7 @@ pub struct AddSatelliteResponse {
 }
 
 /// `POST /v1/satellites/join` (no certificate: the token is the credential).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SatelliteJoinRequest {
     pub name: String,
     pub token: String,
@@ -105,7 +105,7 @@ pub struct SatelliteJoinRequest {
 }
 
 /// What a grant lets a satellite reach.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum GrantScope {
     /// One existing volume: open and attach it (read-only if so marked).
@@ -156,7 +156,7 @@ impl GrantScope {
 }
 
 /// `grants/{satellite}/{id}`, and one row of `GET /v1/grants`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GrantRecord {
     pub satellite: String,
     #[serde(flatten)]
@@ -165,7 +165,7 @@ pub struct GrantRecord {
 }
 
 /// `POST /v1/grants` (admin).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AddGrantRequest {
     pub satellite: String,
     #[serde(flatten)]
@@ -173,7 +173,7 @@ pub struct AddGrantRequest {
 }
 
 /// A prefix grant's use, as `GET /v1/grants` reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GrantView {
     #[serde(flatten)]
     pub grant: GrantRecord,
@@ -185,7 +185,7 @@ pub struct GrantView {
 }
 
 /// One volume a satellite presents, as `GET /v1/satellites/{name}/attachments` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SatelliteAttachment {
     pub volume: String,
     /// Where the satellite serves it (`unix:PATH`, `tcp:…`, `tls:…`).
@@ -198,14 +198,14 @@ pub struct SatelliteAttachment {
 
 /// What a satellite should present now. `version` changes whenever the set
 /// does; asking with the version one has waits (up to ~25 s) for a change.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SatelliteAttachments {
     pub version: String,
     pub attachments: Vec<SatelliteAttachment>,
 }
 
 /// `POST /v1/satellites/{name}/presenting`: what the satellite serves, per volume.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SatellitePresenting {
     pub volumes: Vec<(String, crate::admin::PresentingStatus)>,
 }

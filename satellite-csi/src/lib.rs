@@ -6,8 +6,10 @@
 //! which follows the satellite's attachments and serves each as a local NBD
 //! export over the link (`tether-satellite`). The CSI services come next.
 
+mod credential;
 pub mod daemon;
 mod error;
+mod export;
 pub mod link;
 
 pub use error::LinkError;

@@ -13,6 +13,7 @@ pub mod client;
 mod context;
 mod credentials;
 mod error;
+pub mod h2;
 pub mod http;
 mod identity;
 

@@ -4,8 +4,6 @@
 //! request: a client that gives up (a timeout, Ctrl-C) still leaves either a
 //! served attachment or none, never one the node cannot serve.
 
-use axum::extract::{Path, State};
-use axum::{Extension, Json};
 use tether_proto::admin::{AttachRequest, AttachResponse, AttachmentSpec, VolumeSpec, VolumeView};
 use tether_proto::keys::Kind;
 
@@ -13,12 +11,12 @@ use super::{ApiResult, AppState};
 use crate::grants::Caller;
 use crate::RegistryError;
 
-pub(super) async fn attach_volume(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    crate::error::JsonBody(mut request): crate::error::JsonBody<AttachRequest>,
-) -> ApiResult<Json<AttachResponse>> {
+pub(crate) async fn attach_volume(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    mut request: AttachRequest,
+) -> ApiResult<AttachResponse> {
     let from = attaching_cluster(&state, &caller, &name, request.from.take()).await?;
     if from != state.cluster {
         let endpoint = check_endpoint(&request.nbd)?;
@@ -31,7 +29,7 @@ pub(super) async fn attach_volume(
         .map_err(|err| RegistryError::Unavailable {
             reason: format!("attach failed: {err}"),
         })?
-        .map(|uri| Json(AttachResponse { uri }));
+        .map(|uri| AttachResponse { uri });
     }
     request.from = Some(from);
     tokio::spawn(attach(state, name, request))
@@ -39,7 +37,6 @@ pub(super) async fn attach_volume(
         .map_err(|err| RegistryError::Unavailable {
             reason: format!("attach failed: {err}"),
         })?
-        .map(Json)
 }
 
 /// An endpoint of a known kind (the presenting side parses the rest).
@@ -351,11 +348,11 @@ async fn attach(
     }
 }
 
-pub(super) async fn detach_volume(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<VolumeView>> {
+pub(crate) async fn detach_volume(
+    state: AppState,
+    caller: Caller,
+    name: String,
+) -> ApiResult<VolumeView> {
     caller.require_volume(&name)?;
     // An admin detaches every attachment; a satellite only its own.
     let detached = |attachment: &AttachmentSpec| {
@@ -397,5 +394,5 @@ pub(super) async fn detach_volume(
             crate::node_rpc::drop_key(&state.security, record, &name).await?;
         }
     }
-    Ok(Json(state.view(spec).await?))
+    Ok(state.view(spec).await?)
 }

@@ -1,8 +1,5 @@
 //! Clusters and grants: `tether cluster …` and `tether grant …`.
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::Json;
 use tether_proto::federation::{
     AddGrantRequest, AddSatelliteRequest, AddSatelliteResponse, ClusterRecord, ClusterView,
     GrantRecord, GrantView,
@@ -22,9 +19,7 @@ fn satellite_view(record: &ClusterRecord) -> ClusterView {
 }
 
 /// `GET /v1/clusters`: this central cluster, then its satellites.
-pub(super) async fn list_clusters(
-    State(state): State<AppState>,
-) -> ApiResult<Json<Vec<ClusterView>>> {
+pub(crate) async fn list_clusters(state: AppState) -> ApiResult<Vec<ClusterView>> {
     let nodes = state.nodes().await?;
     let mut views = vec![ClusterView {
         name: state.cluster.clone(),
@@ -36,63 +31,45 @@ pub(super) async fn list_clusters(
     }];
     let satellites = crate::federation::satellites(state.store.as_ref(), &state.cluster).await?;
     views.extend(satellites.iter().map(satellite_view));
-    Ok(Json(views))
+    Ok(views)
 }
 
 /// `POST /v1/clusters`: adds a satellite and answers its join token.
-pub(super) async fn add_satellite(
-    State(state): State<AppState>,
-    crate::error::JsonBody(request): crate::error::JsonBody<AddSatelliteRequest>,
-) -> ApiResult<(StatusCode, Json<AddSatelliteResponse>)> {
+pub(crate) async fn add_satellite(
+    state: AppState,
+    request: AddSatelliteRequest,
+) -> ApiResult<AddSatelliteResponse> {
     let ttl = std::time::Duration::from_secs(request.ttl_seconds.unwrap_or(3600));
     let answer =
         crate::federation::add_satellite(state.store.as_ref(), &state.cluster, &request.name, ttl)
             .await?;
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok(answer)
 }
 
 /// `DELETE /v1/clusters/{name}`: revokes a satellite.
-pub(super) async fn remove_satellite(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<ClusterView>> {
+pub(crate) async fn remove_satellite(state: AppState, name: String) -> ApiResult<ClusterView> {
     let record = crate::federation::revoke(state.store.as_ref(), &state.cluster, &name).await?;
-    Ok(Json(satellite_view(&record)))
-}
-
-#[derive(serde::Deserialize)]
-pub(super) struct GrantQuery {
-    satellite: Option<String>,
+    Ok(satellite_view(&record))
 }
 
 /// `GET /v1/grants[?satellite=S]`, with each prefix grant's use.
-pub(super) async fn list_grants(
-    State(state): State<AppState>,
-    Query(query): Query<GrantQuery>,
-) -> ApiResult<Json<Vec<GrantView>>> {
-    let grants = crate::grants::list(
-        state.store.as_ref(),
-        &state.cluster,
-        query.satellite.as_deref(),
-    )
-    .await?;
-    Ok(Json(crate::grants::views(grants, &state.specs().await?)))
+pub(crate) async fn list_grants(
+    state: AppState,
+    satellite: Option<String>,
+) -> ApiResult<Vec<GrantView>> {
+    let grants =
+        crate::grants::list(state.store.as_ref(), &state.cluster, satellite.as_deref()).await?;
+    Ok(crate::grants::views(grants, &state.specs().await?))
 }
 
 /// `POST /v1/grants`.
-pub(super) async fn add_grant(
-    State(state): State<AppState>,
-    crate::error::JsonBody(request): crate::error::JsonBody<AddGrantRequest>,
-) -> ApiResult<(StatusCode, Json<GrantRecord>)> {
+pub(crate) async fn add_grant(state: AppState, request: AddGrantRequest) -> ApiResult<GrantRecord> {
     let grant = crate::grants::add(state.store.as_ref(), &state.cluster, request).await?;
-    Ok((StatusCode::CREATED, Json(grant)))
+    Ok(grant)
 }
 
 /// `DELETE /v1/grants/{satellite}/{id}` (`id`: `volume:NAME` or `prefix:P`).
-pub(super) async fn remove_grant(
-    State(state): State<AppState>,
-    Path((satellite, id)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
+pub(crate) async fn remove_grant(state: AppState, satellite: String, id: String) -> ApiResult<()> {
     crate::grants::remove(state.store.as_ref(), &state.cluster, &satellite, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

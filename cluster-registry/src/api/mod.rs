@@ -1,8 +1,14 @@
-//! The admin API's endpoints (JSON over HTTP):
+//! The admin API, on one mutual-TLS listener with two front ends over the
+//! same operations (one module per concern below):
+//! - JSON over HTTP ([`http`], described by the OpenAPI document at
+//!   `/v1/openapi.json`),
+//! - gRPC, `tether.admin.v1.Admin` ([`grpc`]; `admin-grpc/protos`), where
+//!   satellites follow their attachments on a stream.
 //!
 //! | method | path | body → answer |
 //! | --- | --- | --- |
 //! | GET | /v1/health | → `{"ok": true}` |
+//! | GET | /v1/openapi.json | → the OpenAPI document (no certificate needed) |
 //! | GET, POST | /v1/clusters | `AddSatelliteRequest` → `AddSatelliteResponse` (its join token); GET → `[ClusterView]` |
 //! | DELETE | /v1/clusters/{name} | → `ClusterView` (the satellite, revoked) |
 //! | GET, POST | /v1/grants | `AddGrantRequest` → `GrantRecord`; GET `?satellite=S` → `[GrantView]` |
@@ -21,14 +27,16 @@
 //! | POST | /v1/join | `JoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | POST | /v1/renew | `RenewRequest` → `CertificateResponse` (a node's certificate) |
 //!
-//! Every call comes over mutual TLS; `security` says which role each path
-//! needs. Satellites may call the volume routes (not verify), scoped by
+//! Every call comes over mutual TLS; [`crate::security::Access`] says which
+//! role each operation needs, for both front ends. Satellites may call the volume routes (not verify), scoped by
 //! their grants (`grants::Caller`).
 //!
 //! Errors are `ErrorBody` with a 4xx/5xx status.
 
 mod attach;
 mod federation;
+mod grpc;
+mod http;
 mod nodes;
 mod replacement;
 mod satellites;
@@ -40,8 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tether_proto::keys::Kind;
 
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use coord_store::{Compare, CoordStore, Txn, TxnOp};
 use tether_proto::admin::{NodeRecord, PresentingStatus, VolumeSpec, VolumeStatus, VolumeView};
 use tether_proto::group::GroupRecord;
@@ -66,61 +73,27 @@ pub struct AppState {
     /// satellite): memory only, handed to that satellite over mutual TLS
     /// (never to a gateway). Lost with a registry restart: attach again.
     pub satellite_keys: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), String>>>,
+    /// Attachment watches (long polls, gRPC streams) each satellite holds.
+    pub attachment_watches: WatchCounts,
 }
 
+pub type WatchCounts = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// The admin API: the JSON routes (each admitted by the path's
+/// [`Access`](crate::security::Access)) and the gRPC service (each method
+/// admits its own caller), on one listener.
 pub fn router(state: AppState) -> Router {
+    let json = http::routes(&state).into_router().with_state(state.clone());
+    let grpc = admin_grpc::pb::admin_server::AdminServer::new(grpc::AdminService::new(state));
     Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { Json(serde_json::json!({"ok": true})) }),
-        )
-        .route(
-            "/v1/clusters",
-            get(federation::list_clusters).post(federation::add_satellite),
-        )
-        .route(
-            "/v1/clusters/{name}",
-            axum::routing::delete(federation::remove_satellite),
-        )
-        .route(
-            "/v1/grants",
-            get(federation::list_grants).post(federation::add_grant),
-        )
-        .route(
-            "/v1/grants/{satellite}/{id}",
-            axum::routing::delete(federation::remove_grant),
-        )
-        .route("/v1/satellites/join", post(crate::security::join_satellite))
-        .route(
-            "/v1/satellites/{name}/attachments",
-            get(satellites::satellite_attachments),
-        )
-        .route(
-            "/v1/satellites/{name}/presenting",
-            post(satellites::satellite_presenting),
-        )
-        .route("/v1/nodes", get(nodes::list_nodes))
-        .route("/v1/join-tokens", post(nodes::mint_join_token))
-        .route(
-            "/v1/volumes",
-            get(volumes::list_volumes).post(volumes::create_volume),
-        )
-        .route(
-            "/v1/volumes/{name}",
-            get(volumes::get_volume).delete(volumes::delete_volume),
-        )
-        .route("/v1/volumes/{name}/resize", post(volumes::resize_volume))
-        .route("/v1/volumes/{name}/attach", post(attach::attach_volume))
-        .route("/v1/volumes/{name}/detach", post(attach::detach_volume))
-        .route("/v1/volumes/{name}/verify", post(verify::verify_volume))
-        .route("/v1/join", post(crate::security::join))
-        .route("/v1/renew", post(crate::security::renew))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::security::authorize,
-        ))
+        .route_service("/tether.admin.v1.Admin/{*method}", grpc)
+        .merge(json)
         .layer(axum::middleware::from_fn(record_request))
-        .with_state(state)
+}
+
+/// The OpenAPI document of the JSON API (served at `/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <http::ApiDoc as utoipa::OpenApi>::openapi()
 }
 
 /// Counts admin requests and their latency by route and status.

@@ -1,7 +1,5 @@
 //! Nodes, and join tokens for new nodes.
 
-use axum::extract::State;
-use axum::Json;
 use tether_proto::admin::{JoinTokenRequest, JoinTokenResponse, NodeRecord, NodeView};
 
 use super::{ApiResult, AppState};
@@ -9,7 +7,7 @@ use crate::placement;
 
 /// Live nodes (their lease-bound registration exists) are "up"; a node that
 /// still owns volumes but has no registration is listed as "down".
-pub(super) async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<NodeView>>> {
+pub(crate) async fn list_nodes(state: AppState) -> ApiResult<Vec<NodeView>> {
     let (nodes, specs) = (state.nodes().await?, state.specs().await?);
     let allocated_by_volume = state.allocated_by_volume().await?;
     let view = |name: &str, up: Option<&NodeRecord>| NodeView {
@@ -47,14 +45,14 @@ pub(super) async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<
     down.dedup();
     views.extend(down.iter().map(|name| view(name, None)));
     views.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(views))
+    Ok(views)
 }
 
 /// `POST /v1/join-tokens`: a one-time token a new node joins with.
-pub(super) async fn mint_join_token(
-    State(state): State<AppState>,
-    crate::error::JsonBody(request): crate::error::JsonBody<JoinTokenRequest>,
-) -> ApiResult<Json<JoinTokenResponse>> {
+pub(crate) async fn mint_join_token(
+    state: AppState,
+    request: JoinTokenRequest,
+) -> ApiResult<JoinTokenResponse> {
     let ttl = std::time::Duration::from_secs(request.ttl_seconds.unwrap_or(3600));
     let (token, record) = crate::join_tokens::mint(
         state.store.as_ref(),
@@ -63,9 +61,9 @@ pub(super) async fn mint_join_token(
         ttl,
     )
     .await?;
-    Ok(Json(JoinTokenResponse {
+    Ok(JoinTokenResponse {
         token,
         node: record.node,
         expires_unix_ms: record.expires_unix_ms,
-    }))
+    })
 }

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::{Extension, Json};
 use tether_proto::admin::{AttachmentSpec, PresentingStatus};
 use tether_proto::federation::{SatelliteAttachment, SatelliteAttachments, SatellitePresenting};
 use tether_proto::keys::Kind;
@@ -71,23 +69,62 @@ async fn attachments(state: &AppState, name: &str) -> ApiResult<SatelliteAttachm
     })
 }
 
-#[derive(serde::Deserialize)]
-pub(super) struct VersionQuery {
-    version: Option<String>,
+/// Long polls one satellite may hold at once (JSON polls and gRPC watches
+/// together): each holds store watches, so a satellite cannot make the
+/// registry hold more than this many.
+pub const MAX_WATCHES_PER_SATELLITE: usize = 4;
+
+/// A satellite's seat among its [`MAX_WATCHES_PER_SATELLITE`], given back on drop.
+struct WatchSeat {
+    watches: super::WatchCounts,
+    satellite: String,
 }
 
-/// `GET /v1/satellites/{name}/attachments[?version=V]`: with the version
-/// the satellite already has, waits for a change of volumes or grants.
-pub(super) async fn satellite_attachments(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    Query(query): Query<VersionQuery>,
-) -> ApiResult<Json<SatelliteAttachments>> {
+impl WatchSeat {
+    fn take(state: &AppState, satellite: &str) -> ApiResult<WatchSeat> {
+        let mut watches = state.attachment_watches.lock().unwrap();
+        let held = watches.entry(satellite.to_string()).or_default();
+        if *held >= MAX_WATCHES_PER_SATELLITE {
+            return Err(RegistryError::TooManyWatches {
+                satellite: satellite.into(),
+                limit: MAX_WATCHES_PER_SATELLITE,
+            });
+        }
+        *held += 1;
+        Ok(WatchSeat {
+            watches: state.attachment_watches.clone(),
+            satellite: satellite.into(),
+        })
+    }
+}
+
+impl Drop for WatchSeat {
+    fn drop(&mut self) {
+        let mut watches = self.watches.lock().unwrap();
+        if let Some(held) = watches.get_mut(&self.satellite) {
+            *held -= 1;
+            if *held == 0 {
+                watches.remove(&self.satellite);
+            }
+        }
+    }
+}
+
+/// `GET /v1/satellites/{name}/attachments[?version=V]` and each turn of the
+/// gRPC `WatchAttachments` stream: with the version the satellite already
+/// has, waits (up to [`LONG_POLL`]) for a change of its volumes or grants.
+/// A satellite removed meanwhile gets its refusal, not an answer.
+pub(crate) async fn attachments_after(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    version: Option<String>,
+) -> ApiResult<SatelliteAttachments> {
     require_self(&caller, &name)?;
+    let _seat = WatchSeat::take(&state, &name)?;
     let current = attachments(&state, &name).await?;
-    if query.version.as_deref() != Some(current.version.as_str()) {
-        return Ok(Json(current));
+    if version.as_deref() != Some(current.version.as_str()) {
+        return Ok(current);
     }
     let (_, revision) = state.store.get_prefix(&state.prefix(Kind::Volumes)).await?;
     let mut volumes = state
@@ -98,6 +135,10 @@ pub(super) async fn satellite_attachments(
         .store
         .watch_prefix(&state.keys().grants_prefix(&name), revision + 1)
         .await?;
+    let mut standing = state
+        .store
+        .watch_prefix(&state.key(Kind::Clusters, &name), revision + 1)
+        .await?;
     let deadline = tokio::time::sleep(LONG_POLL);
     tokio::pin!(deadline);
     loop {
@@ -105,22 +146,28 @@ pub(super) async fn satellite_attachments(
             _ = &mut deadline => break,
             event = volumes.recv() => if event.is_none() { break },
             event = grants.recv() => if event.is_none() { break },
+            event = standing.recv() => {
+                if event.is_none() { break }
+                if caller.satellite().is_some() {
+                    crate::security::satellite_caller(&state, &name).await?;
+                }
+            },
         }
         let now = attachments(&state, &name).await?;
         if now.version != current.version {
-            return Ok(Json(now));
+            return Ok(now);
         }
     }
-    Ok(Json(attachments(&state, &name).await?))
+    attachments(&state, &name).await
 }
 
 /// `POST /v1/satellites/{name}/presenting`: what the satellite serves.
-pub(super) async fn satellite_presenting(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    crate::error::JsonBody(report): crate::error::JsonBody<SatellitePresenting>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub(crate) async fn satellite_presenting(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    report: SatellitePresenting,
+) -> ApiResult<()> {
     require_self(&caller, &name)?;
     for (volume, mut status) in report.volumes {
         caller.require_volume(&volume)?;
@@ -134,13 +181,13 @@ pub(super) async fn satellite_presenting(
             )
             .await?;
     }
-    Ok(Json(serde_json::json!({"ok": true})))
+    Ok(())
 }
 
 /// An attach `--from` satellite `satellite` (already checked against its
 /// grants): records the attachment for the satellite to pick up, and waits
 /// until it serves the endpoint (or says why it cannot).
-pub(super) async fn attach_from_satellite(
+pub(crate) async fn attach_from_satellite(
     state: &AppState,
     name: &str,
     satellite: &str,

@@ -5,8 +5,6 @@
 use std::time::Duration;
 use tether_proto::keys::Kind;
 
-use axum::extract::{Path, State};
-use axum::Json;
 use tether_proto::admin::{VerifyReport, VerifyRequest, VerifyRequestRecord};
 
 use super::{ApiResult, AppState};
@@ -17,11 +15,11 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `POST /v1/volumes/{name}/verify`: compares every in-sync copy's hash
 /// tree with the master's; with `repair`, copies what differs from the master.
-pub(super) async fn verify_volume(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    crate::error::JsonBody(request): crate::error::JsonBody<VerifyRequest>,
-) -> ApiResult<Json<VerifyReport>> {
+pub(crate) async fn verify_volume(
+    state: AppState,
+    name: String,
+    request: VerifyRequest,
+) -> ApiResult<VerifyReport> {
     let (spec, _) = state.spec(&name).await?;
     let id = rand::random::<u64>() | 1;
     let record = VerifyRequestRecord {
@@ -55,5 +53,5 @@ pub(super) async fn verify_volume(
             reason: error.clone(),
         });
     }
-    Ok(Json(report))
+    Ok(report)
 }

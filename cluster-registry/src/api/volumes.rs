@@ -1,8 +1,5 @@
 //! Volumes: list, get, create, resize, delete.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::{Extension, Json};
 use coord_store::{Compare, Txn, TxnOp};
 use tether_proto::admin::{
     valid_volume_name, CreateVolumeRequest, ResizeVolumeRequest, VolumeSpec, VolumeView,
@@ -53,10 +50,7 @@ fn check_size(size_bytes: u64) -> ApiResult<()> {
     Ok(())
 }
 
-pub(super) async fn list_volumes(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-) -> ApiResult<Json<Vec<VolumeView>>> {
+pub(crate) async fn list_volumes(state: AppState, caller: Caller) -> ApiResult<Vec<VolumeView>> {
     let mut views = Vec::new();
     for spec in state.specs().await? {
         if !caller.may_see(&spec.name) {
@@ -64,24 +58,24 @@ pub(super) async fn list_volumes(
         }
         views.push(state.view(spec).await?);
     }
-    Ok(Json(views))
+    Ok(views)
 }
 
-pub(super) async fn get_volume(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<VolumeView>> {
+pub(crate) async fn get_volume(
+    state: AppState,
+    caller: Caller,
+    name: String,
+) -> ApiResult<VolumeView> {
     caller.require_volume(&name)?;
     let (spec, _) = state.spec(&name).await?;
-    Ok(Json(state.view(spec).await?))
+    Ok(state.view(spec).await?)
 }
 
-pub(super) async fn create_volume(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    crate::error::JsonBody(request): crate::error::JsonBody<CreateVolumeRequest>,
-) -> ApiResult<(StatusCode, Json<VolumeView>)> {
+pub(crate) async fn create_volume(
+    state: AppState,
+    caller: Caller,
+    request: CreateVolumeRequest,
+) -> ApiResult<VolumeView> {
     if !valid_volume_name(&request.name) {
         return Err(RegistryError::Invalid {
             field: "name",
@@ -200,15 +194,15 @@ pub(super) async fn create_volume(
             .await;
         return Err(err);
     }
-    Ok((StatusCode::CREATED, Json(state.view(spec).await?)))
+    Ok(state.view(spec).await?)
 }
 
-pub(super) async fn resize_volume(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    crate::error::JsonBody(request): crate::error::JsonBody<ResizeVolumeRequest>,
-) -> ApiResult<Json<VolumeView>> {
+pub(crate) async fn resize_volume(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    request: ResizeVolumeRequest,
+) -> ApiResult<VolumeView> {
     check_size(request.size_bytes)?;
     let grant = caller.prefix_grant(&name, "resize")?.cloned();
     let (nodes, specs) = (state.nodes().await?, state.specs().await?);
@@ -247,14 +241,10 @@ pub(super) async fn resize_volume(
             _ => None,
         })
         .await?;
-    Ok(Json(state.view(spec).await?))
+    Ok(state.view(spec).await?)
 }
 
-pub(super) async fn delete_volume(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+pub(crate) async fn delete_volume(state: AppState, caller: Caller, name: String) -> ApiResult<()> {
     caller.prefix_grant(&name, "delete")?;
     let (spec, revision) = state.spec(&name).await?;
     if !spec.attachments.is_empty() {
@@ -309,5 +299,5 @@ pub(super) async fn delete_volume(
     } else {
         tracing::warn!(volume = %name, node = %spec.master, "node is down; its copy is kept until an operator removes it");
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
