@@ -293,6 +293,8 @@ impl pb::admin_server::Admin for AdminService {
             .caller(&request, Access::AdminOrSatellite, "WatchAttachments")
             .await?;
         let name = request.into_inner().name;
+        // Held for the stream's life: a satellite opens a bounded number.
+        let seat = satellites::WatchSeat::take(&self.state, &caller, &name)?;
         let state = self.state.clone();
         // One message in flight: a satellite that stops reading holds one
         // answer, and the task ends when it hangs up.
@@ -303,7 +305,7 @@ impl pb::admin_server::Admin for AdminService {
                 let next = satellites::attachments_after(
                     state.clone(),
                     caller.clone(),
-                    name.clone(),
+                    &seat,
                     version.clone(),
                 );
                 let answer = tokio::select! {

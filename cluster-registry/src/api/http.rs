@@ -220,8 +220,9 @@ async fn satellite_attachments(
     Path(name): Path<String>,
     Query(query): Query<VersionQuery>,
 ) -> ApiResult<Json<SatelliteAttachments>> {
+    let seat = satellites::WatchSeat::take(&state, &caller, &name)?;
     Ok(Json(
-        satellites::attachments_after(state, caller, name, query.version).await?,
+        satellites::attachments_after(state, caller, &seat, query.version).await?,
     ))
 }
 

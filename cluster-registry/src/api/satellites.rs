@@ -74,14 +74,18 @@ async fn attachments(state: &AppState, name: &str) -> ApiResult<SatelliteAttachm
 /// registry hold more than this many.
 pub const MAX_WATCHES_PER_SATELLITE: usize = 4;
 
-/// A satellite's seat among its [`MAX_WATCHES_PER_SATELLITE`], given back on drop.
-struct WatchSeat {
+/// A satellite's seat among its [`MAX_WATCHES_PER_SATELLITE`], held for a
+/// long poll or for the life of a gRPC stream, given back on drop.
+pub(crate) struct WatchSeat {
     watches: super::WatchCounts,
     satellite: String,
 }
 
 impl WatchSeat {
-    fn take(state: &AppState, satellite: &str) -> ApiResult<WatchSeat> {
+    /// A seat to watch the attachments of `satellite`, for the satellite
+    /// itself (or an admin).
+    pub(crate) fn take(state: &AppState, caller: &Caller, satellite: &str) -> ApiResult<WatchSeat> {
+        require_self(caller, satellite)?;
         let mut watches = state.attachment_watches.lock().unwrap();
         let held = watches.entry(satellite.to_string()).or_default();
         if *held >= MAX_WATCHES_PER_SATELLITE {
@@ -117,11 +121,10 @@ impl Drop for WatchSeat {
 pub(crate) async fn attachments_after(
     state: AppState,
     caller: Caller,
-    name: String,
+    seat: &WatchSeat,
     version: Option<String>,
 ) -> ApiResult<SatelliteAttachments> {
-    require_self(&caller, &name)?;
-    let _seat = WatchSeat::take(&state, &name)?;
+    let name = seat.satellite.clone();
     let current = attachments(&state, &name).await?;
     if version.as_deref() != Some(current.version.as_str()) {
         return Ok(current);
