@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 
+#[path = "../federation_bench.rs"]
+mod federation_bench;
 #[path = "../groups_bench.rs"]
 mod groups_bench;
 #[path = "../security_bench.rs"]
@@ -24,7 +26,8 @@ use serde_json::Value;
 #[derive(Parser)]
 struct Args {
     /// Which benchmark: nbd, groups (replication, failover, Delta Sync, etcd
-    /// load), or security (encryption at rest, mutual TLS on replication).
+    /// load), security (encryption at rest, mutual TLS on replication), or
+    /// federation (the satellite path, zstd on the link, gateway scale).
     suite: String,
     /// Seconds per fio run.
     #[arg(long, default_value_t = 10)]
@@ -33,7 +36,7 @@ struct Args {
     #[arg(long, default_value = "1G")]
     size: String,
     /// Run only these parts (groups: write, failover, delta, etcd, busy; security:
-    /// encryption, tls); default all.
+    /// encryption, tls; federation: path, zstd, satellite-rss, scale); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -267,6 +270,7 @@ fn main() -> anyhow::Result<()> {
     let suite: Option<SuiteRun> = match args.suite.as_str() {
         "groups" => Some(groups_bench::run),
         "security" => Some(security_bench::run),
+        "federation" => Some(federation_bench::run),
         _ => None,
     };
     if let Some(run) = suite {
@@ -280,7 +284,7 @@ fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         args.suite == "nbd",
-        "unknown suite {:?} (available: nbd, groups, security)",
+        "unknown suite {:?} (available: nbd, groups, security, federation)",
         args.suite
     );
     let work = tempfile::Builder::new()
