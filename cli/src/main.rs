@@ -106,10 +106,10 @@ enum DevCommand {
         /// Members of the cluster's local etcd (3 or 5 survive a member's loss).
         #[arg(long, default_value_t = 1)]
         etcd_members: usize,
-        /// Federation gateways satellites connect to (etcd mode).
+        /// Federation gateways satellites connect to.
         #[arg(long, default_value_t = 2)]
         gateways: usize,
-        /// Satellite daemons to run (etcd mode), each joined with its own token.
+        /// Satellite daemons to run, each joined with its own token.
         #[arg(long, default_value_t = 0)]
         satellites: usize,
         /// Each node's over-provisioning (tether-node --overprovision), e.g. 200%.
@@ -135,7 +135,21 @@ enum DevCommand {
         replace_after: std::time::Duration,
         #[arg(long, default_value = "30d", value_parser = tether_common::size::parse_duration)]
         cert_lifetime: std::time::Duration,
+        /// A gateway to run, NAME=HOST:PORT (repeat, or comma-separate).
+        #[arg(long = "gateway", value_delimiter = ',', value_parser = parse_gateway)]
+        gateways: Vec<(String, SocketAddr)>,
+        #[arg(long, value_delimiter = ',')]
+        satellite_names: Vec<String>,
     },
+}
+
+/// `NAME=HOST:PORT` of `dev serve --gateway`.
+fn parse_gateway(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=HOST:PORT"))?;
+    let addr = addr.parse().map_err(|err| format!("{text:?}: {err}"))?;
+    Ok((name.to_string(), addr))
 }
 
 #[derive(Subcommand)]
@@ -943,6 +957,8 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             no_hash_upkeep,
             replace_after,
             cert_lifetime,
+            gateways,
+            satellite_names,
         } => {
             telemetry::init_logging(cli.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
@@ -956,6 +972,8 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 hash_upkeep: !no_hash_upkeep,
                 replace_after: *replace_after,
                 cert_lifetime: *cert_lifetime,
+                gateways: gateways.clone(),
+                satellites: satellite_names.clone(),
             }))
         }
     }

@@ -221,3 +221,63 @@ fn a_satellite_serves_a_granted_volume_to_real_nbd_clients_and_nothing_else() {
     ));
     federation.assert_copies_identical("vault");
 }
+
+/// The one-process dev federation (`dev up --embedded`) runs the gateways
+/// and satellites too, on the embedded store: the same attach, the same
+/// bytes, and `dev up` on the stopped directory brings the satellite's
+/// attachment back.
+#[test]
+fn the_embedded_federation_runs_gateways_and_satellites_in_its_one_process() {
+    let federation = DevFederation::builder()
+        .embedded(true)
+        .nodes(1)
+        .satellites(1)
+        .start()
+        .unwrap();
+    assert_eq!(federation.info["mode"], "embedded");
+    let process = federation.info["clusters"][0]["registry"]["pid"].clone();
+    assert_eq!(federation.info["satellites"][0]["pid"], process);
+    let gateways = federation.gateways();
+    assert_eq!(gateways.len(), 2, "{:?}", federation.info);
+    assert!(gateways.iter().all(|(_, _, pid, _)| process == *pid));
+    federation
+        .tether_ok(&["volume", "create", "small", "--size", "16MiB"])
+        .unwrap();
+    federation
+        .tether_ok(&["grant", "add", "satellite-1", "--volume", "small"])
+        .unwrap();
+    let socket = federation.dir().join("small.sock");
+    let uri = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "small",
+            "--from",
+            "satellite-1",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ])
+        .unwrap()
+        .trim()
+        .to_string();
+    let length = 8u64 << 20;
+    let source = federation.dir().join("source.raw");
+    random_file(&source, length as usize, 21).unwrap();
+    nbdcopy_in(&source, &uri).unwrap();
+
+    federation.down().unwrap();
+    let federation = federation.up().unwrap();
+    let back = federation.dir().join("back.raw");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(err) = nbdcopy_out(&uri, &back) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the satellite's attachment did not come back: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        file_hash(&back, length).unwrap(),
+        file_hash(&source, length).unwrap()
+    );
+}

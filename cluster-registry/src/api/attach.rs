@@ -394,5 +394,5 @@ pub(crate) async fn detach_volume(
             crate::node_rpc::drop_key(&state.security, record, &name).await?;
         }
     }
-    Ok(state.view(spec).await?)
+    state.view(spec).await
 }

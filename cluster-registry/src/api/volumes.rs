@@ -68,7 +68,7 @@ pub(crate) async fn get_volume(
 ) -> ApiResult<VolumeView> {
     caller.require_volume(&name)?;
     let (spec, _) = state.spec(&name).await?;
-    Ok(state.view(spec).await?)
+    state.view(spec).await
 }
 
 pub(crate) async fn create_volume(
@@ -194,7 +194,7 @@ pub(crate) async fn create_volume(
             .await;
         return Err(err);
     }
-    Ok(state.view(spec).await?)
+    state.view(spec).await
 }
 
 pub(crate) async fn resize_volume(
@@ -241,7 +241,7 @@ pub(crate) async fn resize_volume(
             _ => None,
         })
         .await?;
-    Ok(state.view(spec).await?)
+    state.view(spec).await
 }
 
 pub(crate) async fn delete_volume(state: AppState, caller: Caller, name: String) -> ApiResult<()> {
