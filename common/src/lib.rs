@@ -1,12 +1,16 @@
 //! What every Tether binary shares: [`telemetry`] (JSON logs, Prometheus
 //! metrics), [`size`] (Kubernetes quantities like "10Gi", and "2s"), [`protected`] (the
 //! directories no client-chosen path may reach into) and [`limits`] (byte
-//! budgets, accept backoff and connection caps for every listener).
+//! budgets, accept backoff and connection caps for every listener),
+//! [`block_zstd`] (zstd per block on the federation link, both ends) and
+//! [`udp`] (QUIC sockets with buffers that absorb bursts).
 
+pub mod block_zstd;
 pub mod limits;
 pub mod protected;
 pub mod size;
 pub mod telemetry;
+pub mod udp;
 
 use thiserror::Error;
 

@@ -126,7 +126,12 @@ fn quic_server(
             Duration::from_secs(10)
                 .try_into()
                 .expect("10 s is a valid idle timeout"),
-        ));
+        ))
+        .mtu_discovery_config(Some({
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(tether_proto::link::LINK_MTU_UPPER_BOUND);
+            mtu
+        }));
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
@@ -158,11 +163,18 @@ async fn run_in_span(
     // Serve only once the records are in: before that every satellite
     // would look unknown.
     let _ = mirror.subscribe().wait_for(|revision| *revision > 0).await;
-    let endpoint = quinn::Endpoint::server(quic_server(&tls, &config.limits)?, config.listen)
-        .map_err(|source| GatewayError::Listen {
-            addr: config.listen.to_string(),
-            source,
-        })?;
+    let listen_error = |source| GatewayError::Listen {
+        addr: config.listen.to_string(),
+        source,
+    };
+    let socket = tether_common::udp::bind_for_quic(config.listen).map_err(listen_error)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic_server(&tls, &config.limits)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(listen_error)?;
     let local = endpoint
         .local_addr()
         .map_err(|source| GatewayError::Listen {

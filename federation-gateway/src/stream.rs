@@ -170,7 +170,7 @@ async fn run(
         satellite: satellite.to_string(),
         access,
         welcome,
-        zstd,
+        zstd: zstd.then(Default::default),
         follower: gateway.follower(&volume),
         in_flight: Mutex::new(HashSet::new()),
     };
@@ -236,7 +236,8 @@ struct Opened {
     satellite: String,
     access: Access,
     welcome: Welcome,
-    zstd: bool,
+    /// zstd for this stream's answers, when negotiated.
+    zstd: Option<tether_common::block_zstd::Adaptive>,
     follower: Arc<VolumeFollower>,
     /// Ids of requests not answered yet: an id is used once at a time.
     in_flight: Mutex<HashSet<u64>>,
@@ -279,7 +280,7 @@ async fn take(
             {
                 Ok(Some(data)) => LinkFrame::Data {
                     id,
-                    data: compress::pack(bytes::Bytes::from(data), opened.zstd),
+                    data: compress::pack(bytes::Bytes::from(data), opened.zstd.as_ref()),
                 },
                 Ok(None) => LinkFrame::Done { id, error: 0 },
                 Err(err) => {

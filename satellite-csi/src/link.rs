@@ -14,6 +14,7 @@ use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tether_common::block_zstd;
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::block::BlockOp;
@@ -48,7 +49,7 @@ fn held_bytes(request: &BlockOp) -> u32 {
 
 /// The link frame of `request` (a zeroing that may punch holes is sent as
 /// such; the gateway maps it back the same way).
-fn frame(request: &BlockOp, id: u64, zstd: bool) -> LinkFrame {
+fn frame(request: &BlockOp, id: u64, zstd: Option<&block_zstd::Adaptive>) -> LinkFrame {
     match request.clone() {
         BlockOp::Read { offset, length } => LinkFrame::Read { id, offset, length },
         BlockOp::Write { offset, data, fua } => LinkFrame::Write {
@@ -73,26 +74,24 @@ fn frame(request: &BlockOp, id: u64, zstd: bool) -> LinkFrame {
     }
 }
 
-fn pack(data: Bytes, zstd: bool) -> Payload {
-    if zstd && data.len() >= 4096 {
-        if let Ok(packed) = zstd::bulk::compress(&data, 1) {
-            if packed.len() <= data.len() - data.len() / 8 {
-                return Payload::Compressed {
-                    raw_len: data.len() as u32,
-                    data: Bytes::from(packed),
-                };
-            }
-        }
+/// A block as it travels: compressed when negotiated and it pays.
+fn pack(data: Bytes, zstd: Option<&block_zstd::Adaptive>) -> Payload {
+    match zstd.and_then(|zstd| zstd.compress(&data)) {
+        Some(packed) => Payload::Compressed {
+            raw_len: data.len() as u32,
+            data: Bytes::from(packed),
+        },
+        None => Payload::Raw(data),
     }
-    Payload::Raw(data)
 }
 
+/// An answer's block, which must expand to the length its frame declares.
 fn unpack(payload: Payload) -> Result<Bytes, String> {
     match payload {
         Payload::Raw(data) => Ok(data),
-        Payload::Compressed { raw_len, data } => zstd::bulk::decompress(&data, raw_len as usize)
-            .map(Bytes::from)
-            .map_err(|err| format!("a compressed answer does not decompress: {err}")),
+        Payload::Compressed { raw_len, data } => {
+            block_zstd::decompress_exact(&data, raw_len as usize).map(Bytes::from)
+        }
     }
 }
 
@@ -120,16 +119,30 @@ impl LinkClient {
         })?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(link::LINK_MTU_UPPER_BOUND);
+        // Answers to reads in flight at once: as much as the gateway lets
+        // one stream have in flight (its 64 MiB budget bounds it anyway).
         transport
             .keep_alive_interval(Some(Duration::from_millis(500)))
-            .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("a valid idle timeout")));
+            .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("a valid idle timeout")))
+            .stream_receive_window((8u32 << 20).into())
+            .receive_window((64u32 << 20).into())
+            .send_window(64 << 20)
+            .mtu_discovery_config(Some(mtu));
         config.transport_config(Arc::new(transport));
-        let endpoint =
-            quinn::Endpoint::client("0.0.0.0:0".parse().expect("an address")).map_err(|err| {
-                LinkError::Config {
-                    reason: format!("cannot open a UDP socket: {err}"),
-                }
-            })?;
+        let cannot = |err: std::io::Error| LinkError::Config {
+            reason: format!("cannot open a UDP socket: {err}"),
+        };
+        let socket = tether_common::udp::bind_for_quic("0.0.0.0:0".parse().expect("an address"))
+            .map_err(cannot)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(cannot)?;
         Ok(Arc::new(Self {
             cluster: tls.identity().cluster.clone(),
             gateways,
@@ -376,7 +389,8 @@ struct OpenStream {
     gateway: String,
     connection: quinn::Connection,
     welcome: Welcome,
-    zstd: bool,
+    /// zstd for this stream's writes, when negotiated.
+    zstd: Option<block_zstd::Adaptive>,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<LinkFrame>>>,
     outgoing: mpsc::UnboundedSender<BytesMut>,
@@ -452,7 +466,7 @@ impl OpenStream {
             volume: volume.to_string(),
             gateway: gateway.to_string(),
             connection,
-            zstd: welcome.features & FEATURE_ZSTD != 0,
+            zstd: (welcome.features & FEATURE_ZSTD != 0).then(Default::default),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             outgoing,
@@ -487,7 +501,7 @@ impl OpenStream {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
         let mut out = BytesMut::new();
-        encode_link_frame(&frame(request, id, self.zstd), &mut out);
+        encode_link_frame(&frame(request, id, self.zstd.as_ref()), &mut out);
         if self.outgoing.send(out).is_err() {
             self.pending.lock().unwrap().remove(&id);
             return Err(self.lost());

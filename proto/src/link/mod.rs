@@ -42,6 +42,10 @@ use crate::ProtoError;
 pub const LINK_MAGIC: u32 = 0x5446_4544;
 /// The ALPN both ends of a link speak (QUIC requires one).
 pub const LINK_ALPN: &[u8] = b"tether-link/1";
+/// The largest UDP payload path-MTU discovery tries on a link (jumbo
+/// frames, common between datacentres); it settles on what the path carries.
+/// Larger datagrams mean fewer packets to seal, send and acknowledge.
+pub const LINK_MTU_UPPER_BOUND: u16 = 8952;
 /// QUIC close codes a gateway ends a session with.
 pub mod close {
     pub const SHUTDOWN: u32 = 0;
