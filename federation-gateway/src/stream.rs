@@ -173,6 +173,7 @@ async fn run(
         zstd: zstd.then(Default::default),
         follower: gateway.follower(&volume),
         in_flight: Mutex::new(HashSet::new()),
+        op_metrics: OpMetrics::new(satellite),
     };
     let opened = Arc::new(opened);
     let (replies, reply_rx) = mpsc::channel::<(LinkFrame, Charge)>(limits.max_in_flight as usize);
@@ -241,6 +242,41 @@ struct Opened {
     follower: Arc<VolumeFollower>,
     /// Ids of requests not answered yet: an id is used once at a time.
     in_flight: Mutex<HashSet<u64>>,
+    op_metrics: OpMetrics,
+}
+
+/// This stream's request counters and latency histograms, by operation,
+/// registered once at open: a request then touches no label or registry.
+struct OpMetrics {
+    by_op: Vec<(&'static str, metrics::Counter, metrics::Histogram)>,
+}
+
+impl OpMetrics {
+    const OPS: [&'static str; 5] = ["read", "write", "trim", "write_zeroes", "flush"];
+
+    fn new(satellite: &str) -> Self {
+        let by_op = Self::OPS
+            .iter()
+            .map(|op| {
+                let labels = [("satellite", satellite.to_string()), ("op", op.to_string())];
+                (
+                    *op,
+                    metrics::counter!("tether_gateway_ops_total", &labels),
+                    metrics::histogram!("tether_gateway_op_seconds", &labels),
+                )
+            })
+            .collect();
+        OpMetrics { by_op }
+    }
+
+    fn of(&self, op: &str) -> (&metrics::Counter, &metrics::Histogram) {
+        let (_, count, seconds) = self
+            .by_op
+            .iter()
+            .find(|(name, _, _)| *name == op)
+            .unwrap_or(&self.by_op[0]);
+        (count, seconds)
+    }
 }
 
 /// Checks one frame from the satellite and starts it.
@@ -292,13 +328,9 @@ async fn take(
                 }
             },
         };
-        let labels = [
-            ("satellite", opened.satellite.clone()),
-            ("op", label.to_string()),
-        ];
-        metrics::counter!("tether_gateway_ops_total", &labels).increment(1);
-        metrics::histogram!("tether_gateway_op_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
+        let (count, seconds) = opened.op_metrics.of(label);
+        count.increment(1);
+        seconds.record(started.elapsed().as_secs_f64());
         opened.in_flight.lock().unwrap().remove(&id);
         let _ = replies.send((answer, charge)).await;
     });
