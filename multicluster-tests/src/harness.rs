@@ -897,3 +897,100 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .windows(needle.len())
         .any(|window| window == needle)
 }
+
+/// Every packet on the loopback interface while it runs (an `AF_PACKET`
+/// socket, as tcpdump opens; needs root): what crossed between the
+/// processes of a dev federation, for tests that look for plaintext.
+pub struct LoopbackCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl LoopbackCapture {
+    pub fn start() -> anyhow::Result<LoopbackCapture> {
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket calls with valid arguments; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol as i32) };
+        anyhow::ensure!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a socket we just opened and own from here on.
+        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        anyhow::ensure!(index != 0, "no loopback interface");
+        // SAFETY: sockaddr_ll is plain data; zeroed then filled.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = index as i32;
+        let buffer: libc::c_int = 64 << 20;
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid fd, option values of the right sizes.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&buffer as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            let bound = libc::bind(
+                fd,
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            anyhow::ensure!(
+                bound == 0,
+                "bind to lo: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let mut captured = Vec::new();
+            let mut packet = vec![0u8; 1 << 16];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: reading into a buffer of the length given.
+                let read = unsafe {
+                    libc::recv(
+                        socket.as_raw_fd(),
+                        packet.as_mut_ptr().cast(),
+                        packet.len(),
+                        0,
+                    )
+                };
+                if read > 0 {
+                    captured.extend_from_slice(&packet[..read as usize]);
+                }
+            }
+            captured
+        });
+        Ok(LoopbackCapture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns every captured frame's bytes, one after another.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|thread| thread.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}

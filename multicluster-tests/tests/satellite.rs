@@ -141,7 +141,8 @@ fn a_satellite_serves_a_granted_volume_to_real_nbd_clients_and_nothing_else() {
     federation.assert_copies_identical("edge");
 
     // An encrypted volume: the satellite encrypts and decrypts with the key
-    // the registry handed it; no central pool file holds the plaintext.
+    // the registry handed it; no central pool file, gateway log or packet
+    // on loopback holds the plaintext.
     let key_file = federation.dir().join("vault.key");
     multicluster_tests::harness::write_key_file(&key_file, rand::random::<[u8; 32]>());
     let key = key_file.to_str().unwrap();
@@ -194,9 +195,23 @@ fn a_satellite_serves_a_granted_volume_to_real_nbd_clients_and_nothing_else() {
     let plain: Vec<u8> = marker.iter().copied().cycle().take(4 << 20).collect();
     let plain_file = federation.dir().join("plain.raw");
     std::fs::write(&plain_file, &plain).unwrap();
+    // Everything on loopback meanwhile: satellite to gateway (QUIC), gateway
+    // to master and master to replica (TLS).
+    let capture = multicluster_tests::harness::LoopbackCapture::start().unwrap();
     nbdcopy_in(&plain_file, vault.trim()).unwrap();
     let vault_back = federation.dir().join("vault-back.raw");
     nbdcopy_out(vault.trim(), &vault_back).unwrap();
+    let wire = capture.finish();
+    // The data crossed loopback several times (write, replication, read).
+    assert!(
+        wire.len() > 2 * plain.len(),
+        "captured only {} bytes",
+        wire.len()
+    );
+    assert!(
+        !multicluster_tests::harness::contains(&wire, marker),
+        "plaintext on the wire between the satellite, the gateway and the nodes"
+    );
     assert_eq!(
         file_hash(&vault_back, plain.len() as u64).unwrap(),
         file_hash(&plain_file, plain.len() as u64).unwrap()
