@@ -36,6 +36,9 @@ pub struct EtcdProcess {
     tls: Option<Arc<TlsContext>>,
 }
 
+/// Starts of one etcd on free ports before a port collision is an error.
+const START_ATTEMPTS: usize = 3;
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -96,9 +99,25 @@ impl EtcdProcess {
         ports: Option<(u16, u16)>,
         tls: Option<EtcdTls>,
     ) -> Result<Self> {
-        let spec = EtcdMemberSpec::local(0, data_dir.to_path_buf(), log_path.to_path_buf(), ports);
-        let mut members = Self::start_cluster(&[spec], tls).await?;
-        Ok(members.remove(0))
+        // A port free a moment ago can be taken before etcd binds it (tests
+        // start etcds side by side): on free ports, try again with new ones.
+        let mut attempt = 1;
+        loop {
+            let spec =
+                EtcdMemberSpec::local(0, data_dir.to_path_buf(), log_path.to_path_buf(), ports);
+            match Self::start_cluster(&[spec], tls.clone()).await {
+                Ok(mut members) => return Ok(members.remove(0)),
+                Err(StoreError::EtcdProcess { reason })
+                    if ports.is_none()
+                        && attempt < START_ATTEMPTS
+                        && reason.contains("address already in use") =>
+                {
+                    let _ = std::fs::remove_dir_all(data_dir);
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Starts every member of one cluster (they find each other on their

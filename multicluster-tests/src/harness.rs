@@ -857,6 +857,19 @@ impl DevFederation {
             .collect()
     }
 
+    /// Every gateway's Prometheus metrics now, one after another.
+    pub fn gateway_metrics(&self) -> String {
+        self.info["clusters"][0]["gateways"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|gateway| gateway["metrics"].as_str().map(str::to_string))
+            .filter_map(|addr| ureq::get(&format!("http://{addr}/metrics")).call().ok())
+            .filter_map(|answer| answer.into_string().ok())
+            .collect()
+    }
+
     /// Every gateway's log so far, together.
     pub fn gateway_logs(&self) -> String {
         self.gateways()

@@ -2,7 +2,8 @@
 //! with the real `tether` binary (`tether dev up`) in a temporary directory
 //! and stops it on drop; [`clients`] runs the real NBD clients (qemu-io,
 //! nbdcopy, nbdinfo, fio) against it; [`raw_nbd`] speaks NBD over a raw
-//! socket, for what no well-behaved client sends.
+//! socket, and [`raw_link`] the federation link over QUIC, for what no
+//! well-behaved client sends.
 //!
 //! The `tether` binary is found through `TETHER_BIN`, else next to the test
 //! executable (`target/<profile>/tether`; `scripts/test.sh` builds it first,
@@ -10,4 +11,5 @@
 
 pub mod clients;
 pub mod harness;
+pub mod raw_link;
 pub mod raw_nbd;

@@ -454,63 +454,17 @@ fn a_satellite_that_breaks_the_protocol_loses_its_session_and_no_one_else_notice
         write(&volume, 0, Bytes::from(vec![1u8; 4096]))
             .await
             .unwrap();
-        let tls = TlsContext::new(&Credentials::load(&bad).unwrap()).unwrap();
-        let rustls = tls.client_config_with_alpn(vec![tether_proto::link::LINK_ALPN.to_vec()]);
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls).unwrap();
-        let mut quic = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        quic.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let hello = {
-            let mut out = bytes::BytesMut::new();
-            tether_proto::link::encode_link_frame(
-                &tether_proto::link::LinkFrame::Hello {
-                    min_version: 1,
-                    max_version: 1,
-                    features: 0,
-                    volume: "shared".into(),
-                },
-                &mut out,
-            );
-            out
-        };
-        let mut oversized = bytes::BytesMut::new();
-        oversized.extend_from_slice(&tether_proto::link::LINK_MAGIC.to_be_bytes());
-        oversized.extend_from_slice(&[1, 5, 0, 0]);
-        oversized.extend_from_slice(&7u64.to_be_bytes());
-        oversized.extend_from_slice(&u32::MAX.to_be_bytes());
-        let answer_frame = {
-            let mut out = bytes::BytesMut::new();
-            tether_proto::link::encode_link_frame(
-                &tether_proto::link::LinkFrame::Done { id: 1, error: 0 },
-                &mut out,
-            );
-            out
-        };
-        for (what, after_hello) in [
-            (
-                "garbage",
-                bytes::BytesMut::from(&b"this is not a frame at all, no"[..]),
-            ),
-            ("an oversized frame", oversized),
-            ("an answer frame", answer_frame),
-            ("a second Hello", hello.clone()),
-        ] {
-            let connection = quic
-                .connect(endpoint.parse().unwrap(), "127.0.0.1")
-                .unwrap()
-                .await
-                .unwrap();
-            let (mut send, _recv) = connection.open_bi().await.unwrap();
-            send.write_all(&hello).await.unwrap();
-            send.write_all(&after_hello).await.unwrap();
-            let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await;
-            match closed {
-                Ok(quinn::ConnectionError::ApplicationClosed(close)) => assert_eq!(
-                    close.error_code.into_inner() as u32,
-                    tether_proto::link::close::PROTOCOL,
-                    "{what}"
-                ),
-                other => panic!("{what}: the session was not ended: {other:?}"),
-            }
+        let quic = multicluster_tests::raw_link::endpoint(&bad).unwrap();
+        for (what, after_hello) in multicluster_tests::raw_link::violations("shared") {
+            let code = multicluster_tests::raw_link::close_code_after(
+                &quic,
+                &endpoint,
+                "shared",
+                &after_hello,
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{what}: {err}"));
+            assert_eq!(code, tether_proto::link::close::PROTOCOL, "{what}");
             // The good satellite carries on.
             write(&volume, 4096, Bytes::from(vec![2u8; 4096]))
                 .await

@@ -68,6 +68,37 @@ fn a_satellite_serves_a_granted_volume_to_real_nbd_clients_and_nothing_else() {
         file_hash(&source, length).unwrap()
     );
 
+    // The gateways counted it: sessions, the satellite's requests by
+    // operation with their latency, bytes on the wire and before compression;
+    // and logged the session with satellite and volume named.
+    let metrics = federation.gateway_metrics();
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(value("tether_gateway_sessions") >= 1.0, "{metrics}");
+    assert!(
+        value("tether_gateway_ops_total{op=\"write\",satellite=\"satellite-1\"}") > 0.0
+            || value("tether_gateway_ops_total{satellite=\"satellite-1\",op=\"write\"}") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tether_gateway_op_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(value("tether_gateway_data_bytes_total{direction=\"in\"}") >= length as f64);
+    assert!(value("tether_gateway_wire_bytes_total{direction=\"in\"}") > 0.0);
+    let logs = federation.gateway_logs();
+    let opened = logs
+        .lines()
+        .find(|line| line.contains("volume opened") && line.contains("\"volume\":\"edge\""))
+        .unwrap_or_else(|| panic!("no JSON line for the opened volume: {logs}"));
+    assert!(opened.contains("\"satellite\":\"satellite-1\""), "{opened}");
+    assert!(opened.contains("\"session\""), "{opened}");
+
     // The same bytes are what a central NBD client reads.
     let central = federation
         .tether_ok(&[

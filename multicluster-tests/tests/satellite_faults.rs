@@ -136,3 +136,62 @@ fn verifying_fio_through_a_satellite_survives_a_gateway_and_a_master_killed() {
     }
     finish(fio, "fio --verify=crc32c through the satellite");
 }
+
+#[test]
+fn a_satellite_breaking_the_protocol_ends_only_its_session_while_another_verifies() {
+    let federation = DevFederation::builder()
+        .nodes(1)
+        .satellites(1)
+        .start()
+        .unwrap();
+    federation
+        .tether_ok(&["volume", "create", "neighbour", "--size", "192MiB"])
+        .unwrap();
+    let bad = federation.satellite("bad");
+    for satellite in ["satellite-1", "bad"] {
+        federation
+            .tether_ok(&["grant", "add", satellite, "--volume", "neighbour"])
+            .unwrap();
+    }
+    let socket = federation.dir().join("neighbour.sock");
+    let uri = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "neighbour",
+            "--from",
+            "satellite-1",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ])
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut fio = fio_verify(&uri, "0", "160M", 29);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let quic = multicluster_tests::raw_link::endpoint(&bad).unwrap();
+        // On every gateway, so the one carrying satellite-1 gets them too.
+        for (_, gateway, _, _) in federation.gateways() {
+            for (what, after_hello) in multicluster_tests::raw_link::violations("neighbour") {
+                let code = multicluster_tests::raw_link::close_code_after(
+                    &quic,
+                    &gateway,
+                    "neighbour",
+                    &after_hello,
+                )
+                .await
+                .unwrap_or_else(|err| panic!("{what}: {err}"));
+                assert_eq!(code, tether_proto::link::close::PROTOCOL, "{what}");
+            }
+        }
+    });
+    assert!(
+        fio.try_wait().unwrap().is_none(),
+        "fio ended before the violations did: make its run longer"
+    );
+    finish(fio, "the neighbour's fio --verify=crc32c");
+    assert!(federation
+        .gateway_logs()
+        .contains("protocol violation; ending the session"));
+}
