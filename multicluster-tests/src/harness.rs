@@ -172,10 +172,35 @@ impl DevFederation {
             args.push(format!("--etcd-members={}", self.builder.etcd_members));
         }
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.tether_ok(&arg_refs)?;
+        if let Err(err) = self.tether_ok(&arg_refs) {
+            // The directory goes with the test: say what the logs said.
+            bail!("{err:#}\n{}", self.log_tails(30));
+        }
         let json = std::fs::read(self.dir().join("federation.json"))?;
         self.info = serde_json::from_slice(&json)?;
         Ok(self)
+    }
+
+    /// The last `lines` lines of every log in `DIR/logs`, each headed by its name.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut tails = String::new();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            tails.push_str(&format!("--- {}\n", log.display()));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                tails.push_str(line);
+                tails.push('\n');
+            }
+        }
+        tails
     }
 
     pub fn down(&self) -> anyhow::Result<()> {
@@ -876,6 +901,27 @@ impl DevFederation {
             .iter()
             .map(|(_, _, _, log)| std::fs::read_to_string(log).unwrap_or_default())
             .collect()
+    }
+
+    /// Creates volume `name` (`create_args`: `--size 64MiB`, `--replicas 2`
+    /// …), grants it to `satellite`, attaches it from there on a Unix
+    /// socket in the federation's directory, and returns its socket and URI.
+    pub fn attach_on_satellite(
+        &self,
+        name: &str,
+        create_args: &[&str],
+        satellite: &str,
+    ) -> anyhow::Result<(PathBuf, String)> {
+        let mut create = vec!["volume", "create", name];
+        create.extend_from_slice(create_args);
+        self.tether_ok(&create)?;
+        self.tether_ok(&["grant", "add", satellite, "--volume", name])?;
+        let socket = self.dir().join(format!("{name}-on-{satellite}.sock"));
+        let endpoint = format!("unix:{}", socket.display());
+        let uri = self.tether_ok(&[
+            "volume", "attach", name, "--from", satellite, "--nbd", &endpoint,
+        ])?;
+        Ok((socket, uri.trim().to_string()))
     }
 
     /// Adds satellite `name`, joins it, and returns its credential directory.

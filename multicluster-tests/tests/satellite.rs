@@ -19,34 +19,13 @@ fn a_satellite_serves_a_granted_volume_to_real_nbd_clients_and_nothing_else() {
         .filter(|cluster| cluster["role"] == "satellite" && cluster["state"] == "joined")
         .count();
     assert_eq!(joined, 2, "{clusters}");
-    federation
-        .tether_ok(&[
-            "volume",
-            "create",
+    let (socket, uri) = federation
+        .attach_on_satellite(
             "edge",
-            "--size",
-            "64MiB",
-            "--replicas",
-            "2",
-        ])
-        .unwrap();
-    federation
-        .tether_ok(&["grant", "add", "satellite-1", "--volume", "edge"])
-        .unwrap();
-    let socket = federation.dir().join("edge-on-satellite.sock");
-    let uri = federation
-        .tether_ok(&[
-            "volume",
-            "attach",
-            "edge",
-            "--from",
+            &["--size", "64MiB", "--replicas", "2"],
             "satellite-1",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ])
-        .unwrap()
-        .trim()
-        .to_string();
+        )
+        .unwrap();
     assert!(uri.starts_with("nbd+unix:///edge?socket="), "{uri}");
 
     // Real clients on the satellite's export.
@@ -286,26 +265,9 @@ fn the_embedded_federation_runs_gateways_and_satellites_in_its_one_process() {
     let gateways = federation.gateways();
     assert_eq!(gateways.len(), 2, "{:?}", federation.info);
     assert!(gateways.iter().all(|(_, _, pid, _)| process == *pid));
-    federation
-        .tether_ok(&["volume", "create", "small", "--size", "16MiB"])
+    let (_, uri) = federation
+        .attach_on_satellite("small", &["--size", "16MiB"], "satellite-1")
         .unwrap();
-    federation
-        .tether_ok(&["grant", "add", "satellite-1", "--volume", "small"])
-        .unwrap();
-    let socket = federation.dir().join("small.sock");
-    let uri = federation
-        .tether_ok(&[
-            "volume",
-            "attach",
-            "small",
-            "--from",
-            "satellite-1",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ])
-        .unwrap()
-        .trim()
-        .to_string();
     let length = 8u64 << 20;
     let source = federation.dir().join("source.raw");
     random_file(&source, length as usize, 21).unwrap();

@@ -50,34 +50,13 @@ fn verifying_fio_through_a_satellite_survives_a_gateway_and_a_master_killed() {
         .satellites(1)
         .start()
         .unwrap();
-    federation
-        .tether_ok(&[
-            "volume",
-            "create",
+    let (_, uri) = federation
+        .attach_on_satellite(
             "steady",
-            "--size",
-            "256MiB",
-            "--replicas",
-            "2",
-        ])
-        .unwrap();
-    federation
-        .tether_ok(&["grant", "add", "satellite-1", "--volume", "steady"])
-        .unwrap();
-    let socket = federation.dir().join("steady.sock");
-    let uri = federation
-        .tether_ok(&[
-            "volume",
-            "attach",
-            "steady",
-            "--from",
+            &["--size", "256MiB", "--replicas", "2"],
             "satellite-1",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ])
-        .unwrap()
-        .trim()
-        .to_string();
+        )
+        .unwrap();
     let gateways: Vec<(u64, String)> = federation.info["clusters"][0]["gateways"]
         .as_array()
         .unwrap()
@@ -144,29 +123,13 @@ fn a_satellite_breaking_the_protocol_ends_only_its_session_while_another_verifie
         .satellites(1)
         .start()
         .unwrap();
-    federation
-        .tether_ok(&["volume", "create", "neighbour", "--size", "192MiB"])
+    let (_, uri) = federation
+        .attach_on_satellite("neighbour", &["--size", "192MiB"], "satellite-1")
         .unwrap();
     let bad = federation.satellite("bad");
-    for satellite in ["satellite-1", "bad"] {
-        federation
-            .tether_ok(&["grant", "add", satellite, "--volume", "neighbour"])
-            .unwrap();
-    }
-    let socket = federation.dir().join("neighbour.sock");
-    let uri = federation
-        .tether_ok(&[
-            "volume",
-            "attach",
-            "neighbour",
-            "--from",
-            "satellite-1",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ])
-        .unwrap()
-        .trim()
-        .to_string();
+    federation
+        .tether_ok(&["grant", "add", "bad", "--volume", "neighbour"])
+        .unwrap();
     let mut fio = fio_verify(&uri, "0", "160M", 29);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

@@ -25,26 +25,9 @@ fn a_satellite_renews_its_certificate_and_brings_its_attachments_back_after_kill
         .unwrap();
     let tls_dir = federation.dir().join("satellites/satellite-1/tls");
     let first_expiry = not_after(&tls_dir);
-    federation
-        .tether_ok(&["volume", "create", "kept", "--size", "32MiB"])
+    let (_, uri) = federation
+        .attach_on_satellite("kept", &["--size", "32MiB"], "satellite-1")
         .unwrap();
-    federation
-        .tether_ok(&["grant", "add", "satellite-1", "--volume", "kept"])
-        .unwrap();
-    let socket = federation.dir().join("kept.sock");
-    let uri = federation
-        .tether_ok(&[
-            "volume",
-            "attach",
-            "kept",
-            "--from",
-            "satellite-1",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ])
-        .unwrap()
-        .trim()
-        .to_string();
     let length = 8u64 << 20;
     let source = federation.dir().join("source.raw");
     random_file(&source, length as usize, 5).unwrap();

@@ -85,35 +85,20 @@ pub(crate) async fn renew_loop(
     client: admin_grpc::Client,
 ) {
     let tls_dir = args.state_dir.join("tls");
-    loop {
-        let due = match Credentials::load(&tls_dir).and_then(|c| c.renew_at()) {
-            Ok(due) => due,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read this satellite's certificate to renew it");
-                return;
-            }
-        };
-        if let Ok(wait) = due.duration_since(SystemTime::now()) {
-            tokio::time::sleep(wait).await;
+    let due = || {
+        Credentials::load(&tls_dir)
+            .and_then(|c| c.renew_at())
+            .map_err(|e| e.to_string())
+    };
+    let renew = || {
+        let (tls, tls_dir, client) = (tls.clone(), tls_dir.clone(), client.clone());
+        async move {
+            renew_once(&tls, &tls_dir, client)
+                .await
+                .map_err(|e| format!("{e:#}"))
         }
-        match renew_once(&tls, &tls_dir, client.clone()).await {
-            Ok(()) => {
-                tracing::info!(not_after = ?tls.not_after(), "renewed this satellite's certificate");
-                metrics::counter!("tether_certificate_renewals_total").increment(1);
-            }
-            Err(err) => {
-                let left = tls
-                    .not_after()
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                tracing::error!(error = %err, left_secs = left.as_secs(), "renewing this satellite's certificate failed; retrying");
-                tokio::time::sleep(
-                    (left / 10).clamp(Duration::from_millis(200), Duration::from_secs(30)),
-                )
-                .await;
-            }
-        }
-    }
+    };
+    tether_tls::renewal::keep_renewed(tls.clone(), "satellite", due, renew).await;
 }
 
 async fn renew_once(

@@ -152,8 +152,8 @@ pub async fn renew_loop(tls: Arc<TlsContext>, config: NodeSecurityConfig) {
         tracing::warn!("no --registry: this node's certificate will not be renewed");
         return;
     };
-    loop {
-        let due = match Credentials::load(&config.tls_dir).and_then(|credentials| {
+    let due = || {
+        Credentials::load(&config.tls_dir).and_then(|credentials| {
             let missing = config.missing_addresses(&credentials);
             if missing.is_empty() {
                 credentials.renew_at()
@@ -163,34 +163,18 @@ pub async fn renew_loop(tls: Arc<TlsContext>, config: NodeSecurityConfig) {
                 tracing::info!(?missing, "this node's certificate does not name every address asked for; renewing it now");
                 Ok(SystemTime::now())
             }
-        }) {
-            Ok(due) => due,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read this node's certificate to renew it");
-                return;
-            }
-        };
-        if let Ok(wait) = due.duration_since(SystemTime::now()) {
-            tokio::time::sleep(wait).await;
+        })
+        .map_err(|err| err.to_string())
+    };
+    let renew = || {
+        let (tls, config, registry) = (tls.clone(), config.clone(), registry.clone());
+        async move {
+            renew_once(&tls, &config, &registry)
+                .await
+                .map_err(|err| err.to_string())
         }
-        match renew_once(&tls, &config, &registry).await {
-            Ok(()) => {
-                tracing::info!(not_after = ?tls.not_after(), "renewed this node's certificate");
-                metrics::counter!("tether_certificate_renewals_total").increment(1);
-            }
-            Err(err) => {
-                let left = tls
-                    .not_after()
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                tracing::error!(error = %err, left_secs = left.as_secs(), "renewing this node's certificate failed; retrying");
-                tokio::time::sleep(
-                    (left / 10).clamp(Duration::from_millis(200), Duration::from_secs(30)),
-                )
-                .await;
-            }
-        }
-    }
+    };
+    tether_tls::renewal::keep_renewed(tls.clone(), "node", due, renew).await;
 }
 
 async fn renew_once(

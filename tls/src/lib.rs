@@ -16,6 +16,7 @@ mod error;
 pub mod h2;
 pub mod http;
 mod identity;
+pub mod renewal;
 
 pub use addresses::{certificate_addresses, MAX_CERTIFICATE_ADDRESSES};
 pub use ca::{CertificateAuthority, DEFAULT_CERT_LIFETIME};
