@@ -126,6 +126,9 @@ pub struct SatelliteEntry {
     pub name: String,
     pub pid: u32,
     pub log: PathBuf,
+    /// Its CSI identity and controller services (a Unix socket).
+    #[serde(default)]
+    pub csi_socket: Option<PathBuf>,
 }
 
 impl Federation {

@@ -44,6 +44,13 @@ pub struct SatelliteArgs {
     /// The central CA's certificate, to check the registry's when joining.
     #[arg(long)]
     pub trust_ca: Option<PathBuf>,
+    /// Serve the CSI identity and controller services on this Unix socket.
+    #[arg(long)]
+    pub csi_socket: Option<PathBuf>,
+    /// Prefix of the volumes the CSI controller provisions (the satellite's
+    /// prefix grant); default: the satellite's name and a dash.
+    #[arg(long)]
+    pub csi_prefix: Option<String>,
 }
 
 /// Runs the satellite until `shutdown` resolves.
@@ -71,6 +78,25 @@ async fn run_in_span(
         args.clone(),
         client.clone(),
     ));
+    let (stop_csi, csi_stopped) = tokio::sync::oneshot::channel::<()>();
+    let csi = args.csi_socket.clone().map(|socket| {
+        let context = crate::csi::CsiContext {
+            admin: client.clone(),
+            link: link.clone(),
+            prefix: args
+                .csi_prefix
+                .clone()
+                .unwrap_or_else(|| format!("{}-", args.name)),
+        };
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = csi_stopped.await;
+            };
+            if let Err(err) = crate::csi::serve(&socket, context, stopped).await {
+                tracing::error!(socket = %socket.display(), error = %err, "the CSI services stopped");
+            }
+        })
+    });
     tracing::info!(gateways = ?args.gateway, "satellite up");
     let mut attachments = Attachments::default();
     let mut watch: Option<tonic::Streaming<pb::SatelliteAttachments>> = None;
@@ -140,6 +166,10 @@ async fn run_in_span(
         }
     }
     renewer.abort();
+    let _ = stop_csi.send(());
+    if let Some(csi) = csi {
+        let _ = csi.await;
+    }
     tracing::info!("satellite stopping");
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! export over the link (`tether-satellite`). The CSI services come next.
 
 mod credential;
+pub mod csi;
 pub mod daemon;
 mod error;
 mod export;

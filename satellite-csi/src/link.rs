@@ -165,6 +165,12 @@ impl LinkClient {
         }
     }
 
+    /// The gateway a session is open to now (opening one if need be): what
+    /// a readiness probe asks.
+    pub async fn reachable(&self) -> Result<String, LinkError> {
+        self.session(None).await.map(|(gateway, _)| gateway)
+    }
+
     /// A live session: the current one unless it is `dead`, else a new one
     /// to the next gateway that answers.
     async fn session(

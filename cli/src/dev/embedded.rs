@@ -95,6 +95,7 @@ pub(super) fn up_embedded(
     let satellites: Vec<SatelliteEntry> = satellites
         .into_iter()
         .map(|name| SatelliteEntry {
+            csi_socket: Some(dir.join("satellites").join(&name).join("csi.sock")),
             name,
             pid,
             log: log.clone(),
@@ -304,9 +305,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             name: name.clone(),
             registry: format!("https://{}", options.admin_listen),
             gateway: endpoints.clone(),
+            csi_socket: Some(state_dir.join("csi.sock")),
             state_dir,
             join_token_file,
             trust_ca: Some(trust.ca_cert.clone()),
+            csi_prefix: None,
         };
         let (mut stopped, failed, name) = (stopped.clone(), failed.clone(), name.clone());
         tasks.push(tokio::spawn(async move {

@@ -230,6 +230,7 @@ pub(super) fn start_satellites(
             format!("--gateway={}", endpoints.join(",")),
             format!("--state-dir={}", state_dir.display()),
             format!("--trust-ca={}", ca_cert.display()),
+            format!("--csi-socket={}", state_dir.join("csi.sock").display()),
         ];
         if let Some(file) = satellite_join_token(client, &name, &state_dir)? {
             args.push(format!("--join-token-file={}", file.display()));
@@ -239,6 +240,7 @@ pub(super) fn start_satellites(
             name: name.clone(),
             pid: child.id(),
             log: log.clone(),
+            csi_socket: Some(state_dir.join("csi.sock")),
         });
         children.push((name, child, log));
     }

@@ -1,0 +1,59 @@
+//! The CSI services (spec v1.9, `protos/csi/v1/csi.proto`) a satellite
+//! serves to its Kubernetes cluster on a Unix socket: [`identity`] and
+//! [`controller`] (volumes under the satellite's grant prefix, through the
+//! central admin API with the satellite's own certificate). The node
+//! service (staging volumes as local block devices) comes next.
+
+pub mod controller;
+pub mod identity;
+mod names;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use names::volume_name;
+
+/// The generated messages, servers and clients.
+pub mod pb {
+    tonic::include_proto!("csi.v1");
+}
+
+/// The plugin's name, the same everywhere (at most 63 characters).
+pub const PLUGIN_NAME: &str = "csi.tether.io";
+
+/// What the services share: the admin API client and the link (for Probe).
+#[derive(Clone)]
+pub struct CsiContext {
+    pub admin: admin_grpc::Client,
+    pub link: Arc<crate::LinkClient>,
+    /// Prefix of every volume this plugin provisions (its prefix grant).
+    pub prefix: String,
+}
+
+/// Serves Identity and Controller on the Unix socket at `path` (replacing
+/// a stale socket file) until `shutdown` resolves.
+pub async fn serve(
+    path: &Path,
+    context: CsiContext,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    tracing::info!(socket = %path.display(), plugin = PLUGIN_NAME, "CSI identity and controller listening");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(pb::identity_server::IdentityServer::new(
+            identity::IdentityService::new(context.clone()),
+        ))
+        .add_service(pb::controller_server::ControllerServer::new(
+            controller::ControllerService::new(context),
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(std::io::Error::other)
+}
