@@ -4,7 +4,8 @@
 //! when one goes away (requests in flight are sent again, the same bytes to
 //! the same offset: the caller sees a pause, not an error); and [`daemon`],
 //! which follows the satellite's attachments and serves each as a local NBD
-//! export over the link (`tether-satellite`). The CSI services come next.
+//! export over the link (`tether-satellite`); and [`csi`], the CSI identity
+//! and controller services (the node service comes next).
 
 mod credential;
 pub mod csi;
