@@ -344,5 +344,34 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
                 .code()
                 != Some(0)
         );
+
+        // An encrypted StorageClass: the data key is wrapped with the key in
+        // the CSI secret; without it, INVALID_ARGUMENT.
+        let mut sealed = create("pvc-sealed", 16 * MIB);
+        sealed.parameters.insert("encrypted".into(), "true".into());
+        let (refused, message) = code(controller.create_volume(sealed.clone()).await);
+        assert_eq!(refused, Code::InvalidArgument, "{message}");
+        assert!(message.contains("encryptionKey"), "{message}");
+        sealed
+            .secrets
+            .insert("encryptionKey".into(), "ab".repeat(32));
+        let volume = controller
+            .create_volume(sealed.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let view = federation
+            .tether_json(&["volume", "get", &volume.volume_id])
+            .unwrap();
+        assert_eq!(view["encryption"]["cipher"], "xts-aes-256", "{view}");
+        // The same name without encryption is not the same volume.
+        let (refused, _) = code(
+            controller
+                .create_volume(create("pvc-sealed", 16 * MIB))
+                .await,
+        );
+        assert_eq!(refused, Code::AlreadyExists);
     });
 }

@@ -14,7 +14,11 @@ const GRANULE: u64 = 1 << 20;
 /// A volume asked for with no capacity range.
 const DEFAULT_SIZE: u64 = 1 << 30;
 /// StorageClass parameters understood.
-const PARAMETERS: [&str; 2] = ["replicas", "placement"];
+const PARAMETERS: [&str; 3] = ["replicas", "placement", "encrypted"];
+/// The CSI secret holding the user's key of an encrypted StorageClass
+/// (32 raw bytes or 64 hex digits): it wraps the volume's data key here,
+/// and never reaches the central cluster.
+pub const KEY_SECRET: &str = "encryptionKey";
 
 pub struct ControllerService {
     context: CsiContext,
@@ -185,18 +189,53 @@ impl pb::controller_server::Controller for ControllerService {
             })?;
             placement.insert(key.trim().to_string(), value.trim().to_string());
         }
+        let encryption = match request.parameters.get("encrypted").map(String::as_str) {
+            None | Some("false") => None,
+            Some("true") => {
+                let Some(secret) = request.secrets.get(KEY_SECRET) else {
+                    return Err(Status::invalid_argument(format!(
+                        "volume {}: an encrypted StorageClass needs the secret {KEY_SECRET:?} (the user's key)",
+                        request.name
+                    )));
+                };
+                let user =
+                    volume_crypto::UserKey::from_bytes(secret.as_bytes()).map_err(|reason| {
+                        Status::invalid_argument(format!("secret {KEY_SECRET}: {reason}"))
+                    })?;
+                let data = volume_crypto::DataKey::generate();
+                Some(admin::EncryptionSpec {
+                    cipher: volume_crypto::CIPHER.into(),
+                    sector_bytes: volume_crypto::SECTOR_BYTES as u32,
+                    wrapped_key: data.wrap(&user),
+                    key_check: data.check_value(),
+                })
+            }
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "parameter encrypted: {other:?} is not true or false"
+                )))
+            }
+        };
         let name = volume_name(&self.context.prefix, &request.name);
         let range = request.capacity_range.as_ref();
         // Idempotent by name: the same volume for a compatible size.
         if let Some(existing) = self.find(&name).await? {
-            return if fits(existing.size_bytes, range) {
+            return if fits(existing.size_bytes, range)
+                && existing.encryption.is_some() == encryption.is_some()
+            {
                 Ok(Response::new(pb::CreateVolumeResponse {
                     volume: Some(csi_volume(&existing)),
                 }))
             } else {
                 Err(Status::already_exists(format!(
-                    "volume {} exists as {name} with {} bytes, outside the capacity asked for",
-                    request.name, existing.size_bytes
+                    "volume {} exists as {name} with {} bytes{}, not as asked for",
+                    request.name,
+                    existing.size_bytes,
+                    if existing.encryption.is_some() {
+                        ", encrypted"
+                    } else {
+                        ""
+                    }
                 )))
             };
         }
@@ -208,7 +247,7 @@ impl pb::controller_server::Controller for ControllerService {
                 size_bytes,
                 replicas,
                 placement,
-                encryption: None,
+                encryption,
             })
             .await;
         let view = match created {
@@ -221,7 +260,7 @@ impl pb::controller_server::Controller for ControllerService {
                 .ok_or_else(|| from_registry(status, &name))?,
             Err(status) => return Err(from_registry(status, &name)),
         };
-        tracing::info!(csi_name = %request.name, volume = %name, size_bytes, replicas, "CSI volume created");
+        tracing::info!(csi_name = %request.name, volume = %name, size_bytes, replicas, encrypted = view.encryption.is_some(), "CSI volume created");
         Ok(Response::new(pb::CreateVolumeResponse {
             volume: Some(csi_volume(&view)),
         }))
