@@ -139,6 +139,19 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
         assert_eq!(again, created);
         let (refused, message) = code(controller.create_volume(create("pvc-a", 200 * MIB)).await);
         assert_eq!(refused, Code::AlreadyExists, "{message}");
+        // GetCapacity: what the grant still allows.
+        let capacity = |controller: &mut pb::controller_client::ControllerClient<Channel>| {
+            let mut controller = controller.clone();
+            async move {
+                controller
+                    .get_capacity(pb::GetCapacityRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .available_capacity
+            }
+        };
+        assert_eq!(capacity(&mut controller).await, 924 * MIB);
 
         // Bad requests, each with INVALID_ARGUMENT naming what is wrong.
         let mut no_capabilities = create("pvc-x", MIB);
@@ -183,6 +196,8 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
         }
         let (refused, message) = code(controller.create_volume(create("pvc-d", 10 * MIB)).await);
         assert_eq!(refused, Code::ResourceExhausted, "{message}");
+        // Its count is reached: nothing more can be provisioned.
+        assert_eq!(capacity(&mut controller).await, 0);
 
         // ListVolumes, two at a time.
         let first = controller

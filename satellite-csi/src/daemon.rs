@@ -83,6 +83,7 @@ async fn run_in_span(
         let context = crate::csi::CsiContext {
             admin: client.clone(),
             link: link.clone(),
+            satellite: args.name.clone(),
             prefix: args
                 .csi_prefix
                 .clone()

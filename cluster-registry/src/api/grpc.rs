@@ -333,6 +333,20 @@ impl pb::admin_server::Admin for AdminService {
         )))
     }
 
+    async fn list_satellite_grants(
+        &self,
+        request: Request<pb::SatelliteName>,
+    ) -> Result<Response<pb::GrantList>, Status> {
+        let caller = self
+            .caller(&request, Access::AdminOrSatellite, "ListSatelliteGrants")
+            .await?;
+        let name = request.into_inner().name;
+        let grants = satellites::satellite_grants(self.state.clone(), caller, name).await?;
+        Ok(Response::new(pb::GrantList {
+            grants: all("GrantView", &grants)?,
+        }))
+    }
+
     async fn report_presenting(
         &self,
         request: Request<pb::SatellitePresenting>,

@@ -74,6 +74,7 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
             "/v1/satellites/{name}/presenting",
             post(satellite_presenting),
         )
+        .route("/v1/satellites/{name}/grants", get(satellite_grants))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/join-tokens", post(mint_join_token))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
@@ -105,6 +106,7 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
         join_satellite,
         satellite_attachments,
         satellite_presenting,
+        satellite_grants,
         list_nodes,
         mint_join_token,
         list_volumes,
@@ -237,6 +239,19 @@ async fn satellite_presenting(
 ) -> ApiResult<Json<serde_json::Value>> {
     satellites::satellite_presenting(state, caller, name, report).await?;
     Ok(Json(serde_json::json!({"ok": true})))
+}
+
+#[utoipa::path(get, path = "/v1/satellites/{name}/grants", tag = "federation",
+    params(("name" = String, Path)),
+    responses((status = 200, body = [GrantView]), (status = "default", body = ErrorBody, description = ERROR)))]
+async fn satellite_grants(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<GrantView>>> {
+    Ok(Json(
+        satellites::satellite_grants(state, caller, name).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes",

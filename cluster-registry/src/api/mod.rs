@@ -15,6 +15,7 @@
 //! | DELETE | /v1/grants/{satellite}/{id} | (`id`: `volume:NAME` or `prefix:P`) |
 //! | GET | /v1/satellites/{name}/attachments | `?version=V` → `SatelliteAttachments` (waits up to 25 s for a change) |
 //! | POST | /v1/satellites/{name}/presenting | `SatellitePresenting` (what the satellite serves) |
+//! | GET | /v1/satellites/{name}/grants | → `[GrantView]` (a satellite's own, with their use) |
 //! | POST | /v1/satellites/join | `SatelliteJoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | GET | /v1/nodes | → `[NodeView]` |
 //! | GET, POST | /v1/volumes | `CreateVolumeRequest` → `VolumeView` |

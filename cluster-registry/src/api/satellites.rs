@@ -149,12 +149,12 @@ pub(crate) async fn attachments_after(
             _ = &mut deadline => break,
             event = volumes.recv() => if event.is_none() { break },
             event = grants.recv() => if event.is_none() { break },
-            event = standing.recv() => {
-                if event.is_none() { break }
-                if caller.satellite().is_some() {
-                    crate::security::satellite_caller(&state, &name).await?;
-                }
-            },
+            event = standing.recv() => if event.is_none() { break },
+        }
+        // Standing first: a removal drops the grants too, and that change
+        // must end the watch, not be answered as an empty set.
+        if caller.satellite().is_some() {
+            crate::security::satellite_caller(&state, &name).await?;
         }
         let now = attachments(&state, &name).await?;
         if now.version != current.version {
@@ -185,6 +185,17 @@ pub(crate) async fn satellite_presenting(
             .await?;
     }
     Ok(())
+}
+
+/// `GET /v1/satellites/{name}/grants`: a satellite's own grants, with what
+/// each prefix grant uses (what its CSI controller's GetCapacity answers from).
+pub(crate) async fn satellite_grants(
+    state: AppState,
+    caller: Caller,
+    name: String,
+) -> ApiResult<Vec<tether_proto::federation::GrantView>> {
+    require_self(&caller, &name)?;
+    super::federation::list_grants(state, Some(name)).await
 }
 
 /// An attach `--from` satellite `satellite` (already checked against its

@@ -378,6 +378,46 @@ impl pb::controller_server::Controller for ControllerService {
         }))
     }
 
+    /// What the satellite's prefix grant still allows: its capacity less
+    /// what its volumes are promised, none once it holds its count.
+    async fn get_capacity(
+        &self,
+        request: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
+        let request = request.into_inner();
+        if !request.volume_capabilities.is_empty() {
+            check_capabilities(&request.volume_capabilities)?;
+        }
+        let grants = self
+            .admin()
+            .list_satellite_grants(admin::SatelliteName {
+                name: self.context.satellite.clone(),
+            })
+            .await
+            .map_err(|status| from_registry(status, "*"))?
+            .into_inner()
+            .grants;
+        let available = grants
+            .iter()
+            .find(|grant| grant.kind == "prefix" && self.context.prefix.starts_with(&grant.prefix))
+            .map_or(0, |grant| {
+                if grant.used_count.unwrap_or(0) >= grant.count {
+                    0
+                } else {
+                    grant
+                        .capacity_bytes
+                        .saturating_sub(grant.used_bytes.unwrap_or(0))
+                        / GRANULE
+                        * GRANULE
+                }
+            });
+        Ok(Response::new(pb::GetCapacityResponse {
+            available_capacity: available as i64,
+            maximum_volume_size: Some(available as i64),
+            minimum_volume_size: Some(GRANULE as i64),
+        }))
+    }
+
     async fn controller_get_capabilities(
         &self,
         _: Request<pb::ControllerGetCapabilitiesRequest>,
@@ -386,6 +426,7 @@ impl pb::controller_server::Controller for ControllerService {
         let capabilities = [
             Type::CreateDeleteVolume,
             Type::ListVolumes,
+            Type::GetCapacity,
             Type::ExpandVolume,
         ]
         .into_iter()

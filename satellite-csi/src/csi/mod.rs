@@ -26,6 +26,8 @@ pub const PLUGIN_NAME: &str = "csi.tether.io";
 pub struct CsiContext {
     pub admin: admin_grpc::Client,
     pub link: Arc<crate::LinkClient>,
+    /// This satellite's name.
+    pub satellite: String,
     /// Prefix of every volume this plugin provisions (its prefix grant).
     pub prefix: String,
 }
