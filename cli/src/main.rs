@@ -3,6 +3,7 @@
 //! so one binary is all a developer needs to build).
 
 mod client;
+mod csi;
 mod dev;
 mod federation;
 mod membership;
@@ -75,6 +76,8 @@ enum Commands {
     /// The cluster's CA: issue credentials (run where the control plane's state is).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// A satellite's CSI services, called by hand (as the external-provisioner would).
+    Csi(csi::CsiArgs),
     /// Run a daemon in the foreground (what `dev up` starts).
     #[command(subcommand, hide = true)]
     Daemon(DaemonCommand),
@@ -368,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Commands::Daemon(daemon) => run_daemon(daemon, cli.log_format),
         Commands::Dev(dev) => run_dev(&cli, dev),
+        Commands::Csi(args) => csi::run(&cli.dir, args, cli.output == Output::Json),
         Commands::Cluster(command) => {
             membership::run_cluster(&admin_client(&cli)?, command, cli.output == Output::Json)
         }

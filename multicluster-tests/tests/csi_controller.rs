@@ -14,17 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 async fn channel(socket: &Path) -> Channel {
-    let socket = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://csi.local")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap()
+    satellite_csi::csi::connect(socket).await.unwrap()
 }
 
 fn socket(federation: &DevFederation, satellite: &str) -> PathBuf {
@@ -152,6 +142,15 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
             }
         };
         assert_eq!(capacity(&mut controller).await, 924 * MIB);
+
+        // `tether csi` calls the same socket.
+        let listed = federation.tether_ok(&["csi", "list"]).unwrap();
+        assert!(listed.contains("satellite-1-pvc-a\t100MiB"), "{listed}");
+        let info = federation.tether_ok(&["csi", "info"]).unwrap();
+        assert!(
+            info.contains("csi.tether.io") && info.contains("ready:   true"),
+            "{info}"
+        );
 
         // Bad requests, each with INVALID_ARGUMENT naming what is wrong.
         let mut no_capabilities = create("pvc-x", MIB);

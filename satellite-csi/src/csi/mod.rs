@@ -32,6 +32,21 @@ pub struct CsiContext {
     pub prefix: String,
 }
 
+/// A gRPC channel to CSI services on the Unix socket at `path`, as a CO
+/// (kubelet, the external-provisioner) or `tether csi` dials them.
+pub async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://csi.local")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
 /// Serves Identity and Controller on the Unix socket at `path` (replacing
 /// a stale socket file) until `shutdown` resolves.
 pub async fn serve(
