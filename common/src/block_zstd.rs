@@ -117,6 +117,31 @@ pub fn decompress_exact(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> 
     Ok(raw)
 }
 
+/// `data` as it travels on a stream with `zstd` negotiated (or not):
+/// compressed when that pays.
+pub fn pack(data: bytes::Bytes, zstd: Option<&Adaptive>) -> tether_proto::link::Payload {
+    use tether_proto::link::Payload;
+    match zstd.and_then(|zstd| zstd.compress(&data)) {
+        Some(packed) => Payload::Compressed {
+            raw_len: data.len() as u32,
+            data: bytes::Bytes::from(packed),
+        },
+        None => Payload::Raw(data),
+    }
+}
+
+/// The block a payload carries; an error if a compressed one does not
+/// expand to exactly its declared length.
+pub fn unpack(payload: tether_proto::link::Payload) -> Result<bytes::Bytes, String> {
+    use tether_proto::link::Payload;
+    match payload {
+        Payload::Raw(data) => Ok(data),
+        Payload::Compressed { raw_len, data } => {
+            decompress_exact(&data, raw_len as usize).map(bytes::Bytes::from)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +200,21 @@ mod tests {
         for _ in 0..100 {
             assert!(adaptive.compress(&zeros).is_some());
         }
+    }
+
+    #[test]
+    fn payloads_compress_only_when_negotiated_and_expand_whole() {
+        use tether_proto::link::Payload;
+        let block = bytes::Bytes::from(vec![3u8; 65536]);
+        let packed = pack(block.clone(), Some(&Adaptive::default()));
+        assert!(matches!(packed, Payload::Compressed { raw_len: 65536, .. }));
+        assert_eq!(unpack(packed).unwrap(), block);
+        assert_eq!(pack(block.clone(), None), Payload::Raw(block.clone()));
+        let lying = Payload::Compressed {
+            raw_len: 10,
+            data: bytes::Bytes::from(compress_if_it_pays(&block).unwrap()),
+        };
+        assert!(unpack(lying).is_err());
     }
 
     #[test]

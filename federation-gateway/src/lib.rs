@@ -20,7 +20,6 @@
 //! state that another gateway would need.
 
 pub mod access;
-mod compress;
 pub mod config;
 mod error;
 mod session;

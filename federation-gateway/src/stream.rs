@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::access::{self, Access};
 use crate::session::CLOSE_PROTOCOL;
-use crate::{compress, Gateway};
+use crate::Gateway;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers the satellite does not take for this long end the session.
@@ -316,7 +316,10 @@ async fn take(
             {
                 Ok(Some(data)) => LinkFrame::Data {
                     id,
-                    data: compress::pack(bytes::Bytes::from(data), opened.zstd.as_ref()),
+                    data: tether_common::block_zstd::pack(
+                        bytes::Bytes::from(data),
+                        opened.zstd.as_ref(),
+                    ),
                 },
                 Ok(None) => LinkFrame::Done { id, error: 0 },
                 Err(err) => {
@@ -386,7 +389,7 @@ fn request(frame: LinkFrame, opened: &Opened) -> Result<(BlockOp, Option<u32>), 
         LinkFrame::Write {
             offset, fua, data, ..
         } => {
-            let data = compress::unpack(data)?;
+            let data = tether_common::block_zstd::unpack(data)?;
             metrics::counter!("tether_gateway_data_bytes_total", "direction" => "in")
                 .increment(data.len() as u64);
             let early = checked(offset, data.len() as u64, true);

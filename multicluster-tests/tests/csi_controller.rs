@@ -50,6 +50,13 @@ fn create(name: &str, required: i64) -> pb::CreateVolumeRequest {
     }
 }
 
+fn delete(volume_id: &str) -> pb::DeleteVolumeRequest {
+    pb::DeleteVolumeRequest {
+        volume_id: volume_id.into(),
+        ..Default::default()
+    }
+}
+
 fn code<T: std::fmt::Debug>(answer: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
     let status = answer.expect_err("refused");
     (status.code(), status.message().to_string())
@@ -300,14 +307,7 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
         // Another satellite's plugin cannot touch these volumes.
         let two = channel(&socket(&federation, "satellite-2")).await;
         let mut other = pb::controller_client::ControllerClient::new(two);
-        let (refused, message) = code(
-            other
-                .delete_volume(pb::DeleteVolumeRequest {
-                    volume_id: "satellite-1-pvc-b".into(),
-                    ..Default::default()
-                })
-                .await,
-        );
+        let (refused, message) = code(other.delete_volume(delete("satellite-1-pvc-b")).await);
         assert_eq!(refused, Code::PermissionDenied, "{message}");
         let (refused, message) = code(other.create_volume(create("pvc-a", MIB)).await);
         assert_eq!(refused, Code::PermissionDenied, "{message}");
@@ -325,23 +325,13 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
                 &format!("unix:{}", attached_socket.display()),
             ])
             .unwrap();
-        let (refused, message) = code(
-            controller
-                .delete_volume(pb::DeleteVolumeRequest {
-                    volume_id: "satellite-1-pvc-b".into(),
-                    ..Default::default()
-                })
-                .await,
-        );
+        let (refused, message) = code(controller.delete_volume(delete("satellite-1-pvc-b")).await);
         assert_eq!(refused, Code::FailedPrecondition, "{message}");
 
         // Delete, twice: both succeed.
         for _ in 0..2 {
             controller
-                .delete_volume(pb::DeleteVolumeRequest {
-                    volume_id: "satellite-1-pvc-a".into(),
-                    ..Default::default()
-                })
+                .delete_volume(delete("satellite-1-pvc-a"))
                 .await
                 .unwrap();
         }

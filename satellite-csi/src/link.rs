@@ -19,8 +19,7 @@ use tether_common::block_zstd;
 use bytes::{Bytes, BytesMut};
 use tether_proto::block::BlockOp;
 use tether_proto::link::{
-    self, close, decode_link_frame, encode_link_frame, refusal, LinkFrame, Payload, Welcome,
-    FEATURE_ZSTD,
+    self, close, decode_link_frame, encode_link_frame, refusal, LinkFrame, Welcome, FEATURE_ZSTD,
 };
 use tether_tls::{Role, TlsContext};
 use tokio::io::AsyncReadExt;
@@ -56,7 +55,7 @@ fn frame(request: &BlockOp, id: u64, zstd: Option<&block_zstd::Adaptive>) -> Lin
             id,
             offset,
             fua,
-            data: pack(data, zstd),
+            data: block_zstd::pack(data, zstd),
         },
         BlockOp::WriteZeroes {
             offset,
@@ -71,27 +70,6 @@ fn frame(request: &BlockOp, id: u64, zstd: Option<&block_zstd::Adaptive>) -> Lin
             no_hole: !punch,
         },
         BlockOp::Flush => LinkFrame::Flush { id },
-    }
-}
-
-/// A block as it travels: compressed when negotiated and it pays.
-fn pack(data: Bytes, zstd: Option<&block_zstd::Adaptive>) -> Payload {
-    match zstd.and_then(|zstd| zstd.compress(&data)) {
-        Some(packed) => Payload::Compressed {
-            raw_len: data.len() as u32,
-            data: Bytes::from(packed),
-        },
-        None => Payload::Raw(data),
-    }
-}
-
-/// An answer's block, which must expand to the length its frame declares.
-fn unpack(payload: Payload) -> Result<Bytes, String> {
-    match payload {
-        Payload::Raw(data) => Ok(data),
-        Payload::Compressed { raw_len, data } => {
-            block_zstd::decompress_exact(&data, raw_len as usize).map(Bytes::from)
-        }
     }
 }
 
@@ -350,7 +328,7 @@ impl RemoteVolume {
                 errno: error,
             }),
             (LinkFrame::Data { data, .. }, BlockOp::Read { length, .. }) => {
-                let data = unpack(data).map_err(protocol)?;
+                let data = block_zstd::unpack(data).map_err(protocol)?;
                 if data.len() != *length as usize {
                     return Err(protocol(format!(
                         "a read of {length} bytes answered with {}",
