@@ -10,6 +10,7 @@
 //! as `cargo test` alone does not).
 
 pub mod clients;
+pub mod csi;
 pub mod harness;
 pub mod raw_link;
 pub mod raw_nbd;

@@ -196,6 +196,22 @@ pub struct SatelliteAttachment {
     pub data_key: Option<String>,
 }
 
+/// The endpoint scheme of a volume staged by a satellite's CSI node plugin
+/// (`csi:NODE`): the plugin serves it itself, so the satellite daemon does
+/// not, and the attachment records which node holds it (a volume is staged
+/// on one node at a time, and is not deleted while staged).
+pub const CSI_STAGING_SCHEME: &str = "csi:";
+
+/// The attachment endpoint of a volume staged on CSI node `node`.
+pub fn csi_staging_endpoint(node: &str) -> String {
+    format!("{CSI_STAGING_SCHEME}{node}")
+}
+
+/// The CSI node an endpoint names, if it is a CSI staging.
+pub fn csi_staging_node(endpoint: &str) -> Option<&str> {
+    endpoint.strip_prefix(CSI_STAGING_SCHEME)
+}
+
 /// What a satellite should present now. `version` changes whenever the set
 /// does; asking with the version one has waits (up to ~25 s) for a change.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]

@@ -51,6 +51,51 @@ pub struct SatelliteArgs {
     /// prefix grant); default: the satellite's name and a dash.
     #[arg(long)]
     pub csi_prefix: Option<String>,
+    /// Which CSI services this process serves: `controller` (a Deployment),
+    /// `node` (a DaemonSet) or `both`.
+    #[arg(long, value_enum, default_value = "both")]
+    pub csi_mode: crate::csi::CsiMode,
+    /// The node id the CSI node service reports (the Kubernetes node
+    /// name); default: the host name.
+    #[arg(long, env = "KUBE_NODE_NAME")]
+    pub csi_node_id: Option<String>,
+    /// The CSI node service's state (what it staged; its volume hosts'
+    /// files); default: STATE_DIR/csi-node.
+    #[arg(long)]
+    pub csi_node_dir: Option<PathBuf>,
+    /// Volumes one node stages at most (NodeGetInfo's max_volumes_per_node).
+    #[arg(long, default_value_t = 64)]
+    pub csi_max_volumes: i64,
+    /// Follow this satellite's attachments and serve them over NBD (off for
+    /// a node plugin that shares the satellite's credential with another
+    /// process that does).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub serve_attachments: bool,
+}
+
+impl SatelliteArgs {
+    /// The CSI node service's configuration, from these flags.
+    fn node_config(&self) -> crate::csi::node::NodeConfig {
+        crate::csi::node::NodeConfig {
+            node_id: self.csi_node_id.clone().unwrap_or_else(host_name),
+            state_dir: self
+                .csi_node_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("csi-node")),
+            gateways: self.gateway.clone(),
+            tls_dir: self.state_dir.join("tls"),
+            host_binary: crate::csi::node::hosts::default_binary(),
+            max_volumes: self.csi_max_volumes,
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "node".into())
 }
 
 /// Runs the satellite until `shutdown` resolves.
@@ -79,6 +124,8 @@ async fn run_in_span(
         client.clone(),
     ));
     let (stop_csi, csi_stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = args.csi_mode.node().then(|| args.node_config());
+    let mode = args.csi_mode;
     let csi = args.csi_socket.clone().map(|socket| {
         let context = crate::csi::CsiContext {
             admin: client.clone(),
@@ -93,7 +140,7 @@ async fn run_in_span(
             let stopped = async move {
                 let _ = csi_stopped.await;
             };
-            if let Err(err) = crate::csi::serve(&socket, context, stopped).await {
+            if let Err(err) = crate::csi::serve(&socket, context, mode, node, stopped).await {
                 tracing::error!(socket = %socket.display(), error = %err, "the CSI services stopped");
             }
         })
@@ -105,7 +152,13 @@ async fn run_in_span(
     // behind, and the watch is opened again to get the current set.
     let mut version: Option<String> = None;
     tokio::pin!(shutdown);
+    if !args.serve_attachments {
+        (&mut shutdown).await;
+    }
     loop {
+        if !args.serve_attachments {
+            break;
+        }
         let Some(stream) = watch.as_mut() else {
             let mut client = client.clone();
             let request = pb::SatelliteName {
@@ -194,9 +247,13 @@ impl Attachments {
         link: &Arc<LinkClient>,
         nbd: &NbdContext,
     ) -> HashMap<String, PresentingStatus> {
+        // CSI stagings are the node plugin's to serve, not this daemon's.
         let keys: Vec<(String, String)> = wanted
             .attachments
             .iter()
+            .filter(|attachment| {
+                tether_proto::federation::csi_staging_node(&attachment.endpoint).is_none()
+            })
             .map(|attachment| (attachment.volume.clone(), attachment.endpoint.clone()))
             .collect();
         self.served.retain(|key, _| keys.contains(key));

@@ -13,6 +13,7 @@ pub mod daemon;
 mod error;
 mod export;
 pub mod link;
+pub mod volume_host;
 
 pub use error::LinkError;
 pub use link::{LinkClient, RemoteVolume};

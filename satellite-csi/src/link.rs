@@ -341,6 +341,19 @@ impl RemoteVolume {
         }
     }
 
+    /// Opens the volume's stream again to learn what changed since the last
+    /// open (a new size after an expansion); requests already on the old
+    /// stream finish there.
+    pub async fn reopen(&self) -> Result<Welcome, LinkError> {
+        let mut stream = self.stream.lock().await;
+        let (gateway, connection) = self.client.session(None).await?;
+        let open =
+            OpenStream::open(&self.volume, &gateway, connection, self.client.features).await?;
+        *self.welcome.lock().unwrap() = Some(open.welcome.clone());
+        *stream = Some(open.clone());
+        Ok(open.welcome.clone())
+    }
+
     async fn forget(&self, dead: &Arc<OpenStream>) {
         let mut stream = self.stream.lock().await;
         if stream.as_ref().is_some_and(|now| Arc::ptr_eq(now, dead)) {

@@ -310,6 +310,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             join_token_file,
             trust_ca: Some(trust.ca_cert.clone()),
             csi_prefix: None,
+            csi_mode: satellite_csi::csi::CsiMode::Both,
+            csi_node_id: Some(name.clone()),
+            csi_node_dir: None,
+            csi_max_volumes: 64,
+            serve_attachments: true,
         };
         let (mut stopped, failed, name) = (stopped.clone(), failed.clone(), name.clone());
         tasks.push(tokio::spawn(async move {

@@ -231,6 +231,7 @@ pub(super) fn start_satellites(
             format!("--state-dir={}", state_dir.display()),
             format!("--trust-ca={}", ca_cert.display()),
             format!("--csi-socket={}", state_dir.join("csi.sock").display()),
+            format!("--csi-node-id={name}"),
         ];
         if let Some(file) = satellite_join_token(client, &name, &state_dir)? {
             args.push(format!("--join-token-file={}", file.display()));

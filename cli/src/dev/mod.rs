@@ -427,10 +427,32 @@ pub fn down(dir: &Path) -> anyhow::Result<usize> {
     };
     let pids = federation.pids_in_stop_order();
     let running = pids.iter().filter(|pid| alive(**pid)).count();
+    take_down_csi_stagings(dir);
     for pid in pids {
         stop_pid(pid);
     }
     Ok(running)
+}
+
+/// Volumes the satellites' CSI node plugins staged outlive the plugins
+/// (their volume hosts run apart): take them down first, while the
+/// gateways still answer their last flush.
+fn take_down_csi_stagings(dir: &Path) {
+    let Ok(satellites) = std::fs::read_dir(dir.join("satellites")) else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    for satellite in satellites.flatten() {
+        let node_dir = satellite.path().join("csi-node");
+        for problem in runtime.block_on(satellite_csi::csi::node::teardown(&node_dir)) {
+            eprintln!("tearing down CSI stagings: {problem}");
+        }
+    }
 }
 
 /// A credential `dev up` may keep: it names `identity`, comes from `ca`,

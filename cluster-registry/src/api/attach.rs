@@ -19,7 +19,7 @@ pub(crate) async fn attach_volume(
 ) -> ApiResult<AttachResponse> {
     let from = attaching_cluster(&state, &caller, &name, request.from.take()).await?;
     if from != state.cluster {
-        let endpoint = check_endpoint(&request.nbd)?;
+        let endpoint = check_satellite_endpoint(&request.nbd)?;
         let data_key = request.data_key.take();
         return tokio::spawn(async move {
             super::satellites::attach_from_satellite(&state, &name, &from, &endpoint, data_key)
@@ -52,6 +52,28 @@ fn check_endpoint(nbd: &str) -> ApiResult<String> {
         });
     }
     Ok(endpoint)
+}
+
+/// An endpoint a satellite may ask for: an NBD one, or a CSI staging
+/// (`csi:NODE`, a node name without separators).
+fn check_satellite_endpoint(nbd: &str) -> ApiResult<String> {
+    let trimmed = nbd.trim();
+    match tether_proto::federation::csi_staging_node(trimmed) {
+        Some(node)
+            if !node.is_empty()
+                && node.len() <= 128
+                && node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+        {
+            Ok(trimmed.to_string())
+        }
+        Some(node) => Err(RegistryError::Invalid {
+            field: "nbd",
+            reason: format!("CSI node {node:?}: 1 to 128 letters, digits, '-', '_' or '.'"),
+        }),
+        None => check_endpoint(trimmed),
+    }
 }
 
 /// Which cluster attaches: this one, or a satellite whose grants cover the

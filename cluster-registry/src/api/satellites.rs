@@ -198,6 +198,53 @@ pub(crate) async fn satellite_grants(
     super::federation::list_grants(state, Some(name)).await
 }
 
+/// A CSI node plugin of `satellite` stages `name` on `node`: recorded at
+/// once (the plugin serves it itself, with the key its CSI secret unwraps),
+/// and refused while another node holds it, so one filesystem is never
+/// mounted on two hosts.
+async fn stage_for_csi(
+    state: &AppState,
+    name: &str,
+    satellite: &str,
+    node: &str,
+    endpoint: &str,
+) -> ApiResult<String> {
+    state
+        .update_spec(name, |spec| {
+            let elsewhere: Vec<String> = spec
+                .attachments
+                .iter()
+                .filter(|attachment| {
+                    attachment.endpoint != endpoint
+                        && tether_proto::federation::csi_staging_node(&attachment.endpoint)
+                            .is_some()
+                })
+                .map(|attachment| format!("{} of {}", attachment.endpoint, attachment.from))
+                .collect();
+            if !elsewhere.is_empty() {
+                return Err(RegistryError::Attached {
+                    name: name.to_string(),
+                    uris: elsewhere.join(", "),
+                });
+            }
+            if !spec
+                .attachments
+                .iter()
+                .any(|attachment| attachment.endpoint == endpoint && attachment.from == satellite)
+            {
+                spec.attachments.push(AttachmentSpec {
+                    endpoint: endpoint.to_string(),
+                    from: satellite.to_string(),
+                    node: Some(satellite.to_string()),
+                });
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(volume = %name, %satellite, csi_node = %node, "volume staged by a CSI node plugin");
+    Ok(endpoint.to_string())
+}
+
 /// An attach `--from` satellite `satellite` (already checked against its
 /// grants): records the attachment for the satellite to pick up, and waits
 /// until it serves the endpoint (or says why it cannot).
@@ -208,6 +255,9 @@ pub(crate) async fn attach_from_satellite(
     endpoint: &str,
     data_key: Option<String>,
 ) -> ApiResult<String> {
+    if let Some(node) = tether_proto::federation::csi_staging_node(endpoint) {
+        return stage_for_csi(state, name, satellite, node, endpoint).await;
+    }
     let (spec, _) = state.spec(name).await?;
     if let Some(encryption) = &spec.encryption {
         // The key goes to the satellite with its attachment, never to a gateway.

@@ -49,7 +49,7 @@ impl ControllerService {
 
 /// The registry's refusal as the CSI spec codes it: quotas and a full
 /// pool are RESOURCE_EXHAUSTED, an attached volume FAILED_PRECONDITION.
-fn from_registry(status: Status, volume: &str) -> Status {
+pub(super) fn from_registry(status: Status, volume: &str) -> Status {
     let code = status
         .metadata()
         .get("tether-code")
@@ -95,7 +95,7 @@ fn fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
 }
 
 /// Why the plugin cannot serve `capability`, if it cannot.
-fn unsupported(capability: &pb::VolumeCapability) -> Option<String> {
+pub(super) fn unsupported(capability: &pb::VolumeCapability) -> Option<String> {
     use volume_capability::access_mode::Mode;
     let mode = capability
         .access_mode
@@ -428,6 +428,7 @@ impl pb::controller_server::Controller for ControllerService {
             Type::ListVolumes,
             Type::GetCapacity,
             Type::ExpandVolume,
+            Type::SingleNodeMultiWriter,
         ]
         .into_iter()
         .map(|rpc| pb::ControllerServiceCapability {

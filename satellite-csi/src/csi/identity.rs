@@ -4,15 +4,16 @@
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, plugin_capability};
-use super::{CsiContext, PLUGIN_NAME};
+use super::{CsiContext, CsiMode, PLUGIN_NAME};
 
 pub struct IdentityService {
     context: CsiContext,
+    mode: CsiMode,
 }
 
 impl IdentityService {
-    pub fn new(context: CsiContext) -> Self {
-        IdentityService { context }
+    pub fn new(context: CsiContext, mode: CsiMode) -> Self {
+        IdentityService { context, mode }
     }
 }
 
@@ -40,9 +41,12 @@ impl pb::identity_server::Identity for IdentityService {
             plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {
                 r#type: plugin_capability::volume_expansion::Type::Online as i32,
             });
+        // A node-only plugin offers no controller service.
+        let service = self.mode.controller().then_some(service);
         Ok(Response::new(pb::GetPluginCapabilitiesResponse {
-            capabilities: [service, expansion]
+            capabilities: service
                 .into_iter()
+                .chain([expansion])
                 .map(|capability| pb::PluginCapability {
                     r#type: Some(capability),
                 })

@@ -1,12 +1,15 @@
 //! The CSI services (spec v1.9, `protos/csi/v1/csi.proto`) a satellite
-//! serves to its Kubernetes cluster on a Unix socket: [`identity`] and
+//! serves to its Kubernetes cluster on a Unix socket: [`identity`],
 //! [`controller`] (volumes under the satellite's grant prefix, through the
-//! central admin API with the satellite's own certificate). The node
-//! service (staging volumes as local block devices) comes next.
+//! central admin API with the satellite's own certificate) and [`node`]
+//! (volumes staged as local block devices and filesystems), as the mode
+//! says: Kubernetes runs the controller in a Deployment and the node
+//! service in a DaemonSet.
 
 pub mod controller;
 pub mod identity;
 mod names;
+pub mod node;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +23,24 @@ pub mod pb {
 
 /// The plugin's name, the same everywhere (at most 63 characters).
 pub const PLUGIN_NAME: &str = "csi.tether.io";
+
+/// Which services one plugin process serves (Identity always).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CsiMode {
+    Controller,
+    Node,
+    Both,
+}
+
+impl CsiMode {
+    pub fn controller(self) -> bool {
+        matches!(self, CsiMode::Controller | CsiMode::Both)
+    }
+
+    pub fn node(self) -> bool {
+        matches!(self, CsiMode::Node | CsiMode::Both)
+    }
+}
 
 /// What the services share: the admin API client and the link (for Probe).
 #[derive(Clone)]
@@ -47,11 +68,14 @@ pub async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::tr
         .await
 }
 
-/// Serves Identity and Controller on the Unix socket at `path` (replacing
-/// a stale socket file) until `shutdown` resolves.
+/// Serves Identity, and Controller and Node as `mode` says, on the Unix
+/// socket at `path` (replacing a stale socket file) until `shutdown`
+/// resolves. `node` is required when `mode` includes the node service.
 pub async fn serve(
     path: &Path,
     context: CsiContext,
+    mode: CsiMode,
+    node: Option<node::NodeConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     if path.exists() {
@@ -61,15 +85,31 @@ pub async fn serve(
         std::fs::create_dir_all(parent)?;
     }
     let listener = tokio::net::UnixListener::bind(path)?;
-    tracing::info!(socket = %path.display(), plugin = PLUGIN_NAME, "CSI identity and controller listening");
+    tracing::info!(socket = %path.display(), plugin = PLUGIN_NAME, ?mode, "CSI services listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let controller = mode.controller().then(|| {
+        pb::controller_server::ControllerServer::new(controller::ControllerService::new(
+            context.clone(),
+        ))
+    });
+    let node = match (mode.node(), node) {
+        (true, Some(config)) => Some(pb::node_server::NodeServer::new(node::NodeService::new(
+            context.clone(),
+            config,
+        ))),
+        (true, None) => {
+            return Err(std::io::Error::other(
+                "the CSI node service needs its node configuration",
+            ))
+        }
+        (false, _) => None,
+    };
     tonic::transport::Server::builder()
         .add_service(pb::identity_server::IdentityServer::new(
-            identity::IdentityService::new(context.clone()),
+            identity::IdentityService::new(context, mode),
         ))
-        .add_service(pb::controller_server::ControllerServer::new(
-            controller::ControllerService::new(context),
-        ))
+        .add_optional_service(controller)
+        .add_optional_service(node)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)
