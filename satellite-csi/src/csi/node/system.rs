@@ -127,11 +127,34 @@ pub async fn make_filesystem(fs_type: &str, device: &str) -> Result<(), ToolErro
     .map(drop)
 }
 
+/// `CAP_SYS_RESOURCE`: what the kernel asks of whoever grows a mounted ext4.
+pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process holds capability `bit` (in `/proc/self/status`).
+pub fn has_capability(bit: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|effective| effective & (1 << bit) != 0)
+}
+
 pub async fn grow_filesystem(
     fs_type: &str,
     device: &str,
     mount_point: &Path,
 ) -> Result<(), ToolError> {
+    if fs_type == "ext4" && !has_capability(CAP_SYS_RESOURCE) {
+        // resize2fs would only say "Permission denied".
+        return Err(ToolError {
+            command: format!("resize2fs {device}"),
+            reason: "growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this plugin does not hold (give the node plugin's container that capability; xfs grows with CAP_SYS_ADMIN alone)".into(),
+        });
+    }
     match fs_type {
         "xfs" => run("xfs_growfs", &[text(mount_point)]).await,
         _ => run("resize2fs", &[device]).await,
