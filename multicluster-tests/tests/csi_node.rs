@@ -512,3 +512,540 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
             .unwrap();
     });
 }
+
+#[test]
+fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again() {
+    let federation = federation(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let one = channel(&socket(&federation, "satellite-1")).await;
+        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
+        let mut node_a = pb::node_client::NodeClient::new(one);
+        let mut plugin = NodePlugin::start(&federation, "satellite-1", "node-k");
+        let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
+        let capability = mount_capability(Mode::SingleNodeWriter);
+        let id = controller
+            .create_volume(create("pvc-kill", 128 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let (staging, target) = kubelet_dirs(&federation, "pvc-kill");
+        node.node_stage_volume(stage(&id, &staging, capability.clone()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+            .await
+            .unwrap();
+        let before = write_files(&target, "before", 10);
+
+        plugin.kill9();
+        // The volume host serves on: the mounted filesystem takes writes
+        // and fsyncs while no plugin runs.
+        let during = write_files(&target, "during", 10);
+        assert_files(&before, &target, &target);
+
+        plugin.restart();
+        let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
+        // kubelet's calls after a plugin restart find everything in place.
+        node.node_stage_volume(stage(&id, &staging, capability.clone()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+            .await
+            .unwrap();
+        let (_, condition) = stats(
+            node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+        assert!(!condition.abnormal, "{condition:?}");
+        let after = write_files(&target, "after", 4);
+        node.node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&id, &staging))
+            .await
+            .unwrap();
+
+        // Nothing written is lost: another node reads it all from the
+        // central cluster.
+        let (staging_a, target_a) = kubelet_dirs(&federation, "pvc-kill-a");
+        node_a
+            .node_stage_volume(stage(&id, &staging_a, capability.clone()))
+            .await
+            .unwrap();
+        node_a
+            .node_publish_volume(publish(
+                &id,
+                &staging_a,
+                &target_a,
+                capability.clone(),
+                false,
+            ))
+            .await
+            .unwrap();
+        for sums in [&before, &during, &after] {
+            assert_files(sums, &target, &target_a);
+        }
+        node_a
+            .node_unpublish_volume(unpublish(&id, &target_a))
+            .await
+            .unwrap();
+        node_a
+            .node_unstage_volume(unstage(&id, &staging_a))
+            .await
+            .unwrap();
+    });
+}
+
+const MARKER: &[u8] = b"tether-csi-plaintext-marker-0123456789abcdef";
+
+/// A file of `MARKER` over and over, fsynced.
+fn write_marker(dir: &Path) {
+    use std::io::Write;
+    let data: Vec<u8> = MARKER.iter().copied().cycle().take(1 << 20).collect();
+    let mut file = std::fs::File::create(dir.join("marker.bin")).unwrap();
+    file.write_all(&data).unwrap();
+    file.sync_all().unwrap();
+}
+
+fn pools_contain(federation: &DevFederation, needle: &[u8]) -> bool {
+    multicluster_tests::harness::files_under(&federation.dir().join("central"))
+        .iter()
+        .any(|file| {
+            std::fs::read(file)
+                .map(|data| multicluster_tests::harness::contains(&data, needle))
+                .unwrap_or(false)
+        })
+}
+
+#[test]
+fn csi_node_encrypted_volumes_are_ciphertext_centrally_and_other_satellites_are_refused() {
+    let federation = federation(2);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let one = channel(&socket(&federation, "satellite-1")).await;
+        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
+        let mut node = pb::node_client::NodeClient::new(one);
+        let capability = mount_capability(Mode::SingleNodeWriter);
+        let key = "7a".repeat(32);
+        let secrets = std::collections::HashMap::from([("encryptionKey".to_string(), key.clone())]);
+        let sealed = controller
+            .create_volume(pb::CreateVolumeRequest {
+                parameters: [("encrypted".to_string(), "true".to_string())].into(),
+                secrets: secrets.clone(),
+                ..create("pvc-sealed", 64 * MIB)
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let plain = controller
+            .create_volume(create("pvc-plain", 64 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let (staging, target) = kubelet_dirs(&federation, "pvc-sealed");
+
+        // No key, or the wrong one: refused, nothing staged.
+        let (refused, message) = code(
+            node.node_stage_volume(stage(&sealed, &staging, capability.clone()))
+                .await,
+        );
+        assert_eq!(refused, Code::InvalidArgument, "{message}");
+        let wrong = pb::NodeStageVolumeRequest {
+            secrets: [("encryptionKey".to_string(), "01".repeat(32))].into(),
+            ..stage(&sealed, &staging, capability.clone())
+        };
+        let (refused, message) = code(node.node_stage_volume(wrong).await);
+        assert_eq!(refused, Code::InvalidArgument, "{message}");
+        assert_eq!(mounted_source(&staging), None);
+
+        let keyed = pb::NodeStageVolumeRequest {
+            secrets: secrets.clone(),
+            ..stage(&sealed, &staging, capability.clone())
+        };
+        node.node_stage_volume(keyed).await.unwrap();
+        node.node_publish_volume(publish(
+            &sealed,
+            &staging,
+            &target,
+            capability.clone(),
+            false,
+        ))
+        .await
+        .unwrap();
+        write_marker(&target);
+        let sums = write_files(&target, "sealed", 3);
+        node.node_unpublish_volume(unpublish(&sealed, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&sealed, &staging))
+            .await
+            .unwrap();
+
+        // The same bytes on a plain volume are in the pools, so the check
+        // below can see plaintext where there is some.
+        let (plain_staging, plain_target) = kubelet_dirs(&federation, "pvc-plain");
+        node.node_stage_volume(stage(&plain, &plain_staging, capability.clone()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish(
+            &plain,
+            &plain_staging,
+            &plain_target,
+            capability.clone(),
+            false,
+        ))
+        .await
+        .unwrap();
+        write_marker(&plain_target);
+        node.node_unpublish_volume(unpublish(&plain, &plain_target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&plain, &plain_staging))
+            .await
+            .unwrap();
+        assert!(pools_contain(&federation, MARKER));
+        controller
+            .delete_volume(pb::DeleteVolumeRequest {
+                volume_id: plain.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            !pools_contain(&federation, MARKER),
+            "plaintext of the encrypted volume in a central pool file"
+        );
+
+        // Satellite 2 can neither stage nor delete satellite 1's volume,
+        // and what it creates lands under its own prefix.
+        let two = channel(&socket(&federation, "satellite-2")).await;
+        let mut controller_2 = pb::controller_client::ControllerClient::new(two.clone());
+        let mut node_2 = pb::node_client::NodeClient::new(two);
+        let (staging_2, _) = kubelet_dirs(&federation, "other-satellite");
+        let keyed = pb::NodeStageVolumeRequest {
+            secrets: secrets.clone(),
+            ..stage(&sealed, &staging_2, capability.clone())
+        };
+        let (refused, message) = code(node_2.node_stage_volume(keyed).await);
+        assert!(
+            matches!(refused, Code::NotFound | Code::PermissionDenied),
+            "{refused:?}: {message}"
+        );
+        let (refused, message) = code(
+            controller_2
+                .delete_volume(pb::DeleteVolumeRequest {
+                    volume_id: sealed.clone(),
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_eq!(refused, Code::PermissionDenied, "{message}");
+        let own = controller_2
+            .create_volume(create("pvc-sealed", 64 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        assert!(own.starts_with("satellite-2-"), "{own}");
+        assert_ne!(own, sealed);
+
+        // Satellite 1's volume is whole, and reads back with its key.
+        let keyed = pb::NodeStageVolumeRequest {
+            secrets,
+            ..stage(&sealed, &staging, capability.clone())
+        };
+        node.node_stage_volume(keyed).await.unwrap();
+        node.node_publish_volume(publish(
+            &sealed,
+            &staging,
+            &target,
+            capability.clone(),
+            true,
+        ))
+        .await
+        .unwrap();
+        assert_files(&sums, &target, &target);
+        node.node_unpublish_volume(unpublish(&sealed, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&sealed, &staging))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn csi_node_calls_answer_with_the_spec_codes() {
+    let federation = federation(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let one = channel(&socket(&federation, "satellite-1")).await;
+        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
+        let mut node = pb::node_client::NodeClient::new(one);
+        let capability = mount_capability(Mode::SingleNodeWriter);
+        let id = controller
+            .create_volume(create("pvc-codes", 64 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let (staging, target) = kubelet_dirs(&federation, "pvc-codes");
+        let elsewhere = federation.dir().join("kubelet/elsewhere");
+        let unknown = "satellite-1-no-such-volume";
+        let multi = mount_capability(Mode::MultiNodeMultiWriter);
+
+        let stages: Vec<(&str, pb::NodeStageVolumeRequest, Code)> = vec![
+            (
+                "no volume id",
+                stage("", &staging, capability.clone()),
+                Code::InvalidArgument,
+            ),
+            (
+                "no staging path",
+                pb::NodeStageVolumeRequest {
+                    staging_target_path: String::new(),
+                    ..stage(&id, &staging, capability.clone())
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "a relative staging path",
+                pb::NodeStageVolumeRequest {
+                    staging_target_path: "relative/path".into(),
+                    ..stage(&id, &staging, capability.clone())
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "no capability",
+                pb::NodeStageVolumeRequest {
+                    volume_capability: None,
+                    ..stage(&id, &staging, capability.clone())
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "a multi-node mode",
+                stage(&id, &staging, multi.clone()),
+                Code::InvalidArgument,
+            ),
+            (
+                "an unknown volume",
+                stage(unknown, &staging, capability.clone()),
+                Code::NotFound,
+            ),
+        ];
+        for (case, request, expected) in stages {
+            let (got, message) = code(node.node_stage_volume(request).await);
+            assert_eq!(got, expected, "stage with {case}: {message}");
+        }
+
+        // Publishing what is not staged.
+        let (got, message) = code(
+            node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+                .await,
+        );
+        assert_eq!(got, Code::FailedPrecondition, "{message}");
+
+        node.node_stage_volume(stage(&id, &staging, capability.clone()))
+            .await
+            .unwrap();
+        let (got, message) = code(
+            node.node_stage_volume(stage(&id, &elsewhere, capability.clone()))
+                .await,
+        );
+        assert_eq!(
+            got,
+            Code::AlreadyExists,
+            "stage at a second path: {message}"
+        );
+        let block = block_capability();
+        let (got, message) = code(node.node_stage_volume(stage(&id, &staging, block)).await);
+        assert_eq!(got, Code::AlreadyExists, "stage as block too: {message}");
+
+        let publishes: Vec<(&str, pb::NodePublishVolumeRequest, Code)> = vec![
+            (
+                "no volume id",
+                publish("", &staging, &target, capability.clone(), false),
+                Code::InvalidArgument,
+            ),
+            (
+                "no target path",
+                pb::NodePublishVolumeRequest {
+                    target_path: String::new(),
+                    ..publish(&id, &staging, &target, capability.clone(), false)
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "no capability",
+                pb::NodePublishVolumeRequest {
+                    volume_capability: None,
+                    ..publish(&id, &staging, &target, capability.clone(), false)
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "no staging path",
+                pb::NodePublishVolumeRequest {
+                    staging_target_path: String::new(),
+                    ..publish(&id, &staging, &target, capability.clone(), false)
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                "another staging path",
+                publish(&id, &elsewhere, &target, capability.clone(), false),
+                Code::FailedPrecondition,
+            ),
+            (
+                "an unstaged volume",
+                publish(unknown, &staging, &target, capability.clone(), false),
+                Code::FailedPrecondition,
+            ),
+        ];
+        for (case, request, expected) in publishes {
+            let (got, message) = code(node.node_publish_volume(request).await);
+            assert_eq!(got, expected, "publish with {case}: {message}");
+        }
+        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+            .await
+            .unwrap();
+        let (got, message) = code(
+            node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), true))
+                .await,
+        );
+        assert_eq!(
+            got,
+            Code::AlreadyExists,
+            "published again read-only: {message}"
+        );
+
+        let stats = |id: &str, path: &Path| pb::NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.display().to_string(),
+            ..Default::default()
+        };
+        for (case, request, expected) in [
+            ("no volume id", stats("", &target), Code::InvalidArgument),
+            ("no path", stats(&id, Path::new("")), Code::InvalidArgument),
+            ("an unknown volume", stats(unknown, &target), Code::NotFound),
+            (
+                "a path not the volume's",
+                stats(&id, &elsewhere),
+                Code::NotFound,
+            ),
+        ] {
+            let (got, message) = code(node.node_get_volume_stats(request).await);
+            assert_eq!(got, expected, "stats with {case}: {message}");
+        }
+        let expand = |id: &str, path: &Path| pb::NodeExpandVolumeRequest {
+            volume_id: id.into(),
+            volume_path: path.display().to_string(),
+            ..Default::default()
+        };
+        for (case, request, expected) in [
+            ("no volume id", expand("", &target), Code::InvalidArgument),
+            ("no path", expand(&id, Path::new("")), Code::InvalidArgument),
+            (
+                "an unknown volume",
+                expand(unknown, &target),
+                Code::NotFound,
+            ),
+            (
+                "more than the volume has",
+                pb::NodeExpandVolumeRequest {
+                    capacity_range: Some(pb::CapacityRange {
+                        required_bytes: 1 << 40,
+                        limit_bytes: 0,
+                    }),
+                    ..expand(&id, &target)
+                },
+                Code::OutOfRange,
+            ),
+        ] {
+            let (got, message) = code(node.node_expand_volume(request).await);
+            assert_eq!(got, expected, "expand with {case}: {message}");
+        }
+        for (case, request) in [
+            ("no volume id", unpublish("", &target)),
+            ("no target", unpublish(&id, Path::new(""))),
+        ] {
+            let (got, message) = code(node.node_unpublish_volume(request).await);
+            assert_eq!(
+                got,
+                Code::InvalidArgument,
+                "unpublish with {case}: {message}"
+            );
+        }
+        for (case, request) in [
+            ("no volume id", unstage("", &staging)),
+            ("no staging path", unstage(&id, Path::new(""))),
+        ] {
+            let (got, message) = code(node.node_unstage_volume(request).await);
+            assert_eq!(got, Code::InvalidArgument, "unstage with {case}: {message}");
+        }
+        // Unstaging while published is refused; what is not there succeeds.
+        let (got, message) = code(node.node_unstage_volume(unstage(&id, &staging)).await);
+        assert_eq!(got, Code::FailedPrecondition, "{message}");
+        node.node_unpublish_volume(unpublish(unknown, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(unknown, &staging))
+            .await
+            .unwrap();
+        assert!(
+            mounted_source(&target).is_some(),
+            "an unknown volume's calls touched nothing"
+        );
+
+        node.node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&id, &staging))
+            .await
+            .unwrap();
+        // Capabilities: what kubelet reads to decide which calls to make.
+        let capabilities: Vec<i32> = node
+            .node_get_capabilities(pb::NodeGetCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities
+            .into_iter()
+            .filter_map(|c| {
+                c.r#type
+                    .map(|pb::node_service_capability::Type::Rpc(rpc)| rpc.r#type)
+            })
+            .collect();
+        use pb::node_service_capability::rpc::Type;
+        for wanted in [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::ExpandVolume,
+            Type::VolumeCondition,
+        ] {
+            assert!(capabilities.contains(&(wanted as i32)), "{wanted:?}");
+        }
+    });
+}
