@@ -568,6 +568,50 @@ fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again()
         );
         assert!(!condition.abnormal, "{condition:?}");
         let after = write_files(&target, "after", 4);
+
+        // The volume host itself killed: the condition says so, staging
+        // again is refused until the volume is unstaged, and then it works.
+        let records = satellite_csi::csi::node::records::Records::new(&plugin.state_dir);
+        let host = satellite_csi::csi::node::hosts::status(&records.socket(&id))
+            .await
+            .expect("the volume host answers");
+        unsafe { libc::kill(host.pid as i32, libc::SIGKILL) };
+        multicluster_tests::harness::wait_gone(host.pid);
+        let (_, condition) = stats(
+            node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+        assert!(condition.abnormal, "{condition:?}");
+        let (refused, message) = code(
+            node.node_stage_volume(stage(&id, &staging, capability.clone()))
+                .await,
+        );
+        assert_eq!(refused, Code::FailedPrecondition, "{message}");
+        node.node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&id, &staging))
+            .await
+            .unwrap();
+        assert!(std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .all(|line| !line.contains(records.volume_dir(&id).to_str().unwrap())));
+        node.node_stage_volume(stage(&id, &staging, capability.clone()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+            .await
+            .unwrap();
+        for sums in [&before, &during, &after] {
+            assert_files(sums, &target, &target);
+        }
         node.node_unpublish_volume(unpublish(&id, &target))
             .await
             .unwrap();

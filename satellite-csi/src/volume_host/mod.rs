@@ -25,6 +25,8 @@ use crate::link::{LinkClient, RemoteVolume};
 
 /// How long a status check waits for a gateway session.
 const REACH_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often the host checks that its control socket is still there.
+const ORPHAN_CHECK: Duration = Duration::from_secs(5);
 /// How often the host looks for a renewed certificate on disk.
 const CREDENTIAL_CHECK: Duration = Duration::from_secs(60);
 
@@ -98,9 +100,19 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
 
     let shutdown = tether_common::shutdown_signal();
     tokio::pin!(shutdown);
+    let mut orphan_check = tokio::time::interval(ORPHAN_CHECK);
     loop {
         let mut stream = tokio::select! {
             _ = &mut shutdown => break,
+            _ = orphan_check.tick() => {
+                // The plugin's state directory went away (a test's, or a
+                // node wiped): nobody can reach this host any more.
+                if !config.socket.exists() {
+                    tracing::warn!(volume = %config.volume, socket = %config.socket.display(), "control socket removed; stopping");
+                    break;
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {

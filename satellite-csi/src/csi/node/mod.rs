@@ -261,7 +261,16 @@ impl NodeService {
             })
             .await
             .map_err(|status| from_registry(status, &volume))?;
-        let mut record = self.load(&volume)?.unwrap_or(StagedVolume {
+        let previous = self.load(&volume)?;
+        if let Some(previous) = &previous {
+            let host_running = hosts::status(&self.records.socket(&volume)).await.is_some();
+            if !host_running && previous.loop_device.is_some() {
+                return Err(Status::failed_precondition(format!(
+                    "volume {volume}: its volume host died while it was staged, and I/O on its mounts fails; unpublish and unstage it, then stage it again"
+                )));
+            }
+        }
+        let mut record = previous.unwrap_or(StagedVolume {
             volume_id: volume.clone(),
             staging_path: staging.clone(),
             access: access.clone(),
@@ -389,10 +398,22 @@ impl NodeService {
                 .map_err(|err| internal(&volume, err))?;
         }
         let disk = self.records.disk_file(&volume);
-        if let Some(device) = system::loop_device_of(&disk)
+        let mut devices: Vec<String> = system::loop_device_of(&disk)
             .await
             .map_err(|err| internal(&volume, err))?
-        {
+            .into_iter()
+            .collect();
+        // The loop device made on a host that since died: `losetup -j`
+        // no longer finds it (the new FUSE file is another inode), the
+        // kernel still names its file.
+        if let Some(recorded) = &record.loop_device {
+            if !devices.contains(recorded)
+                && system::loop_backing_file(recorded).is_some_and(|file| file == disk)
+            {
+                devices.push(recorded.clone());
+            }
+        }
+        for device in devices {
             system::detach_loop(&device)
                 .await
                 .map_err(|err| internal(&volume, err))?;

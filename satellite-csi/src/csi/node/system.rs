@@ -61,6 +61,15 @@ pub async fn attach_loop(
     run("losetup", &args).await
 }
 
+/// The file behind loop device `device`, as the kernel names it.
+pub fn loop_backing_file(device: &str) -> Option<PathBuf> {
+    let name = Path::new(device).file_name()?.to_str()?;
+    let text = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+    Some(PathBuf::from(
+        text.trim_end_matches('\n').trim_end_matches(" (deleted)"),
+    ))
+}
+
 pub async fn detach_loop(device: &str) -> Result<(), ToolError> {
     run("losetup", &["-d", device]).await.map(drop)
 }
