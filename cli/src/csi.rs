@@ -49,26 +49,42 @@ enum CsiCommand {
     },
     /// DeleteVolume.
     Delete { volume_id: String },
+    /// Node calls, as kubelet makes them.
+    #[command(flatten)]
+    Node(crate::csi_node::NodeCommand),
 }
 
-fn key_value(text: &str) -> Result<(String, String), String> {
+pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))
 }
 
 fn capability(block: bool) -> pb::VolumeCapability {
+    filesystem_capability(block, "ext4", false)
+}
+
+/// A single-node capability: raw block, or a filesystem of `fs_type`.
+pub(crate) fn filesystem_capability(
+    block: bool,
+    fs_type: &str,
+    read_only: bool,
+) -> pb::VolumeCapability {
     pb::VolumeCapability {
         access_type: Some(if block {
             AccessType::Block(Default::default())
         } else {
             AccessType::Mount(pb::volume_capability::MountVolume {
-                fs_type: "ext4".into(),
+                fs_type: fs_type.into(),
                 ..Default::default()
             })
         }),
         access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
+            mode: if read_only {
+                Mode::SingleNodeReaderOnly
+            } else {
+                Mode::SingleNodeWriter
+            } as i32,
         }),
     }
 }
@@ -87,7 +103,7 @@ fn socket_of(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
-fn status(err: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(err: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", err.code(), err.message())
 }
 
@@ -104,7 +120,7 @@ pub fn run(dir: &Path, args: &CsiArgs, json: bool) -> anyhow::Result<()> {
             .await
             .map_err(|err| anyhow::anyhow!("cannot reach {}: {err}", socket.display()))?;
         let mut identity = pb::identity_client::IdentityClient::new(channel.clone());
-        let mut controller = pb::controller_client::ControllerClient::new(channel);
+        let mut controller = pb::controller_client::ControllerClient::new(channel.clone());
         let print = |volume: &pb::Volume| -> anyhow::Result<()> {
             if json {
                 println!(
@@ -225,6 +241,9 @@ pub fn run(dir: &Path, args: &CsiArgs, json: bool) -> anyhow::Result<()> {
                     volume_id: volume_id.clone(),
                     ..Default::default()
                 })?;
+            }
+            CsiCommand::Node(command) => {
+                crate::csi_node::run(channel, command, json).await?;
             }
             CsiCommand::Delete { volume_id } => {
                 controller

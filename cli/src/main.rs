@@ -4,6 +4,7 @@
 
 mod client;
 mod csi;
+mod csi_node;
 mod dev;
 mod federation;
 mod membership;

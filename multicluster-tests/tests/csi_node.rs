@@ -1093,3 +1093,56 @@ fn csi_node_calls_answer_with_the_spec_codes() {
         }
     });
 }
+
+#[test]
+fn dev_up_comes_back_while_a_node_plugin_keeps_a_volume_staged() {
+    let federation = federation(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut plugin = NodePlugin::start(&federation, "satellite-1", "node-s");
+    let capability = mount_capability(Mode::SingleNodeWriter);
+    let (staging, target) = kubelet_dirs(&federation, "pvc-stays");
+    let (id, sums) = runtime.block_on(async {
+        let one = channel(&socket(&federation, "satellite-1")).await;
+        let mut controller = pb::controller_client::ControllerClient::new(one);
+        let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
+        let id = controller
+            .create_volume(create("pvc-stays", 64 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        node.node_stage_volume(stage(&id, &staging, capability.clone()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+            .await
+            .unwrap();
+        (id.clone(), write_files(&target, "stays", 4))
+    });
+    // The central side restarts under a node that keeps its volume staged
+    // (its staging stays recorded): dev up does not wait on it.
+    plugin.kill9();
+    federation.down().unwrap();
+    let federation = federation.up().unwrap();
+    plugin.restart();
+    runtime.block_on(async {
+        let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
+        assert_files(&sums, &target, &target);
+        node.node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&id, &staging))
+            .await
+            .unwrap();
+        let one = channel(&socket(&federation, "satellite-1")).await;
+        pb::controller_client::ControllerClient::new(one)
+            .delete_volume(pb::DeleteVolumeRequest {
+                volume_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}

@@ -394,10 +394,11 @@ fn attachments_served(client: &AdminClient) -> bool {
         .filter(|volume| volume.encryption.is_none())
         .all(|volume| {
             !volume.errors.is_empty()
-                || volume
-                    .attachments
-                    .iter()
-                    .all(|attachment| attachment.uri.starts_with("nbd"))
+                || volume.attachments.iter().all(|attachment| {
+                    // A CSI staging is its node plugin's to serve again.
+                    attachment.uri.starts_with("nbd")
+                        || tether_proto::federation::csi_staging_node(&attachment.uri).is_some()
+                })
         })
 }
 
@@ -449,8 +450,51 @@ fn take_down_csi_stagings(dir: &Path) {
     };
     for satellite in satellites.flatten() {
         let node_dir = satellite.path().join("csi-node");
+        let socket = satellite.path().join("csi.sock");
+        runtime.block_on(unstage_through(&socket, &node_dir));
+        // What the plugin could not take down, taken down here.
         for problem in runtime.block_on(satellite_csi::csi::node::teardown(&node_dir)) {
             eprintln!("tearing down CSI stagings: {problem}");
+        }
+    }
+}
+
+/// Unpublishes and unstages what the node plugin on `socket` staged, as
+/// kubelet would (the registry forgets the stagings too).
+async fn unstage_through(socket: &Path, node_dir: &Path) {
+    use satellite_csi::csi::pb;
+    let staged = satellite_csi::csi::node::records::Records::new(node_dir)
+        .list()
+        .unwrap_or_default();
+    if staged.is_empty() {
+        return;
+    }
+    let Ok(channel) = satellite_csi::csi::connect(socket).await else {
+        return;
+    };
+    let mut node = pb::node_client::NodeClient::new(channel);
+    for record in staged {
+        for target in record.published.keys() {
+            let _ = node
+                .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+                    volume_id: record.volume_id.clone(),
+                    target_path: target.display().to_string(),
+                })
+                .await;
+        }
+        if let Err(status) = node
+            .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+                volume_id: record.volume_id.clone(),
+                staging_target_path: record.staging_path.display().to_string(),
+            })
+            .await
+        {
+            eprintln!(
+                "unstaging {}: {:?}: {}",
+                record.volume_id,
+                status.code(),
+                status.message()
+            );
         }
     }
 }

@@ -59,7 +59,9 @@ pub(super) fn from_registry(status: Status, volume: &str) -> Status {
     let message = format!("volume {volume}: {}", status.message());
     match code.as_str() {
         "over_quota" | "pool_full" => Status::resource_exhausted(message),
-        "attached" => Status::failed_precondition(message),
+        "attached" => Status::failed_precondition(format!(
+            "{message} (csi:NODE is a staging: NodeUnstageVolume ends it)"
+        )),
         _ => Status::new(status.code(), message),
     }
 }

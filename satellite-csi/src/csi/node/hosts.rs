@@ -127,6 +127,21 @@ pub async fn stop(socket: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Kills volume host `pid` (if that process is one) and waits for it to go.
+pub fn kill(pid: u32) {
+    let is_host = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("tether-volume-host"));
+    if !is_host {
+        return;
+    }
+    // SAFETY: a plain signal to a process we checked is a volume host.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let started = Instant::now();
+    while alive(pid) && started.elapsed() < STOP_PATIENCE {
+        std::thread::sleep(POLL);
+    }
+}
+
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists. A zombie
     // (ours, not yet reaped) counts as gone.

@@ -276,6 +276,7 @@ impl NodeService {
             access: access.clone(),
             read_only,
             loop_device: None,
+            host_pid: None,
             published: Default::default(),
         });
         // Recorded before anything is made, so an unstage after a crash
@@ -293,6 +294,7 @@ impl NodeService {
                 .map_err(|err| internal(&volume, err))?,
         };
         record.loop_device = Some(device.clone());
+        record.host_pid = Some(host.pid);
         self.save(&record)?;
         if let Access::Mount {
             fs_type,
@@ -667,6 +669,17 @@ pub async fn teardown(state_dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     for record in records.list().unwrap_or_default() {
         let volume = &record.volume_id;
+        // A host that cannot reach a gateway would hold every unmount for
+        // as long as its requests wait: end it first, and the mounts on it
+        // fail fast (the kernel aborts a FUSE connection whose server died).
+        let healthy = hosts::status(&records.socket(volume))
+            .await
+            .is_some_and(|status| status.problem.is_none());
+        if !healthy {
+            if let Some(pid) = record.host_pid {
+                hosts::kill(pid);
+            }
+        }
         let unmount = |path: PathBuf| async move {
             if system::mounted_at(&path).ok().flatten().is_some()
                 && system::unmount(&path).await.is_err()

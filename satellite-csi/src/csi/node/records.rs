@@ -31,6 +31,9 @@ pub struct StagedVolume {
     /// The loop device on the host's FUSE file, once made.
     #[serde(default)]
     pub loop_device: Option<String>,
+    /// The volume host's process, once started.
+    #[serde(default)]
+    pub host_pid: Option<u32>,
     /// Published targets and whether each is read-only.
     #[serde(default)]
     pub published: BTreeMap<PathBuf, bool>,
@@ -150,6 +153,7 @@ mod tests {
             },
             read_only: false,
             loop_device: Some("/dev/loop7".into()),
+            host_pid: Some(42),
             published: BTreeMap::from([(PathBuf::from("/target"), true)]),
         };
         records.save(&record).unwrap();
