@@ -379,3 +379,62 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
         assert_eq!(refused, Code::AlreadyExists);
     });
 }
+
+#[test]
+fn csi_get_capacity_is_what_the_grant_and_the_central_nodes_room_both_allow() {
+    let federation = DevFederation::builder()
+        .nodes(2)
+        .capacity("512MiB")
+        .satellites(1)
+        .start()
+        .unwrap();
+    federation
+        .tether_ok(&[
+            "grant",
+            "add",
+            "satellite-1",
+            "--prefix",
+            "satellite-1-",
+            "--capacity",
+            "100GiB",
+            "--count",
+            "10",
+        ])
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut controller = pb::controller_client::ControllerClient::new(
+            channel(&socket(&federation, "satellite-1")).await,
+        );
+        let probe = controller.clone();
+        let capacity = |copies: &str| {
+            let mut controller = probe.clone();
+            let request = pb::GetCapacityRequest {
+                parameters: [("replicas".to_string(), copies.to_string())].into(),
+                ..Default::default()
+            };
+            async move {
+                let answer = controller.get_capacity(request).await.unwrap().into_inner();
+                (
+                    answer.available_capacity,
+                    answer.maximum_volume_size.unwrap(),
+                )
+            }
+        };
+        let (one, one_largest) = capacity("1").await;
+        let (two, two_largest) = capacity("2").await;
+        let (three, _) = capacity("3").await;
+        // Far below the grant's 100 GiB: the two 512 MiB nodes decide.
+        assert!(one > 0 && one <= 1024 * MIB, "{one}");
+        assert!(one_largest <= 512 * MIB, "{one_largest}");
+        assert_eq!(two, one / 2, "two copies take twice the room");
+        assert_eq!(two_largest, one_largest.min(two));
+        assert_eq!(three, 0, "three copies need three nodes");
+        controller
+            .create_volume(create("pvc-room", 200 * MIB))
+            .await
+            .unwrap();
+        let (after, _) = capacity("1").await;
+        assert_eq!(one - after, 200 * MIB);
+    });
+}

@@ -128,6 +128,7 @@ impl pb::admin_server::Admin for AdminService {
         let grants = federation::list_grants(self.state.clone(), satellite).await?;
         Ok(Response::new(pb::GrantList {
             grants: all("GrantView", &grants)?,
+            central_free_bytes: vec![],
         }))
     }
 
@@ -342,8 +343,10 @@ impl pb::admin_server::Admin for AdminService {
             .await?;
         let name = request.into_inner().name;
         let grants = satellites::satellite_grants(self.state.clone(), caller, name).await?;
+        let central_free_bytes = satellites::central_free_bytes(&self.state).await?;
         Ok(Response::new(pb::GrantList {
             grants: all("GrantView", &grants)?,
+            central_free_bytes,
         }))
     }
 

@@ -198,6 +198,22 @@ pub(crate) async fn satellite_grants(
     super::federation::list_grants(state, Some(name)).await
 }
 
+/// The room each live node has for new copies (its provisioning limit less
+/// what is provisioned on it), largest first: no names, only what a
+/// satellite needs to say how large a volume can be.
+pub(crate) async fn central_free_bytes(state: &AppState) -> ApiResult<Vec<u64>> {
+    let (nodes, specs) = (state.nodes().await?, state.specs().await?);
+    let mut free: Vec<u64> = nodes
+        .iter()
+        .map(|node| {
+            node.provisioning_limit()
+                .saturating_sub(crate::placement::provisioned_on(&node.name, &specs))
+        })
+        .collect();
+    free.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(free)
+}
+
 /// A CSI node plugin of `satellite` stages `name` on `node`: recorded at
 /// once (the plugin serves it itself, with the key its CSI secret unwraps),
 /// and refused while another node holds it, so one filesystem is never

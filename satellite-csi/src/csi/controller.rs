@@ -88,6 +88,30 @@ fn size_for(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
     Ok(size)
 }
 
+/// What the central nodes' free room (`free`, largest first) allows for
+/// volumes of `copies` copies on distinct nodes: in all, and for one
+/// volume (the `copies`-th largest room). In all is the largest `t` with
+/// `sum(min(room, t)) >= copies * t`: no node holds more than one copy of
+/// any byte, so none gives more than `t`.
+fn central_room(free: &[u64], copies: usize) -> (u64, u64) {
+    if copies == 0 || free.len() < copies {
+        return (0, 0);
+    }
+    let fits = |t: u64| {
+        free.iter().map(|room| (*room).min(t)).sum::<u64>() >= t.saturating_mul(copies as u64)
+    };
+    let (mut low, mut high) = (0u64, free.iter().sum::<u64>() / copies as u64);
+    while low < high {
+        let middle = low + (high - low).div_ceil(2);
+        if fits(middle) {
+            low = middle;
+        } else {
+            high = middle - 1;
+        }
+    }
+    (low, free[copies - 1])
+}
+
 /// Whether `size` satisfies `range`.
 fn fits(size: u64, range: Option<&pb::CapacityRange>) -> bool {
     range.is_none_or(|range| {
@@ -390,16 +414,28 @@ impl pb::controller_server::Controller for ControllerService {
         if !request.volume_capabilities.is_empty() {
             check_capabilities(&request.volume_capabilities)?;
         }
-        let grants = self
+        let copies = match request.parameters.get("replicas") {
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "parameter replicas: {text:?} is not a number of copies"
+                    ))
+                })?,
+            None => 1,
+        };
+        let listed = self
             .admin()
             .list_satellite_grants(admin::SatelliteName {
                 name: self.context.satellite.clone(),
             })
             .await
             .map_err(|status| from_registry(status, "*"))?
-            .into_inner()
-            .grants;
-        let available = grants
+            .into_inner();
+        let grants = listed.grants;
+        let granted = grants
             .iter()
             .find(|grant| grant.kind == "prefix" && self.context.prefix.starts_with(&grant.prefix))
             .map_or(0, |grant| {
@@ -409,13 +445,14 @@ impl pb::controller_server::Controller for ControllerService {
                     grant
                         .capacity_bytes
                         .saturating_sub(grant.used_bytes.unwrap_or(0))
-                        / GRANULE
-                        * GRANULE
                 }
             });
+        let (central, largest) = central_room(&listed.central_free_bytes, copies);
+        let available = granted.min(central) / GRANULE * GRANULE;
+        let largest = granted.min(largest) / GRANULE * GRANULE;
         Ok(Response::new(pb::GetCapacityResponse {
             available_capacity: available as i64,
-            maximum_volume_size: Some(available as i64),
+            maximum_volume_size: Some(largest as i64),
             minimum_volume_size: Some(GRANULE as i64),
         }))
     }
@@ -499,6 +536,16 @@ mod tests {
             required_bytes: required,
             limit_bytes: limit,
         }
+    }
+
+    #[test]
+    fn central_room_counts_copies_on_distinct_nodes() {
+        assert_eq!(central_room(&[100, 100, 100], 1), (300, 100));
+        assert_eq!(central_room(&[100, 100, 100], 2), (150, 100));
+        // One big node cannot hold both copies of anything.
+        assert_eq!(central_room(&[1000, 10], 2), (10, 10));
+        assert_eq!(central_room(&[50], 2), (0, 0));
+        assert_eq!(central_room(&[], 1), (0, 0));
     }
 
     #[test]
