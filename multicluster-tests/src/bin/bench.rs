@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 
+#[path = "../csi_bench.rs"]
+mod csi_bench;
 #[path = "../federation_bench.rs"]
 mod federation_bench;
 #[path = "../groups_bench.rs"]
@@ -27,7 +29,8 @@ use serde_json::Value;
 struct Args {
     /// Which benchmark: nbd, groups (replication, failover, Delta Sync, etcd
     /// load), security (encryption at rest, mutual TLS on replication), or
-    /// federation (the satellite path, zstd on the link, gateway scale).
+    /// federation (the satellite path, zstd on the link, gateway scale), or
+    /// csi (a satellite volume's filesystem, staging latency, node plugin RSS).
     suite: String,
     /// Seconds per fio run.
     #[arg(long, default_value_t = 10)]
@@ -36,7 +39,8 @@ struct Args {
     #[arg(long, default_value = "1G")]
     size: String,
     /// Run only these parts (groups: write, failover, delta, etcd, busy; security:
-    /// encryption, tls; federation: path, zstd, satellite-rss, scale); default all.
+    /// encryption, tls; federation: path, zstd, satellite-rss, scale; csi:
+    /// fio, latency, rss); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -92,17 +96,24 @@ struct Measured {
 enum Target<'a> {
     File(&'a Path),
     Nbd(&'a str),
+    /// A file in a filesystem, as an application uses one: libaio, O_DIRECT.
+    FsFile(&'a Path),
 }
 
 impl Target<'_> {
     /// The fio engine and target arguments.
-    fn fio_args(&self) -> [String; 2] {
+    fn fio_args(&self) -> Vec<String> {
         match self {
-            Target::File(path) => [
+            Target::File(path) => vec![
                 "--ioengine=io_uring".into(),
                 format!("--filename={}", path.display()),
             ],
-            Target::Nbd(uri) => ["--ioengine=nbd".into(), format!("--uri={uri}")],
+            Target::Nbd(uri) => vec!["--ioengine=nbd".into(), format!("--uri={uri}")],
+            Target::FsFile(path) => vec![
+                "--ioengine=libaio".into(),
+                "--direct=1".into(),
+                format!("--filename={}", path.display()),
+            ],
         }
     }
 }
@@ -271,6 +282,7 @@ fn main() -> anyhow::Result<()> {
         "groups" => Some(groups_bench::run),
         "security" => Some(security_bench::run),
         "federation" => Some(federation_bench::run),
+        "csi" => Some(csi_bench::run),
         _ => None,
     };
     if let Some(run) = suite {
@@ -284,7 +296,7 @@ fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         args.suite == "nbd",
-        "unknown suite {:?} (available: nbd, groups, security, federation)",
+        "unknown suite {:?} (available: nbd, groups, security, federation, csi)",
         args.suite
     );
     let work = tempfile::Builder::new()
