@@ -124,6 +124,9 @@ impl Filesystem for DiskFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(self.max_request_bytes);
         let _ = config.set_max_readahead(self.max_request_bytes);
+        // The loop device's direct I/O arrives as asynchronous requests,
+        // many at once, not one by one.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
         Ok(())
     }
 
@@ -153,7 +156,12 @@ impl Filesystem for DiskFs {
         }
         // No page cache here: the loop device's (and the filesystem's
         // above it) is the one cache, and every write reaches the volume.
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+        // Parallel direct writes: the kernel would otherwise take the
+        // file's lock for each one, one at a time.
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+        );
     }
 
     fn read(

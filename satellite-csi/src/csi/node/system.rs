@@ -53,7 +53,15 @@ pub async fn attach_loop(
     read_only: bool,
 ) -> Result<String, ToolError> {
     let sector = sector_bytes.to_string();
-    let mut args = vec!["--find", "--show", "--sector-size", &sector];
+    // Direct I/O: the loop device sends its requests to the file at once
+    // (asynchronously) and keeps no second page cache.
+    let mut args = vec![
+        "--find",
+        "--show",
+        "--direct-io=on",
+        "--sector-size",
+        &sector,
+    ];
     if read_only {
         args.push("--read-only");
     }
