@@ -15,6 +15,16 @@ pub struct Federation {
     pub mode: String,
     pub clusters: Vec<ClusterEntry>,
     pub satellites: Vec<SatelliteEntry>,
+    /// DR peer clusters `dev up --dr` runs beside this one, each a dev
+    /// federation of its own in `dir` (`tether --dir DIR/dr …` drives it).
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub name: String,
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -116,6 +116,10 @@ enum DevCommand {
         /// Satellite daemons to run, each joined with its own token.
         #[arg(long, default_value_t = 0)]
         satellites: usize,
+        /// Also a second datacentre: the DR peer cluster `dr` (its own
+        /// etcd, CA, registry, nodes and gateways) in DIR/dr.
+        #[arg(long)]
+        dr: bool,
         /// Each node's over-provisioning (tether-node --overprovision), e.g. 200%.
         #[arg(long)]
         overprovision: Option<String>,
@@ -859,8 +863,13 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             overprovision,
             gateways,
             satellites,
+            dr,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
+            anyhow::ensure!(
+                !(*dr && *embedded),
+                "--dr needs etcd mode: the DR peer is a cluster with its own etcd"
+            );
             anyhow::ensure!(
                 (1..=7).contains(etcd_members),
                 "--etcd-members must be between 1 and 7"
@@ -888,6 +897,8 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 overprovision: overprovision.clone(),
                 gateways: *gateways,
                 satellites: *satellites,
+                cluster: "central".into(),
+                dr: *dr,
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);
@@ -900,6 +911,20 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 cluster.nodes.len()
             );
             println!("  admin API: {}", federation.admin);
+            for peer in &federation.peers {
+                if let Some(peer_federation) = Federation::load(&peer.dir)? {
+                    println!(
+                        "  DR peer:   cluster {}, {} nodes, admin API {} (tether --dir {} …)",
+                        peer.name,
+                        peer_federation
+                            .clusters
+                            .first()
+                            .map_or(0, |cluster| cluster.nodes.len()),
+                        peer_federation.admin,
+                        peer.dir.display()
+                    );
+                }
+            }
             println!(
                 "  state:     {}",
                 Federation::path(&std::fs::canonicalize(&cli.dir)?).display()

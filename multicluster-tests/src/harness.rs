@@ -42,6 +42,7 @@ pub struct FederationBuilder {
     etcd_members: usize,
     satellites: usize,
     overprovision: Option<String>,
+    dr: bool,
 }
 
 impl Default for FederationBuilder {
@@ -56,6 +57,7 @@ impl Default for FederationBuilder {
             etcd_members: 1,
             satellites: 0,
             overprovision: None,
+            dr: false,
         }
     }
 }
@@ -103,6 +105,11 @@ impl FederationBuilder {
     }
     pub fn capacity(mut self, capacity: &str) -> Self {
         self.capacity = Some(capacity.to_string());
+        self
+    }
+    /// Also the DR peer cluster (`dev up --dr`), in `DIR/dr`.
+    pub fn dr(mut self) -> Self {
+        self.dr = true;
         self
     }
     pub fn start(self) -> anyhow::Result<DevFederation> {
@@ -168,6 +175,9 @@ impl DevFederation {
         if self.builder.satellites != 0 {
             args.push(format!("--satellites={}", self.builder.satellites));
         }
+        if self.builder.dr {
+            args.push("--dr".into());
+        }
         if self.builder.etcd_members != 1 {
             args.push(format!("--etcd-members={}", self.builder.etcd_members));
         }
@@ -212,6 +222,17 @@ impl DevFederation {
         Command::new(&self.bin)
             .arg("--dir")
             .arg(self.dir())
+            .args(args)
+            .env_remove("TETHER_ADMIN")
+            .output()
+            .expect("tether runs")
+    }
+
+    /// Runs `tether --dir DIR/PEER ARGS`: the DR peer `dev up --dr` started.
+    pub fn tether_peer(&self, peer: &str, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("--dir")
+            .arg(self.dir().join(peer))
             .args(args)
             .env_remove("TETHER_ADMIN")
             .output()

@@ -34,7 +34,7 @@ pub(super) fn up_embedded(
             (1..=options.nodes).map(|i| format!("node-{i}")).collect(),
         ),
     };
-    let trust = prepare_trust(dir)?;
+    let trust = prepare_trust(dir, CLUSTER)?;
     let log = dir.join("logs").join("federation.log");
     let mut args = vec![
         "dev".into(),
@@ -62,7 +62,7 @@ pub(super) fn up_embedded(
         let before = previous_cluster
             .as_ref()
             .and_then(|cluster| cluster.gateways.iter().find(|g| g.name == name));
-        gateway_credentials(dir, &name)?;
+        gateway_credentials(dir, CLUSTER, &name)?;
         let endpoint = gateway_endpoint(before);
         let ready_file = dir.join(CLUSTER).join(&name).join("ready");
         let _ = std::fs::remove_file(&ready_file);
@@ -140,6 +140,7 @@ pub(super) fn up_embedded(
             gateways,
         }],
         satellites,
+        peers: vec![],
     })
 }
 
@@ -162,7 +163,7 @@ pub struct ServeOptions {
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store: Arc<dyn CoordStore> =
         Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
-    let trust = prepare_trust(&options.dir)?;
+    let trust = prepare_trust(&options.dir, CLUSTER)?;
     let trust_pem = std::fs::read_to_string(&trust.ca_cert)?;
     tether_common::telemetry::serve_metrics(options.metrics_addr)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);

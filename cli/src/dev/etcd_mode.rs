@@ -12,7 +12,7 @@ pub(super) fn up_with_etcd(
     previous_satellites: &[SatelliteEntry],
 ) -> anyhow::Result<Federation> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let trust = prepare_trust(dir)?;
+    let trust = prepare_trust(dir, &options.cluster)?;
     let admin_credentials = tether_tls::Credentials::load(&trust.admin_dir)?;
     let etcd_tls = coord_store::etcd_process::EtcdTls {
         cert_file: trust.etcd_tls_dir.join("tls.crt"),
@@ -32,7 +32,7 @@ pub(super) fn up_with_etcd(
                 };
                 EtcdMemberSpec::local(
                     index,
-                    dir.join(CLUSTER).join(format!("etcd{suffix}")),
+                    dir.join(&options.cluster).join(format!("etcd{suffix}")),
                     dir.join("logs").join(format!("etcd{suffix}.log")),
                     None,
                 )
@@ -129,7 +129,7 @@ pub(super) fn up_with_etcd(
                     &[
                         "daemon".into(),
                         "registry".into(),
-                        format!("--cluster={CLUSTER}"),
+                        format!("--cluster={}", options.cluster),
                         format!("--listen={admin_listen}"),
                         format!("--etcd={endpoint}"),
                         format!("--metrics-addr={registry_metrics}"),
@@ -183,12 +183,12 @@ pub(super) fn up_with_etcd(
             } else {
                 format!("127.0.0.1:{}", free_port())
             };
-            let data_dir = dir.join(CLUSTER).join(&name);
+            let data_dir = dir.join(&options.cluster).join(&name);
             let log = dir.join("logs").join(format!("{name}.log"));
             let mut args = vec![
                 "daemon".into(),
                 "node".into(),
-                format!("--cluster={CLUSTER}"),
+                format!("--cluster={}", options.cluster),
                 format!("--name={name}"),
                 format!("--data-dir={}", data_dir.display()),
                 format!("--etcd={endpoint}"),
@@ -230,6 +230,7 @@ pub(super) fn up_with_etcd(
         wait_ready(&admin, &trust.admin_dir, nodes.len(), &mut children)?;
         let gateways = start_gateways(
             dir,
+            &options.cluster,
             options.gateways,
             previous_cluster.as_ref(),
             &endpoint,
@@ -237,6 +238,7 @@ pub(super) fn up_with_etcd(
         )?;
         let satellites = start_satellites(
             dir,
+            &options.cluster,
             options.satellites,
             previous_satellites,
             &client,
@@ -249,7 +251,7 @@ pub(super) fn up_with_etcd(
             admin,
             mode: "etcd".into(),
             clusters: vec![ClusterEntry {
-                name: CLUSTER.into(),
+                name: options.cluster.clone(),
                 role: "central".into(),
                 etcd: Some(etcd_entry),
                 registry: registry_entry,
@@ -258,6 +260,7 @@ pub(super) fn up_with_etcd(
                 gateways,
             }],
             satellites,
+            peers: vec![],
         })
     })();
     if result.is_err() {

@@ -6,16 +6,20 @@ use super::*;
 
 /// Issues gateway `name` its credential (if missing or due), valid for the
 /// loopback address satellites dial.
-pub(super) fn gateway_credentials(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn gateway_credentials(
+    dir: &Path,
+    cluster: &str,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
     use tether_tls::{CertificateAuthority, Credentials, Identity, Role};
     let ca = CertificateAuthority::load_or_create(
-        &dir.join(CLUSTER)
+        &dir.join(cluster)
             .join("control")
             .join(cluster_registry::security::CA_DIR),
-        CLUSTER,
+        cluster,
     )?;
-    let tls_dir = dir.join(CLUSTER).join(name).join("tls");
-    let identity = Identity::new(CLUSTER, Role::Gateway, name);
+    let tls_dir = dir.join(cluster).join(name).join("tls");
+    let identity = Identity::new(cluster, Role::Gateway, name);
     if !Credentials::load(&tls_dir)
         .is_ok_and(|credentials| still_good(&credentials, &identity, &ca))
     {
@@ -26,7 +30,7 @@ pub(super) fn gateway_credentials(dir: &Path, name: &str) -> anyhow::Result<Path
         )?
         .save(&tls_dir)?;
     }
-    tether_common::protected::mark(&dir.join(CLUSTER).join(name), "a dev gateway's state")?;
+    tether_common::protected::mark(&dir.join(cluster).join(name), "a dev gateway's state")?;
     Ok(tls_dir)
 }
 
@@ -141,6 +145,7 @@ pub(super) fn wait_joined(
 /// still free) and waits until each serves.
 pub(super) fn start_gateways(
     dir: &Path,
+    cluster: &str,
     count: usize,
     previous: Option<&ClusterEntry>,
     etcd: &str,
@@ -155,20 +160,20 @@ pub(super) fn start_gateways(
             gateways.push(running.clone());
             continue;
         }
-        let tls_dir = gateway_credentials(dir, &name)?;
+        let tls_dir = gateway_credentials(dir, cluster, &name)?;
         let endpoint = gateway_endpoint(before);
         let metrics = match before.and_then(|gateway| gateway.metrics.clone()) {
             Some(metrics) if port_free(&metrics) => metrics,
             _ => format!("127.0.0.1:{}", free_port()),
         };
         let log = dir.join("logs").join(format!("{name}.log"));
-        let ready_file = dir.join(CLUSTER).join(&name).join("ready");
+        let ready_file = dir.join(cluster).join(&name).join("ready");
         let _ = std::fs::remove_file(&ready_file);
         let child = spawn_self(
             &[
                 "daemon".into(),
                 "gateway".into(),
-                format!("--cluster={CLUSTER}"),
+                format!("--cluster={cluster}"),
                 format!("--name={name}"),
                 format!("--listen={endpoint}"),
                 format!("--etcd={etcd}"),
@@ -198,6 +203,7 @@ pub(super) fn start_gateways(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn start_satellites(
     dir: &Path,
+    cluster: &str,
     count: usize,
     previous: &[SatelliteEntry],
     client: &AdminClient,
@@ -224,7 +230,7 @@ pub(super) fn start_satellites(
         let mut args = vec![
             "daemon".into(),
             "satellite".into(),
-            format!("--cluster={CLUSTER}"),
+            format!("--cluster={cluster}"),
             format!("--name={name}"),
             format!("--registry={admin}"),
             format!("--gateway={}", endpoints.join(",")),

@@ -35,7 +35,10 @@ use crate::federation::{
     SatelliteEntry,
 };
 
+/// The dev federation's (first) cluster; `--dr` adds the peer [`DR_PEER`].
 const CLUSTER: &str = "central";
+/// The DR peer `dev up --dr` starts beside it, in `DIR/dr`.
+pub const DR_PEER: &str = "dr";
 /// `DIR/admin`: the CLI's admin credential (tls.crt, tls.key, ca.crt).
 pub const ADMIN_CREDENTIALS_DIR: &str = "admin";
 /// A `client` credential for NBD over TLS, in the layout qemu and libnbd
@@ -57,12 +60,12 @@ struct DevTrust {
 /// Makes (or reloads) the cluster's CA and join token the registry will
 /// use, and issues the CLI's admin credential and etcd's certificate from
 /// it when missing or due for renewal.
-fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
+fn prepare_trust(dir: &Path, cluster: &str) -> anyhow::Result<DevTrust> {
     use tether_tls::{CertificateAuthority, Credentials, Identity, Role};
-    let control_dir = dir.join(CLUSTER).join("control");
+    let control_dir = dir.join(cluster).join("control");
     let ca = CertificateAuthority::load_or_create(
         &control_dir.join(cluster_registry::security::CA_DIR),
-        CLUSTER,
+        cluster,
     )?;
     // A client's credential is in the files NBD clients read; the others in
     // Tether's own layout.
@@ -87,26 +90,26 @@ fn prepare_trust(dir: &Path) -> anyhow::Result<DevTrust> {
     let admin_dir = dir.join(ADMIN_CREDENTIALS_DIR);
     issue_if_due(
         &admin_dir,
-        Identity::new(CLUSTER, Role::Admin, "dev-admin"),
+        Identity::new(cluster, Role::Admin, "dev-admin"),
         &[],
     )?;
     let nbd_client_dir = dir.join(NBD_CLIENT_CREDENTIALS_DIR);
     issue_if_due(
         &nbd_client_dir,
-        Identity::new(CLUSTER, Role::Client, "dev-client"),
+        Identity::new(cluster, Role::Client, "dev-client"),
         &[],
     )?;
-    let etcd_tls_dir = dir.join(CLUSTER).join("etcd-tls");
+    let etcd_tls_dir = dir.join(cluster).join("etcd-tls");
     issue_if_due(
         &etcd_tls_dir,
-        Identity::new(CLUSTER, Role::Store, "etcd"),
+        Identity::new(cluster, Role::Store, "etcd"),
         &["127.0.0.1".into(), "localhost".into()],
     )?;
     // Pools, the registry's state, etcd's data and every credential: no
     // client-chosen path (an NBD socket) may land in there.
     tether_common::protected::mark(&admin_dir, "the dev admin's credentials")?;
     tether_common::protected::mark(&nbd_client_dir, "the dev NBD client's credentials")?;
-    tether_common::protected::mark(&dir.join(CLUSTER), "a dev cluster's state")?;
+    tether_common::protected::mark(&dir.join(cluster), "a dev cluster's state")?;
     Ok(DevTrust {
         ca_cert: control_dir
             .join(cluster_registry::security::CA_DIR)
@@ -175,6 +178,10 @@ pub struct UpOptions {
     pub gateways: usize,
     /// Satellites to run (etcd mode), each with its own state directory.
     pub satellites: usize,
+    /// The cluster's name.
+    pub cluster: String,
+    /// Start a DR peer cluster beside it too (etcd mode), in `DIR/dr`.
+    pub dr: bool,
 }
 
 /// True if nothing listens on `addr` now (it can be bound).
@@ -274,6 +281,10 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
         .as_ref()
         .map(|federation| federation.satellites.clone())
         .unwrap_or_default();
+    let previous_peers: Vec<crate::federation::PeerEntry> = previous
+        .as_ref()
+        .map(|federation| federation.peers.clone())
+        .unwrap_or_default();
     let previous_cluster = previous.and_then(|federation| federation.clusters.into_iter().next());
     // A new federation picks free ports, and a port free a moment ago can be
     // taken before the child binds it (other federations starting at once):
@@ -302,12 +313,39 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
                     && is_port_collision(&err) =>
             {
                 eprintln!("a port was taken while starting (attempt {attempt}); starting again with new ports");
-                let _ = std::fs::remove_dir_all(dir.join(CLUSTER).join("etcd"));
+                let _ = std::fs::remove_dir_all(dir.join(&options.cluster).join("etcd"));
                 attempt += 1;
             }
             other => break other?,
         }
     };
+    let mut federation = federation;
+    // The DR peer: asked for now, or started before and brought back.
+    let peer_wanted = options.dr || previous_peers.iter().any(|peer| peer.name == DR_PEER);
+    if peer_wanted {
+        anyhow::ensure!(
+            use_etcd,
+            "--dr needs etcd mode (a DR peer is its own cluster with its own etcd)"
+        );
+        let peer_dir = dir.join(DR_PEER);
+        up(UpOptions {
+            dir: peer_dir.clone(),
+            cluster: DR_PEER.into(),
+            dr: false,
+            satellites: 0,
+            embedded: false,
+            capacity: options.capacity.clone(),
+            replace_after: options.replace_after.clone(),
+            cert_lifetime: options.cert_lifetime.clone(),
+            overprovision: options.overprovision.clone(),
+            ..options
+        })
+        .context("starting the DR peer cluster")?;
+        federation.peers = vec![crate::federation::PeerEntry {
+            name: DR_PEER.into(),
+            dir: peer_dir,
+        }];
+    }
     federation.store(&dir)?;
     Ok(federation)
 }
@@ -427,10 +465,13 @@ pub fn down(dir: &Path) -> anyhow::Result<usize> {
         bail!("no federation in {} (no federation.json)", dir.display());
     };
     let pids = federation.pids_in_stop_order();
-    let running = pids.iter().filter(|pid| alive(**pid)).count();
+    let mut running = pids.iter().filter(|pid| alive(**pid)).count();
     take_down_csi_stagings(dir);
     for pid in pids {
         stop_pid(pid);
+    }
+    for peer in &federation.peers {
+        running += down(&peer.dir).with_context(|| format!("stopping DR peer {}", peer.name))?;
     }
     Ok(running)
 }
