@@ -61,6 +61,11 @@ impl AdminClient {
         }
     }
 
+    /// The admin API this client calls (`https://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         Ok(self
             .handle(self.agent.get(&self.url(path)).call())?

@@ -1,5 +1,5 @@
-//! `tether cluster …` and `tether grant …`: the federation's members and
-//! what each satellite may reach.
+//! `tether cluster …` and `tether grant …`: the federation's members (its
+//! satellites, its DR peers) and what each satellite may reach.
 
 use clap::Subcommand;
 use tether_common::size::{format_size, parse_size};
@@ -7,6 +7,8 @@ use tether_proto::federation::{
     AddGrantRequest, AddSatelliteRequest, AddSatelliteResponse, ClusterView, GrantRecord,
     GrantScope, GrantView,
 };
+
+use tether_proto::dr::{AddPeerRequest, AddPeerResponse, LinkPeerRequest, PeerState, PeerView};
 
 use crate::client::AdminClient;
 
@@ -24,6 +26,30 @@ pub enum ClusterCommand {
     /// Remove a satellite: its certificate is refused from then on and its
     /// grants are dropped. The name is never issued again.
     Remove { name: String },
+    /// Add a DR peer cluster; prints the one-time token it links with
+    /// (`SECRET.CAHASH`: the hash names this cluster's CA).
+    AddPeer {
+        name: String,
+        #[arg(long, default_value = "1h", value_parser = tether_common::size::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Link with DR peer NAME, which added this cluster: its CA is fetched
+    /// and taken only if it matches the token; then each side trusts the
+    /// other's CA for `dr-peer` certificates.
+    Link {
+        name: String,
+        /// The peer's admin API (https://host:port).
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        token: String,
+        /// This cluster's admin API as the peer reaches it (default: the
+        /// address this command calls).
+        #[arg(long)]
+        advertise: Option<String>,
+    },
+    /// List DR peers.
+    Peers,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +155,70 @@ pub fn run_cluster(
                 ttl.as_secs()
             );
             println!("{}", answer.token);
+        }
+        ClusterCommand::AddPeer { name, ttl } => {
+            let answer: AddPeerResponse = client.post(
+                "/v1/peers",
+                &AddPeerRequest {
+                    name: name.clone(),
+                    ttl_seconds: Some(ttl.as_secs().max(1)),
+                },
+            )?;
+            if json {
+                return print_json(&answer);
+            }
+            eprintln!(
+                "DR peer {name} added; its link token (one use, shown once, expires in {}s):",
+                ttl.as_secs()
+            );
+            println!("{}", answer.token);
+        }
+        ClusterCommand::Link {
+            name,
+            endpoint,
+            token,
+            advertise,
+        } => {
+            let view: PeerView = client.post(
+                &format!("/v1/peers/{name}/link"),
+                &LinkPeerRequest {
+                    endpoint: endpoint.clone(),
+                    token: token.clone(),
+                    own_endpoint: advertise
+                        .clone()
+                        .unwrap_or_else(|| client.base().to_string()),
+                },
+            )?;
+            if json {
+                return print_json(&view);
+            }
+            println!(
+                "linked with DR peer {name} at {endpoint} (its CA: {})",
+                view.ca_hash.as_deref().unwrap_or("-")
+            );
+        }
+        ClusterCommand::Peers => {
+            let peers: Vec<PeerView> = client.get("/v1/peers")?;
+            if json {
+                return print_json(&peers);
+            }
+            println!(
+                "{:<16} {:<8} {:<32} {:<10} CA",
+                "NAME", "STATE", "ENDPOINT", "LINKED"
+            );
+            for peer in peers {
+                println!(
+                    "{:<16} {:<8} {:<32} {:<10} {}",
+                    peer.name,
+                    match peer.state {
+                        PeerState::Pending => "pending",
+                        PeerState::Linked => "linked",
+                    },
+                    peer.endpoint.as_deref().unwrap_or("-"),
+                    ago(peer.linked_unix_ms),
+                    peer.ca_hash.as_deref().map_or("-", |hash| &hash[..16])
+                );
+            }
         }
         ClusterCommand::Remove { name } => {
             client.delete(&format!("/v1/clusters/{name}"))?;

@@ -65,6 +65,12 @@ pub enum RegistryError {
     GrantNotFound { satellite: String, grant: String },
     #[error("satellite {satellite} already holds {limit} attachment watches; close one first")]
     TooManyWatches { satellite: String, limit: usize },
+    #[error("DR peer {name} not found (add it with `tether cluster add-peer {name}`)")]
+    PeerNotFound { name: String },
+    #[error("DR peer {name} is {state} already")]
+    PeerExists { name: String, state: String },
+    #[error("DR peer at {endpoint}: {reason}")]
+    PeerFailed { endpoint: String, reason: String },
     #[error("certificates: {0}")]
     Tls(#[from] tether_tls::TlsError),
     #[error("control-plane state {path}: {source}")]
@@ -84,10 +90,12 @@ impl RegistryError {
         match self {
             RegistryError::VolumeNotFound { .. }
             | RegistryError::ClusterNotFound { .. }
-            | RegistryError::GrantNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            | RegistryError::GrantNotFound { .. }
+            | RegistryError::PeerNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             RegistryError::VolumeExists { .. }
             | RegistryError::NodeNameInUse { .. }
-            | RegistryError::ClusterExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            | RegistryError::ClusterExists { .. }
+            | RegistryError::PeerExists { .. } => (StatusCode::CONFLICT, "already_exists"),
             RegistryError::SatelliteRevoked { .. } => (StatusCode::FORBIDDEN, "revoked"),
             RegistryError::OutOfGrant { .. } | RegistryError::ReadOnlyGrant { .. } => {
                 (StatusCode::FORBIDDEN, "not_granted")
@@ -100,6 +108,7 @@ impl RegistryError {
             RegistryError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             RegistryError::NoPlacement { .. } => (StatusCode::CONFLICT, "no_placement"),
             RegistryError::NodeFailed { .. } => (StatusCode::BAD_GATEWAY, "node_failed"),
+            RegistryError::PeerFailed { .. } => (StatusCode::BAD_GATEWAY, "peer_failed"),
             RegistryError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             RegistryError::Unauthenticated { .. } | RegistryError::BadJoinToken { .. } => {
                 (StatusCode::UNAUTHORIZED, "unauthenticated")

@@ -23,6 +23,8 @@ pub enum TokenPurpose {
     #[default]
     Node,
     Satellite,
+    /// A DR peer cluster linking with this one.
+    DrPeer,
 }
 
 /// What the store holds for an unused token. Key:
@@ -163,5 +165,6 @@ fn purpose_name(purpose: TokenPurpose) -> &'static str {
     match purpose {
         TokenPurpose::Node => "node",
         TokenPurpose::Satellite => "satellite",
+        TokenPurpose::DrPeer => "DR peer",
     }
 }

@@ -14,6 +14,7 @@ pub mod federation;
 pub mod grants;
 pub mod join_tokens;
 pub mod node_rpc;
+pub mod peers;
 pub mod placement;
 pub mod security;
 

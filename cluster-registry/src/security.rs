@@ -165,8 +165,9 @@ impl Security {
 /// per operation and admit the caller with [`admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// No certificate needed: a join (its token stands in for the
-    /// certificate the caller has yet to get), the OpenAPI document.
+    /// No certificate needed: a join or a DR peer's accept (its token
+    /// stands in for the certificate the caller has yet to get), the
+    /// OpenAPI document, the CA certificate.
     Open,
     /// Renewal: a node or satellite of this cluster.
     Holder,
@@ -192,7 +193,11 @@ impl Access {
         let volumes = (path == "/v1/volumes" || path.starts_with("/v1/volumes/"))
             && !path.ends_with("/verify");
         match path {
-            "/v1/join" | "/v1/satellites/join" | "/v1/openapi.json" => Access::Open,
+            "/v1/join"
+            | "/v1/satellites/join"
+            | "/v1/openapi.json"
+            | "/v1/ca"
+            | "/v1/peers/accept" => Access::Open,
             "/v1/renew" => Access::Holder,
             _ if volumes || path.starts_with("/v1/satellites/") => Access::AdminOrSatellite,
             _ => Access::Admin,

@@ -12,6 +12,7 @@
 //! | `verify` | volume | `admin::VerifyRequestRecord` |
 //! | `join-tokens` | BLAKE3 of the token | the registry's token record |
 //! | `clusters` | satellite | `federation::ClusterRecord` |
+//! | `peers` | DR peer cluster | `dr::PeerRecord` |
 //! | `grants` | `satellite/grant id` | `federation::GrantRecord` |
 
 /// What a key holds.
@@ -27,10 +28,11 @@ pub enum Kind {
     JoinTokens,
     Clusters,
     Grants,
+    Peers,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 11] = [
         Kind::Volumes,
         Kind::Groups,
         Kind::Locks,
@@ -41,6 +43,7 @@ impl Kind {
         Kind::JoinTokens,
         Kind::Clusters,
         Kind::Grants,
+        Kind::Peers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +58,7 @@ impl Kind {
             Kind::JoinTokens => "join-tokens",
             Kind::Clusters => "clusters",
             Kind::Grants => "grants",
+            Kind::Peers => "peers",
         }
     }
 }

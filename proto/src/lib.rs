@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod block;
+pub mod dr;
 mod error;
 pub mod federation;
 pub mod group;

@@ -16,6 +16,7 @@ mod error;
 pub mod h2;
 pub mod http;
 mod identity;
+pub mod pinned;
 pub mod renewal;
 
 pub use addresses::{certificate_addresses, MAX_CERTIFICATE_ADDRESSES};
@@ -24,6 +25,7 @@ pub use context::{anonymous_client_config, peer_identity, ClientAuth, TlsContext
 pub use credentials::{leaf_validity, Credentials, KeyAndRequest, NBD_CLIENT_FILES};
 pub use error::TlsError;
 pub use identity::{Identity, Role};
+pub use pinned::{ca_hash, fetch_pinned_ca};
 
 /// The rustls crypto provider every config here uses (ring: no C toolchain
 /// beyond cc), preferring AES-128-GCM: block streams carry every replicated

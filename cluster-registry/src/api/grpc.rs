@@ -11,7 +11,7 @@ use tether_proto::federation::SatellitePresenting;
 use tether_tls::http::Peer;
 use tonic::{Request, Response, Status};
 
-use super::{attach, federation, nodes, satellites, verify, volumes, AppState};
+use super::{attach, federation, nodes, peers, satellites, verify, volumes, AppState};
 use crate::grants::Caller;
 use crate::security::Access;
 
@@ -332,6 +332,69 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+
+    async fn add_peer(
+        &self,
+        request: Request<pb::AddPeerRequest>,
+    ) -> Result<Response<pb::AddPeerResponse>, Status> {
+        self.admit(&request, Access::Admin, "AddPeer").await?;
+        let shape = convert("AddPeerRequest", request.get_ref())?;
+        let answer = peers::add_peer(self.state.clone(), shape).await?;
+        Ok(Response::new(convert("AddPeerResponse", &answer)?))
+    }
+
+    async fn link_peer(
+        &self,
+        request: Request<pb::LinkPeerRequest>,
+    ) -> Result<Response<pb::PeerView>, Status> {
+        self.admit(&request, Access::Admin, "LinkPeer").await?;
+        let pb::LinkPeerRequest {
+            name,
+            endpoint,
+            token,
+            own_endpoint,
+        } = request.into_inner();
+        let shape = tether_proto::dr::LinkPeerRequest {
+            endpoint,
+            token,
+            own_endpoint,
+        };
+        let view = peers::link_peer(self.state.clone(), name, shape).await?;
+        Ok(Response::new(convert("PeerView", &view)?))
+    }
+
+    async fn list_peers(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::PeerList>, Status> {
+        self.admit(&request, Access::Admin, "ListPeers").await?;
+        let listed = peers::list_peers(self.state.clone()).await?;
+        Ok(Response::new(pb::PeerList {
+            peers: all("PeerView", &listed)?,
+        }))
+    }
+
+    async fn accept_peer(
+        &self,
+        request: Request<pb::AcceptPeerRequest>,
+    ) -> Result<Response<pb::AcceptPeerResponse>, Status> {
+        self.admit(&request, Access::Open, "AcceptPeer").await?;
+        let shape = convert("AcceptPeerRequest", request.get_ref())?;
+        let answer = peers::accept_peer(self.state.clone(), shape).await?;
+        Ok(Response::new(convert("AcceptPeerResponse", &answer)?))
+    }
+
+    async fn get_ca_certificate(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::CaCertificate>, Status> {
+        self.admit(&request, Access::Open, "GetCaCertificate")
+            .await?;
+        Ok(Response::new(convert(
+            "CaCertificate",
+            &peers::ca_certificate(&self.state),
+        )?))
     }
 
     async fn list_satellite_grants(

@@ -7,10 +7,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 use tether_proto::admin::*;
+use tether_proto::dr::*;
 use tether_proto::federation::*;
 use tether_tls::http::Peer;
 
-use super::{attach, federation, nodes, satellites, verify, volumes, ApiResult, AppState};
+use super::{attach, federation, nodes, peers, satellites, verify, volumes, ApiResult, AppState};
 use crate::error::JsonBody;
 use crate::grants::Caller;
 
@@ -85,6 +86,10 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
         .route("/v1/volumes/{name}/verify", post(verify_volume))
         .route("/v1/join", post(join_node))
         .route("/v1/renew", post(renew))
+        .route("/v1/ca", get(ca_certificate))
+        .route("/v1/peers", get(list_peers).post(add_peer))
+        .route("/v1/peers/accept", post(accept_peer))
+        .route("/v1/peers/{name}/link", post(link_peer))
 }
 
 /// The OpenAPI document of the JSON API.
@@ -118,7 +123,12 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
         detach_volume,
         verify_volume,
         join_node,
-        renew
+        renew,
+        ca_certificate,
+        list_peers,
+        add_peer,
+        accept_peer,
+        link_peer
     )
 )]
 pub struct ApiDoc;
@@ -480,4 +490,47 @@ mod tests {
         assert_eq!(served, doc);
         assert!(doc["components"]["schemas"]["VolumeView"].is_object());
     }
+}
+
+#[utoipa::path(get, path = "/v1/ca", tag = "dr",
+    responses((status = 200, body = CaCertificate)))]
+async fn ca_certificate(State(state): State<AppState>) -> Json<CaCertificate> {
+    Json(peers::ca_certificate(&state))
+}
+
+#[utoipa::path(get, path = "/v1/peers", tag = "dr",
+    responses((status = 200, body = Vec<PeerView>), (status = "default", body = ErrorBody, description = ERROR)))]
+async fn list_peers(State(state): State<AppState>) -> ApiResult<Json<Vec<PeerView>>> {
+    Ok(Json(peers::list_peers(state).await?))
+}
+
+#[utoipa::path(post, path = "/v1/peers", tag = "dr", request_body = AddPeerRequest,
+    responses((status = 201, body = AddPeerResponse), (status = "default", body = ErrorBody, description = ERROR)))]
+async fn add_peer(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<AddPeerRequest>,
+) -> ApiResult<(StatusCode, Json<AddPeerResponse>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(peers::add_peer(state, request).await?),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/peers/accept", tag = "dr", request_body = AcceptPeerRequest,
+    responses((status = 200, body = AcceptPeerResponse), (status = "default", body = ErrorBody, description = ERROR)))]
+async fn accept_peer(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<AcceptPeerRequest>,
+) -> ApiResult<Json<AcceptPeerResponse>> {
+    Ok(Json(peers::accept_peer(state, request).await?))
+}
+
+#[utoipa::path(post, path = "/v1/peers/{name}/link", tag = "dr", params(("name" = String, Path)), request_body = LinkPeerRequest,
+    responses((status = 200, body = PeerView), (status = "default", body = ErrorBody, description = ERROR)))]
+async fn link_peer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<LinkPeerRequest>,
+) -> ApiResult<Json<PeerView>> {
+    Ok(Json(peers::link_peer(state, name, request).await?))
 }

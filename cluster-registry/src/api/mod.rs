@@ -39,6 +39,7 @@ mod federation;
 mod grpc;
 mod http;
 mod nodes;
+mod peers;
 mod replacement;
 mod satellites;
 mod verify;
