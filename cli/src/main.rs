@@ -465,8 +465,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "node" => Role::Node,
                 "client" => Role::Client,
                 "gateway" => Role::Gateway,
+                "dr-peer" => Role::DrPeer,
                 other => anyhow::bail!(
-                    "--role {other}: issue admin, node, gateway or client credentials"
+                    "--role {other}: issue admin, node, gateway, dr-peer or client credentials"
                 ),
             };
             let ca = match (ca_cert, ca_key, state_dir) {

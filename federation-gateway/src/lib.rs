@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use coord_store::{CoordStore, EtcdStore};
 use master_follower::{BlockTls, Mirror, VolumeFollower};
-use tether_tls::{ClientAuth, Credentials, Role, TlsContext};
+use tether_tls::{Credentials, Role, TlsContext};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -99,12 +99,12 @@ fn credentials(config: &GatewayConfig) -> Result<Arc<TlsContext>, GatewayError> 
 
 fn quic_server(
     tls: &Arc<TlsContext>,
+    peers: Arc<tether_tls::PeerTrust>,
     limits: &GatewayLimits,
 ) -> Result<quinn::ServerConfig, GatewayError> {
-    let rustls = tls.server_config_with_alpn(
-        ClientAuth::Required,
-        vec![tether_proto::link::LINK_ALPN.to_vec()],
-    );
+    // Satellites of this cluster, and the linked DR peers' `dr-peer`
+    // certificates (their CAs vouch for nothing else).
+    let rustls = tls.server_config_with_peers(vec![tether_proto::link::LINK_ALPN.to_vec()], peers);
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls).map_err(|err| {
         GatewayError::Quic {
             reason: err.to_string(),
@@ -135,6 +135,33 @@ fn quic_server(
     Ok(server)
 }
 
+/// Keeps `peers` the linked DR peers' CAs, as the mirror changes.
+async fn follow_peers(mirror: Arc<Mirror>, peers: Arc<tether_tls::PeerTrust>) {
+    let mut changes = mirror.subscribe();
+    let mut trusted: Vec<(String, String)> = Vec::new();
+    loop {
+        let mut linked: Vec<(String, String)> = mirror
+            .peers()
+            .into_iter()
+            .filter(|peer| peer.state == tether_proto::dr::PeerState::Linked)
+            .filter_map(|peer| Some((peer.name, peer.ca_pem?)))
+            .collect();
+        linked.sort();
+        if linked != trusted {
+            match peers.set(&linked) {
+                Ok(()) => {
+                    tracing::info!(peers = ?linked.iter().map(|(name, _)| name).collect::<Vec<_>>(), "DR peers' dr-peer certificates trusted");
+                    trusted = linked;
+                }
+                Err(err) => tracing::warn!(error = %err, "a DR peer's CA is unusable"),
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs a gateway until `shutdown` resolves; `ready` gets the bound address.
 pub async fn run(
     config: GatewayConfig,
@@ -162,6 +189,8 @@ async fn run_in_span(
     // Serve only once the records are in: before that every satellite
     // would look unknown.
     let _ = mirror.subscribe().wait_for(|revision| *revision > 0).await;
+    let peers = tether_tls::PeerTrust::new();
+    let peers_task = tokio::spawn(follow_peers(mirror.clone(), peers.clone()).in_current_span());
     let listen_error = |source| GatewayError::Listen {
         addr: config.listen.to_string(),
         source,
@@ -169,7 +198,7 @@ async fn run_in_span(
     let socket = tether_common::udp::bind_for_quic(config.listen).map_err(listen_error)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(quic_server(&tls, &config.limits)?),
+        Some(quic_server(&tls, peers, &config.limits)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
@@ -205,6 +234,7 @@ async fn run_in_span(
     tracing::info!("federation gateway stopping");
     endpoint.close(session::CLOSE_SHUTDOWN, b"gateway stopping");
     mirror_task.abort();
+    peers_task.abort();
     endpoint.wait_idle().await;
     Ok(())
 }

@@ -77,6 +77,16 @@ async fn serve(incoming: quinn::Incoming, gateway: Arc<Gateway>, remote: SocketA
                 return refused(remote, None, &err.to_string(), "certificate");
             }
         };
+    if identity.role == Role::DrPeer && identity.cluster != gateway.cluster {
+        // Its CA is a linked peer's (the handshake checked): DR streams are
+        // the only thing such a session may carry, and they come next.
+        let reason = format!(
+            "{}: DR streams are not served by this gateway yet",
+            identity.uri()
+        );
+        connection.close(CLOSE_REFUSED, reason.as_bytes());
+        return refused(remote, Some(identity.uri()), &reason, "role");
+    }
     if identity.role != Role::Satellite || identity.cluster != gateway.cluster {
         let reason = format!(
             "{} is not a satellite of cluster {}",

@@ -1,5 +1,6 @@
 //! A live copy of a cluster's keys: volume specs, group records, master
-//! locks, node registrations, and the federation's satellites and grants.
+//! locks, node registrations, the federation's satellites and grants, and
+//! DR peers.
 //! One list-then-watch per node (or gateway) feeds every volume's
 //! controller and presenter (or every session), so the store's load grows
 //! with processes, not with volumes.
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use coord_store::{CoordStore, KeyValue, WatchEvent};
 use tether_proto::admin::{NodeRecord, VerifyRequestRecord, VolumeSpec};
+use tether_proto::dr::PeerRecord;
 use tether_proto::federation::{ClusterRecord, GrantRecord};
 use tether_proto::group::GroupRecord;
 use tether_proto::keys::{ClusterKeys, Kind};
@@ -40,6 +42,8 @@ struct State {
     clusters: HashMap<String, ClusterRecord>,
     /// Grants, by `satellite/id`.
     grants: HashMap<String, GrantRecord>,
+    /// DR peers, by name.
+    peers: HashMap<String, PeerRecord>,
 }
 
 pub struct Mirror {
@@ -104,6 +108,11 @@ impl Mirror {
             .filter(|grant| grant.satellite == satellite)
             .cloned()
             .collect()
+    }
+
+    /// Every DR peer record.
+    pub fn peers(&self) -> Vec<PeerRecord> {
+        self.state.read().unwrap().peers.values().cloned().collect()
     }
 
     pub fn nodes(&self) -> Vec<NodeRecord> {
@@ -206,6 +215,11 @@ fn apply_put(keys: &ClusterKeys, state: &mut State, kv: &KeyValue) -> bool {
                 state.grants.insert(name.to_string(), grant);
             }
         }
+        Kind::Peers => {
+            if let Ok(peer) = serde_json::from_slice::<PeerRecord>(&kv.value) {
+                state.peers.insert(name.to_string(), peer);
+            }
+        }
         _ => return false,
     }
     true
@@ -237,6 +251,9 @@ fn apply_delete(keys: &ClusterKeys, state: &mut State, key: &str) -> bool {
         }
         Kind::Grants => {
             state.grants.remove(name);
+        }
+        Kind::Peers => {
+            state.peers.remove(name);
         }
         _ => return false,
     }

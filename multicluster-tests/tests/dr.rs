@@ -154,3 +154,105 @@ fn cluster_link_pairs_the_datacentres_once_with_a_token_naming_the_peer_ca() {
     ]);
     assert!(!again.status.success());
 }
+
+/// Whether a QUIC session to `gateway` with `credentials` gets past the
+/// handshake: `Ok(reason)` with the reason the gateway closed it, or
+/// `Err` when the TLS handshake itself was refused.
+fn session_with(credentials: &tether_tls::Credentials, gateway: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    credentials.save(dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let quic = multicluster_tests::raw_link::endpoint(dir.path()).unwrap();
+        let connecting = quic
+            .connect(gateway.parse().unwrap(), "127.0.0.1")
+            .map_err(|err| err.to_string())?;
+        let connection = connecting.await.map_err(|err| err.to_string())?;
+        match tokio::time::timeout(std::time::Duration::from_secs(10), connection.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+                Ok(String::from_utf8_lossy(&close.reason).into_owned())
+            }
+            // A handshake the server refused can surface after the client
+            // finished its side (TLS 1.3): as a connection error here.
+            Ok(other) => Err(other.to_string()),
+            Err(_) => Ok("still open".into()),
+        }
+    })
+}
+
+#[test]
+fn gateways_take_a_linked_peers_dr_peer_certificates_and_nothing_else_of_its() {
+    use tether_tls::{CertificateAuthority, Identity, Role};
+    let federation = DevFederation::builder().nodes(1).dr().start().unwrap();
+    let peer_dir = federation.dir().join("dr");
+    let gateway = federation.gateways()[0].1.clone();
+    let central_ca = std::fs::read_to_string(federation.dir().join("admin/ca.crt")).unwrap();
+    let peer_ca =
+        CertificateAuthority::load_or_create(&peer_dir.join("dr/control/ca"), "dr").unwrap();
+    // A credential from `ca` for `identity` that trusts central's CA (to
+    // check the gateway's own certificate).
+    let issue = |ca: &CertificateAuthority, identity: Identity| {
+        let mut credentials = ca
+            .issue_credentials(&identity, &[], std::time::Duration::from_secs(3600))
+            .unwrap();
+        credentials.trust_pem = central_ca.clone();
+        credentials
+    };
+    let dr_gateway = issue(&peer_ca, Identity::new("dr", Role::DrPeer, "gateway-1"));
+
+    // Unlinked: the peer's CA is a stranger.
+    assert!(session_with(&dr_gateway, &gateway).is_err());
+
+    let peer_admin = federation_json(&peer_dir)["admin"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = federation.tether_peer("dr", &["cluster", "add-peer", "central"]);
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    federation
+        .tether_ok(&[
+            "cluster",
+            "link",
+            "dr",
+            "--endpoint",
+            &peer_admin,
+            "--token",
+            &token,
+        ])
+        .unwrap();
+
+    // Linked: its dr-peer certificate passes the handshake (the gateway
+    // learns the link from its store mirror) ...
+    let started = std::time::Instant::now();
+    let reason = loop {
+        match session_with(&dr_gateway, &gateway) {
+            Ok(reason) => break reason,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(20),
+                    "the gateway never took the linked peer's certificate: {err}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(reason.contains("tether://dr/dr-peer/gateway-1"), "{reason}");
+    // ... and nothing else the peer's CA signs: not a satellite, not an
+    // admin, not a dr-peer claiming to be of this cluster or of another.
+    for identity in [
+        Identity::new("dr", Role::Satellite, "satellite-1"),
+        Identity::new("dr", Role::Admin, "admin"),
+        Identity::new("central", Role::DrPeer, "gateway-1"),
+        Identity::new("central", Role::Satellite, "satellite-1"),
+        Identity::new("third", Role::DrPeer, "gateway-1"),
+    ] {
+        let uri = identity.uri();
+        let refused = session_with(&issue(&peer_ca, identity), &gateway);
+        assert!(refused.is_err(), "{uri}: {refused:?}");
+    }
+    // A CA that is not the peer's, claiming the peer's name: refused.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = CertificateAuthority::load_or_create(stranger_dir.path(), "dr").unwrap();
+    let forged = issue(&stranger, Identity::new("dr", Role::DrPeer, "gateway-1"));
+    assert!(session_with(&forged, &gateway).is_err());
+}

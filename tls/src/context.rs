@@ -125,6 +125,28 @@ impl TlsContext {
         Arc::new(config)
     }
 
+    /// [`server_config_with_alpn`](Self::server_config_with_alpn) that also
+    /// takes the `dr-peer` certificates of the peers in `peers` (a DR
+    /// gateway's listener); a client certificate is required.
+    pub fn server_config_with_peers(
+        self: &Arc<Self>,
+        alpn: Vec<Vec<u8>>,
+        peers: Arc<crate::PeerTrust>,
+    ) -> Arc<ServerConfig> {
+        let own =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crate::provider())
+                .build()
+                .expect("a non-empty root store makes a verifier");
+        let verifier = Arc::new(crate::peer_trust::WithPeers { own, peers });
+        let mut config = ServerConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.resolver());
+        config.alpn_protocols = alpn;
+        Arc::new(config)
+    }
+
     pub fn client_config(self: &Arc<Self>) -> Arc<ClientConfig> {
         Arc::new(self.client_config_with_alpn(vec![]))
     }

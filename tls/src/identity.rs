@@ -30,6 +30,9 @@ pub enum Role {
     /// A federation gateway: terminates satellites' QUIC sessions and opens
     /// client block streams to masters (never replication streams).
     Gateway,
+    /// A DR peer cluster's gateway, as the other datacentre's gateways see
+    /// it: the only role a peer's CA is trusted for.
+    DrPeer,
 }
 
 impl Role {
@@ -42,6 +45,7 @@ impl Role {
             Role::Client => "client",
             Role::Satellite => "satellite",
             Role::Gateway => "gateway",
+            Role::DrPeer => "dr-peer",
         }
     }
 }
@@ -63,6 +67,7 @@ impl FromStr for Role {
             "client" => Ok(Role::Client),
             "satellite" => Ok(Role::Satellite),
             "gateway" => Ok(Role::Gateway),
+            "dr-peer" => Ok(Role::DrPeer),
             other => Err(TlsError::NoIdentity {
                 reason: format!("unknown role {other:?}"),
             }),

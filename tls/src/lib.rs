@@ -16,6 +16,7 @@ mod error;
 pub mod h2;
 pub mod http;
 mod identity;
+pub mod peer_trust;
 pub mod pinned;
 pub mod renewal;
 
@@ -25,6 +26,7 @@ pub use context::{anonymous_client_config, peer_identity, ClientAuth, TlsContext
 pub use credentials::{leaf_validity, Credentials, KeyAndRequest, NBD_CLIENT_FILES};
 pub use error::TlsError;
 pub use identity::{Identity, Role};
+pub use peer_trust::PeerTrust;
 pub use pinned::{ca_hash, fetch_pinned_ca};
 
 /// The rustls crypto provider every config here uses (ring: no C toolchain
