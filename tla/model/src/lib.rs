@@ -15,6 +15,7 @@
 //! keep-alive, before the store can expire the lease (ARCHITECTURE.md, rule 3).
 //! `tla/VolumeGroup.tla` states the same protocol in TLA+.
 
+pub mod dr;
 pub mod ordering;
 
 use std::collections::{BTreeMap, BTreeSet};

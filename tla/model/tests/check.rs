@@ -87,3 +87,39 @@ fn without_the_write_order_the_checker_finds_copies_that_disagree() {
     );
     println!("counterexample: {:?}", discovery.unwrap().into_actions());
 }
+
+#[test]
+fn dr_promotes_keep_one_writer_per_generation_and_lose_nothing_when_planned() {
+    let checker = tether_model::dr::DrModel {
+        writes: 3,
+        max_losses: 2,
+        without_final_ack: false,
+    }
+    .checker()
+    .spawn_bfs()
+    .join();
+    println!(
+        "DR model, 3 writes, 2 lost messages, planned and forced promotes: {} states ({} unique)",
+        checker.state_count(),
+        checker.unique_state_count()
+    );
+    checker.assert_properties();
+}
+
+#[test]
+fn without_the_final_acknowledgement_a_planned_promote_loses_a_write() {
+    let checker = tether_model::dr::DrModel {
+        writes: 2,
+        max_losses: 0,
+        without_final_ack: true,
+    }
+    .checker()
+    .spawn_bfs()
+    .join();
+    let discovery = checker.discovery("a planned promote loses no acknowledged write");
+    assert!(
+        discovery.is_some(),
+        "promoting before the last batch is acknowledged must be able to lose a write"
+    );
+    println!("counterexample: {:?}", discovery.unwrap().into_actions());
+}
