@@ -258,6 +258,21 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
             .await
             .unwrap();
         let sums = write_files(&target, "kept", 12);
+        // xfs, with the StorageClass's mount flags.
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info
+            .lines()
+            .find(|line| line.contains(&format!(" {} ", staging.display())))
+            .expect("the staging path is mounted");
+        assert!(line.contains(" - xfs "), "{line}");
+        assert!(
+            line.split(' ')
+                .nth(5)
+                .unwrap()
+                .split(',')
+                .any(|o| o == "noatime"),
+            "{line}"
+        );
 
         // Unstaged and staged again: the filesystem is mounted, not made anew.
         node.node_unpublish_volume(unpublish(&id, &target))
