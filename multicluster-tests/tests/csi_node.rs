@@ -634,6 +634,51 @@ fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again()
             .await
             .unwrap();
 
+        // A reboot: the host, its mounts and loop device gone, the
+        // plugin's records kept. kubelet stages again, and it works.
+        node.node_stage_volume(stage(&id, &staging, capability.clone()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+            .await
+            .unwrap();
+        let host = satellite_csi::csi::node::hosts::status(&records.socket(&id))
+            .await
+            .expect("the volume host answers");
+        let device = mounted_source(&staging).unwrap();
+        for path in [&target, &staging] {
+            let status = std::process::Command::new("umount")
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let detached = std::process::Command::new("losetup")
+            .args(["-d", &device])
+            .status();
+        assert!(detached.unwrap().success());
+        unsafe { libc::kill(host.pid as i32, libc::SIGKILL) };
+        multicluster_tests::harness::wait_gone(host.pid);
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(records.fuse_dir(&id))
+            .status();
+        node.node_stage_volume(stage(&id, &staging, capability.clone()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
+            .await
+            .unwrap();
+        for sums in [&before, &during, &after] {
+            assert_files(sums, &target, &target);
+        }
+        node.node_unpublish_volume(unpublish(&id, &target))
+            .await
+            .unwrap();
+        node.node_unstage_volume(unstage(&id, &staging))
+            .await
+            .unwrap();
+
         // Nothing written is lost: another node reads it all from the
         // central cluster.
         let (staging_a, target_a) = kubelet_dirs(&federation, "pvc-kill-a");

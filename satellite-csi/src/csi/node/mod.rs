@@ -261,13 +261,21 @@ impl NodeService {
             })
             .await
             .map_err(|status| from_registry(status, &volume))?;
-        let previous = self.load(&volume)?;
-        if let Some(previous) = &previous {
+        let mut previous = self.load(&volume)?;
+        if let Some(previous) = previous.as_mut() {
             let host_running = hosts::status(&self.records.socket(&volume)).await.is_some();
             if !host_running && previous.loop_device.is_some() {
-                return Err(Status::failed_precondition(format!(
-                    "volume {volume}: its volume host died while it was staged, and I/O on its mounts fails; unpublish and unstage it, then stage it again"
-                )));
+                if self.remains_of_a_dead_host(previous) {
+                    return Err(Status::failed_precondition(format!(
+                        "volume {volume}: its volume host died while it was staged, and I/O on its mounts fails; unpublish and unstage it, then stage it again"
+                    )));
+                }
+                // Nothing of the old staging is left (the host rebooted):
+                // the record only says what to make again.
+                tracing::info!(%volume, "staged before a reboot: staging it again");
+                previous.loop_device = None;
+                previous.host_pid = None;
+                previous.published.clear();
             }
         }
         let mut record = previous.unwrap_or(StagedVolume {
@@ -306,6 +314,21 @@ impl NodeService {
         }
         tracing::info!(%volume, staging = %staging.display(), %device, "volume staged");
         Ok(())
+    }
+
+    /// Whether mounts or a loop device of a dead volume host are still there
+    /// (then they must be taken down first), rather than gone with a reboot.
+    fn remains_of_a_dead_host(&self, record: &StagedVolume) -> bool {
+        let disk = self.records.disk_file(&record.volume_id);
+        let mounted = std::iter::once(&record.staging_path)
+            .chain(record.published.keys())
+            .any(|path| system::mounted_at(path).ok().flatten().is_some());
+        let loop_left = record
+            .loop_device
+            .as_deref()
+            .and_then(system::loop_backing_file)
+            .is_some_and(|file| file == disk);
+        mounted || loop_left
     }
 
     async fn mount_staging(
