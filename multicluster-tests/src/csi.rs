@@ -19,6 +19,27 @@ pub async fn channel(socket: &Path) -> Channel {
     satellite_csi::csi::connect(socket).await.unwrap()
 }
 
+pub type Controller = pb::controller_client::ControllerClient<Channel>;
+pub type Node = pb::node_client::NodeClient<Channel>;
+
+/// The controller and node clients of `satellite`'s CSI socket.
+pub async fn clients(federation: &DevFederation, satellite: &str) -> (Controller, Node) {
+    let csi = channel(&socket(federation, satellite)).await;
+    (Controller::new(csi.clone()), Node::new(csi))
+}
+
+/// CreateVolume that must succeed; the new volume's id.
+pub async fn create_id(controller: &mut Controller, request: pb::CreateVolumeRequest) -> String {
+    controller
+        .create_volume(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id
+}
+
 /// The CSI socket `dev up` gave `satellite`.
 pub fn socket(federation: &DevFederation, satellite: &str) -> PathBuf {
     federation.info["satellites"]

@@ -14,16 +14,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use multicluster_tests::csi::{
-    channel, create, mount_capability, publish, socket, stage, unpublish, unstage, MIB,
+    clients, create, create_id, mount_capability, publish, stage, unpublish, unstage, Controller,
+    Node, MIB,
 };
 use multicluster_tests::harness::DevFederation;
-use satellite_csi::csi::pb;
 use satellite_csi::csi::pb::volume_capability::access_mode::Mode;
 
 use super::{fio, prefill, rss_kib, Target, WORKLOADS};
-
-type Node = pb::node_client::NodeClient<tonic::transport::Channel>;
-type Controller = pb::controller_client::ControllerClient<tonic::transport::Channel>;
 
 pub fn run(runtime: u64, size: &str, size_bytes: u64, only: &[String]) -> anyhow::Result<()> {
     let wanted = |part: &str| only.is_empty() || only.iter().any(|name| name == part);
@@ -40,9 +37,7 @@ pub fn run(runtime: u64, size: &str, size_bytes: u64, only: &[String]) -> anyhow
         "100",
     ])?;
     let tokio = tokio::runtime::Runtime::new()?;
-    let csi = tokio.block_on(channel(&socket(&federation, "satellite-1")));
-    let mut controller = pb::controller_client::ControllerClient::new(csi.clone());
-    let mut node = pb::node_client::NodeClient::new(csi);
+    let (mut controller, mut node) = tokio.block_on(clients(&federation, "satellite-1"));
     let kubelet = federation.dir().join("kubelet");
     if wanted("fio") {
         fio_through_mount(
@@ -70,13 +65,7 @@ async fn mounted(
     name: &str,
     bytes: i64,
 ) -> anyhow::Result<(String, PathBuf, PathBuf)> {
-    let id = controller
-        .create_volume(create(name, bytes))
-        .await?
-        .into_inner()
-        .volume
-        .unwrap_or_default()
-        .volume_id;
+    let id = create_id(controller, create(name, bytes)).await;
     let staging = kubelet.join("staging").join(name);
     let target = kubelet.join("pods").join(name).join("mount");
     std::fs::create_dir_all(&staging)?;

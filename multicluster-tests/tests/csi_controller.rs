@@ -5,50 +5,11 @@
 //! satellite's prefix grant, every call is idempotent, and errors carry the
 //! codes the CSI spec names.
 
-use std::path::{Path, PathBuf};
-
+use multicluster_tests::csi::*;
 use multicluster_tests::harness::DevFederation;
 use satellite_csi::csi::pb;
-use satellite_csi::csi::pb::volume_capability::{access_mode::Mode, AccessMode, AccessType};
-use tonic::transport::Channel;
+use satellite_csi::csi::pb::volume_capability::access_mode::Mode;
 use tonic::Code;
-
-async fn channel(socket: &Path) -> Channel {
-    satellite_csi::csi::connect(socket).await.unwrap()
-}
-
-fn socket(federation: &DevFederation, satellite: &str) -> PathBuf {
-    federation.info["satellites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == satellite)
-        .and_then(|s| s["csi_socket"].as_str())
-        .map(PathBuf::from)
-        .unwrap()
-}
-
-fn mount(mode: Mode) -> pb::VolumeCapability {
-    pb::VolumeCapability {
-        access_type: Some(AccessType::Mount(pb::volume_capability::MountVolume {
-            fs_type: "ext4".into(),
-            ..Default::default()
-        })),
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-    }
-}
-
-fn create(name: &str, required: i64) -> pb::CreateVolumeRequest {
-    pb::CreateVolumeRequest {
-        name: name.into(),
-        capacity_range: Some(pb::CapacityRange {
-            required_bytes: required,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![mount(Mode::SingleNodeWriter)],
-        ..Default::default()
-    }
-}
 
 fn delete(volume_id: &str) -> pb::DeleteVolumeRequest {
     pb::DeleteVolumeRequest {
@@ -56,13 +17,6 @@ fn delete(volume_id: &str) -> pb::DeleteVolumeRequest {
         ..Default::default()
     }
 }
-
-fn code<T: std::fmt::Debug>(answer: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
-    let status = answer.expect_err("refused");
-    (status.code(), status.message().to_string())
-}
-
-const MIB: i64 = 1 << 20;
 
 #[test]
 fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() {
@@ -137,7 +91,7 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
         let (refused, message) = code(controller.create_volume(create("pvc-a", 200 * MIB)).await);
         assert_eq!(refused, Code::AlreadyExists, "{message}");
         // GetCapacity: what the grant still allows.
-        let capacity = |controller: &mut pb::controller_client::ControllerClient<Channel>| {
+        let capacity = |controller: &mut Controller| {
             let mut controller = controller.clone();
             async move {
                 controller
@@ -163,7 +117,7 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
         let mut no_capabilities = create("pvc-x", MIB);
         no_capabilities.volume_capabilities.clear();
         let mut shared = create("pvc-x", MIB);
-        shared.volume_capabilities = vec![mount(Mode::MultiNodeMultiWriter)];
+        shared.volume_capabilities = vec![mount_capability(Mode::MultiNodeMultiWriter)];
         let mut cloned = create("pvc-x", MIB);
         cloned.volume_content_source = Some(pb::VolumeContentSource {
             r#type: Some(pb::volume_content_source::Type::Volume(
@@ -254,7 +208,7 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
         // ValidateVolumeCapabilities.
         let validate = |id: &str, mode: Mode| pb::ValidateVolumeCapabilitiesRequest {
             volume_id: id.into(),
-            volume_capabilities: vec![mount(mode)],
+            volume_capabilities: vec![mount_capability(mode)],
             ..Default::default()
         };
         let confirmed = controller
@@ -283,7 +237,7 @@ fn csi_controller_provisions_under_the_grant_idempotently_with_the_spec_codes() 
                 required_bytes: required,
                 limit_bytes: 0,
             }),
-            volume_capability: Some(mount(Mode::SingleNodeWriter)),
+            volume_capability: Some(mount_capability(Mode::SingleNodeWriter)),
             ..Default::default()
         };
         let grown = controller

@@ -61,9 +61,7 @@ fn csi_node_stages_publishes_and_hands_a_filesystem_to_another_node_intact() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let node_dir = federation.dir().join("satellites/satellite-1/csi-node");
     runtime.block_on(async {
-        let one = channel(&socket(&federation, "satellite-1")).await;
-        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
-        let mut node = pb::node_client::NodeClient::new(one);
+        let (mut controller, mut node) = clients(&federation, "satellite-1").await;
 
         let info = node
             .node_get_info(pb::NodeGetInfoRequest {})
@@ -233,23 +231,18 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
     let federation = federation(1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let one = channel(&socket(&federation, "satellite-1")).await;
-        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
-        let mut node = pb::node_client::NodeClient::new(one);
+        let (mut controller, mut node) = clients(&federation, "satellite-1").await;
         // xfs: it grows online with the capabilities these hosts give root
         // (ext4 needs CAP_SYS_RESOURCE, checked below).
         let capability = xfs_capability();
-        let id = controller
-            .create_volume(pb::CreateVolumeRequest {
+        let id = create_id(
+            &mut controller,
+            pb::CreateVolumeRequest {
                 volume_capabilities: vec![capability.clone()],
                 ..create("pvc-grow", 320 * MIB)
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+            },
+        )
+        .await;
         let (staging, target) = kubelet_dirs(&federation, "pvc-grow");
         node.node_stage_volume(stage(&id, &staging, capability.clone()))
             .await
@@ -387,14 +380,7 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
 
         // ext4 grows online only with CAP_SYS_RESOURCE; without it the
         // refusal says so, and the filesystem is untouched.
-        let ext4 = controller
-            .create_volume(create("pvc-ext4", 64 * MIB))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let ext4 = create_id(&mut controller, create("pvc-ext4", 64 * MIB)).await;
         let ext4_capability = mount_capability(Mode::SingleNodeWriter);
         let (staging, target) = kubelet_dirs(&federation, "pvc-ext4");
         node.node_stage_volume(stage(&ext4, &staging, ext4_capability.clone()))
@@ -447,17 +433,14 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
 
         // Raw block: the device node at the target path, and the bytes
         // written there read back after staging again.
-        let block = controller
-            .create_volume(pb::CreateVolumeRequest {
+        let block = create_id(
+            &mut controller,
+            pb::CreateVolumeRequest {
                 volume_capabilities: vec![block_capability()],
                 ..create("pvc-block", 64 * MIB)
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+            },
+        )
+        .await;
         let (staging, pod) = kubelet_dirs(&federation, "pvc-block");
         let device_file = pod.with_file_name("dev");
         node.node_stage_volume(stage(&block, &staging, block_capability()))
@@ -533,20 +516,11 @@ fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again()
     let federation = federation(1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let one = channel(&socket(&federation, "satellite-1")).await;
-        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
-        let mut node_a = pb::node_client::NodeClient::new(one);
+        let (mut controller, mut node_a) = clients(&federation, "satellite-1").await;
         let mut plugin = NodePlugin::start(&federation, "satellite-1", "node-k");
         let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
         let capability = mount_capability(Mode::SingleNodeWriter);
-        let id = controller
-            .create_volume(create("pvc-kill", 128 * MIB))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = create_id(&mut controller, create("pvc-kill", 128 * MIB)).await;
         let (staging, target) = kubelet_dirs(&federation, "pvc-kill");
         node.node_stage_volume(stage(&id, &staging, capability.clone()))
             .await
@@ -736,32 +710,20 @@ fn csi_node_encrypted_volumes_are_ciphertext_centrally_and_other_satellites_are_
     let federation = federation(2);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let one = channel(&socket(&federation, "satellite-1")).await;
-        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
-        let mut node = pb::node_client::NodeClient::new(one);
+        let (mut controller, mut node) = clients(&federation, "satellite-1").await;
         let capability = mount_capability(Mode::SingleNodeWriter);
         let key = "7a".repeat(32);
         let secrets = std::collections::HashMap::from([("encryptionKey".to_string(), key.clone())]);
-        let sealed = controller
-            .create_volume(pb::CreateVolumeRequest {
+        let sealed = create_id(
+            &mut controller,
+            pb::CreateVolumeRequest {
                 parameters: [("encrypted".to_string(), "true".to_string())].into(),
                 secrets: secrets.clone(),
                 ..create("pvc-sealed", 64 * MIB)
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
-        let plain = controller
-            .create_volume(create("pvc-plain", 64 * MIB))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+            },
+        )
+        .await;
+        let plain = create_id(&mut controller, create("pvc-plain", 64 * MIB)).await;
         let (staging, target) = kubelet_dirs(&federation, "pvc-sealed");
 
         // No key, or the wrong one: refused, nothing staged.
@@ -860,14 +822,7 @@ fn csi_node_encrypted_volumes_are_ciphertext_centrally_and_other_satellites_are_
                 .await,
         );
         assert_eq!(refused, Code::PermissionDenied, "{message}");
-        let own = controller_2
-            .create_volume(create("pvc-sealed", 64 * MIB))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let own = create_id(&mut controller_2, create("pvc-sealed", 64 * MIB)).await;
         assert!(own.starts_with("satellite-2-"), "{own}");
         assert_ne!(own, sealed);
 
@@ -901,18 +856,9 @@ fn csi_node_calls_answer_with_the_spec_codes() {
     let federation = federation(1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let one = channel(&socket(&federation, "satellite-1")).await;
-        let mut controller = pb::controller_client::ControllerClient::new(one.clone());
-        let mut node = pb::node_client::NodeClient::new(one);
+        let (mut controller, mut node) = clients(&federation, "satellite-1").await;
         let capability = mount_capability(Mode::SingleNodeWriter);
-        let id = controller
-            .create_volume(create("pvc-codes", 64 * MIB))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = create_id(&mut controller, create("pvc-codes", 64 * MIB)).await;
         let (staging, target) = kubelet_dirs(&federation, "pvc-codes");
         let elsewhere = federation.dir().join("kubelet/elsewhere");
         let unknown = "satellite-1-no-such-volume";
@@ -1165,14 +1111,7 @@ fn dev_up_comes_back_while_a_node_plugin_keeps_a_volume_staged() {
         let one = channel(&socket(&federation, "satellite-1")).await;
         let mut controller = pb::controller_client::ControllerClient::new(one);
         let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
-        let id = controller
-            .create_volume(create("pvc-stays", 64 * MIB))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
+        let id = create_id(&mut controller, create("pvc-stays", 64 * MIB)).await;
         node.node_stage_volume(stage(&id, &staging, capability.clone()))
             .await
             .unwrap();
