@@ -127,6 +127,40 @@ pub fn unpublish(volume: &str, target: &Path) -> pb::NodeUnpublishVolumeRequest 
     }
 }
 
+/// NodeStageVolume then NodePublishVolume, as kubelet makes them for a
+/// pod; both must succeed.
+pub async fn stage_and_publish(
+    node: &mut Node,
+    volume: &str,
+    staging: &Path,
+    target: &Path,
+    capability: &pb::VolumeCapability,
+    readonly: bool,
+) {
+    node.node_stage_volume(stage(volume, staging, capability.clone()))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish(
+        volume,
+        staging,
+        target,
+        capability.clone(),
+        readonly,
+    ))
+    .await
+    .unwrap();
+}
+
+/// NodeUnpublishVolume then NodeUnstageVolume; both must succeed.
+pub async fn unpublish_and_unstage(node: &mut Node, volume: &str, staging: &Path, target: &Path) {
+    node.node_unpublish_volume(unpublish(volume, target))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage(volume, staging))
+        .await
+        .unwrap();
+}
+
 /// The code and message of a refused call.
 pub fn code<T: std::fmt::Debug>(
     answer: Result<tonic::Response<T>, tonic::Status>,

@@ -127,12 +127,7 @@ fn csi_node_stages_publishes_and_hands_a_filesystem_to_another_node_intact() {
             .await
             .unwrap();
         assert!(!target.exists());
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
         assert_eq!(mounted_source(&staging), None);
         node.node_unstage_volume(unstage(&id, &staging))
             .await
@@ -244,12 +239,7 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
         )
         .await;
         let (staging, target) = kubelet_dirs(&federation, "pvc-grow");
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         let sums = write_files(&target, "kept", 12);
         // xfs, with the StorageClass's mount flags.
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -268,18 +258,8 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
         );
 
         // Unstaged and staged again: the filesystem is mounted, not made anew.
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         assert_files(&sums, &target, &target);
 
         // Stats match df's, for bytes and inodes.
@@ -371,30 +351,14 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
         }
         wait_condition(&mut node, &request, false).await;
         assert_files(&more, &target, &target);
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
 
         // ext4 grows online only with CAP_SYS_RESOURCE; without it the
         // refusal says so, and the filesystem is untouched.
         let ext4 = create_id(&mut controller, create("pvc-ext4", 64 * MIB)).await;
         let ext4_capability = mount_capability(Mode::SingleNodeWriter);
         let (staging, target) = kubelet_dirs(&federation, "pvc-ext4");
-        node.node_stage_volume(stage(&ext4, &staging, ext4_capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(
-            &ext4,
-            &staging,
-            &target,
-            ext4_capability.clone(),
-            false,
-        ))
-        .await
-        .unwrap();
+        stage_and_publish(&mut node, &ext4, &staging, &target, &ext4_capability, false).await;
         let ext4_files = write_files(&target, "ext4", 3);
         let (before, _) = df(&target);
         controller
@@ -424,12 +388,7 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
             assert_eq!(df(&target).0, before);
         }
         assert_files(&ext4_files, &target, &target);
-        node.node_unpublish_volume(unpublish(&ext4, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&ext4, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &ext4, &staging, &target).await;
 
         // Raw block: the device node at the target path, and the bytes
         // written there read back after staging again.
@@ -477,12 +436,7 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
             .into_inner(),
         );
         assert_eq!(usage[0].total, 64 * MIB);
-        node.node_unpublish_volume(unpublish(&block, &device_file))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&block, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &block, &staging, &device_file).await;
         node.node_stage_volume(stage(&block, &staging, block_capability()))
             .await
             .unwrap();
@@ -502,12 +456,7 @@ fn csi_node_keeps_filesystems_grows_them_online_measures_them_and_serves_raw_blo
             blake3::hash(&pattern)
         );
         assert!(whole[..3 * MIB as usize].iter().all(|b| *b == 0));
-        node.node_unpublish_volume(unpublish(&block, &device_file))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&block, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &block, &staging, &device_file).await;
     });
 }
 
@@ -522,12 +471,7 @@ fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again()
         let capability = mount_capability(Mode::SingleNodeWriter);
         let id = create_id(&mut controller, create("pvc-kill", 128 * MIB)).await;
         let (staging, target) = kubelet_dirs(&federation, "pvc-kill");
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         let before = write_files(&target, "before", 10);
 
         plugin.kill9();
@@ -539,12 +483,7 @@ fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again()
         plugin.restart();
         let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
         // kubelet's calls after a plugin restart find everything in place.
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         let (_, condition) = stats(
             node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
                 volume_id: id.clone(),
@@ -582,40 +521,20 @@ fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again()
                 .await,
         );
         assert_eq!(refused, Code::FailedPrecondition, "{message}");
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
         assert!(std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
             .all(|line| !line.contains(records.volume_dir(&id).to_str().unwrap())));
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         for sums in [&before, &during, &after] {
             assert_files(sums, &target, &target);
         }
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
 
         // A reboot: the host, its mounts and loop device gone, the
         // plugin's records kept. kubelet stages again, and it works.
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         let host = satellite_csi::csi::node::hosts::status(&records.socket(&id))
             .await
             .expect("the volume host answers");
@@ -637,21 +556,11 @@ fn csi_node_plugin_killed_with_9_leaves_mounts_serving_and_takes_them_up_again()
             .arg("-l")
             .arg(records.fuse_dir(&id))
             .status();
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         for sums in [&before, &during, &after] {
             assert_files(sums, &target, &target);
         }
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
 
         // Nothing written is lost: another node reads it all from the
         // central cluster.
@@ -756,35 +665,22 @@ fn csi_node_encrypted_volumes_are_ciphertext_centrally_and_other_satellites_are_
         .unwrap();
         write_marker(&target);
         let sums = write_files(&target, "sealed", 3);
-        node.node_unpublish_volume(unpublish(&sealed, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&sealed, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &sealed, &staging, &target).await;
 
         // The same bytes on a plain volume are in the pools, so the check
         // below can see plaintext where there is some.
         let (plain_staging, plain_target) = kubelet_dirs(&federation, "pvc-plain");
-        node.node_stage_volume(stage(&plain, &plain_staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(
+        stage_and_publish(
+            &mut node,
             &plain,
             &plain_staging,
             &plain_target,
-            capability.clone(),
+            &capability,
             false,
-        ))
-        .await
-        .unwrap();
+        )
+        .await;
         write_marker(&plain_target);
-        node.node_unpublish_volume(unpublish(&plain, &plain_target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&plain, &plain_staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &plain, &plain_staging, &plain_target).await;
         assert!(pools_contain(&federation, MARKER));
         controller
             .delete_volume(pb::DeleteVolumeRequest {
@@ -842,12 +738,7 @@ fn csi_node_encrypted_volumes_are_ciphertext_centrally_and_other_satellites_are_
         .await
         .unwrap();
         assert_files(&sums, &target, &target);
-        node.node_unpublish_volume(unpublish(&sealed, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&sealed, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &sealed, &staging, &target).await;
     });
 }
 
@@ -1069,12 +960,7 @@ fn csi_node_calls_answer_with_the_spec_codes() {
             "an unknown volume's calls touched nothing"
         );
 
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
         // Capabilities: what kubelet reads to decide which calls to make.
         let capabilities: Vec<i32> = node
             .node_get_capabilities(pb::NodeGetCapabilitiesRequest {})
@@ -1112,12 +998,7 @@ fn dev_up_comes_back_while_a_node_plugin_keeps_a_volume_staged() {
         let mut controller = pb::controller_client::ControllerClient::new(one);
         let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
         let id = create_id(&mut controller, create("pvc-stays", 64 * MIB)).await;
-        node.node_stage_volume(stage(&id, &staging, capability.clone()))
-            .await
-            .unwrap();
-        node.node_publish_volume(publish(&id, &staging, &target, capability.clone(), false))
-            .await
-            .unwrap();
+        stage_and_publish(&mut node, &id, &staging, &target, &capability, false).await;
         (id.clone(), write_files(&target, "stays", 4))
     });
     // The central side restarts under a node that keeps its volume staged
@@ -1129,12 +1010,7 @@ fn dev_up_comes_back_while_a_node_plugin_keeps_a_volume_staged() {
     runtime.block_on(async {
         let mut node = pb::node_client::NodeClient::new(channel(&plugin.socket).await);
         assert_files(&sums, &target, &target);
-        node.node_unpublish_volume(unpublish(&id, &target))
-            .await
-            .unwrap();
-        node.node_unstage_volume(unstage(&id, &staging))
-            .await
-            .unwrap();
+        unpublish_and_unstage(&mut node, &id, &staging, &target).await;
         let one = channel(&socket(&federation, "satellite-1")).await;
         pb::controller_client::ControllerClient::new(one)
             .delete_volume(pb::DeleteVolumeRequest {

@@ -11,6 +11,26 @@ fn federation_json(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("federation.json")).unwrap()).unwrap()
 }
 
+/// `tether cluster link dr --endpoint PEER_ADMIN --token TOKEN`.
+fn try_link(federation: &DevFederation, peer_admin: &str, token: &str) -> std::process::Output {
+    federation.tether(&[
+        "cluster",
+        "link",
+        "dr",
+        "--endpoint",
+        peer_admin,
+        "--token",
+        token,
+    ])
+}
+
+/// The same, which must succeed; its output.
+fn link(federation: &DevFederation, peer_admin: &str, token: &str) -> String {
+    let output = try_link(federation, peer_admin, token);
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 #[test]
 fn dev_up_dr_starts_two_datacentres_that_do_not_trust_each_other_yet() {
     let federation = DevFederation::builder().nodes(2).dr().start().unwrap();
@@ -72,15 +92,7 @@ fn cluster_link_pairs_the_datacentres_once_with_a_token_naming_the_peer_ca() {
     // A token whose hash is not the peer's CA: refused before anything is
     // sent (a man in the middle would present another CA).
     let forged = format!("{secret}.{}", "0".repeat(64));
-    let refused = federation.tether(&[
-        "cluster",
-        "link",
-        "dr",
-        "--endpoint",
-        &peer_admin,
-        "--token",
-        &forged,
-    ]);
+    let refused = try_link(&federation, &peer_admin, &forged);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -90,28 +102,10 @@ fn cluster_link_pairs_the_datacentres_once_with_a_token_naming_the_peer_ca() {
     // The token is for `central`: another name is refused by the peer.
     let other = federation.tether_peer("dr", &["cluster", "add-peer", "elsewhere"]);
     let other = token_of(other);
-    let refused = federation.tether(&[
-        "cluster",
-        "link",
-        "dr",
-        "--endpoint",
-        &peer_admin,
-        "--token",
-        &other,
-    ]);
+    let refused = try_link(&federation, &peer_admin, &other);
     assert!(!refused.status.success(), "{refused:?}");
 
-    let linked = federation
-        .tether_ok(&[
-            "cluster",
-            "link",
-            "dr",
-            "--endpoint",
-            &peer_admin,
-            "--token",
-            &token,
-        ])
-        .unwrap();
+    let linked = link(&federation, &peer_admin, &token);
     assert!(linked.contains(hash), "{linked}");
     // Each side holds the other's CA: its hash is the one the other's
     // token carries, or the one its own CA has.
@@ -143,15 +137,7 @@ fn cluster_link_pairs_the_datacentres_once_with_a_token_naming_the_peer_ca() {
         tether_tls::ca_hash(&central_ca).unwrap()
     );
     // Once: the token is spent, and a linked peer is not linked again.
-    let again = federation.tether(&[
-        "cluster",
-        "link",
-        "dr",
-        "--endpoint",
-        &peer_admin,
-        "--token",
-        &token,
-    ]);
+    let again = try_link(&federation, &peer_admin, &token);
     assert!(!again.status.success());
 }
 
@@ -209,17 +195,7 @@ fn gateways_take_a_linked_peers_dr_peer_certificates_and_nothing_else_of_its() {
         .to_string();
     let token = federation.tether_peer("dr", &["cluster", "add-peer", "central"]);
     let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
-    federation
-        .tether_ok(&[
-            "cluster",
-            "link",
-            "dr",
-            "--endpoint",
-            &peer_admin,
-            "--token",
-            &token,
-        ])
-        .unwrap();
+    link(&federation, &peer_admin, &token);
 
     // Linked: its dr-peer certificate passes the handshake (the gateway
     // learns the link from its store mirror) ...
