@@ -55,6 +55,7 @@ pub fn view(record: &PeerRecord) -> PeerView {
             .ca_pem
             .as_deref()
             .and_then(|pem| tether_tls::ca_hash(pem).ok()),
+        gateways: record.gateways.clone(),
     }
 }
 
@@ -94,6 +95,20 @@ async fn write(
     }
 }
 
+/// This cluster's gateways as they registered (`gateways/*`), sorted:
+/// what a peer's shippers dial.
+pub async fn own_gateways(store: &dyn CoordStore, cluster: &str) -> Result<Vec<String>, RegistryError> {
+    let prefix = ClusterKeys::new(cluster).kind_prefix(Kind::Gateways);
+    let (kvs, _) = store.get_prefix(&prefix).await?;
+    let mut endpoints: Vec<String> = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<tether_proto::dr::GatewayRecord>(&kv.value).ok())
+        .map(|gateway| gateway.endpoint)
+        .collect();
+    endpoints.sort();
+    Ok(endpoints)
+}
+
 /// Adds peer `name` (or mints a new token while it has not linked) and
 /// returns the token: its secret and the hash of this cluster's CA.
 pub async fn add(
@@ -126,6 +141,7 @@ pub async fn add(
                 linked_unix_ms: None,
                 endpoint: None,
                 ca_pem: None,
+                gateways: Vec::new(),
             };
             write(store, cluster, &record, 0).await?;
         }
@@ -177,6 +193,7 @@ pub async fn accept(
     record.linked_unix_ms = Some(now_unix_ms());
     record.endpoint = Some(request.endpoint.clone());
     record.ca_pem = Some(request.ca_pem.clone());
+    record.gateways = request.gateways.clone();
     write(store, cluster, &record, revision).await?;
     tracing::info!(peer = %name, endpoint = %request.endpoint, %ca_hash, "DR peer linked (it linked with us)");
     Ok(())
@@ -222,6 +239,7 @@ pub async fn link(
         token: token.trim().to_string(),
         ca_pem: own_ca_pem.to_string(),
         endpoint: own_endpoint.to_string(),
+        gateways: own_gateways(store, cluster).await?,
     };
     let accepted: tether_proto::dr::AcceptPeerResponse =
         tether_tls::client::post_json(endpoint, "/v1/peers/accept", trust, &request)
@@ -243,6 +261,7 @@ pub async fn link(
         linked_unix_ms: Some(now_unix_ms()),
         endpoint: Some(endpoint.to_string()),
         ca_pem: Some(peer_ca),
+        gateways: accepted.gateways.clone(),
     };
     write(store, cluster, &record, revision).await?;
     tracing::info!(peer = %name, %endpoint, "DR peer linked");

@@ -6,6 +6,7 @@
 //! [`udp`] (QUIC sockets with buffers that absorb bursts).
 
 pub mod block_zstd;
+pub mod dr_stream;
 pub mod limits;
 pub mod protected;
 pub mod size;

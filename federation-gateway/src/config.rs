@@ -28,6 +28,14 @@ pub struct GatewayArgs {
     /// Serve Prometheus metrics here (http://ADDR/metrics).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where DR peers' shippers reach this gateway (`host:port`; default:
+    /// the bound address). Registered in the store for the pairing.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The cluster's admin API (`https://host:port`): where this gateway
+    /// asks for a DR secondary to be created when a peer's first batch stream arrives.
+    #[arg(long)]
+    pub registry: Option<String>,
 }
 
 pub enum GatewayStore {
@@ -43,6 +51,8 @@ pub struct GatewayConfig {
     pub store: GatewayStore,
     pub tls_dir: PathBuf,
     pub limits: GatewayLimits,
+    pub advertise: Option<String>,
+    pub registry: Option<String>,
 }
 
 /// What one satellite, and all of them, can make a gateway hold.
@@ -81,6 +91,8 @@ impl GatewayConfig {
             store: GatewayStore::Etcd(args.etcd),
             tls_dir: args.tls_dir,
             limits: GatewayLimits::default(),
+            advertise: args.advertise,
+            registry: args.registry,
         }
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod config;
+mod dr;
 mod error;
 mod session;
 mod stream;
@@ -54,6 +55,12 @@ pub struct Gateway {
     /// Bytes in flight across every stream.
     shared_bytes: Arc<Semaphore>,
     sessions: tether_common::limits::ConnectionCap,
+    store: Arc<dyn CoordStore>,
+    tls: Arc<TlsContext>,
+    /// The admin API, for creating DR secondaries.
+    registry: Option<String>,
+    /// Followers of DR receivers (`GATEWAY+dr`: their writes are batches).
+    dr_followers: Mutex<HashMap<String, Arc<VolumeFollower>>>,
 }
 
 impl Gateway {
@@ -67,6 +74,31 @@ impl Gateway {
                 Arc::new(VolumeFollower::new(
                     volume,
                     &self.name,
+                    self.mirror.clone(),
+                    Some(self.block_tls.clone()),
+                    CONNECT_TIMEOUT,
+                ))
+            })
+            .clone()
+    }
+}
+
+impl Gateway {
+    fn key(&self, kind: tether_proto::keys::Kind, name: &str) -> String {
+        tether_proto::keys::ClusterKeys::new(&self.cluster).key(kind, name)
+    }
+
+    /// The follower a DR receiver applies batches to `volume` through.
+    fn dr_follower(&self, volume: &str) -> Arc<VolumeFollower> {
+        let name = format!("{}{}", self.name, tether_proto::block::DR_APPLY_SUFFIX);
+        self.dr_followers
+            .lock()
+            .unwrap()
+            .entry(volume.to_string())
+            .or_insert_with(|| {
+                Arc::new(VolumeFollower::new(
+                    volume,
+                    &name,
                     self.mirror.clone(),
                     Some(self.block_tls.clone()),
                     CONNECT_TIMEOUT,
@@ -104,7 +136,13 @@ fn quic_server(
 ) -> Result<quinn::ServerConfig, GatewayError> {
     // Satellites of this cluster, and the linked DR peers' `dr-peer`
     // certificates (their CAs vouch for nothing else).
-    let rustls = tls.server_config_with_peers(vec![tether_proto::link::LINK_ALPN.to_vec()], peers);
+    let rustls = tls.server_config_with_peers(
+        vec![
+            tether_proto::link::LINK_ALPN.to_vec(),
+            tether_proto::dr::wire::DR_ALPN.to_vec(),
+        ],
+        peers,
+    );
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls).map_err(|err| {
         GatewayError::Quic {
             reason: err.to_string(),
@@ -185,7 +223,7 @@ async fn run_in_span(
         GatewayStore::Shared(store) => store.clone(),
     };
     let mirror = Mirror::new(&config.cluster);
-    let mirror_task = tokio::spawn(mirror.clone().run(store).in_current_span());
+    let mirror_task = tokio::spawn(mirror.clone().run(store.clone()).in_current_span());
     // Serve only once the records are in: before that every satellite
     // would look unknown.
     let _ = mirror.subscribe().wait_for(|revision| *revision > 0).await;
@@ -218,7 +256,19 @@ async fn run_in_span(
         followers: Mutex::new(HashMap::new()),
         shared_bytes: Arc::new(Semaphore::new(config.limits.gateway_bytes as usize)),
         sessions: tether_common::limits::ConnectionCap::new(config.limits.max_sessions),
+        store: store.clone(),
+        tls: tls.clone(),
+        registry: config.registry.clone(),
+        dr_followers: Mutex::new(HashMap::new()),
     });
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let register_task = tokio::spawn(
+        dr::register(store.clone(), config.cluster.clone(), config.name.clone(), advertised)
+            .in_current_span(),
+    );
     tracing::info!(addr = %local, "federation gateway up");
     ready(local);
     tokio::pin!(shutdown);
@@ -235,6 +285,7 @@ async fn run_in_span(
     endpoint.close(session::CLOSE_SHUTDOWN, b"gateway stopping");
     mirror_task.abort();
     peers_task.abort();
+    register_task.abort();
     endpoint.wait_idle().await;
     Ok(())
 }

@@ -79,13 +79,16 @@ async fn serve(incoming: quinn::Incoming, gateway: Arc<Gateway>, remote: SocketA
         };
     if identity.role == Role::DrPeer && identity.cluster != gateway.cluster {
         // Its CA is a linked peer's (the handshake checked): DR streams are
-        // the only thing such a session may carry, and they come next.
-        let reason = format!(
-            "{}: DR streams are not served by this gateway yet",
-            identity.uri()
-        );
-        connection.close(CLOSE_REFUSED, reason.as_bytes());
-        return refused(remote, Some(identity.uri()), &reason, "role");
+        // the only thing such a session may carry.
+        let linked = gateway.mirror.peers().into_iter().any(|peer| {
+            peer.name == identity.cluster && peer.state == tether_proto::dr::PeerState::Linked
+        });
+        if !linked {
+            let reason = format!("{} is not of a linked DR peer", identity.uri());
+            connection.close(CLOSE_REFUSED, reason.as_bytes());
+            return refused(remote, Some(identity.uri()), &reason, "role");
+        }
+        return crate::dr::serve_session(gateway, connection, identity.cluster).await;
     }
     if identity.role != Role::Satellite || identity.cluster != gateway.cluster {
         let reason = format!(

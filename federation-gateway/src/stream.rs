@@ -358,6 +358,7 @@ fn op_label(op: &BlockOp) -> &'static str {
         BlockOp::WriteZeroes { punch: true, .. } => "trim",
         BlockOp::WriteZeroes { .. } => "write_zeroes",
         BlockOp::Flush => "flush",
+        BlockOp::Hashes { .. } => "hashes",
     }
 }
 

@@ -262,6 +262,11 @@ impl VolumeFollower {
                 fua,
             },
             BlockOp::Flush => Frame::Flush { seq: 0, epoch: 0 },
+            BlockOp::Hashes { first, count } => Frame::HashRequest {
+                seq: 0,
+                first,
+                count,
+            },
         };
         // A new epoch means the old master will never answer validly: move on at once.
         let answer = tokio::select! {
@@ -270,6 +275,7 @@ impl VolumeFollower {
         };
         match answer {
             Frame::ReadData { data, .. } => Ok(Some(data.to_vec())),
+            Frame::TreeResponse { hashes, .. } => Ok(Some(hashes.concat())),
             Frame::Ack { error: 0, .. } => Ok(None),
             Frame::Ack { error, .. } => Err(FollowError::Remote {
                 volume: self.volume.clone(),

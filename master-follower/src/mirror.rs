@@ -1,6 +1,6 @@
 //! A live copy of a cluster's keys: volume specs, group records, master
 //! locks, node registrations, the federation's satellites and grants, and
-//! DR peers.
+//! DR peers, DR links and gateways.
 //! One list-then-watch per node (or gateway) feeds every volume's
 //! controller and presenter (or every session), so the store's load grows
 //! with processes, not with volumes.
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use coord_store::{CoordStore, KeyValue, WatchEvent};
 use tether_proto::admin::{NodeRecord, VerifyRequestRecord, VolumeSpec};
-use tether_proto::dr::PeerRecord;
+use tether_proto::dr::{DrLinkRecord, GatewayRecord, PeerRecord};
 use tether_proto::federation::{ClusterRecord, GrantRecord};
 use tether_proto::group::GroupRecord;
 use tether_proto::keys::{ClusterKeys, Kind};
@@ -44,6 +44,10 @@ struct State {
     grants: HashMap<String, GrantRecord>,
     /// DR peers, by name.
     peers: HashMap<String, PeerRecord>,
+    /// DR links by volume, and their mod revisions (the CAS token).
+    dr_links: HashMap<String, (DrLinkRecord, i64)>,
+    /// This cluster's gateways, by name.
+    gateways: HashMap<String, GatewayRecord>,
 }
 
 pub struct Mirror {
@@ -111,6 +115,33 @@ impl Mirror {
     }
 
     /// Every DR peer record.
+    /// The DR link of `volume` and its mod revision.
+    pub fn dr_link(&self, volume: &str) -> Option<(DrLinkRecord, i64)> {
+        self.state.read().unwrap().dr_links.get(volume).cloned()
+    }
+
+    pub fn dr_links(&self) -> Vec<DrLinkRecord> {
+        let state = self.state.read().unwrap();
+        let mut links: Vec<DrLinkRecord> =
+            state.dr_links.values().map(|(link, _)| link.clone()).collect();
+        links.sort_by(|a, b| a.volume.cmp(&b.volume));
+        links
+    }
+
+    /// This cluster's gateways' endpoints, sorted.
+    pub fn gateway_endpoints(&self) -> Vec<String> {
+        let mut endpoints: Vec<String> = self
+            .state
+            .read()
+            .unwrap()
+            .gateways
+            .values()
+            .map(|gateway| gateway.endpoint.clone())
+            .collect();
+        endpoints.sort();
+        endpoints
+    }
+
     pub fn peers(&self) -> Vec<PeerRecord> {
         self.state.read().unwrap().peers.values().cloned().collect()
     }
@@ -220,6 +251,18 @@ fn apply_put(keys: &ClusterKeys, state: &mut State, kv: &KeyValue) -> bool {
                 state.peers.insert(name.to_string(), peer);
             }
         }
+        Kind::DrLinks => {
+            if let Ok(link) = serde_json::from_slice::<DrLinkRecord>(&kv.value) {
+                state
+                    .dr_links
+                    .insert(name.to_string(), (link, kv.mod_revision));
+            }
+        }
+        Kind::Gateways => {
+            if let Ok(gateway) = serde_json::from_slice::<GatewayRecord>(&kv.value) {
+                state.gateways.insert(name.to_string(), gateway);
+            }
+        }
         _ => return false,
     }
     true
@@ -254,6 +297,12 @@ fn apply_delete(keys: &ClusterKeys, state: &mut State, key: &str) -> bool {
         }
         Kind::Peers => {
             state.peers.remove(name);
+        }
+        Kind::DrLinks => {
+            state.dr_links.remove(name);
+        }
+        Kind::Gateways => {
+            state.gateways.remove(name);
         }
         _ => return false,
     }

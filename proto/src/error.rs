@@ -25,6 +25,8 @@ pub enum ProtoError {
     PlaintextAfterStartTls { bytes: usize },
     #[error("link frame magic {found:#x} is not TFED")]
     BadLinkMagic { found: u32 },
+    #[error("DR frame magic {found:#x} is not TDRL")]
+    BadDrMagic { found: u32 },
     #[error("block frame magic {found:#x} is not TBLK")]
     BadFrameMagic { found: u32 },
     #[error("block frame version {version} is not supported (this build speaks {supported})")]

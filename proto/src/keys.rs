@@ -14,6 +14,10 @@
 //! | `clusters` | satellite | `federation::ClusterRecord` |
 //! | `peers` | DR peer cluster | `dr::PeerRecord` |
 //! | `grants` | `satellite/grant id` | `federation::GrantRecord` |
+//! | `dr-links` | volume | `dr::DrLinkRecord` |
+//! | `dr-status` | volume | `dr::DrStatusRecord` |
+//! | `dr-receivers` | volume | the gateway receiving its batches (leased) |
+//! | `gateways` | gateway | `dr::GatewayRecord` (leased) |
 
 /// What a key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,10 +33,14 @@ pub enum Kind {
     Clusters,
     Grants,
     Peers,
+    DrLinks,
+    DrStatus,
+    DrReceivers,
+    Gateways,
 }
 
 impl Kind {
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 15] = [
         Kind::Volumes,
         Kind::Groups,
         Kind::Locks,
@@ -44,6 +52,10 @@ impl Kind {
         Kind::Clusters,
         Kind::Grants,
         Kind::Peers,
+        Kind::DrLinks,
+        Kind::DrStatus,
+        Kind::DrReceivers,
+        Kind::Gateways,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +71,10 @@ impl Kind {
             Kind::Clusters => "clusters",
             Kind::Grants => "grants",
             Kind::Peers => "peers",
+            Kind::DrLinks => "dr-links",
+            Kind::DrStatus => "dr-status",
+            Kind::DrReceivers => "dr-receivers",
+            Kind::Gateways => "gateways",
         }
     }
 }

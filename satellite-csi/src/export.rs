@@ -90,7 +90,7 @@ impl Export for SatelliteVolume {
                 SectorCipher::check_aligned(offset, length).map_err(|e| failure(e, EINVAL))?;
                 self.run(op).await
             }
-            BlockOp::Flush => self.run(op).await,
+            BlockOp::Flush | BlockOp::Hashes { .. } => self.run(op).await,
         }
     }
 }

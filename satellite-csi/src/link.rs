@@ -70,6 +70,7 @@ fn frame(request: &BlockOp, id: u64, zstd: Option<&block_zstd::Adaptive>) -> Lin
             no_hole: !punch,
         },
         BlockOp::Flush => LinkFrame::Flush { id },
+        BlockOp::Hashes { .. } => unreachable!("LinkClient::execute refuses hash requests"),
     }
 }
 
@@ -288,6 +289,12 @@ impl RemoteVolume {
     /// Runs one request, through whichever gateway answers; a gateway that
     /// goes away is a pause, not an error.
     pub async fn execute(&self, request: BlockOp) -> Result<Option<Bytes>, LinkError> {
+        if let BlockOp::Hashes { .. } = request {
+            return Err(LinkError::Io {
+                volume: self.volume.clone(),
+                errno: tether_proto::nbd::EINVAL,
+            });
+        }
         let started = Instant::now();
         loop {
             let attempt = match self.stream().await {

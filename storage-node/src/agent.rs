@@ -141,6 +141,7 @@ async fn run_in_span(config: NodeConfig, shutdown: impl Future<Output = ()>) -> 
         admissions: Default::default(),
         tls: (!config.security.plaintext_block).then(|| group::BlockTls::new(tls.clone())),
         keys: Default::default(),
+        dr_tls: crate::security::dr_credentials(&config.cluster, &config.node, &config.security)?,
     });
     if config.security.plaintext_block {
         tracing::warn!(

@@ -81,6 +81,11 @@ pub struct NodeArgs {
     /// Where this node keeps its certificate and key (default: DATA_DIR/tls).
     #[arg(long)]
     pub tls_dir: Option<PathBuf>,
+    /// The node's `dr-peer` certificate (`tether ca issue --role dr-peer`),
+    /// for shipping DR batches to a paired cluster's gateways (default:
+    /// DATA_DIR/dr-tls, used when it exists).
+    #[arg(long)]
+    pub dr_tls_dir: Option<PathBuf>,
     /// The registry's admin API (https://host:port): where the node joins and renews its certificate.
     #[arg(long)]
     pub registry: Option<String>,
@@ -167,6 +172,11 @@ impl NodeConfig {
             join_token: read(&args.join_token_file, "--join-token-file")?,
             trust_pem: read(&args.trust_ca, "--trust-ca")?,
             plaintext_block: args.insecure_plaintext_block,
+            dr_tls_dir: Some(
+                args.dr_tls_dir
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join("dr-tls")),
+            ),
             addresses: certificate_addresses(
                 &args.tls_sans,
                 args.block_advertise

@@ -79,6 +79,15 @@ pub enum NodeError {
     Remote { volume: String, errno: u32 },
     #[error("volume {volume}: no master answered within {waited_secs} s")]
     NoMaster { volume: String, waited_secs: u64 },
+    /// The volume's DR role does not admit the request.
+    #[error("volume {volume}: refused: {reason}")]
+    DrRefused { volume: String, reason: String },
+    #[error("volume {volume}: DR link to {peer}: {reason}")]
+    DrLink {
+        volume: String,
+        peer: String,
+        reason: String,
+    },
 }
 
 impl From<master_follower::FollowError> for NodeError {
@@ -130,6 +139,8 @@ impl NodeError {
             NodeError::OutOfRange { .. } | NodeError::Misaligned { .. } => EINVAL,
             NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => ENOSPC,
             NodeError::Remote { errno, .. } => *errno,
+            // EPERM: the client is not allowed this volume here now.
+            NodeError::DrRefused { .. } => 1,
             _ => EIO,
         }
     }

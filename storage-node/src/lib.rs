@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod config;
 pub mod control;
+pub mod dr;
 pub mod engine;
 mod error;
 pub mod group;

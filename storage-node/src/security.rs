@@ -30,6 +30,8 @@ pub struct NodeSecurityConfig {
     pub trust_pem: Option<String>,
     /// Block streams without TLS: only to measure what TLS costs.
     pub plaintext_block: bool,
+    /// Holds the node's `dr-peer` credential, if it ships DR batches.
+    pub dr_tls_dir: Option<PathBuf>,
     /// Host names and IPs the certificate should name besides the node's
     /// identity: the addresses NBD clients dial to reach this node.
     pub addresses: Vec<String>,
@@ -45,6 +47,34 @@ impl NodeSecurityConfig {
             .cloned()
             .collect()
     }
+}
+
+/// The node's `dr-peer` credential from `dr_tls_dir`, if there is one
+/// naming this node of this cluster.
+pub fn dr_credentials(
+    cluster: &str,
+    node: &str,
+    config: &NodeSecurityConfig,
+) -> Result<Option<Arc<TlsContext>>> {
+    let Some(dir) = &config.dr_tls_dir else {
+        return Ok(None);
+    };
+    if !dir.join("tls.crt").exists() {
+        return Ok(None);
+    }
+    let credentials = Credentials::load(dir)?;
+    let wanted = Identity::new(cluster, Role::DrPeer, node);
+    if credentials.identity != wanted {
+        return Err(NodeError::Config {
+            reason: format!(
+                "{} holds the certificate of {}, not of {wanted}",
+                dir.display(),
+                credentials.identity
+            ),
+        });
+    }
+    tracing::info!(dr_tls_dir = %dir.display(), "DR shipping credential loaded");
+    Ok(Some(TlsContext::new(&credentials)?))
 }
 
 /// The node's credentials: from `tls_dir` when they name this node and are

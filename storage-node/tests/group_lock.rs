@@ -103,6 +103,7 @@ async fn one_node(store: Arc<LosesAnAnswer>, dir: &std::path::Path) -> Arc<Group
         admissions: Default::default(),
         tls: None,
         keys: Default::default(),
+        dr_tls: None,
     });
     let keep_alive_store = store.clone();
     tokio::spawn(async move {

@@ -161,6 +161,33 @@ impl TlsContext {
         config
     }
 
+    /// A client config presenting this holder's certificate to servers
+    /// whose certificates chain to `server_ca_pem` instead of this
+    /// cluster's CA: a DR shipper dialling the peer cluster's gateways.
+    pub fn client_config_trusting(
+        self: &Arc<Self>,
+        server_ca_pem: &str,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<ClientConfig, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for anchor in crate::credentials::certificates(
+            server_ca_pem,
+            std::path::Path::new("the DR peer's CA"),
+        )? {
+            roots.add(anchor).map_err(|err| TlsError::Config {
+                identity: self.identity.uri(),
+                reason: format!("the DR peer's CA: {err}"),
+            })?;
+        }
+        let mut config = ClientConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(self.resolver());
+        config.alpn_protocols = alpn;
+        Ok(config)
+    }
+
     /// Opens TLS over `stream` to the holder of `server`, checking the
     /// server's certificate names it (not just that our CA signed it).
     pub async fn connect(

@@ -214,6 +214,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 join_token,
                 trust_pem: Some(trust_pem.clone()),
                 plaintext_block: false,
+                dr_tls_dir: None,
                 addresses: vec!["127.0.0.1".into()],
             },
         };
@@ -262,6 +263,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             store: federation_gateway::GatewayStore::Shared(store.clone()),
             tls_dir: options.dir.join(CLUSTER).join(name).join("tls"),
             limits: Default::default(),
+            advertise: None,
+            registry: Some(format!("https://{}", options.admin_listen)),
         };
         let ready_file = options.dir.join(CLUSTER).join(name).join("ready");
         let (mut stopped, failed, name) = (stopped.clone(), failed.clone(), name.clone());

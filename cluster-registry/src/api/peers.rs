@@ -49,6 +49,7 @@ pub(crate) async fn accept_peer(
     Ok(AcceptPeerResponse {
         name: state.cluster.clone(),
         ca_pem: own_ca(&state),
+        gateways: crate::peers::own_gateways(state.store.as_ref(), &state.cluster).await?,
     })
 }
 

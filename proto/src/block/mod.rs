@@ -26,6 +26,7 @@
 //! 10 ChunkData    chunk index (u64), data
 //! 11 Read         offset (u64), length (u32)
 //! 12 ReadData     data
+//! 13 HashRequest  first chunk (u64), count (u32)           answered by TreeResponse
 //! ```
 //!
 //! A `Hello` with epoch 0 opens a *client* stream: a presenting node sends
@@ -52,6 +53,10 @@ pub const MAX_READ_BYTES: u32 = 32 * 1024 * 1024;
 /// Most hash-tree nodes one `TreeRequest` may ask for (a 2 MiB answer).
 pub const MAX_TREE_INDICES: usize = 65_536;
 
+/// A gateway's DR receiver opens its client streams as `GATEWAY` plus
+/// this: the master admits its writes to a secondary, and no one else's.
+pub const DR_APPLY_SUFFIX: &str = "+dr";
+
 pub const FLAG_FUA: u16 = 1 << 0;
 pub const FLAG_PUNCH: u16 = 1 << 1;
 
@@ -67,6 +72,7 @@ const KIND_CHUNK_REQUEST: u8 = 9;
 const KIND_CHUNK_DATA: u8 = 10;
 const KIND_READ: u8 = 11;
 const KIND_READ_DATA: u8 = 12;
+const KIND_HASH_REQUEST: u8 = 13;
 
 /// One block frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +145,13 @@ pub enum Frame {
         seq: u64,
         data: Bytes,
     },
+    /// A client's request for the master's settled chunk hashes `first ..
+    /// first + count` (a DR comparison), answered by `TreeResponse`.
+    HashRequest {
+        seq: u64,
+        first: u64,
+        count: u32,
+    },
 }
 
 impl Frame {
@@ -150,6 +163,7 @@ impl Frame {
             Frame::Write { data, .. } | Frame::ChunkData { data, .. } => data.len() as u64,
             Frame::Read { length, .. } => *length as u64,
             Frame::TreeRequest { indices, .. } => indices.len() as u64 * (8 + 32),
+            Frame::HashRequest { count, .. } => *count as u64 * 32,
             _ => 0,
         }
     }
@@ -168,7 +182,8 @@ impl Frame {
             | Frame::ChunkRequest { seq, .. }
             | Frame::ChunkData { seq, .. }
             | Frame::Read { seq, .. }
-            | Frame::ReadData { seq, .. } => *seq,
+            | Frame::ReadData { seq, .. }
+            | Frame::HashRequest { seq, .. } => *seq,
         }
     }
 
@@ -187,7 +202,8 @@ impl Frame {
             | Frame::ChunkRequest { seq, .. }
             | Frame::ChunkData { seq, .. }
             | Frame::Read { seq, .. }
-            | Frame::ReadData { seq, .. } => *seq = new_seq,
+            | Frame::ReadData { seq, .. }
+            | Frame::HashRequest { seq, .. } => *seq = new_seq,
         }
         self
     }
@@ -283,6 +299,11 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             payload.put_slice(data);
             (KIND_READ_DATA, 0, *seq, 0)
         }
+        Frame::HashRequest { seq, first, count } => {
+            payload.put_u64(*first);
+            payload.put_u32(*count);
+            (KIND_HASH_REQUEST, 0, *seq, 0)
+        }
     };
     out.reserve(FRAME_HEADER_LEN + payload.len());
     out.put_u32(FRAME_MAGIC);
@@ -324,7 +345,7 @@ pub fn decode_frame(input: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
             supported: FRAME_VERSION,
         });
     }
-    if !(KIND_HELLO..=KIND_READ_DATA).contains(&kind) {
+    if !(KIND_HELLO..=KIND_HASH_REQUEST).contains(&kind) {
         return Err(ProtoError::UnknownFrameKind { kind });
     }
     if length > MAX_FRAME_PAYLOAD {
@@ -472,6 +493,15 @@ pub fn decode_frame(input: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
             seq,
             data: payload.split_off(0),
         },
+        KIND_HASH_REQUEST => {
+            need(&payload, 12, "hash request without first and count")?;
+            let first = payload.get_u64();
+            let count = payload.get_u32();
+            if count as usize > MAX_TREE_INDICES {
+                return Err(malformed("hash request for too many hashes"));
+            }
+            Frame::HashRequest { seq, first, count }
+        }
         _ => unreachable!("kind range checked above"),
     };
     if payload.has_remaining()

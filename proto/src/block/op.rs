@@ -19,6 +19,12 @@ pub enum BlockOp {
         fua: bool,
     },
     Flush,
+    /// The settled hashes of chunks `first .. first + count`, as 32-byte
+    /// hashes one after another (a DR comparison; served by the master).
+    Hashes {
+        first: u64,
+        count: u32,
+    },
 }
 
 impl BlockOp {

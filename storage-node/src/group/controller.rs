@@ -162,10 +162,13 @@ async fn take_over(
         master.depose();
         return Some(revision);
     }
+    // The DR role's gate is set before the master answers anything.
+    crate::dr::shipper::initial_gate(&master);
     ctx.masters
         .write()
         .unwrap()
         .insert(name.to_string(), master.clone());
+    crate::dr::shipper::spawn(master.clone());
     super::sync::spawn_resync_loop(master);
     Some(revision)
 }

@@ -22,6 +22,7 @@ use tokio::sync::RwLock;
 use super::order::{OrderGuard, WriteOrder};
 use super::transport::BlockConn;
 use super::{BlockOp, GroupContext};
+use crate::dr::Origin;
 use crate::engine::Volume;
 use crate::error::{NodeError, Result};
 
@@ -59,6 +60,8 @@ pub struct MasterState {
     pub syncs: std::sync::Mutex<BTreeMap<String, SyncProgress>>,
     /// The last verification of the copies (`verify.rs`), for the status record.
     pub verify: std::sync::Mutex<Option<tether_proto::admin::VerifyReport>>,
+    /// Changed chunks and the cut barrier for a DR link, and the DR role's gate.
+    pub dr: crate::dr::DrTracker,
 }
 
 /// What became of one write or flush on the other copies.
@@ -92,6 +95,7 @@ impl MasterState {
             order: WriteOrder::default(),
             syncs: Default::default(),
             verify: Default::default(),
+            dr: Default::default(),
         })
     }
 
@@ -194,14 +198,57 @@ impl MasterState {
             .set(size as f64);
     }
 
-    /// Runs one request. `Ok(Some(data))` for reads.
+    /// Runs one client request. `Ok(Some(data))` for reads.
     pub async fn execute(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
+        self.execute_from(op, Origin::Client).await
+    }
+
+    /// Runs one request from `origin`, if the volume's DR role admits it.
+    /// Writes are marked for DR after they ran (even when they failed: a
+    /// copy may hold them), under the barrier a DR cut takes.
+    pub async fn execute_from(&self, op: BlockOp, origin: Origin) -> Result<Option<Vec<u8>>> {
         self.check()?;
+        self.dr.admit(self.name(), origin)?;
+        let range = match &op {
+            BlockOp::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            BlockOp::WriteZeroes { offset, length, .. } => Some((*offset, *length)),
+            _ => None,
+        };
+        let Some((offset, length)) = range else {
+            return self.run(op).await;
+        };
+        let _held = self.dr.hold().await;
+        // A cut (a planned promote's last) may have changed the role meanwhile.
+        self.dr.admit(self.name(), origin)?;
+        let result = self.run(op).await;
+        self.dr.mark(offset, length, self.volume.chunk_size());
+        result
+    }
+
+    async fn run(&self, op: BlockOp) -> Result<Option<Vec<u8>>> {
         match op {
             BlockOp::Read { offset, length } => {
                 let data = self.volume.read(offset, length).await?;
                 self.check()?;
                 Ok(Some(data))
+            }
+            BlockOp::Hashes { first, count } => {
+                let n_chunks = self.volume.n_chunks();
+                let end = first.saturating_add(count as u64);
+                if end > n_chunks {
+                    return Err(NodeError::OutOfRange {
+                        volume: self.name().to_string(),
+                        op: "hashes",
+                        offset: first,
+                        length: count as u64,
+                        size: n_chunks,
+                    });
+                }
+                self.volume.settle().await?;
+                let tree = self.volume.hash_tree();
+                let hashes = tree.leaves()[first as usize..end as usize].concat();
+                self.check()?;
+                Ok(Some(hashes))
             }
             BlockOp::Write { offset, data, fua } => {
                 self.volume

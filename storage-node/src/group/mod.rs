@@ -109,6 +109,9 @@ pub struct GroupContext {
     pub tls: Option<BlockTls>,
     /// Data keys of encrypted volumes this node presents (memory only).
     pub keys: Arc<crate::keys::KeyRing>,
+    /// The node's `dr-peer` certificate, for shipping DR batches to a peer
+    /// cluster's gateways (`None`: this node ships none).
+    pub dr_tls: Option<Arc<tether_tls::TlsContext>>,
 }
 
 impl GroupContext {

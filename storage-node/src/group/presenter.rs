@@ -107,6 +107,8 @@ impl Presenter {
                 .await
             }
             BlockOp::Flush => self.execute_on_master(BlockOp::Flush).await,
+            // Hashes are of ciphertext: what the copies hold.
+            BlockOp::Hashes { .. } => self.execute_on_master(op).await,
         }
     }
 

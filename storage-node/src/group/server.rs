@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use tether_proto::keys::Kind;
 
 use bytes::{Bytes, BytesMut};
-use tether_proto::block::{decode_frame, encode_frame, Frame};
+use tether_proto::block::{decode_frame, encode_frame, Frame, DR_APPLY_SUFFIX};
 use tether_proto::group::{replica_admits, GroupRecord};
 use tether_tls::TlsContext;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::{BlockOp, GroupContext};
+use crate::dr::Origin;
 use crate::engine::{Pool, Volume};
 use crate::error::{NodeError, Result};
 use crate::hashlist::HashTree;
@@ -104,7 +105,7 @@ pub async fn listen(addr: &str, ctx: Arc<GroupContext>, pool: Arc<Pool>) -> Resu
 }
 
 enum Role {
-    Client,
+    Client { origin: Origin },
     Replica {
         volume: Arc<Volume>,
         newest: Arc<std::sync::atomic::AtomicU64>,
@@ -205,8 +206,13 @@ async fn serve_stream<S>(
         tracing::warn!("block stream did not open with Hello; closing it");
         return;
     };
+    // A gateway's DR receiver names itself `GATEWAY+dr`: its writes are
+    // batches applied to a secondary, which no other client may write.
+    let dr_apply = peer.as_ref().is_some_and(|peer| {
+        peer.gateway && epoch == 0 && from.strip_suffix(DR_APPLY_SUFFIX) == Some(peer.name.as_str())
+    });
     if let Some(peer) = &peer {
-        if peer.name != from {
+        if peer.name != from && !dr_apply {
             tracing::warn!(volume = %name, claimed = %from, certificate = %peer.name, "refused a block stream: Hello names another node than the certificate");
             return;
         }
@@ -216,7 +222,12 @@ async fn serve_stream<S>(
         }
     }
     let (answer, role) = if epoch == 0 {
-        (Frame::Ack { seq: 0, error: 0 }, Some(Role::Client))
+        let origin = if dr_apply {
+            Origin::DrApply
+        } else {
+            Origin::Client
+        };
+        (Frame::Ack { seq: 0, error: 0 }, Some(Role::Client { origin }))
     } else {
         match pool.get(&name) {
             None => (
@@ -306,7 +317,7 @@ async fn serve_stream<S>(
                     tokio::spawn(
                         async move {
                             let answer = match role.as_ref() {
-                                Role::Client => client_request(&ctx, &name, frame).await,
+                                Role::Client { origin } => client_request(&ctx, &name, *origin, frame).await,
                                 Role::Replica {
                                     volume,
                                     newest,
@@ -408,7 +419,7 @@ async fn admit_master(ctx: &GroupContext, name: &str, from: &str, epoch: u64) ->
 }
 
 /// A presenting node's request, run on this node's master of the volume.
-async fn client_request(ctx: &GroupContext, name: &str, frame: Frame) -> Frame {
+async fn client_request(ctx: &GroupContext, name: &str, origin: Origin, frame: Frame) -> Frame {
     let seq = frame.seq();
     let op = match frame {
         Frame::Read { offset, length, .. } => BlockOp::Read { offset, length },
@@ -428,6 +439,7 @@ async fn client_request(ctx: &GroupContext, name: &str, frame: Frame) -> Frame {
             fua,
         },
         Frame::Flush { .. } => BlockOp::Flush,
+        Frame::HashRequest { first, count, .. } => BlockOp::Hashes { first, count },
         _ => return Frame::Ack { seq, error: EINVAL },
     };
     let writes = op.writes();
@@ -437,7 +449,15 @@ async fn client_request(ctx: &GroupContext, name: &str, frame: Frame) -> Frame {
             newest_epoch: 0,
         };
     };
-    match master.execute(op).await {
+    let hashes = matches!(op, BlockOp::Hashes { .. });
+    match master.execute_from(op, origin).await {
+        Ok(Some(data)) if hashes => Frame::TreeResponse {
+            seq,
+            hashes: data
+                .chunks_exact(32)
+                .map(|hash| hash.try_into().expect("32-byte hashes"))
+                .collect(),
+        },
         Ok(Some(data)) => Frame::ReadData {
             seq,
             data: Bytes::from(data),

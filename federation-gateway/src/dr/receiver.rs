@@ -1,0 +1,615 @@
+//! One volume's DR stream on the secondary's side: who may send it (the
+//! link's peer, at the link's generation or a newer one for a failback),
+//! one receiver at a time (a leased key), and each batch staged in the
+//! journal, then applied atomically (`tether_proto::dr::journal`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use coord_store::{Compare, Txn, TxnOp};
+use master_follower::{BlockOp, VolumeFollower};
+use tether_common::dr_stream::DrStream;
+use tether_proto::dr::journal::{JournalEntry, JournalHeader, JournalLayout, JournalState};
+use tether_proto::dr::wire::{refused, DrFrame, Hello};
+use tether_proto::dr::{
+    journal_volume_name, DrLinkRecord, DrRole, DrSecondaryRequest, DrStatusRecord,
+};
+use tether_proto::keys::Kind;
+
+use super::journal::{run, Journal};
+use crate::Gateway;
+
+type Stream = DrStream<quinn::RecvStream, quinn::SendStream>;
+
+const RECEIVER_TTL: Duration = Duration::from_secs(5);
+/// How long a new secondary may take to be created and get its masters.
+const CREATE_PATIENCE: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+struct Refusal {
+    code: u32,
+    generation: u64,
+    reason: String,
+}
+
+fn refusal(code: u32, generation: u64, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        generation,
+        reason: reason.into(),
+    }
+}
+
+pub(super) async fn receive(
+    gateway: Arc<Gateway>,
+    peer: String,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let mut stream = Stream::new(recv, send);
+    let hello = match tokio::time::timeout(Duration::from_secs(10), stream.recv()).await {
+        Ok(Ok(DrFrame::Hello(hello))) => hello,
+        other => {
+            tracing::warn!(%peer, answer = ?other.map(|frame| frame.map(|_| ())), "DR stream did not open with a hello");
+            return;
+        }
+    };
+    let volume = hello.volume.clone();
+    let span = tracing::info_span!("dr_receive", %peer, %volume);
+    let _entered = span.enter();
+    drop(_entered);
+    let outcome = async {
+        let mut receiver = match Receiver::open(&gateway, &peer, &hello).await {
+            Ok(receiver) => receiver,
+            Err(refused) => {
+                metrics::counter!("tether_gateway_dr_refused_total").increment(1);
+                tracing::warn!(code = refused.code, reason = %refused.reason, "refused a DR stream");
+                stream.queue(&DrFrame::Refused {
+                    code: refused.code,
+                    generation: refused.generation,
+                    reason: refused.reason,
+                });
+                let _ = stream.finish().await;
+                return;
+            }
+        };
+        let result = receiver.serve(&mut stream).await;
+        receiver.release().await;
+        match result {
+            Ok(()) => tracing::info!("DR stream ended"),
+            Err(err) => {
+                tracing::warn!(error = %err, "DR stream stopped");
+                stream.queue(&DrFrame::Refused {
+                    code: refused::FAILED,
+                    generation: receiver.link.generation,
+                    reason: err,
+                });
+                let _ = stream.finish().await;
+            }
+        }
+    };
+    tracing::Instrument::instrument(outcome, span).await;
+}
+
+struct Receiver {
+    gateway: Arc<Gateway>,
+    link: DrLinkRecord,
+    data: Arc<VolumeFollower>,
+    journal: Journal,
+    chunk_size: u64,
+    size_bytes: u64,
+    lease: i64,
+    keep_alive: tokio::task::JoinHandle<()>,
+    header: JournalHeader,
+    status: DrStatusRecord,
+}
+
+impl Receiver {
+    async fn open(gateway: &Arc<Gateway>, peer: &str, hello: &Hello) -> Result<Self, Refusal> {
+        let volume = &hello.volume;
+        let link = secondary_link(gateway, peer, hello).await?;
+        let key = gateway.key(Kind::DrReceivers, volume);
+        let lease = match super::take_leased(&gateway.store, &key, &gateway.name, RECEIVER_TTL).await
+        {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                return Err(refusal(
+                    refused::BUSY,
+                    link.generation,
+                    format!("another gateway receives {volume} now"),
+                ))
+            }
+            Err(err) => return Err(refusal(refused::FAILED, link.generation, err.to_string())),
+        };
+        let store = gateway.store.clone();
+        let keep_alive = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECEIVER_TTL / 3).await;
+                if store.keep_alive(lease).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let spec = gateway.mirror.spec(volume);
+        let journal_name = link
+            .journal_volume
+            .clone()
+            .unwrap_or_else(|| journal_volume_name(volume));
+        let size_bytes = spec.map_or(hello.size_bytes, |spec| spec.size_bytes);
+        let chunk_size = hello.chunk_size as u64;
+        let layout = JournalLayout::for_volume(size_bytes.div_ceil(chunk_size), chunk_size);
+        let mut receiver = Receiver {
+            gateway: gateway.clone(),
+            link,
+            data: gateway.dr_follower(volume),
+            journal: Journal {
+                volume: gateway.dr_follower(&journal_name),
+                layout,
+            },
+            chunk_size,
+            size_bytes,
+            lease,
+            keep_alive,
+            header: JournalHeader {
+                state: JournalState::Seeding,
+                chunk_size: chunk_size as u32,
+                point: 0,
+                cut_unix_ms: 0,
+                entries: 0,
+            },
+            status: DrStatusRecord::default(),
+        };
+        if size_bytes != hello.size_bytes {
+            let generation = receiver.link.generation;
+            receiver.release().await;
+            return Err(refusal(
+                refused::INVALID,
+                generation,
+                format!(
+                    "the secondary {volume} is {size_bytes} bytes, the primary {}",
+                    hello.size_bytes
+                ),
+            ));
+        }
+        if let Err(err) = receiver.recover().await {
+            let generation = receiver.link.generation;
+            receiver.release().await;
+            return Err(refusal(refused::FAILED, generation, err));
+        }
+        Ok(receiver)
+    }
+
+    /// Finishes a committed batch, so the secondary is at a point.
+    async fn recover(&mut self) -> Result<(), String> {
+        match self.journal.header().await? {
+            None => {
+                self.header.state = JournalState::Seeding;
+                self.journal.set_header(&self.header).await?;
+            }
+            Some(header) if header.chunk_size as u64 != self.chunk_size => {
+                return Err(format!(
+                    "the journal is of {} byte chunks, the primary's {}",
+                    header.chunk_size, self.chunk_size
+                ))
+            }
+            Some(header) => {
+                self.header = header;
+                if header.state == JournalState::Committed {
+                    tracing::warn!(point = header.point, entries = header.entries, "a committed batch was not applied wholly; applying it again");
+                    self.apply().await?;
+                }
+            }
+        }
+        self.status.last_point = self.header.point;
+        self.status.last_point_unix_ms = self.header.cut_unix_ms;
+        Ok(())
+    }
+
+    async fn release(&mut self) {
+        self.keep_alive.abort();
+        let _ = self.gateway.store.revoke_lease(self.lease).await;
+    }
+
+    async fn serve(&mut self, stream: &mut Stream) -> Result<(), String> {
+        let applied_point = match self.header.state {
+            JournalState::Seeding => 0,
+            _ => self.header.point,
+        };
+        stream.queue(&DrFrame::Welcome {
+            generation: self.link.generation,
+            applied_point,
+            gateways: self.gateway.mirror.gateway_endpoints(),
+        });
+        stream.flush().await.map_err(|err| err.to_string())?;
+        tracing::info!(applied_point, generation = self.link.generation, "receiving DR batches");
+        self.publish("receiving").await;
+        let mut entries: Vec<JournalEntry> = Vec::new();
+        let mut batch: Option<u64> = None;
+        // The batch being staged overflowed the journal: it goes straight
+        // to the secondary, which is at no point until it commits.
+        let mut direct = self.header.state == JournalState::Seeding;
+        loop {
+            let frame = match stream.recv().await {
+                Ok(frame) => frame,
+                Err(tether_common::dr_stream::DrStreamError::Closed) => return Ok(()),
+                Err(err) => return Err(err.to_string()),
+            };
+            match frame {
+                DrFrame::HashRequest { first, count } => {
+                    let hashes = run(&self.data, BlockOp::Hashes { first, count })
+                        .await
+                        .map_err(|err| err.to_string())?
+                        .unwrap_or_default();
+                    stream.queue(&DrFrame::Hashes {
+                        first,
+                        hashes: hashes
+                            .chunks_exact(32)
+                            .map(|hash| hash.try_into().expect("32-byte hashes"))
+                            .collect(),
+                    });
+                    stream.flush().await.map_err(|err| err.to_string())?;
+                }
+                DrFrame::Stage {
+                    point,
+                    chunk,
+                    raw_len,
+                    compressed,
+                    zero,
+                    data,
+                } => {
+                    if point <= self.header.point && !direct {
+                        return Err(format!("batch {point} is not after point {}", self.header.point));
+                    }
+                    if batch.is_some_and(|batch| batch != point) {
+                        return Err(format!("batch {point} began before the last was committed"));
+                    }
+                    batch = Some(point);
+                    if raw_len as u64 > self.chunk_size
+                        || chunk * self.chunk_size >= self.size_bytes
+                        || raw_len as u64 != self.chunk_size.min(self.size_bytes - chunk * self.chunk_size)
+                    {
+                        return Err(format!("chunk {chunk} of {raw_len} bytes is not a chunk of the secondary"));
+                    }
+                    let data = if compressed {
+                        Bytes::from(
+                            tether_common::block_zstd::decompress_exact(&data, raw_len as usize)
+                                .map_err(|err| format!("chunk {chunk}: {err}"))?,
+                        )
+                    } else {
+                        data
+                    };
+                    if !direct && entries.len() as u64 >= self.journal.layout.max_entries {
+                        tracing::warn!(point, entries = entries.len(), "the batch is larger than the journal: applying it directly; the secondary is at no consistent point until it commits");
+                        self.header.state = JournalState::Seeding;
+                        self.journal.set_header(&self.header).await?;
+                        for (index, entry) in entries.iter().enumerate() {
+                            let data = if entry.zero {
+                                Bytes::new()
+                            } else {
+                                Bytes::from(self.journal.read_entry(index as u64, entry.raw_len).await?)
+                            };
+                            self.apply_chunk(entry, data).await?;
+                        }
+                        entries.clear();
+                        direct = true;
+                    }
+                    let entry = JournalEntry { chunk, raw_len, zero };
+                    if direct {
+                        self.apply_chunk(&entry, data).await?;
+                    } else {
+                        if !zero {
+                            self.journal
+                                .write_entry(entries.len() as u64, data)
+                                .await?;
+                        }
+                        entries.push(entry);
+                    }
+                    self.status.chunks_shipped += 1;
+                    self.status.bytes_raw += raw_len as u64;
+                }
+                DrFrame::Commit {
+                    point,
+                    cut_unix_ms,
+                    chunks,
+                    final_point,
+                } => {
+                    if batch.is_some_and(|batch| batch != point) || point <= self.header.point {
+                        return Err(format!("commit of batch {point} does not follow point {}", self.header.point));
+                    }
+                    let started = Instant::now();
+                    if direct {
+                        run(&self.data, BlockOp::Flush).await.map_err(|err| err.to_string())?;
+                    } else {
+                        if entries.len() as u64 != chunks {
+                            return Err(format!("batch {point} commits {chunks} chunks; {} were staged", entries.len()));
+                        }
+                        self.journal.write_index(&entries).await?;
+                        self.journal.flush().await?;
+                        self.header = JournalHeader {
+                            state: JournalState::Committed,
+                            chunk_size: self.chunk_size as u32,
+                            point,
+                            cut_unix_ms,
+                            entries: entries.len() as u64,
+                        };
+                        self.journal.set_header(&self.header).await?;
+                        self.apply().await?;
+                    }
+                    self.header = JournalHeader {
+                        state: JournalState::Clean,
+                        chunk_size: self.chunk_size as u32,
+                        point,
+                        cut_unix_ms,
+                        entries: 0,
+                    };
+                    self.journal.set_header(&self.header).await?;
+                    direct = false;
+                    entries.clear();
+                    batch = None;
+                    self.status.batches += 1;
+                    self.status.last_point = point;
+                    self.status.last_point_unix_ms = cut_unix_ms;
+                    metrics::histogram!("tether_gateway_dr_apply_seconds").record(started.elapsed().as_secs_f64());
+                    let generation = if final_point {
+                        self.become_primary().await?
+                    } else {
+                        self.link.generation
+                    };
+                    let handover = self
+                        .gateway
+                        .mirror
+                        .dr_link(&self.link.volume)
+                        .is_some_and(|(link, _)| link.handover_requested);
+                    stream.queue(&DrFrame::Applied {
+                        point,
+                        generation,
+                        handover: handover && !final_point,
+                    });
+                    stream.flush().await.map_err(|err| err.to_string())?;
+                    self.publish(if final_point { "promoted" } else { "receiving" }).await;
+                    if final_point {
+                        tracing::info!(point, generation, "planned promote: this side is the primary now");
+                        return Ok(());
+                    }
+                }
+                other => return Err(format!("unexpected {other:?}")),
+            }
+        }
+    }
+
+    async fn apply_chunk(&self, entry: &JournalEntry, data: Bytes) -> Result<(), String> {
+        let offset = entry.chunk * self.chunk_size;
+        let op = if entry.zero {
+            BlockOp::WriteZeroes {
+                offset,
+                length: entry.raw_len as u64,
+                punch: true,
+                fua: false,
+            }
+        } else {
+            BlockOp::Write {
+                offset,
+                data,
+                fua: false,
+            }
+        };
+        run(&self.data, op).await.map(|_| ()).map_err(|err| err.to_string())
+    }
+
+    /// Applies the committed batch in the journal to the secondary.
+    async fn apply(&mut self) -> Result<(), String> {
+        self.status.applying = true;
+        self.publish("applying").await;
+        let entries = self.journal.index(self.header.entries).await?;
+        for (index, entry) in entries.iter().enumerate() {
+            let data = if entry.zero {
+                Bytes::new()
+            } else {
+                Bytes::from(self.journal.read_entry(index as u64, entry.raw_len).await?)
+            };
+            self.apply_chunk(entry, data).await?;
+        }
+        run(&self.data, BlockOp::Flush)
+            .await
+            .map_err(|err| err.to_string())?;
+        self.status.applying = false;
+        Ok(())
+    }
+
+    /// A planned promote's last point is applied: this side is the primary
+    /// at the next generation.
+    async fn become_primary(&mut self) -> Result<u64, String> {
+        let Some((current, revision)) = self.gateway.mirror.dr_link(&self.link.volume) else {
+            return Err("the DR link record vanished".into());
+        };
+        let mut primary = current;
+        primary.role = DrRole::Primary;
+        primary.generation = self.link.generation + 1;
+        primary.handover_requested = false;
+        cas_link(&self.gateway, &primary, revision).await?;
+        self.link = primary;
+        Ok(self.link.generation)
+    }
+
+    async fn publish(&mut self, state: &str) {
+        self.status.link_state = state.into();
+        self.status.updated_unix_ms = now_ms();
+        let key = self.gateway.key(Kind::DrStatus, &self.link.volume);
+        if let Ok(value) = serde_json::to_vec(&self.status) {
+            let _ = self.gateway.store.put(&key, value, None).await;
+        }
+    }
+}
+
+async fn cas_link(gateway: &Gateway, link: &DrLinkRecord, revision: i64) -> Result<(), String> {
+    let key = gateway.key(Kind::DrLinks, &link.volume);
+    let done = gateway
+        .store
+        .txn(Txn {
+            compares: vec![Compare::ModRevision {
+                key: key.clone(),
+                revision,
+            }],
+            success: vec![TxnOp::Put {
+                key,
+                value: serde_json::to_vec(link).expect("a link record serializes"),
+                lease: None,
+            }],
+            failure: vec![],
+        })
+        .await
+        .map_err(|err| err.to_string())?;
+    if !done.succeeded {
+        return Err(format!("the DR link record of {} changed meanwhile", link.volume));
+    }
+    // Later checks read the mirror: wait until it has the change.
+    let mut changes = gateway.mirror.subscribe();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        changes.wait_for(|revision| *revision >= done.revision),
+    )
+    .await;
+    Ok(())
+}
+
+/// The volume's link on this side, as a secondary that may take `hello`'s
+/// batches: created on the first stream, moved to a newer generation for a
+/// failback, refused otherwise.
+async fn secondary_link(
+    gateway: &Arc<Gateway>,
+    peer: &str,
+    hello: &Hello,
+) -> Result<DrLinkRecord, Refusal> {
+    let volume = &hello.volume;
+    if gateway.mirror.dr_link(volume).is_none() {
+        if gateway.mirror.spec(volume).is_some() {
+            return Err(refusal(
+                refused::INVALID,
+                0,
+                format!("a volume named {volume} exists here and is not a DR secondary"),
+            ));
+        }
+        create_secondary(gateway, peer, hello).await?;
+    }
+    let Some((link, revision)) = gateway.mirror.dr_link(volume) else {
+        return Err(refusal(refused::FAILED, 0, "the secondary's link record is gone"));
+    };
+    if link.peer != peer {
+        return Err(refusal(
+            refused::NOT_SECONDARY,
+            link.generation,
+            format!("{volume} is linked with {}, not {peer}", link.peer),
+        ));
+    }
+    if hello.generation < link.generation {
+        return Err(refusal(
+            refused::NEWER_GENERATION,
+            link.generation,
+            format!(
+                "{volume} is at DR generation {} here; the sender's {} is older",
+                link.generation, hello.generation
+            ),
+        ));
+    }
+    match link.role {
+        DrRole::Secondary if hello.generation == link.generation => Ok(link),
+        DrRole::Secondary => {
+            let mut newer = link.clone();
+            newer.generation = hello.generation;
+            cas_link(gateway, &newer, revision)
+                .await
+                .map_err(|reason| refusal(refused::FAILED, link.generation, reason))?;
+            Ok(newer)
+        }
+        DrRole::Fenced if link.failback_requested && hello.generation > link.generation => {
+            let mut secondary = link.clone();
+            secondary.role = DrRole::Secondary;
+            secondary.generation = hello.generation;
+            secondary.failback_requested = false;
+            cas_link(gateway, &secondary, revision)
+                .await
+                .map_err(|reason| refusal(refused::FAILED, link.generation, reason))?;
+            tracing::info!(generation = hello.generation, "failback: this side takes the peer's batches as its secondary");
+            Ok(secondary)
+        }
+        DrRole::Fenced => Err(refusal(
+            refused::NOT_SECONDARY,
+            link.generation,
+            format!("{volume} is fenced here; `tether dr failback {volume}` makes it the secondary"),
+        )),
+        DrRole::Primary => Err(refusal(
+            refused::NEWER_GENERATION,
+            link.generation,
+            format!(
+                "{volume} is the primary here at generation {}",
+                link.generation
+            ),
+        )),
+    }
+}
+
+/// Asks this cluster's registry to create the secondary (its own
+/// placement) and waits until its masters serve.
+async fn create_secondary(gateway: &Arc<Gateway>, peer: &str, hello: &Hello) -> Result<(), Refusal> {
+    let failed = |reason: String| refusal(refused::FAILED, hello.generation, reason);
+    let registry = gateway
+        .registry
+        .clone()
+        .ok_or_else(|| failed("this gateway has no --registry to create secondaries with".into()))?;
+    let request = DrSecondaryRequest {
+        volume: hello.volume.clone(),
+        peer: peer.to_string(),
+        size_bytes: hello.size_bytes,
+        replicas: hello.replicas,
+        rpo_secs: hello.rpo_secs,
+        generation: hello.generation,
+        chunk_size: hello.chunk_size,
+        encryption: hello
+            .encryption
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|err| refusal(refused::INVALID, hello.generation, format!("encryption spec: {err}")))?,
+    };
+    tracing::info!(size = hello.size_bytes, replicas = hello.replicas, "creating the DR secondary");
+    let _: serde_json::Value = tether_tls::client::post_json(
+        &registry,
+        "/v1/dr/secondaries",
+        gateway.tls.client_config(),
+        &request,
+    )
+    .await
+    .map_err(|err| failed(format!("creating the secondary: {err}")))?;
+    let journal = journal_volume_name(&hello.volume);
+    let started = Instant::now();
+    let mut changes = gateway.mirror.subscribe();
+    loop {
+        let ready = |volume: &str| {
+            gateway
+                .mirror
+                .group(volume)
+                .is_some_and(|(group, _)| group.epoch > 0)
+                && gateway.mirror.lock(volume).is_some()
+        };
+        if gateway.mirror.dr_link(&hello.volume).is_some() && ready(&hello.volume) && ready(&journal) {
+            return Ok(());
+        }
+        if started.elapsed() > CREATE_PATIENCE {
+            return Err(failed(format!(
+                "the secondary {} has no master after {} s",
+                hello.volume,
+                CREATE_PATIENCE.as_secs()
+            )));
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}

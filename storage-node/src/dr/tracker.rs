@@ -1,0 +1,196 @@
+//! What a master knows for DR: which chunks changed since the last batch
+//! was cut (memory only: a new master starts from a hash comparison with
+//! the secondary, see ARCHITECTURE.md "DR"), the barrier a cut takes, and
+//! whether the volume's DR role lets a client in.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::{Notify, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::error::{NodeError, Result};
+
+/// Who sends a request to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A consumer: a presenting node, a gateway for a satellite.
+    Client,
+    /// A DR receiver applying batches to this secondary.
+    DrApply,
+}
+
+/// What the volume's DR role admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Gate {
+    /// Not DR-linked, or the primary: every client.
+    Open = 0,
+    /// A secondary: only the DR receiver (its content moves batch by batch).
+    Secondary = 1,
+    /// Fenced (a newer generation exists elsewhere): nobody.
+    Fenced = 2,
+}
+
+#[derive(Default)]
+struct Dirty {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl Dirty {
+    fn set(&mut self, chunk: u64) {
+        let (word, bit) = ((chunk / 64) as usize, chunk % 64);
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        if self.bits[word] & (1 << bit) == 0 {
+            self.bits[word] |= 1 << bit;
+            self.count += 1;
+        }
+    }
+}
+
+pub struct DrTracker {
+    /// Writes hold it shared from before they run to after they are
+    /// marked; a cut holds it exclusively, so every write is wholly before
+    /// the cut (applied and marked) or wholly after.
+    barrier: RwLock<()>,
+    dirty: Mutex<Dirty>,
+    wrote: Notify,
+    gate: AtomicU8,
+}
+
+impl Default for DrTracker {
+    fn default() -> Self {
+        Self {
+            barrier: RwLock::new(()),
+            dirty: Mutex::default(),
+            wrote: Notify::new(),
+            gate: AtomicU8::new(Gate::Open as u8),
+        }
+    }
+}
+
+impl DrTracker {
+    pub fn gate(&self) -> Gate {
+        match self.gate.load(Ordering::Acquire) {
+            0 => Gate::Open,
+            1 => Gate::Secondary,
+            _ => Gate::Fenced,
+        }
+    }
+
+    pub fn set_gate(&self, gate: Gate) {
+        self.gate.store(gate as u8, Ordering::Release);
+    }
+
+    /// Refuses a request the volume's DR role does not admit.
+    pub fn admit(&self, volume: &str, origin: Origin) -> Result<()> {
+        let admitted = match (self.gate(), origin) {
+            (Gate::Open, Origin::Client) => true,
+            (Gate::Secondary, Origin::DrApply) => true,
+            _ => false,
+        };
+        if admitted {
+            return Ok(());
+        }
+        Err(NodeError::DrRefused {
+            volume: volume.to_string(),
+            reason: match self.gate() {
+                Gate::Open => "only a DR secondary takes batches".into(),
+                Gate::Secondary => {
+                    "it is a DR secondary: its clients attach to the primary (or promote it)".into()
+                }
+                Gate::Fenced => "it is fenced: a newer DR generation was promoted in the peer; fail back to serve it again".into(),
+            },
+        })
+    }
+
+    /// Held across one write.
+    pub async fn hold(&self) -> RwLockReadGuard<'_, ()> {
+        self.barrier.read().await
+    }
+
+    /// Held while a batch is cut: no write runs.
+    pub async fn cut(&self) -> RwLockWriteGuard<'_, ()> {
+        self.barrier.write().await
+    }
+
+    /// Marks the chunks of `offset .. offset + length` changed.
+    pub fn mark(&self, offset: u64, length: u64, chunk_size: u64) {
+        if length == 0 {
+            return;
+        }
+        let (first, last) = (offset / chunk_size, (offset + length - 1) / chunk_size);
+        let mut dirty = self.dirty.lock().unwrap();
+        for chunk in first..=last {
+            dirty.set(chunk);
+        }
+        drop(dirty);
+        self.wrote.notify_one();
+    }
+
+    /// The changed chunks, in order, and forgets them.
+    pub fn take(&self) -> Vec<u64> {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap());
+        let mut chunks = Vec::with_capacity(dirty.count as usize);
+        for (word, bits) in dirty.bits.iter().enumerate() {
+            let mut bits = *bits;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u64;
+                chunks.push(word as u64 * 64 + bit);
+                bits &= bits - 1;
+            }
+        }
+        chunks
+    }
+
+    /// Marks `chunks` changed again (a batch that did not reach the peer).
+    pub fn restore(&self, chunks: &[u64]) {
+        let mut dirty = self.dirty.lock().unwrap();
+        for chunk in chunks {
+            dirty.set(*chunk);
+        }
+    }
+
+    /// How many chunks changed since the last take.
+    pub fn pending(&self) -> u64 {
+        self.dirty.lock().unwrap().count
+    }
+
+    /// Resolves at the next write (or at once if one came since the last call).
+    pub async fn written(&self) {
+        self.wrote.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_come_back_in_order_once() {
+        let tracker = DrTracker::default();
+        tracker.mark(0, 1, 4096);
+        tracker.mark(4096 * 70 - 1, 2, 4096);
+        tracker.mark(10, 10, 4096);
+        assert_eq!(tracker.pending(), 3);
+        assert_eq!(tracker.take(), vec![0, 69, 70]);
+        assert!(tracker.take().is_empty());
+        tracker.restore(&[5, 3]);
+        assert_eq!(tracker.take(), vec![3, 5]);
+    }
+
+    #[test]
+    fn gates_admit_by_role_and_origin() {
+        let tracker = DrTracker::default();
+        assert!(tracker.admit("v", Origin::Client).is_ok());
+        assert!(tracker.admit("v", Origin::DrApply).is_err());
+        tracker.set_gate(Gate::Secondary);
+        assert!(tracker.admit("v", Origin::Client).is_err());
+        assert!(tracker.admit("v", Origin::DrApply).is_ok());
+        tracker.set_gate(Gate::Fenced);
+        assert!(tracker.admit("v", Origin::Client).is_err());
+        assert!(tracker.admit("v", Origin::DrApply).is_err());
+    }
+}
