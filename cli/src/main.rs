@@ -6,6 +6,7 @@ mod client;
 mod csi;
 mod csi_node;
 mod dev;
+mod dr;
 mod federation;
 mod membership;
 
@@ -68,6 +69,9 @@ enum Commands {
     /// What each satellite may reach.
     #[command(subcommand)]
     Grant(membership::GrantCommand),
+    /// Disaster recovery: volumes replicated to a paired cluster.
+    #[command(subcommand)]
+    Dr(dr::DrCommand),
     /// Storage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -383,6 +387,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Grant(command) => {
             membership::run_grant(&admin_client(&cli)?, command, cli.output == Output::Json)
         }
+        Commands::Dr(command) => dr::run(&admin_client(&cli)?, command, cli.output == Output::Json),
         Commands::Node(NodeCommand::List { cluster }) => {
             let mut nodes: Vec<NodeView> = admin_client(&cli)?.get("/v1/nodes")?;
             if let Some(cluster) = cluster {

@@ -71,6 +71,19 @@ pub enum RegistryError {
     PeerExists { name: String, state: String },
     #[error("DR peer at {endpoint}: {reason}")]
     PeerFailed { endpoint: String, reason: String },
+    #[error("volume {volume} has no DR link")]
+    DrLinkNotFound { volume: String },
+    /// The link is not in a state that allows the operation.
+    #[error("DR link of {volume}: {reason}")]
+    DrLinkState { volume: String, reason: String },
+    /// The operation was asked for and has not finished in time.
+    #[error("DR link of {volume}: {what} did not finish within {waited_secs} s: {reason}")]
+    DrTimeout {
+        volume: String,
+        what: &'static str,
+        waited_secs: u64,
+        reason: String,
+    },
     #[error("certificates: {0}")]
     Tls(#[from] tether_tls::TlsError),
     #[error("control-plane state {path}: {source}")]
@@ -91,7 +104,10 @@ impl RegistryError {
             RegistryError::VolumeNotFound { .. }
             | RegistryError::ClusterNotFound { .. }
             | RegistryError::GrantNotFound { .. }
-            | RegistryError::PeerNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            | RegistryError::PeerNotFound { .. }
+            | RegistryError::DrLinkNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::DrLinkState { .. } => (StatusCode::CONFLICT, "dr_state"),
+            RegistryError::DrTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "dr_timeout"),
             RegistryError::VolumeExists { .. }
             | RegistryError::NodeNameInUse { .. }
             | RegistryError::ClusterExists { .. }

@@ -97,7 +97,10 @@ async fn write(
 
 /// This cluster's gateways as they registered (`gateways/*`), sorted:
 /// what a peer's shippers dial.
-pub async fn own_gateways(store: &dyn CoordStore, cluster: &str) -> Result<Vec<String>, RegistryError> {
+pub async fn own_gateways(
+    store: &dyn CoordStore,
+    cluster: &str,
+) -> Result<Vec<String>, RegistryError> {
     let prefix = ClusterKeys::new(cluster).kind_prefix(Kind::Gateways);
     let (kvs, _) = store.get_prefix(&prefix).await?;
     let mut endpoints: Vec<String> = kvs

@@ -174,6 +174,8 @@ pub enum Access {
     /// Volumes (not verify) and a satellite's own attachments: an admin,
     /// or a satellite within its grants.
     AdminOrSatellite,
+    /// A gateway of this cluster: creating a DR secondary.
+    Gateway,
     /// Everything else.
     Admin,
 }
@@ -184,6 +186,7 @@ impl Access {
             Access::Open => &[],
             Access::Holder => &[Role::Node, Role::Satellite],
             Access::AdminOrSatellite => &[Role::Admin, Role::Satellite],
+            Access::Gateway => &[Role::Gateway],
             Access::Admin => &[Role::Admin],
         }
     }
@@ -199,6 +202,7 @@ impl Access {
             | "/v1/ca"
             | "/v1/peers/accept" => Access::Open,
             "/v1/renew" => Access::Holder,
+            "/v1/dr/secondaries" => Access::Gateway,
             _ if volumes || path.starts_with("/v1/satellites/") => Access::AdminOrSatellite,
             _ => Access::Admin,
         }

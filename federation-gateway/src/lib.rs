@@ -265,9 +265,15 @@ async fn run_in_span(
         .advertise
         .clone()
         .unwrap_or_else(|| local.to_string());
+    let promotes_task = tokio::spawn(dr::watch_forced_promotes(gateway.clone()).in_current_span());
     let register_task = tokio::spawn(
-        dr::register(store.clone(), config.cluster.clone(), config.name.clone(), advertised)
-            .in_current_span(),
+        dr::register(
+            store.clone(),
+            config.cluster.clone(),
+            config.name.clone(),
+            advertised,
+        )
+        .in_current_span(),
     );
     tracing::info!(addr = %local, "federation gateway up");
     ready(local);
@@ -286,6 +292,7 @@ async fn run_in_span(
     mirror_task.abort();
     peers_task.abort();
     register_task.abort();
+    promotes_task.abort();
     endpoint.wait_idle().await;
     Ok(())
 }

@@ -122,8 +122,11 @@ impl Mirror {
 
     pub fn dr_links(&self) -> Vec<DrLinkRecord> {
         let state = self.state.read().unwrap();
-        let mut links: Vec<DrLinkRecord> =
-            state.dr_links.values().map(|(link, _)| link.clone()).collect();
+        let mut links: Vec<DrLinkRecord> = state
+            .dr_links
+            .values()
+            .map(|(link, _)| link.clone())
+            .collect();
         links.sort_by(|a, b| a.volume.cmp(&b.volume));
         links
     }

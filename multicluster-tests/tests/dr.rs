@@ -232,3 +232,124 @@ fn gateways_take_a_linked_peers_dr_peer_certificates_and_nothing_else_of_its() {
     let forged = issue(&stranger, Identity::new("dr", Role::DrPeer, "gateway-1"));
     assert!(session_with(&forged, &gateway).is_err());
 }
+
+/// Pairs `central` with `dr` (`add-peer` there, `cluster link` here).
+fn pair(federation: &DevFederation) {
+    let peer_admin = federation_json(&federation.dir().join("dr"))["admin"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let added = federation.tether_peer("dr", &["cluster", "add-peer", "central"]);
+    assert!(added.status.success(), "{added:?}");
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_string();
+    link(federation, &peer_admin, &token);
+}
+
+/// `tether dr status VOLUME -o json` on this side (`peer`: on the DR side).
+fn dr_status(federation: &DevFederation, peer: Option<&str>, volume: &str) -> Value {
+    let args = ["-o", "json", "dr", "status", volume];
+    let output = match peer {
+        Some(peer) => federation.tether_peer(peer, &args),
+        None => federation.tether(&args),
+    };
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Waits until the primary's last point holds every write made so far
+/// (nothing left to ship); returns that status.
+fn wait_caught_up(federation: &DevFederation, volume: &str, past_point: u64) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let status = dr_status(federation, None, volume);
+        if status["last_point"].as_u64().unwrap() > past_point && status["lag_bytes"] == 0 {
+            return status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(90),
+            "the link did not catch up: {status}\n{}",
+            federation.log_tails(40)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_dr_link_seeds_written_chunks_only_ships_changes_and_a_planned_promote_loses_nothing() {
+    use multicluster_tests::clients::{file_hash, nbdcopy_in, nbdcopy_out, qemu_io, random_file};
+    let federation = DevFederation::builder().nodes(2).dr().start().unwrap();
+    pair(&federation);
+    let dir = federation.dir().to_path_buf();
+    let uri = federation.create_attached("db", "64MiB").unwrap();
+    // 8 MiB written of 64: the seed ships those chunks, not the volume.
+    let written = dir.join("written.bin");
+    random_file(&written, 8 << 20, 7).unwrap();
+    nbdcopy_in(&written, &uri).unwrap();
+
+    let linked = federation.tether(&["dr", "link", "db", "--to", "dr", "--rpo", "5s"]);
+    assert!(linked.status.success(), "{linked:?}");
+    let seeded = wait_caught_up(&federation, "db", 0);
+    let chunk = 256 << 10;
+    let shipped = seeded["chunks_shipped"].as_u64().unwrap();
+    assert!(
+        (32..=34).contains(&shipped),
+        "the seed of 8 MiB (32 chunks) shipped {shipped} chunks: {seeded}"
+    );
+    assert!(seeded["bytes_raw"].as_u64().unwrap() <= 34 * chunk);
+    assert_eq!(seeded["role"], "primary");
+    assert_eq!(seeded["rpo_met"], true);
+    // Random data does not shrink: it went as it is.
+    assert!(seeded["bytes_wire"].as_u64().unwrap() >= 32 * chunk);
+
+    // Changes ship as they come: 1 MiB of a compressible pattern at 40 MiB.
+    qemu_io(&uri, &["write -P 0xab 40M 1M", "flush"]).unwrap();
+    let after = wait_caught_up(&federation, "db", seeded["last_point"].as_u64().unwrap());
+    let more = after["chunks_shipped"].as_u64().unwrap() - shipped;
+    assert_eq!(more, 4, "1 MiB changed is 4 chunks: {after}");
+    let wire = after["bytes_wire"].as_u64().unwrap() - seeded["bytes_wire"].as_u64().unwrap();
+    assert!(
+        wire < (1 << 20) / 10,
+        "a repeated byte compresses: {wire} bytes on the wire"
+    );
+
+    let before = dir.join("central.bin");
+    nbdcopy_out(&uri, &before).unwrap();
+    let expected = file_hash(&before, 64 << 20).unwrap();
+
+    // Planned promote, asked for on the secondary's side.
+    let promoted = federation.tether_peer("dr", &["dr", "promote", "db"]);
+    assert!(
+        promoted.status.success(),
+        "{promoted:?}\n{}",
+        federation.log_tails(60)
+    );
+    let there = dr_status(&federation, Some("dr"), "db");
+    assert_eq!(there["role"], "primary");
+    assert_eq!(there["generation"], 2);
+    let here = dr_status(&federation, None, "db");
+    assert_eq!(here["role"], "secondary");
+    assert_eq!(here["generation"], 2);
+    // The old primary's clients are refused, not served stale data.
+    assert!(qemu_io(&uri, &["read 0 4k"]).is_err());
+
+    // The new primary holds every byte.
+    let socket = dir.join("db-dr.sock");
+    let attached = federation.tether_peer(
+        "dr",
+        &[
+            "volume",
+            "attach",
+            "db",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ],
+    );
+    assert!(attached.status.success(), "{attached:?}");
+    let dr_uri = String::from_utf8(attached.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let copy = dir.join("dr.bin");
+    nbdcopy_out(&dr_uri, &copy).unwrap();
+    assert_eq!(file_hash(&copy, 64 << 20).unwrap(), expected);
+}

@@ -3,7 +3,7 @@
 
 use super::*;
 
-use super::federation_daemons::{start_gateways, start_satellites};
+use super::federation_daemons::{dev_credentials, start_gateways, start_satellites};
 
 pub(super) fn up_with_etcd(
     dir: &Path,
@@ -217,6 +217,14 @@ pub(super) fn up_with_etcd(
             if !options.hash_upkeep {
                 args.push("--no-hash-upkeep".into());
             }
+            // A DR shipper's credential, for the peer cluster's gateways.
+            dev_credentials(
+                dir,
+                &options.cluster,
+                tether_tls::Role::DrPeer,
+                &name,
+                &data_dir.join("dr-tls"),
+            )?;
             let child = spawn_self(&args, &log)?;
             nodes.push(NodeEntry {
                 name: name.clone(),
@@ -234,6 +242,7 @@ pub(super) fn up_with_etcd(
             options.gateways,
             previous_cluster.as_ref(),
             &endpoint,
+            &admin_listen.to_string(),
             &mut children,
         )?;
         let satellites = start_satellites(

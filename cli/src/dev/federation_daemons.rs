@@ -11,27 +11,39 @@ pub(super) fn gateway_credentials(
     cluster: &str,
     name: &str,
 ) -> anyhow::Result<PathBuf> {
-    use tether_tls::{CertificateAuthority, Credentials, Identity, Role};
+    let tls_dir = dir.join(cluster).join(name).join("tls");
+    dev_credentials(dir, cluster, tether_tls::Role::Gateway, name, &tls_dir)?;
+    tether_common::protected::mark(&dir.join(cluster).join(name), "a dev gateway's state")?;
+    Ok(tls_dir)
+}
+
+/// Issues `name` a credential of `role` from the dev CA into `tls_dir`
+/// (if missing or due): gateways', and nodes' `dr-peer` credentials.
+pub(super) fn dev_credentials(
+    dir: &Path,
+    cluster: &str,
+    role: tether_tls::Role,
+    name: &str,
+    tls_dir: &Path,
+) -> anyhow::Result<()> {
+    use tether_tls::{CertificateAuthority, Credentials, Identity};
     let ca = CertificateAuthority::load_or_create(
         &dir.join(cluster)
             .join("control")
             .join(cluster_registry::security::CA_DIR),
         cluster,
     )?;
-    let tls_dir = dir.join(cluster).join(name).join("tls");
-    let identity = Identity::new(cluster, Role::Gateway, name);
-    if !Credentials::load(&tls_dir)
-        .is_ok_and(|credentials| still_good(&credentials, &identity, &ca))
+    let identity = Identity::new(cluster, role, name);
+    if !Credentials::load(tls_dir).is_ok_and(|credentials| still_good(&credentials, &identity, &ca))
     {
         ca.issue_credentials(
             &identity,
             &["127.0.0.1".into(), "localhost".into()],
             DEV_CERT_LIFETIME,
         )?
-        .save(&tls_dir)?;
+        .save(tls_dir)?;
     }
-    tether_common::protected::mark(&dir.join(cluster).join(name), "a dev gateway's state")?;
-    Ok(tls_dir)
+    Ok(())
 }
 
 /// True if nothing has UDP `addr` bound now.
@@ -149,6 +161,7 @@ pub(super) fn start_gateways(
     count: usize,
     previous: Option<&ClusterEntry>,
     etcd: &str,
+    admin: &str,
     children: &mut Vec<(String, Child, PathBuf)>,
 ) -> anyhow::Result<Vec<GatewayEntry>> {
     let names = gateway_names(count, previous);
@@ -179,6 +192,7 @@ pub(super) fn start_gateways(
                 format!("--etcd={etcd}"),
                 format!("--tls-dir={}", tls_dir.display()),
                 format!("--metrics-addr={metrics}"),
+                format!("--registry=https://{admin}"),
                 format!("--ready-file={}", ready_file.display()),
             ],
             &log,

@@ -7,13 +7,15 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 use tether_proto::admin::*;
-use tether_proto::dr::*;
 use tether_proto::federation::*;
 use tether_tls::http::Peer;
 
-use super::{attach, federation, nodes, peers, satellites, verify, volumes, ApiResult, AppState};
+use super::{attach, federation, nodes, satellites, verify, volumes, ApiResult, AppState};
 use crate::error::JsonBody;
 use crate::grants::Caller;
+
+mod dr;
+use dr::*;
 
 /// The routes, each added through [`RouteTable::route`] so the OpenAPI
 /// test can find every one of them.
@@ -90,6 +92,11 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
         .route("/v1/peers", get(list_peers).post(add_peer))
         .route("/v1/peers/accept", post(accept_peer))
         .route("/v1/peers/{name}/link", post(link_peer))
+        .route("/v1/dr/links", get(list_dr_links).post(link_dr))
+        .route("/v1/dr/links/{volume}", get(dr_status))
+        .route("/v1/dr/links/{volume}/promote", post(promote_dr))
+        .route("/v1/dr/links/{volume}/failback", post(failback_dr))
+        .route("/v1/dr/secondaries", post(create_dr_secondary))
 }
 
 /// The OpenAPI document of the JSON API.
@@ -128,13 +135,19 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
         list_peers,
         add_peer,
         accept_peer,
-        link_peer
+        link_peer,
+        list_dr_links,
+        link_dr,
+        dr_status,
+        promote_dr,
+        failback_dr,
+        create_dr_secondary
     )
 )]
 pub struct ApiDoc;
 
 /// Any error: its message and a stable code.
-const ERROR: &str = "an error: `{error, code}`";
+pub(super) const ERROR: &str = "an error: `{error, code}`";
 
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, description = "the registry answers")))]
 async fn health() -> Json<serde_json::Value> {
@@ -490,47 +503,4 @@ mod tests {
         assert_eq!(served, doc);
         assert!(doc["components"]["schemas"]["VolumeView"].is_object());
     }
-}
-
-#[utoipa::path(get, path = "/v1/ca", tag = "dr",
-    responses((status = 200, body = CaCertificate)))]
-async fn ca_certificate(State(state): State<AppState>) -> Json<CaCertificate> {
-    Json(peers::ca_certificate(&state))
-}
-
-#[utoipa::path(get, path = "/v1/peers", tag = "dr",
-    responses((status = 200, body = Vec<PeerView>), (status = "default", body = ErrorBody, description = ERROR)))]
-async fn list_peers(State(state): State<AppState>) -> ApiResult<Json<Vec<PeerView>>> {
-    Ok(Json(peers::list_peers(state).await?))
-}
-
-#[utoipa::path(post, path = "/v1/peers", tag = "dr", request_body = AddPeerRequest,
-    responses((status = 201, body = AddPeerResponse), (status = "default", body = ErrorBody, description = ERROR)))]
-async fn add_peer(
-    State(state): State<AppState>,
-    JsonBody(request): JsonBody<AddPeerRequest>,
-) -> ApiResult<(StatusCode, Json<AddPeerResponse>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(peers::add_peer(state, request).await?),
-    ))
-}
-
-#[utoipa::path(post, path = "/v1/peers/accept", tag = "dr", request_body = AcceptPeerRequest,
-    responses((status = 200, body = AcceptPeerResponse), (status = "default", body = ErrorBody, description = ERROR)))]
-async fn accept_peer(
-    State(state): State<AppState>,
-    JsonBody(request): JsonBody<AcceptPeerRequest>,
-) -> ApiResult<Json<AcceptPeerResponse>> {
-    Ok(Json(peers::accept_peer(state, request).await?))
-}
-
-#[utoipa::path(post, path = "/v1/peers/{name}/link", tag = "dr", params(("name" = String, Path)), request_body = LinkPeerRequest,
-    responses((status = 200, body = PeerView), (status = "default", body = ErrorBody, description = ERROR)))]
-async fn link_peer(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    JsonBody(request): JsonBody<LinkPeerRequest>,
-) -> ApiResult<Json<PeerView>> {
-    Ok(Json(peers::link_peer(state, name, request).await?))
 }

@@ -27,6 +27,15 @@
 //! | POST | /v1/join-tokens | `JoinTokenRequest` → `JoinTokenResponse` (a one-time token for a new node) |
 //! | POST | /v1/join | `JoinRequest` → `CertificateResponse` (join token, no certificate) |
 //! | POST | /v1/renew | `RenewRequest` → `CertificateResponse` (a node's certificate) |
+//! | GET | /v1/ca | → `CaCertificate` (no certificate needed) |
+//! | GET, POST | /v1/peers | `AddPeerRequest` → `AddPeerResponse`; GET → `[PeerView]` |
+//! | POST | /v1/peers/accept | `AcceptPeerRequest` → `AcceptPeerResponse` (the token is the credential) |
+//! | POST | /v1/peers/{name}/link | `LinkPeerRequest` → `PeerView` |
+//! | GET, POST | /v1/dr/links | `DrLinkRequest` → `DrLinkView`; GET → `[DrLinkView]` |
+//! | GET | /v1/dr/links/{volume} | → `DrLinkView` |
+//! | POST | /v1/dr/links/{volume}/promote | `DrPromoteRequest` → `DrLinkView` (waits for the switch) |
+//! | POST | /v1/dr/links/{volume}/failback | → `DrLinkView` (returns at once) |
+//! | POST | /v1/dr/secondaries | `DrSecondaryRequest` → `[VolumeView]` (a gateway of this cluster) |
 //!
 //! Every call comes over mutual TLS; [`crate::security::Access`] says which
 //! role each operation needs, for both front ends. Satellites may call the volume routes (not verify), scoped by
@@ -35,6 +44,7 @@
 //! Errors are `ErrorBody` with a 4xx/5xx status.
 
 mod attach;
+mod dr;
 mod federation;
 mod grpc;
 mod http;

@@ -36,9 +36,8 @@ impl Journal {
         .await
         .map_err(|err| err.to_string())?
         .unwrap_or_default();
-        JournalHeader::decode(&block).map_err(|reason| {
-            format!("journal {}: {reason}", self.volume.volume())
-        })
+        JournalHeader::decode(&block)
+            .map_err(|reason| format!("journal {}: {reason}", self.volume.volume()))
     }
 
     /// Writes the header and flushes: a state change is durable when this returns.

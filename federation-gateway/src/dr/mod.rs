@@ -8,6 +8,8 @@
 mod journal;
 mod receiver;
 
+pub(crate) use receiver::watch_forced_promotes;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +21,11 @@ use tracing::Instrument;
 use crate::Gateway;
 
 /// Serves one DR peer's session: each stream is one volume's batches.
-pub(crate) async fn serve_session(gateway: Arc<Gateway>, connection: quinn::Connection, peer: String) {
+pub(crate) async fn serve_session(
+    gateway: Arc<Gateway>,
+    connection: quinn::Connection,
+    peer: String,
+) {
     tracing::info!(%peer, "DR session opened");
     metrics::gauge!("tether_gateway_dr_sessions").increment(1.0);
     loop {
@@ -36,7 +42,12 @@ pub(crate) async fn serve_session(gateway: Arc<Gateway>, connection: quinn::Conn
 }
 
 /// Keeps `gateways/NAME` (leased) naming where DR peers reach this gateway.
-pub(crate) async fn register(store: Arc<dyn CoordStore>, cluster: String, name: String, endpoint: String) {
+pub(crate) async fn register(
+    store: Arc<dyn CoordStore>,
+    cluster: String,
+    name: String,
+    endpoint: String,
+) {
     let key = ClusterKeys::new(&cluster).key(Kind::Gateways, &name);
     let value = serde_json::to_vec(&GatewayRecord {
         name: name.clone(),

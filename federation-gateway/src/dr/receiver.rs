@@ -115,56 +115,21 @@ impl Receiver {
         let volume = &hello.volume;
         let link = secondary_link(gateway, peer, hello).await?;
         let key = gateway.key(Kind::DrReceivers, volume);
-        let lease = match super::take_leased(&gateway.store, &key, &gateway.name, RECEIVER_TTL).await
-        {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
-                return Err(refusal(
-                    refused::BUSY,
-                    link.generation,
-                    format!("another gateway receives {volume} now"),
-                ))
-            }
-            Err(err) => return Err(refusal(refused::FAILED, link.generation, err.to_string())),
-        };
-        let store = gateway.store.clone();
-        let keep_alive = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(RECEIVER_TTL / 3).await;
-                if store.keep_alive(lease).await.is_err() {
-                    return;
+        let lease =
+            match super::take_leased(&gateway.store, &key, &gateway.name, RECEIVER_TTL).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    return Err(refusal(
+                        refused::BUSY,
+                        link.generation,
+                        format!("another gateway receives {volume} now"),
+                    ))
                 }
-            }
-        });
+                Err(err) => return Err(refusal(refused::FAILED, link.generation, err.to_string())),
+            };
         let spec = gateway.mirror.spec(volume);
-        let journal_name = link
-            .journal_volume
-            .clone()
-            .unwrap_or_else(|| journal_volume_name(volume));
         let size_bytes = spec.map_or(hello.size_bytes, |spec| spec.size_bytes);
-        let chunk_size = hello.chunk_size as u64;
-        let layout = JournalLayout::for_volume(size_bytes.div_ceil(chunk_size), chunk_size);
-        let mut receiver = Receiver {
-            gateway: gateway.clone(),
-            link,
-            data: gateway.dr_follower(volume),
-            journal: Journal {
-                volume: gateway.dr_follower(&journal_name),
-                layout,
-            },
-            chunk_size,
-            size_bytes,
-            lease,
-            keep_alive,
-            header: JournalHeader {
-                state: JournalState::Seeding,
-                chunk_size: chunk_size as u32,
-                point: 0,
-                cut_unix_ms: 0,
-                entries: 0,
-            },
-            status: DrStatusRecord::default(),
-        };
+        let mut receiver = Receiver::new(gateway, link, lease, hello.chunk_size as u64, size_bytes);
         if size_bytes != hello.size_bytes {
             let generation = receiver.link.generation;
             receiver.release().await;
@@ -185,6 +150,50 @@ impl Receiver {
         Ok(receiver)
     }
 
+    fn new(
+        gateway: &Arc<Gateway>,
+        link: DrLinkRecord,
+        lease: i64,
+        chunk_size: u64,
+        size_bytes: u64,
+    ) -> Self {
+        let store = gateway.store.clone();
+        let keep_alive = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECEIVER_TTL / 3).await;
+                if store.keep_alive(lease).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let journal_name = link
+            .journal_volume
+            .clone()
+            .unwrap_or_else(|| journal_volume_name(&link.volume));
+        let layout = JournalLayout::for_volume(size_bytes.div_ceil(chunk_size), chunk_size);
+        Receiver {
+            gateway: gateway.clone(),
+            data: gateway.dr_follower(&link.volume),
+            journal: Journal {
+                volume: gateway.dr_follower(&journal_name),
+                layout,
+            },
+            link,
+            chunk_size,
+            size_bytes,
+            lease,
+            keep_alive,
+            header: JournalHeader {
+                state: JournalState::Seeding,
+                chunk_size: chunk_size as u32,
+                point: 0,
+                cut_unix_ms: 0,
+                entries: 0,
+            },
+            status: DrStatusRecord::default(),
+        }
+    }
+
     /// Finishes a committed batch, so the secondary is at a point.
     async fn recover(&mut self) -> Result<(), String> {
         match self.journal.header().await? {
@@ -201,7 +210,11 @@ impl Receiver {
             Some(header) => {
                 self.header = header;
                 if header.state == JournalState::Committed {
-                    tracing::warn!(point = header.point, entries = header.entries, "a committed batch was not applied wholly; applying it again");
+                    tracing::warn!(
+                        point = header.point,
+                        entries = header.entries,
+                        "a committed batch was not applied wholly; applying it again"
+                    );
                     self.apply().await?;
                 }
             }
@@ -227,7 +240,11 @@ impl Receiver {
             gateways: self.gateway.mirror.gateway_endpoints(),
         });
         stream.flush().await.map_err(|err| err.to_string())?;
-        tracing::info!(applied_point, generation = self.link.generation, "receiving DR batches");
+        tracing::info!(
+            applied_point,
+            generation = self.link.generation,
+            "receiving DR batches"
+        );
         self.publish("receiving").await;
         let mut entries: Vec<JournalEntry> = Vec::new();
         let mut batch: Option<u64> = None;
@@ -264,7 +281,10 @@ impl Receiver {
                     data,
                 } => {
                     if point <= self.header.point && !direct {
-                        return Err(format!("batch {point} is not after point {}", self.header.point));
+                        return Err(format!(
+                            "batch {point} is not after point {}",
+                            self.header.point
+                        ));
                     }
                     if batch.is_some_and(|batch| batch != point) {
                         return Err(format!("batch {point} began before the last was committed"));
@@ -272,9 +292,14 @@ impl Receiver {
                     batch = Some(point);
                     if raw_len as u64 > self.chunk_size
                         || chunk * self.chunk_size >= self.size_bytes
-                        || raw_len as u64 != self.chunk_size.min(self.size_bytes - chunk * self.chunk_size)
+                        || raw_len as u64
+                            != self
+                                .chunk_size
+                                .min(self.size_bytes - chunk * self.chunk_size)
                     {
-                        return Err(format!("chunk {chunk} of {raw_len} bytes is not a chunk of the secondary"));
+                        return Err(format!(
+                            "chunk {chunk} of {raw_len} bytes is not a chunk of the secondary"
+                        ));
                     }
                     let data = if compressed {
                         Bytes::from(
@@ -292,21 +317,25 @@ impl Receiver {
                             let data = if entry.zero {
                                 Bytes::new()
                             } else {
-                                Bytes::from(self.journal.read_entry(index as u64, entry.raw_len).await?)
+                                Bytes::from(
+                                    self.journal.read_entry(index as u64, entry.raw_len).await?,
+                                )
                             };
                             self.apply_chunk(entry, data).await?;
                         }
                         entries.clear();
                         direct = true;
                     }
-                    let entry = JournalEntry { chunk, raw_len, zero };
+                    let entry = JournalEntry {
+                        chunk,
+                        raw_len,
+                        zero,
+                    };
                     if direct {
                         self.apply_chunk(&entry, data).await?;
                     } else {
                         if !zero {
-                            self.journal
-                                .write_entry(entries.len() as u64, data)
-                                .await?;
+                            self.journal.write_entry(entries.len() as u64, data).await?;
                         }
                         entries.push(entry);
                     }
@@ -320,14 +349,30 @@ impl Receiver {
                     final_point,
                 } => {
                     if batch.is_some_and(|batch| batch != point) || point <= self.header.point {
-                        return Err(format!("commit of batch {point} does not follow point {}", self.header.point));
+                        return Err(format!(
+                            "commit of batch {point} does not follow point {}",
+                            self.header.point
+                        ));
+                    }
+                    if self.force_requested() {
+                        return Err(
+                            "a forced promote was asked for on this side; the batch is dropped"
+                                .into(),
+                        );
                     }
                     let started = Instant::now();
-                    if direct {
-                        run(&self.data, BlockOp::Flush).await.map_err(|err| err.to_string())?;
+                    if chunks == 0 && entries.is_empty() && !direct {
+                        // An empty batch: the point moves, nothing to apply.
+                    } else if direct {
+                        run(&self.data, BlockOp::Flush)
+                            .await
+                            .map_err(|err| err.to_string())?;
                     } else {
                         if entries.len() as u64 != chunks {
-                            return Err(format!("batch {point} commits {chunks} chunks; {} were staged", entries.len()));
+                            return Err(format!(
+                                "batch {point} commits {chunks} chunks; {} were staged",
+                                entries.len()
+                            ));
                         }
                         self.journal.write_index(&entries).await?;
                         self.journal.flush().await?;
@@ -355,7 +400,8 @@ impl Receiver {
                     self.status.batches += 1;
                     self.status.last_point = point;
                     self.status.last_point_unix_ms = cut_unix_ms;
-                    metrics::histogram!("tether_gateway_dr_apply_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("tether_gateway_dr_apply_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     let generation = if final_point {
                         self.become_primary().await?
                     } else {
@@ -372,15 +418,27 @@ impl Receiver {
                         handover: handover && !final_point,
                     });
                     stream.flush().await.map_err(|err| err.to_string())?;
-                    self.publish(if final_point { "promoted" } else { "receiving" }).await;
+                    self.publish(if final_point { "promoted" } else { "receiving" })
+                        .await;
                     if final_point {
-                        tracing::info!(point, generation, "planned promote: this side is the primary now");
+                        tracing::info!(
+                            point,
+                            generation,
+                            "planned promote: this side is the primary now"
+                        );
                         return Ok(());
                     }
                 }
                 other => return Err(format!("unexpected {other:?}")),
             }
         }
+    }
+
+    fn force_requested(&self) -> bool {
+        self.gateway
+            .mirror
+            .dr_link(&self.link.volume)
+            .is_some_and(|(link, _)| link.force_requested)
     }
 
     async fn apply_chunk(&self, entry: &JournalEntry, data: Bytes) -> Result<(), String> {
@@ -399,7 +457,10 @@ impl Receiver {
                 fua: false,
             }
         };
-        run(&self.data, op).await.map(|_| ()).map_err(|err| err.to_string())
+        run(&self.data, op)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
     }
 
     /// Applies the committed batch in the journal to the secondary.
@@ -466,7 +527,10 @@ async fn cas_link(gateway: &Gateway, link: &DrLinkRecord, revision: i64) -> Resu
         .await
         .map_err(|err| err.to_string())?;
     if !done.succeeded {
-        return Err(format!("the DR link record of {} changed meanwhile", link.volume));
+        return Err(format!(
+            "the DR link record of {} changed meanwhile",
+            link.volume
+        ));
     }
     // Later checks read the mirror: wait until it has the change.
     let mut changes = gateway.mirror.subscribe();
@@ -498,7 +562,11 @@ async fn secondary_link(
         create_secondary(gateway, peer, hello).await?;
     }
     let Some((link, revision)) = gateway.mirror.dr_link(volume) else {
-        return Err(refusal(refused::FAILED, 0, "the secondary's link record is gone"));
+        return Err(refusal(
+            refused::FAILED,
+            0,
+            "the secondary's link record is gone",
+        ));
     };
     if link.peer != peer {
         return Err(refusal(
@@ -532,16 +600,24 @@ async fn secondary_link(
             secondary.role = DrRole::Secondary;
             secondary.generation = hello.generation;
             secondary.failback_requested = false;
+            // Switch back once the chunks that differ are here: the first
+            // batch is the comparison's, and its answer asks for the handover.
+            secondary.handover_requested = true;
             cas_link(gateway, &secondary, revision)
                 .await
                 .map_err(|reason| refusal(refused::FAILED, link.generation, reason))?;
-            tracing::info!(generation = hello.generation, "failback: this side takes the peer's batches as its secondary");
+            tracing::info!(
+                generation = hello.generation,
+                "failback: this side takes the peer's batches as its secondary"
+            );
             Ok(secondary)
         }
         DrRole::Fenced => Err(refusal(
             refused::NOT_SECONDARY,
             link.generation,
-            format!("{volume} is fenced here; `tether dr failback {volume}` makes it the secondary"),
+            format!(
+                "{volume} is fenced here; `tether dr failback {volume}` makes it the secondary"
+            ),
         )),
         DrRole::Primary => Err(refusal(
             refused::NEWER_GENERATION,
@@ -556,12 +632,15 @@ async fn secondary_link(
 
 /// Asks this cluster's registry to create the secondary (its own
 /// placement) and waits until its masters serve.
-async fn create_secondary(gateway: &Arc<Gateway>, peer: &str, hello: &Hello) -> Result<(), Refusal> {
+async fn create_secondary(
+    gateway: &Arc<Gateway>,
+    peer: &str,
+    hello: &Hello,
+) -> Result<(), Refusal> {
     let failed = |reason: String| refusal(refused::FAILED, hello.generation, reason);
-    let registry = gateway
-        .registry
-        .clone()
-        .ok_or_else(|| failed("this gateway has no --registry to create secondaries with".into()))?;
+    let registry = gateway.registry.clone().ok_or_else(|| {
+        failed("this gateway has no --registry to create secondaries with".into())
+    })?;
     let request = DrSecondaryRequest {
         volume: hello.volume.clone(),
         peer: peer.to_string(),
@@ -575,9 +654,19 @@ async fn create_secondary(gateway: &Arc<Gateway>, peer: &str, hello: &Hello) -> 
             .as_deref()
             .map(serde_json::from_str)
             .transpose()
-            .map_err(|err| refusal(refused::INVALID, hello.generation, format!("encryption spec: {err}")))?,
+            .map_err(|err| {
+                refusal(
+                    refused::INVALID,
+                    hello.generation,
+                    format!("encryption spec: {err}"),
+                )
+            })?,
     };
-    tracing::info!(size = hello.size_bytes, replicas = hello.replicas, "creating the DR secondary");
+    tracing::info!(
+        size = hello.size_bytes,
+        replicas = hello.replicas,
+        "creating the DR secondary"
+    );
     let _: serde_json::Value = tether_tls::client::post_json(
         &registry,
         "/v1/dr/secondaries",
@@ -597,7 +686,10 @@ async fn create_secondary(gateway: &Arc<Gateway>, peer: &str, hello: &Hello) -> 
                 .is_some_and(|(group, _)| group.epoch > 0)
                 && gateway.mirror.lock(volume).is_some()
         };
-        if gateway.mirror.dr_link(&hello.volume).is_some() && ready(&hello.volume) && ready(&journal) {
+        if gateway.mirror.dr_link(&hello.volume).is_some()
+            && ready(&hello.volume)
+            && ready(&journal)
+        {
             return Ok(());
         }
         if started.elapsed() > CREATE_PATIENCE {
@@ -612,4 +704,101 @@ async fn create_secondary(gateway: &Arc<Gateway>, peer: &str, hello: &Hello) -> 
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+}
+
+/// Forced promotes asked for on this side: whichever gateway takes the
+/// volume's receiver key finishes a committed batch, then makes the
+/// secondary primary at the next generation (its last consistent point).
+pub(crate) async fn watch_forced_promotes(gateway: Arc<Gateway>) {
+    let mut changes = gateway.mirror.subscribe();
+    loop {
+        for link in gateway.mirror.dr_links() {
+            if link.role == DrRole::Secondary && link.force_requested {
+                if let Err(err) = force_promote(&gateway, link.clone()).await {
+                    tracing::warn!(volume = %link.volume, error = %err, "forced promote did not finish; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn force_promote(gateway: &Arc<Gateway>, link: DrLinkRecord) -> Result<(), String> {
+    let volume = link.volume.clone();
+    let key = gateway.key(Kind::DrReceivers, &volume);
+    // A stream still receiving ends at its next commit (it sees the request).
+    let Some(lease) = super::take_leased(&gateway.store, &key, &gateway.name, RECEIVER_TTL)
+        .await
+        .map_err(|err| err.to_string())?
+    else {
+        return Ok(());
+    };
+    let size_bytes = gateway
+        .mirror
+        .spec(&volume)
+        .map(|spec| spec.size_bytes)
+        .ok_or_else(|| format!("the secondary {volume} has no volume record"))?;
+    let journal_name = link
+        .journal_volume
+        .clone()
+        .unwrap_or_else(|| journal_volume_name(&volume));
+    let header = Journal {
+        volume: gateway.dr_follower(&journal_name),
+        layout: JournalLayout::for_volume(1, 4096),
+    }
+    .header()
+    .await;
+    let result = async {
+        let header = header?;
+        let Some(found) = header.filter(|header| header.state != JournalState::Seeding) else {
+            return Err(format!(
+                "{volume} has no consistent point yet (its seed has not finished): nothing to promote"
+            ));
+        };
+        let mut receiver = Receiver::new(gateway, link.clone(), lease, found.chunk_size as u64, size_bytes);
+        let recovered = receiver.recover().await;
+        receiver.keep_alive.abort();
+        recovered?;
+        let Some((current, revision)) = gateway.mirror.dr_link(&volume) else {
+            return Err("the DR link record vanished".into());
+        };
+        let mut primary = current;
+        primary.role = DrRole::Primary;
+        primary.generation = link.generation + 1;
+        primary.force_requested = false;
+        primary.handover_requested = false;
+        cas_link(gateway, &primary, revision).await?;
+        receiver.link = primary;
+        receiver.publish("promoted").await;
+        tracing::warn!(volume = %volume, point = receiver.header.point, generation = link.generation + 1, "forced promote: the secondary is the primary at its last consistent point");
+        Ok(())
+    }
+    .await;
+    if let Err(reason) = &result {
+        // Not promotable: the request is withdrawn and the reason shown.
+        if let Some((current, revision)) = gateway.mirror.dr_link(&volume) {
+            if current.force_requested && reason.contains("no consistent point") {
+                let mut withdrawn = current;
+                withdrawn.force_requested = false;
+                let _ = cas_link(gateway, &withdrawn, revision).await;
+                let status = DrStatusRecord {
+                    link_state: "refused-promote".into(),
+                    error: Some(reason.clone()),
+                    updated_unix_ms: now_ms(),
+                    ..Default::default()
+                };
+                if let Ok(value) = serde_json::to_vec(&status) {
+                    let _ = gateway
+                        .store
+                        .put(&gateway.key(Kind::DrStatus, &volume), value, None)
+                        .await;
+                }
+            }
+        }
+    }
+    let _ = gateway.store.revoke_lease(lease).await;
+    result
 }

@@ -148,4 +148,3 @@ mod tests {
         assert_eq!(split_token("s.short"), None);
     }
 }
-

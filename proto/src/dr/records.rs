@@ -31,6 +31,10 @@ pub struct DrLinkRecord {
     /// Failback asked for on this (fenced) side: it takes batches again.
     #[serde(default)]
     pub failback_requested: bool,
+    /// Secondary: a forced promote asked for; a gateway of this side
+    /// finishes any committed batch, then makes it primary.
+    #[serde(default)]
+    pub force_requested: bool,
     pub created_unix_ms: u64,
 }
 

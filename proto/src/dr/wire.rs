@@ -323,8 +323,11 @@ pub fn decode_dr_frame(input: &mut BytesMut) -> Result<Option<DrFrame>, ProtoErr
             let replicas = payload.get_u32();
             let rpo_secs = payload.get_u64();
             let volume = take_str(&mut payload, MAX_NAME_LEN, "hello with a bad volume name")?;
-            let encryption =
-                take_str(&mut payload, MAX_REASON_LEN, "hello with a bad encryption spec")?;
+            let encryption = take_str(
+                &mut payload,
+                MAX_REASON_LEN,
+                "hello with a bad encryption spec",
+            )?;
             if chunk_size == 0 || chunk_size > MAX_DR_CHUNK || volume.is_empty() {
                 return Err(malformed("hello with a bad chunk size or no volume"));
             }
@@ -381,7 +384,8 @@ pub fn decode_dr_frame(input: &mut BytesMut) -> Result<Option<DrFrame>, ProtoErr
         KIND_HASHES => {
             need(&payload, 8, "hashes without their first chunk")?;
             let first = payload.get_u64();
-            if !payload.remaining().is_multiple_of(32) || payload.remaining() / 32 > MAX_HASHES as usize
+            if !payload.remaining().is_multiple_of(32)
+                || payload.remaining() / 32 > MAX_HASHES as usize
             {
                 return Err(malformed("hashes not a whole number of 32-byte hashes"));
             }

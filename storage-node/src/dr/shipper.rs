@@ -38,7 +38,9 @@ type Stream = DrStream<quinn::RecvStream, quinn::SendStream>;
 /// stays small), and the status is refreshed this often when idle.
 const TICK: Duration = Duration::from_millis(200);
 const IDLE_STATUS: Duration = Duration::from_secs(1);
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Pauses between failed sessions: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Chunks read under the cut barrier at most; more go fuzzy first.
 const CUT_BYTES: u64 = 32 << 20;
@@ -53,7 +55,13 @@ fn now_ms() -> u64 {
 
 /// The gate the link's role sets, before the master serves anything.
 pub fn initial_gate(master: &MasterState) {
-    let gate = gate_of(master.ctx.mirror.dr_link(master.name()).map(|(link, _)| link));
+    let gate = gate_of(
+        master
+            .ctx
+            .mirror
+            .dr_link(master.name())
+            .map(|(link, _)| link),
+    );
     master.dr.set_gate(gate);
 }
 
@@ -74,20 +82,29 @@ pub fn spawn(master: Arc<MasterState>) {
 async fn run(master: Arc<MasterState>) {
     let mut changes = master.ctx.mirror.subscribe();
     let mut stats = Stats::default();
+    let mut pause = RETRY_FIRST;
     loop {
         if master.is_deposed() {
             return;
         }
         let link = master.ctx.mirror.dr_link(master.name());
-        master.dr.set_gate(gate_of(link.as_ref().map(|(link, _)| link.clone())));
+        master
+            .dr
+            .set_gate(gate_of(link.as_ref().map(|(link, _)| link.clone())));
         if let Some((link, revision)) = link.filter(|(link, _)| link.role == DrRole::Primary) {
-            match ship(&master, &link, revision, &mut stats).await {
+            let batches = stats.batches;
+            let result = ship(&master, &link, revision, &mut stats).await;
+            if stats.batches > batches {
+                pause = RETRY_FIRST;
+            }
+            match result {
                 Ok(()) => continue,
                 Err(err) => {
-                    tracing::warn!(peer = %link.peer, error = %err, "DR shipping stopped; retrying");
+                    tracing::warn!(peer = %link.peer, error = %err, retry_in_ms = pause.as_millis() as u64, "DR shipping stopped; retrying");
                     stats.error = Some(err.to_string());
                     publish(&master, &link, "down", &stats).await;
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
                     continue;
                 }
             }
@@ -113,6 +130,7 @@ struct Stats {
     recent: std::collections::VecDeque<(Instant, u64)>,
     /// Since when writes wait for a point (none: nothing waits).
     waiting_since_ms: Option<u64>,
+    last_batch_chunks: u64,
     error: Option<String>,
 }
 
@@ -121,9 +139,14 @@ async fn publish(master: &MasterState, link: &DrLinkRecord, state: &str, stats: 
     let pending = master.dr.pending();
     let lag_seconds = match (pending, stats.waiting_since_ms) {
         (0, None) => 0.0,
-        _ => now.saturating_sub(stats.point_unix_ms.max(stats.waiting_since_ms.unwrap_or(now)))
-            as f64
-            / 1000.0,
+        _ => {
+            now.saturating_sub(
+                stats
+                    .point_unix_ms
+                    .max(stats.waiting_since_ms.unwrap_or(now)),
+            ) as f64
+                / 1000.0
+        }
     };
     let window: u64 = stats.recent.iter().map(|(_, bytes)| bytes).sum();
     let span = stats
@@ -274,17 +297,15 @@ async fn ship(
         let batch = match first.take() {
             Some(differing) => differing,
             None => {
-                if master.dr.pending() == 0 {
-                    if last_status.elapsed() >= IDLE_STATUS {
-                        publish(master, link, "idle", stats).await;
-                        last_status = Instant::now();
-                    }
+                if master.dr.pending() == 0 && last_status.elapsed() < IDLE_STATUS {
                     tokio::select! {
                         _ = master.dr.written() => {}
-                        _ = tokio::time::sleep(IDLE_STATUS) => {}
+                        _ = tokio::time::sleep(IDLE_STATUS - last_status.elapsed()) => {}
                     }
                     continue;
                 }
+                // Idle, an empty batch each second: the point's time stays
+                // now, and the answer can ask for a handover.
                 master.dr.take()
             }
         };
@@ -294,7 +315,12 @@ async fn ship(
         let outcome = batch_once(master, &mut stream, stats, batch, false).await;
         match outcome {
             Ok(handover) => {
-                publish(master, link, "shipping", stats).await;
+                let state = if stats.last_batch_chunks == 0 {
+                    "idle"
+                } else {
+                    "shipping"
+                };
+                publish(master, link, state, stats).await;
                 last_status = Instant::now();
                 if handover {
                     return hand_over(master, link, &mut stream, stats).await;
@@ -347,7 +373,9 @@ async fn connect(
                 .map_err(|err| format!("{gateway}: cannot resolve: {err}"))?
                 .next()
                 .ok_or_else(|| format!("{gateway}: resolves to nothing"))?;
-            let host = gateway.rsplit_once(':').map_or(gateway.as_str(), |(host, _)| host);
+            let host = gateway
+                .rsplit_once(':')
+                .map_or(gateway.as_str(), |(host, _)| host);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let connecting = endpoint
                 .connect_with(config.clone(), addr, host)
@@ -361,7 +389,9 @@ async fn connect(
                     .ok()
             });
             match tether_tls::peer_identity(certificates.as_deref().map(|c| c.as_slice())) {
-                Ok(Some(identity)) if identity.role == Role::Gateway && identity.cluster == peer => {
+                Ok(Some(identity))
+                    if identity.role == Role::Gateway && identity.cluster == peer =>
+                {
                     Ok(connection)
                 }
                 other => {
@@ -399,7 +429,9 @@ async fn compare(
             .map_err(|err| err.to_string())?;
         stream.flush().await.map_err(|err| err.to_string())?;
         match stream.recv().await.map_err(|err| err.to_string())? {
-            DrFrame::Hashes { first: at, hashes } if at == first && hashes.len() == count as usize => {
+            DrFrame::Hashes { first: at, hashes }
+                if at == first && hashes.len() == count as usize =>
+            {
                 for (offset, hash) in hashes.iter().enumerate() {
                     let chunk = first + offset as u64;
                     if leaves[chunk as usize] != *hash {
@@ -503,7 +535,9 @@ async fn batch_once(
         let mut round = 0;
         loop {
             for chunk in &pending {
-                let data = read_chunk(master, *chunk).await.map_err(|err| err.to_string())?;
+                let data = read_chunk(master, *chunk)
+                    .await
+                    .map_err(|err| err.to_string())?;
                 stage(master, stream, stats, point, *chunk, data).await?;
                 staged.push(*chunk);
             }
@@ -522,7 +556,11 @@ async fn batch_once(
             }
             let mut cut = Vec::with_capacity(written.len());
             for chunk in &written {
-                cut.push(read_chunk(master, *chunk).await.map_err(|err| err.to_string())?);
+                cut.push(
+                    read_chunk(master, *chunk)
+                        .await
+                        .map_err(|err| err.to_string())?,
+                );
             }
             cut_unix_ms = now_ms();
             drop(held);
@@ -558,6 +596,7 @@ async fn batch_once(
             stats.point = point;
             stats.point_unix_ms = cut_unix_ms;
             stats.batches += 1;
+            stats.last_batch_chunks = staged.len() as u64;
             let raw: u64 = staged.len() as u64 * master.volume.chunk_size();
             stats.recent.push_back((Instant::now(), raw));
             while stats
@@ -568,7 +607,11 @@ async fn batch_once(
                 stats.recent.pop_front();
             }
             stats.waiting_since_ms = (master.dr.pending() > 0).then(now_ms);
-            tracing::debug!(point, chunks = staged.len(), "batch applied on the secondary");
+            tracing::debug!(
+                point,
+                chunks = staged.len(),
+                "batch applied on the secondary"
+            );
             Ok(handover)
         }
         Err(err) => {
@@ -593,7 +636,9 @@ async fn hand_over(
     let result = batch_once(master, stream, stats, written, true).await;
     if let Err(err) = result {
         drop(held);
-        return Err(fail(format!("the last point did not reach the peer: {err}")));
+        return Err(fail(format!(
+            "the last point did not reach the peer: {err}"
+        )));
     }
     let Some((current, revision)) = master.ctx.mirror.dr_link(master.name()) else {
         return Err(fail("the DR link vanished during the handover".into()));
@@ -611,12 +656,7 @@ async fn hand_over(
 }
 
 /// This side learnt of a newer generation: it refuses I/O until failback.
-async fn fence(
-    master: &MasterState,
-    link: &DrLinkRecord,
-    revision: i64,
-    newer: u64,
-) -> Result<()> {
+async fn fence(master: &MasterState, link: &DrLinkRecord, revision: i64, newer: u64) -> Result<()> {
     let role = tether_proto::dr::on_newer_generation(link.role, link.generation, newer);
     if role == link.role {
         return Ok(());

@@ -86,18 +86,18 @@ impl DrTracker {
 
     /// Refuses a request the volume's DR role does not admit.
     pub fn admit(&self, volume: &str, origin: Origin) -> Result<()> {
-        let admitted = match (self.gate(), origin) {
-            (Gate::Open, Origin::Client) => true,
-            (Gate::Secondary, Origin::DrApply) => true,
-            _ => false,
-        };
+        // A receiver also writes its journal, a volume of no DR link.
+        let admitted = matches!(
+            (self.gate(), origin),
+            (Gate::Open, _) | (Gate::Secondary, Origin::DrApply)
+        );
         if admitted {
             return Ok(());
         }
         Err(NodeError::DrRefused {
             volume: volume.to_string(),
             reason: match self.gate() {
-                Gate::Open => "only a DR secondary takes batches".into(),
+                Gate::Open => unreachable!("an open gate admits everyone"),
                 Gate::Secondary => {
                     "it is a DR secondary: its clients attach to the primary (or promote it)".into()
                 }
@@ -185,7 +185,7 @@ mod tests {
     fn gates_admit_by_role_and_origin() {
         let tracker = DrTracker::default();
         assert!(tracker.admit("v", Origin::Client).is_ok());
-        assert!(tracker.admit("v", Origin::DrApply).is_err());
+        assert!(tracker.admit("v", Origin::DrApply).is_ok());
         tracker.set_gate(Gate::Secondary);
         assert!(tracker.admit("v", Origin::Client).is_err());
         assert!(tracker.admit("v", Origin::DrApply).is_ok());

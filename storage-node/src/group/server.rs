@@ -105,7 +105,9 @@ pub async fn listen(addr: &str, ctx: Arc<GroupContext>, pool: Arc<Pool>) -> Resu
 }
 
 enum Role {
-    Client { origin: Origin },
+    Client {
+        origin: Origin,
+    },
     Replica {
         volume: Arc<Volume>,
         newest: Arc<std::sync::atomic::AtomicU64>,
@@ -227,7 +229,10 @@ async fn serve_stream<S>(
         } else {
             Origin::Client
         };
-        (Frame::Ack { seq: 0, error: 0 }, Some(Role::Client { origin }))
+        (
+            Frame::Ack { seq: 0, error: 0 },
+            Some(Role::Client { origin }),
+        )
     } else {
         match pool.get(&name) {
             None => (
@@ -317,7 +322,9 @@ async fn serve_stream<S>(
                     tokio::spawn(
                         async move {
                             let answer = match role.as_ref() {
-                                Role::Client { origin } => client_request(&ctx, &name, *origin, frame).await,
+                                Role::Client { origin } => {
+                                    client_request(&ctx, &name, *origin, frame).await
+                                }
                                 Role::Replica {
                                     volume,
                                     newest,
