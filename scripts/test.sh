@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test Tether has. Installs the Debian packages the tests need
 # (etcd-server, fio, fuse3, libnbd-bin, python3-libnbd, qemu-utils, rsync,
-# e2fsprogs, xfsprogs)
+# e2fsprogs, xfsprogs, iptables)
 # when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ command -v fusermount3 >/dev/null || need+=(fuse3)
 # mkfs.ext4, resize2fs, mkfs.xfs and xfs_growfs, for the CSI node tests.
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+# iptables, for the DR tests' cut of the link between the datacentres.
+command -v iptables >/dev/null || need+=(iptables)
 # libnbd's Python module, for test clients that issue raw aio requests.
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || need+=(python3-libnbd)
 if [ ${#need[@]} -gt 0 ]; then

@@ -41,10 +41,16 @@ pub async fn record(
 }
 
 async fn status(store: &dyn CoordStore, cluster: &str, volume: &str) -> Option<DrStatusRecord> {
-    let kv = store
-        .get(&key(cluster, Kind::DrStatus, volume))
-        .await
-        .ok()??;
+    status_of(store, cluster, Kind::DrStatus, volume).await
+}
+
+async fn status_of(
+    store: &dyn CoordStore,
+    cluster: &str,
+    kind: Kind,
+    volume: &str,
+) -> Option<DrStatusRecord> {
+    let kv = store.get(&key(cluster, kind, volume)).await.ok()??;
     serde_json::from_slice(&kv.value).ok()
 }
 
@@ -62,6 +68,9 @@ pub async fn view(
     Ok(DrLinkView::new(
         &link,
         status(store, cluster, volume).await.as_ref(),
+        status_of(store, cluster, Kind::DrReceived, volume)
+            .await
+            .as_ref(),
     ))
 }
 
@@ -72,8 +81,9 @@ pub async fn list(store: &dyn CoordStore, cluster: &str) -> Result<Vec<DrLinkVie
     let mut views = Vec::new();
     for kv in kvs {
         if let Ok(link) = serde_json::from_slice::<DrLinkRecord>(&kv.value) {
-            let status = status(store, cluster, &link.volume).await;
-            views.push(DrLinkView::new(&link, status.as_ref()));
+            let shipped = status(store, cluster, &link.volume).await;
+            let received = status_of(store, cluster, Kind::DrReceived, &link.volume).await;
+            views.push(DrLinkView::new(&link, shipped.as_ref(), received.as_ref()));
         }
     }
     Ok(views)
@@ -353,6 +363,51 @@ pub async fn promote(
     .await
 }
 
+/// The journal the fenced side of `volume` needs to take batches, if it
+/// has none yet (laid out for the engine's chunks, as the peer's are).
+pub async fn failback_journal(
+    store: &dyn CoordStore,
+    cluster: &str,
+    volume: &str,
+) -> Result<Option<CreateVolumeRequest>, RegistryError> {
+    let (link, _) =
+        record(store, cluster, volume)
+            .await?
+            .ok_or_else(|| RegistryError::DrLinkNotFound {
+                volume: volume.to_string(),
+            })?;
+    if link.role != DrRole::Fenced {
+        return Ok(None);
+    }
+    let journal = journal_volume_name(volume);
+    if store
+        .get(&key(cluster, Kind::Volumes, &journal))
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let Some(kv) = store.get(&key(cluster, Kind::Volumes, volume)).await? else {
+        return Err(RegistryError::VolumeNotFound {
+            name: volume.to_string(),
+        });
+    };
+    let spec: tether_proto::admin::VolumeSpec =
+        serde_json::from_slice(&kv.value).map_err(|err| RegistryError::DrLinkState {
+            volume: volume.to_string(),
+            reason: format!("its volume record is unreadable: {err}"),
+        })?;
+    let chunk = tether_proto::dr::journal::ENGINE_CHUNK_BYTES;
+    let layout = JournalLayout::for_volume(spec.size_bytes.div_ceil(chunk), chunk);
+    Ok(Some(CreateVolumeRequest {
+        name: journal,
+        size_bytes: layout.size_bytes(),
+        replicas: spec.replicas,
+        placement: spec.placement.clone(),
+        encryption: None,
+    }))
+}
+
 /// `tether dr failback` on the fenced (old primary's) side: it becomes the
 /// secondary of the new primary, takes only the chunks that differ, and
 /// then a planned promote makes it the primary again. Returns at once; the
@@ -374,6 +429,7 @@ pub async fn failback(
             });
         }
         link.failback_requested = true;
+        link.journal_volume = Some(journal_volume_name(&link.volume));
         Ok(())
     })
     .await?;

@@ -11,6 +11,7 @@
 
 pub mod clients;
 pub mod csi;
+pub mod dr;
 pub mod harness;
 pub mod raw_link;
 pub mod raw_nbd;

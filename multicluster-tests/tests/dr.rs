@@ -197,8 +197,8 @@ fn gateways_take_a_linked_peers_dr_peer_certificates_and_nothing_else_of_its() {
     let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
     link(&federation, &peer_admin, &token);
 
-    // Linked: its dr-peer certificate passes the handshake (the gateway
-    // learns the link from its store mirror) ...
+    // Linked: its dr-peer certificate passes the handshake and the session
+    // is served (the gateway learns the link from its store mirror) ...
     let started = std::time::Instant::now();
     let reason = loop {
         match session_with(&dr_gateway, &gateway) {
@@ -212,7 +212,8 @@ fn gateways_take_a_linked_peers_dr_peer_certificates_and_nothing_else_of_its() {
             }
         }
     };
-    assert!(reason.contains("tether://dr/dr-peer/gateway-1"), "{reason}");
+    // The session is taken (it may carry DR streams) and kept open.
+    assert_eq!(reason, "still open");
     // ... and nothing else the peer's CA signs: not a satellite, not an
     // admin, not a dr-peer claiming to be of this cluster or of another.
     for identity in [
@@ -352,4 +353,175 @@ fn a_dr_link_seeds_written_chunks_only_ships_changes_and_a_planned_promote_loses
     let copy = dir.join("dr.bin");
     nbdcopy_out(&dr_uri, &copy).unwrap();
     assert_eq!(file_hash(&copy, 64 << 20).unwrap(), expected);
+}
+
+/// The peer's gateway endpoints, as its federation.json names them.
+fn peer_gateways(federation: &DevFederation) -> Vec<String> {
+    federation_json(&federation.dir().join("dr"))["clusters"][0]["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|gateway| gateway["endpoint"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls `tether dr status` (`peer`: on the DR side) until `done` holds.
+fn wait_status(
+    federation: &DevFederation,
+    peer: Option<&str>,
+    volume: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let status = dr_status(federation, peer, volume);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{what}: {status}\n{}",
+            federation.log_tails(40)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Attaches `volume` in the DR cluster on a socket; its NBD URI.
+fn attach_in_dr(federation: &DevFederation, volume: &str) -> String {
+    let socket = federation.dir().join(format!("{volume}-dr.sock"));
+    let attached = federation.tether_peer(
+        "dr",
+        &[
+            "volume",
+            "attach",
+            volume,
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ],
+    );
+    assert!(attached.status.success(), "{attached:?}");
+    String::from_utf8(attached.stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn image(uri: &str, path: &Path) -> Vec<u8> {
+    multicluster_tests::clients::nbdcopy_out(uri, path).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn a_forced_promote_is_a_consistent_point_the_old_primary_is_fenced_and_failback_ships_only_what_differs(
+) {
+    use multicluster_tests::clients::{http_get, qemu_io};
+    use multicluster_tests::dr::{block_sequences, prefix_point, LinkCut, SequencedWriter};
+    const BLOCKS: u64 = 512; // 2 MiB: 8 chunks
+    let federation = DevFederation::builder().nodes(2).dr().start().unwrap();
+    pair(&federation);
+    let dir = federation.dir().to_path_buf();
+    let uri = federation.create_attached("db", "64MiB").unwrap();
+    let linked = federation.tether(&["dr", "link", "db", "--to", "dr", "--rpo", "3s"]);
+    assert!(linked.status.success(), "{linked:?}");
+    let seeded = wait_caught_up(&federation, "db", 0);
+
+    // Sequenced writes while batches ship.
+    let writer = SequencedWriter::start(&uri, BLOCKS, 10_000_000).unwrap();
+    let shipping = wait_status(
+        &federation,
+        None,
+        "db",
+        "batches ship under writes",
+        |status| {
+            status["last_point"].as_u64().unwrap() >= seeded["last_point"].as_u64().unwrap() + 3
+                && status["chunks_shipped"].as_u64().unwrap()
+                    > seeded["chunks_shipped"].as_u64().unwrap()
+        },
+    );
+    assert!(writer.acked() > 0, "{shipping}");
+
+    // Cut the link for longer than the RPO: the status says it is missed,
+    // and so does the gauge an alert would watch.
+    let cut = LinkCut::new(&peer_gateways(&federation)).unwrap();
+    let missed = wait_status(&federation, None, "db", "the RPO is missed", |status| {
+        status["rpo_met"] == false && status["lag_seconds"].as_f64().unwrap() > 3.0
+    });
+    assert_ne!(missed["link_state"], "shipping", "{missed}");
+    let nodes = federation_json(&dir)["clusters"][0]["nodes"].clone();
+    let gauge = nodes.as_array().unwrap().iter().any(|node| {
+        http_get(node["metrics"].as_str().unwrap(), "/metrics")
+            .unwrap()
+            .lines()
+            .any(|line| line.starts_with("tether_dr_rpo_missed{volume=\"db\"} 1"))
+    });
+    assert!(gauge, "no node reports tether_dr_rpo_missed 1 for db");
+
+    // Forced promote in the DR datacentre while the primary is cut off:
+    // the secondary is a prefix of the acknowledged writes, never a mix.
+    let acked_at_promote = writer.acked();
+    let promoted = federation.tether_peer("dr", &["dr", "promote", "db", "--force"]);
+    assert!(
+        promoted.status.success(),
+        "{promoted:?}\n{}",
+        federation.log_tails(40)
+    );
+    let dr_uri = attach_in_dr(&federation, "db");
+    let promoted_image = image(&dr_uri, &dir.join("promoted.bin"));
+    let point = prefix_point(&block_sequences(&promoted_image, BLOCKS).unwrap(), BLOCKS).unwrap();
+    assert!(point > 0 && point <= writer.acked(), "point {point}");
+    assert!(
+        point <= acked_at_promote + 1,
+        "point {point} after {acked_at_promote}"
+    );
+    // The new primary takes writes: 1 MiB at 32 MiB.
+    qemu_io(&dr_uri, &["write -P 0xcd 32M 1M", "flush"]).unwrap();
+    let dr_image = image(&dr_uri, &dir.join("dr.bin"));
+
+    // The old primary returns: it learns of generation 2 and is fenced;
+    // its client is refused from then on (not served stale data).
+    cut.restore();
+    let fenced = wait_status(
+        &federation,
+        None,
+        "db",
+        "the old primary is fenced",
+        |status| status["role"] == "fenced",
+    );
+    assert_eq!(fenced["generation"], 1);
+    let (last, refusal) = writer.wait().unwrap();
+    assert!(
+        last > point,
+        "the old primary took writes while cut off: {last} > {point}"
+    );
+    assert!(refusal.contains("refused"), "{refusal}");
+    assert!(qemu_io(&uri, &["read 0 4k"]).is_err());
+
+    // Failback: only the chunks that differ come back (at most the 8 of
+    // the sequenced region and the 4 written in DR), then a planned
+    // promote makes this side primary again with DR's content.
+    let failback = federation.tether(&["dr", "failback", "db", "--watch"]);
+    assert!(
+        failback.status.success(),
+        "{failback:?}\n{}",
+        federation.log_tails(40)
+    );
+    let here = dr_status(&federation, None, "db");
+    assert_eq!(here["role"], "primary");
+    assert_eq!(here["generation"], 3);
+    let received = &here["received"];
+    let shipped = received["chunks_shipped"].as_u64().unwrap();
+    assert!(
+        (4..=12).contains(&shipped),
+        "failback shipped {shipped} chunks for at most 12 differing: {here}"
+    );
+    let there = dr_status(&federation, Some("dr"), "db");
+    assert_eq!(there["role"], "secondary");
+    assert_eq!(there["generation"], 3);
+    let back = image(&uri, &dir.join("back.bin"));
+    assert!(
+        back == dr_image,
+        "the failed-back primary differs from DR's content"
+    );
 }

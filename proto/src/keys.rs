@@ -15,7 +15,8 @@
 //! | `peers` | DR peer cluster | `dr::PeerRecord` |
 //! | `grants` | `satellite/grant id` | `federation::GrantRecord` |
 //! | `dr-links` | volume | `dr::DrLinkRecord` |
-//! | `dr-status` | volume | `dr::DrStatusRecord` |
+//! | `dr-status` | volume | `dr::DrStatusRecord` (the shipper's) |
+//! | `dr-received` | volume | `dr::DrStatusRecord` (the receiver's) |
 //! | `dr-receivers` | volume | the gateway receiving its batches (leased) |
 //! | `gateways` | gateway | `dr::GatewayRecord` (leased) |
 
@@ -35,12 +36,13 @@ pub enum Kind {
     Peers,
     DrLinks,
     DrStatus,
+    DrReceived,
     DrReceivers,
     Gateways,
 }
 
 impl Kind {
-    const ALL: [Kind; 15] = [
+    const ALL: [Kind; 16] = [
         Kind::Volumes,
         Kind::Groups,
         Kind::Locks,
@@ -54,6 +56,7 @@ impl Kind {
         Kind::Peers,
         Kind::DrLinks,
         Kind::DrStatus,
+        Kind::DrReceived,
         Kind::DrReceivers,
         Kind::Gateways,
     ];
@@ -73,6 +76,7 @@ impl Kind {
             Kind::Peers => "peers",
             Kind::DrLinks => "dr-links",
             Kind::DrStatus => "dr-status",
+            Kind::DrReceived => "dr-received",
             Kind::DrReceivers => "dr-receivers",
             Kind::Gateways => "gateways",
         }

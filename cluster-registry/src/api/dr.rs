@@ -23,7 +23,14 @@ pub(crate) async fn promote(state: AppState, volume: String, force: bool) -> Api
     crate::dr::promote(state.store.as_ref(), &state.cluster, &volume, force).await
 }
 
+/// The fenced side becomes the secondary: it needs a journal of its own
+/// first (it was the primary and had none).
 pub(crate) async fn failback(state: AppState, volume: String) -> ApiResult<DrLinkView> {
+    if let Some(create) =
+        crate::dr::failback_journal(state.store.as_ref(), &state.cluster, &volume).await?
+    {
+        super::volumes::create_volume(state.clone(), Caller::Admin, create).await?;
+    }
     crate::dr::failback(state.store.as_ref(), &state.cluster, &volume).await
 }
 

@@ -142,6 +142,19 @@ impl Receiver {
                 ),
             ));
         }
+        // Counts go on across streams of one generation.
+        if let Ok(Some(kv)) = gateway
+            .store
+            .get(&gateway.key(Kind::DrReceived, volume))
+            .await
+        {
+            if let Ok(previous) = serde_json::from_slice::<DrStatusRecord>(&kv.value) {
+                if previous.generation == receiver.link.generation {
+                    receiver.status = previous;
+                    receiver.status.error = None;
+                }
+            }
+        }
         if let Err(err) = receiver.recover().await {
             let generation = receiver.link.generation;
             receiver.release().await;
@@ -501,7 +514,8 @@ impl Receiver {
     async fn publish(&mut self, state: &str) {
         self.status.link_state = state.into();
         self.status.updated_unix_ms = now_ms();
-        let key = self.gateway.key(Kind::DrStatus, &self.link.volume);
+        self.status.generation = self.link.generation;
+        let key = self.gateway.key(Kind::DrReceived, &self.link.volume);
         if let Ok(value) = serde_json::to_vec(&self.status) {
             let _ = self.gateway.store.put(&key, value, None).await;
         }
@@ -619,6 +633,20 @@ async fn secondary_link(
                 "{volume} is fenced here; `tether dr failback {volume}` makes it the secondary"
             ),
         )),
+        DrRole::Primary if hello.generation > link.generation => {
+            // The peer was promoted past this side: it must not serve.
+            let mut fenced = link.clone();
+            fenced.role = DrRole::Fenced;
+            cas_link(gateway, &fenced, revision)
+                .await
+                .map_err(|reason| refusal(refused::FAILED, link.generation, reason))?;
+            tracing::error!(generation = link.generation, newer = hello.generation, "fenced: the peer was promoted to a newer generation; this side refuses I/O until failback");
+            Err(refusal(
+                refused::NOT_SECONDARY,
+                link.generation,
+                format!("{volume} was the primary here and is fenced now; `tether dr failback {volume}` here makes it the secondary"),
+            ))
+        }
         DrRole::Primary => Err(refusal(
             refused::NEWER_GENERATION,
             link.generation,
@@ -793,7 +821,7 @@ async fn force_promote(gateway: &Arc<Gateway>, link: DrLinkRecord) -> Result<(),
                 if let Ok(value) = serde_json::to_vec(&status) {
                     let _ = gateway
                         .store
-                        .put(&gateway.key(Kind::DrStatus, &volume), value, None)
+                        .put(&gateway.key(Kind::DrReceived, &volume), value, None)
                         .await;
                 }
             }

@@ -26,6 +26,9 @@ pub const INDEX_ENTRY_BYTES: u64 = 16;
 /// A batch holds this many chunks at most (1 GiB of 256 KiB chunks).
 pub const MAX_JOURNAL_ENTRIES: u64 = 4096;
 pub const ENTRY_ZERO: u32 = 1;
+/// The storage engine's chunk size, for a journal made before any batch
+/// names one (a failback's).
+pub const ENGINE_CHUNK_BYTES: u64 = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalState {

@@ -38,11 +38,14 @@ pub struct DrLinkRecord {
     pub created_unix_ms: u64,
 }
 
-/// How far a link is, as the side doing the work writes it. Key:
-/// `dr-status/{volume}`; the primary's shipper and the secondary's receiver
-/// each write their own cluster's.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// How far a link is, as the side doing the work writes it: the primary's
+/// shipper at `dr-status/{volume}`, the secondary's receiver at
+/// `dr-received/{volume}` (its counts are what it took).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DrStatusRecord {
+    /// The DR generation these counts are of.
+    #[serde(default)]
+    pub generation: u64,
     /// `connecting`, `comparing`, `shipping`, `idle`, `down`, `fenced`,
     /// `receiving`.
     pub link_state: String,
@@ -146,11 +149,26 @@ pub struct DrLinkView {
     #[serde(default)]
     pub error: Option<String>,
     pub updated_unix_ms: u64,
+    /// What this side's receiver took (chunks, bytes, batches), when it is
+    /// or was a secondary: after a failback, what came back.
+    #[serde(default)]
+    pub received: Option<DrStatusRecord>,
 }
 
 impl DrLinkView {
-    pub fn new(link: &DrLinkRecord, status: Option<&DrStatusRecord>) -> Self {
-        let status = status.cloned().unwrap_or_default();
+    /// `shipped`: the shipper's status; `received`: the receiver's. A
+    /// secondary shows what it received, a primary what it shipped.
+    pub fn new(
+        link: &DrLinkRecord,
+        shipped: Option<&DrStatusRecord>,
+        received: Option<&DrStatusRecord>,
+    ) -> Self {
+        let status = match link.role {
+            DrRole::Secondary => received.or(shipped),
+            _ => shipped,
+        }
+        .cloned()
+        .unwrap_or_default();
         let role = match link.role {
             DrRole::Primary => "primary",
             DrRole::Secondary => "secondary",
@@ -184,6 +202,7 @@ impl DrLinkView {
             failback_requested: link.failback_requested,
             error: status.error.clone(),
             updated_unix_ms: status.updated_unix_ms,
+            received: received.cloned(),
         }
     }
 }

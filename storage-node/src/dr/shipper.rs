@@ -92,6 +92,13 @@ async fn run(master: Arc<MasterState>) {
             .dr
             .set_gate(gate_of(link.as_ref().map(|(link, _)| link.clone())));
         if let Some((link, revision)) = link.filter(|(link, _)| link.role == DrRole::Primary) {
+            if stats.generation != link.generation {
+                // A new primacy (a promote, a failback): its own counts.
+                stats = Stats {
+                    generation: link.generation,
+                    ..Stats::default()
+                };
+            }
             let batches = stats.batches;
             let result = ship(&master, &link, revision, &mut stats).await;
             if stats.batches > batches {
@@ -119,6 +126,7 @@ async fn run(master: Arc<MasterState>) {
 /// What `dr status` shows of this link, kept across sessions.
 #[derive(Default)]
 struct Stats {
+    generation: u64,
     point: u64,
     point_unix_ms: u64,
     batches: u64,
@@ -154,6 +162,7 @@ async fn publish(master: &MasterState, link: &DrLinkRecord, state: &str, stats: 
         .front()
         .map_or(1.0, |(at, _)| at.elapsed().as_secs_f64().max(1.0));
     let status = DrStatusRecord {
+        generation: link.generation,
         link_state: state.into(),
         last_point: stats.point,
         last_point_unix_ms: stats.point_unix_ms,
