@@ -525,3 +525,153 @@ fn a_forced_promote_is_a_consistent_point_the_old_primary_is_fenced_and_failback
         "the failed-back primary differs from DR's content"
     );
 }
+
+/// The DR-side gateway receiving `db` now: the one that logged opening a
+/// stream last (its pid and name).
+fn receiving_gateway(federation: &DevFederation) -> (u64, String) {
+    let gateways = federation_json(&federation.dir().join("dr"))["clusters"][0]["gateways"].clone();
+    gateways
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|gateway| {
+            let log = std::fs::read_to_string(gateway["log"].as_str().unwrap()).ok()?;
+            let last = log
+                .lines()
+                .filter(|line| line.contains("receiving DR batches"))
+                .last()?
+                .to_string();
+            let at = serde_json::from_str::<Value>(&last).ok()?["timestamp"]
+                .as_str()?
+                .to_string();
+            Some((
+                at,
+                gateway["pid"].as_u64()?,
+                gateway["name"].as_str()?.to_string(),
+            ))
+        })
+        .max()
+        .map(|(_, pid, name)| (pid, name))
+        .expect("a DR gateway receives db")
+}
+
+/// Waits until the primary acknowledged `points` more points than `from`
+/// (so batches flow again); that status.
+fn wait_points(federation: &DevFederation, from: &Value, points: u64, what: &str) -> Value {
+    let base = from["last_point"].as_u64().unwrap();
+    wait_status(federation, None, "db", what, |status| {
+        status["last_point"].as_u64().unwrap() >= base + points
+    })
+}
+
+#[test]
+fn kills_of_either_side_leave_the_secondary_at_a_point_and_a_planned_promote_under_load_loses_nothing(
+) {
+    use multicluster_tests::dr::{block_sequences, prefix_point, SequencedWriter};
+    const BLOCKS: u64 = 512; // 2 MiB: 8 chunks
+    let federation = DevFederation::builder().nodes(3).dr().start().unwrap();
+    pair(&federation);
+    let dir = federation.dir().to_path_buf();
+    let (view, uri, _presenter) = federation.create_presented("db", "64MiB", 2);
+    let linked = federation.tether(&[
+        "dr",
+        "link",
+        "db",
+        "--to",
+        "dr",
+        "--rpo",
+        "5s",
+        "--replicas",
+        "2",
+    ]);
+    assert!(linked.status.success(), "{linked:?}");
+    let seeded = wait_caught_up(&federation, "db", 0);
+    let writer = SequencedWriter::start(&uri, BLOCKS, 10_000_000).unwrap();
+    let flowing = wait_points(&federation, &seeded, 3, "batches ship under writes");
+
+    // kill -9 of the primary's master: the new master compares with the
+    // secondary and ships what differs (the 8 written chunks at most), not
+    // the volume again.
+    let master = view["master"].as_str().unwrap().to_string();
+    let _cmdline = federation.kill_node(&master);
+    let after_failover = wait_status(&federation, None, "db", "the new master ships", |status| {
+        status["generation"] == 1
+            && status["chunks_compared"].as_u64().unwrap() > 0
+            && status["last_point"].as_u64().unwrap() > flowing["last_point"].as_u64().unwrap()
+            && status["batches"].as_u64().unwrap() >= 2
+    });
+    let compared = after_failover["chunks_compared"].as_u64().unwrap();
+    assert_eq!(
+        compared, 256,
+        "one comparison of the 256 chunks: {after_failover}"
+    );
+    let first_batch = after_failover["chunks_shipped"].as_u64().unwrap();
+    assert!(
+        first_batch <= 8 * after_failover["batches"].as_u64().unwrap(),
+        "after a failover only changed chunks ship: {after_failover}"
+    );
+
+    // kill -9 of the gateway receiving the batches, mid-stream: the
+    // shipper moves to the other one, which finishes any committed batch.
+    let (pid, gateway) = receiving_gateway(&federation);
+    federation.kill9(pid);
+    let after_gateway = wait_points(
+        &federation,
+        &after_failover,
+        3,
+        "batches ship again after a gateway kill",
+    );
+
+    // kill -9 of the secondary's master node mid-apply: its replica takes
+    // over in the DR cluster and batches go on.
+    let dr_volume: Value = serde_json::from_slice(
+        &federation
+            .tether_peer("dr", &["-o", "json", "volume", "list"])
+            .stdout,
+    )
+    .unwrap();
+    let dr_master = dr_volume
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|volume| volume["name"] == "db")
+        .unwrap()["master"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dr_nodes = federation_json(&dir.join("dr"))["clusters"][0]["nodes"].clone();
+    let dr_master_pid = dr_nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == dr_master.as_str())
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    federation.kill9(dr_master_pid);
+    wait_points(
+        &federation,
+        &after_gateway,
+        3,
+        &format!("batches ship again after killing {gateway}'s peer node {dr_master}"),
+    );
+    assert!(writer.acked() > 0);
+
+    // Planned promote under load: every acknowledged write is in the new
+    // primary, and the writer's next write is refused.
+    let promoted = federation.tether_peer("dr", &["dr", "promote", "db"]);
+    assert!(
+        promoted.status.success(),
+        "{promoted:?}\n{}",
+        federation.log_tails(40)
+    );
+    let (last, refusal) = writer.wait().unwrap();
+    assert!(refusal.contains("refused"), "{refusal}");
+    let dr_uri = attach_in_dr(&federation, "db");
+    let promoted_image = image(&dr_uri, &dir.join("promoted.bin"));
+    let point = prefix_point(&block_sequences(&promoted_image, BLOCKS).unwrap(), BLOCKS).unwrap();
+    assert_eq!(
+        point, last,
+        "the new primary holds write {point}; {last} were acknowledged"
+    );
+}

@@ -543,12 +543,18 @@ async fn batch_once(
         let cut_unix_ms;
         let mut round = 0;
         loop {
-            for chunk in &pending {
-                let data = read_chunk(master, *chunk)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                stage(master, stream, stats, point, *chunk, data).await?;
-                staged.push(*chunk);
+            // A small batch is read whole at the cut (each chunk ships
+            // once); a large one is read while writes go on first.
+            let small = pending.len() as u64 * chunk_size <= CUT_BYTES;
+            if final_point || !small {
+                for chunk in &pending {
+                    let data = read_chunk(master, *chunk)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    stage(master, stream, stats, point, *chunk, data).await?;
+                    staged.push(*chunk);
+                }
+                pending.clear();
             }
             if final_point {
                 cut_unix_ms = now_ms();
@@ -556,7 +562,12 @@ async fn batch_once(
             }
             // The cut: writes wait while the chunks written since are read.
             let held = master.dr.cut().await;
-            let written = master.dr.take();
+            let mut written = master.dr.take();
+            if !pending.is_empty() {
+                written.append(&mut pending);
+                written.sort_unstable();
+                written.dedup();
+            }
             round += 1;
             if written.len() as u64 * chunk_size > CUT_BYTES && round < FUZZY_ROUNDS {
                 drop(held);
