@@ -538,8 +538,7 @@ fn receiving_gateway(federation: &DevFederation) -> (u64, String) {
             let log = std::fs::read_to_string(gateway["log"].as_str().unwrap()).ok()?;
             let last = log
                 .lines()
-                .filter(|line| line.contains("receiving DR batches"))
-                .last()?
+                .rfind(|line| line.contains("receiving DR batches"))?
                 .to_string();
             let at = serde_json::from_str::<Value>(&last).ok()?["timestamp"]
                 .as_str()?
