@@ -674,3 +674,121 @@ fn kills_of_either_side_leave_the_secondary_at_a_point_and_a_planned_promote_und
         "the new primary holds write {point}; {last} were acknowledged"
     );
 }
+
+#[test]
+fn an_encrypted_volume_ships_ciphertext_only_and_opens_in_the_peer_with_its_key() {
+    use multicluster_tests::clients::{nbdcopy_in, nbdcopy_out};
+    use multicluster_tests::harness::{contains, files_under, write_key_file, LoopbackCapture};
+    let federation = DevFederation::builder().nodes(1).dr().start().unwrap();
+    pair(&federation);
+    let dir = federation.dir().to_path_buf();
+    let key_file = dir.join("user.key");
+    let user_key: [u8; 32] = rand::random();
+    write_key_file(&key_file, user_key);
+    let key = key_file.to_str().unwrap();
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "vault",
+            "--size",
+            "64MiB",
+            "--encrypt-key-file",
+            key,
+        ])
+        .unwrap();
+    let socket = dir.join("vault.sock");
+    let uri = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "vault",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+            "--encrypt-key-file",
+            key,
+        ])
+        .unwrap()
+        .trim()
+        .to_string();
+    // A plaintext control: a volume without encryption, its own marker.
+    let plain_uri = federation.create_attached("plain", "64MiB").unwrap();
+    let secret = b"TETHER-DR-SECRET-PLAINTEXT-0123456789".repeat(30_000);
+    let control = b"TETHER-DR-CONTROL-PLAINTEXT-98765432".repeat(30_000);
+    std::fs::write(dir.join("secret.bin"), &secret[..1 << 20]).unwrap();
+    std::fs::write(dir.join("control.bin"), &control[..1 << 20]).unwrap();
+    nbdcopy_in(&dir.join("secret.bin"), &uri).unwrap();
+    nbdcopy_in(&dir.join("control.bin"), &plain_uri).unwrap();
+
+    let capture = LoopbackCapture::start().unwrap();
+    for volume in ["vault", "plain"] {
+        let linked = federation.tether(&["dr", "link", volume, "--to", "dr", "--rpo", "5s"]);
+        assert!(linked.status.success(), "{linked:?}");
+    }
+    let shipped = wait_caught_up(&federation, "vault", 0);
+    wait_caught_up(&federation, "plain", 0);
+    let traffic = capture.finish();
+    // Ciphertext does not shrink: it ships as it is.
+    assert!(
+        shipped["compression_ratio"].as_f64().unwrap() < 1.01,
+        "{shipped}"
+    );
+
+    let marker = &secret[..64];
+    let control_marker = &control[..64];
+    let hex_key: String = user_key.iter().map(|byte| format!("{byte:02x}")).collect();
+    assert!(
+        traffic.len() > 2 << 20,
+        "the capture saw {} bytes",
+        traffic.len()
+    );
+    assert!(!contains(&traffic, marker), "plaintext on the link");
+    assert!(!contains(&traffic, &user_key), "the key on the link");
+    let mut control_found = false;
+    for file in files_under(&dir.join("dr")) {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        assert!(!contains(&bytes, marker), "plaintext in {}", file.display());
+        assert!(
+            !contains(&bytes, &user_key),
+            "the key in {}",
+            file.display()
+        );
+        assert!(
+            !contains(&bytes, hex_key.as_bytes()),
+            "the key (hex) in {}",
+            file.display()
+        );
+        control_found |= contains(&bytes, control_marker);
+    }
+    assert!(
+        control_found,
+        "the unencrypted control's data is in the peer's pool"
+    );
+
+    // Promoted in the peer, it opens with the same key and holds the data.
+    let promoted = federation.tether_peer("dr", &["dr", "promote", "vault"]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    let dr_socket = dir.join("vault-dr.sock");
+    let dr_uri = federation.tether_peer(
+        "dr",
+        &[
+            "volume",
+            "attach",
+            "vault",
+            "--nbd",
+            &format!("unix:{}", dr_socket.display()),
+            "--encrypt-key-file",
+            key,
+        ],
+    );
+    assert!(dr_uri.status.success(), "{dr_uri:?}");
+    let dr_uri = String::from_utf8(dr_uri.stdout).unwrap().trim().to_string();
+    nbdcopy_out(&dr_uri, &dir.join("vault-dr.bin")).unwrap();
+    let read = std::fs::read(dir.join("vault-dr.bin")).unwrap();
+    assert!(
+        read[..1 << 20] == secret[..1 << 20],
+        "the peer's copy does not decrypt to the data"
+    );
+}
