@@ -94,7 +94,7 @@ fn print_status(view: &DrLinkView) {
     println!(
         "shipped:           {} batches, {} chunks, {} raw, {} on the wire ({:.2}x)",
         view.batches,
-        view.chunks_shipped,
+        view.extents_shipped,
         format_size(view.bytes_raw),
         format_size(view.bytes_wire),
         view.compression_ratio
@@ -228,7 +228,7 @@ fn watch_failback(
             "{} ({}): {} chunks taken, {}",
             view.role,
             view.link_state,
-            view.chunks_shipped,
+            view.extents_shipped,
             format_size(view.bytes_raw)
         ));
         if view.role == "primary" && view.generation > fenced_generation {
@@ -240,7 +240,7 @@ fn watch_failback(
                 "{volume} failed back: primary here at generation {} after {:.1}s ({} chunks taken)",
                 view.generation,
                 started.elapsed().as_secs_f64(),
-                view.chunks_shipped
+                view.extents_shipped
             );
             return Ok(());
         }

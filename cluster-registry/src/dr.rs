@@ -216,8 +216,7 @@ pub async fn record_secondary(
             reason: format!("{} bytes", request.chunk_size),
         });
     }
-    let chunk = request.chunk_size as u64;
-    let layout = JournalLayout::for_volume(request.size_bytes.div_ceil(chunk), chunk);
+    let layout = JournalLayout::for_volume(request.size_bytes);
     let link = DrLinkRecord {
         volume: volume.clone(),
         peer: request.peer.clone(),
@@ -397,8 +396,7 @@ pub async fn failback_journal(
             volume: volume.to_string(),
             reason: format!("its volume record is unreadable: {err}"),
         })?;
-    let chunk = tether_proto::dr::journal::ENGINE_CHUNK_BYTES;
-    let layout = JournalLayout::for_volume(spec.size_bytes.div_ceil(chunk), chunk);
+    let layout = JournalLayout::for_volume(spec.size_bytes);
     Ok(Some(CreateVolumeRequest {
         name: journal,
         size_bytes: layout.size_bytes(),

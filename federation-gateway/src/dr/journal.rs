@@ -62,11 +62,12 @@ impl Journal {
             .map_err(|err| err.to_string())
     }
 
-    pub async fn write_entry(&self, entry: u64, data: Bytes) -> Result<(), String> {
+    /// Writes an entry's data `at` bytes into the data region.
+    pub async fn write_entry(&self, at: u64, data: Bytes) -> Result<(), String> {
         run(
             &self.volume,
             BlockOp::Write {
-                offset: self.layout.entry_offset(entry),
+                offset: self.layout.data_offset() + at,
                 data,
                 fua: false,
             },
@@ -76,11 +77,11 @@ impl Journal {
         .map_err(|err| err.to_string())
     }
 
-    pub async fn read_entry(&self, entry: u64, length: u32) -> Result<Vec<u8>, String> {
+    pub async fn read_entry(&self, at: u64, length: u32) -> Result<Vec<u8>, String> {
         run(
             &self.volume,
             BlockOp::Read {
-                offset: self.layout.entry_offset(entry),
+                offset: self.layout.data_offset() + at,
                 length,
             },
         )

@@ -183,7 +183,7 @@ impl Receiver {
             .journal_volume
             .clone()
             .unwrap_or_else(|| journal_volume_name(&link.volume));
-        let layout = JournalLayout::for_volume(size_bytes.div_ceil(chunk_size), chunk_size);
+        let layout = JournalLayout::for_volume(size_bytes);
         Receiver {
             gateway: gateway.clone(),
             data: gateway.dr_follower(&link.volume),
@@ -260,6 +260,8 @@ impl Receiver {
         );
         self.publish("receiving").await;
         let mut entries: Vec<JournalEntry> = Vec::new();
+        // Journal data bytes the staged entries take.
+        let mut used = 0u64;
         let mut batch: Option<u64> = None;
         // The batch being staged overflowed the journal: it goes straight
         // to the secondary, which is at no point until it commits.
@@ -287,7 +289,7 @@ impl Receiver {
                 }
                 DrFrame::Stage {
                     point,
-                    chunk,
+                    offset,
                     raw_len,
                     compressed,
                     zero,
@@ -303,56 +305,48 @@ impl Receiver {
                         return Err(format!("batch {point} began before the last was committed"));
                     }
                     batch = Some(point);
-                    if raw_len as u64 > self.chunk_size
-                        || chunk * self.chunk_size >= self.size_bytes
-                        || raw_len as u64
-                            != self
-                                .chunk_size
-                                .min(self.size_bytes - chunk * self.chunk_size)
+                    if offset % 512 != 0
+                        || offset
+                            .checked_add(raw_len as u64)
+                            .is_none_or(|end| end > self.size_bytes)
                     {
                         return Err(format!(
-                            "chunk {chunk} of {raw_len} bytes is not a chunk of the secondary"
+                            "extent at {offset} of {raw_len} bytes is not within the secondary ({} bytes)",
+                            self.size_bytes
                         ));
                     }
                     let data = if compressed {
                         Bytes::from(
                             tether_common::block_zstd::decompress_exact(&data, raw_len as usize)
-                                .map_err(|err| format!("chunk {chunk}: {err}"))?,
+                                .map_err(|err| format!("extent at {offset}: {err}"))?,
                         )
                     } else {
                         data
                     };
-                    if !direct && entries.len() as u64 >= self.journal.layout.max_entries {
-                        tracing::warn!(point, entries = entries.len(), "the batch is larger than the journal: applying it directly; the secondary is at no consistent point until it commits");
-                        self.header.state = JournalState::Seeding;
-                        self.journal.set_header(&self.header).await?;
-                        for (index, entry) in entries.iter().enumerate() {
-                            let data = if entry.zero {
-                                Bytes::new()
-                            } else {
-                                Bytes::from(
-                                    self.journal.read_entry(index as u64, entry.raw_len).await?,
-                                )
-                            };
-                            self.apply_chunk(entry, data).await?;
-                        }
-                        entries.clear();
-                        direct = true;
-                    }
                     let entry = JournalEntry {
-                        chunk,
+                        offset,
                         raw_len,
                         zero,
                     };
+                    if !direct && !self.journal.layout.fits(entries.len() as u64, used, &entry) {
+                        tracing::warn!(point, entries = entries.len(), bytes = used, "the batch is larger than the journal: applying it directly; the secondary is at no consistent point until it commits");
+                        self.header.state = JournalState::Seeding;
+                        self.journal.set_header(&self.header).await?;
+                        self.apply_entries(&entries).await?;
+                        entries.clear();
+                        used = 0;
+                        direct = true;
+                    }
                     if direct {
-                        self.apply_chunk(&entry, data).await?;
+                        self.apply_extent(&entry, data).await?;
                     } else {
                         if !zero {
-                            self.journal.write_entry(entries.len() as u64, data).await?;
+                            self.journal.write_entry(used, data).await?;
                         }
+                        used += entry.journal_bytes();
                         entries.push(entry);
                     }
-                    self.status.chunks_shipped += 1;
+                    self.status.extents_shipped += 1;
                     self.status.bytes_raw += raw_len as u64;
                 }
                 DrFrame::Commit {
@@ -409,6 +403,7 @@ impl Receiver {
                     self.journal.set_header(&self.header).await?;
                     direct = false;
                     entries.clear();
+                    used = 0;
                     batch = None;
                     self.status.batches += 1;
                     self.status.last_point = point;
@@ -454,18 +449,17 @@ impl Receiver {
             .is_some_and(|(link, _)| link.force_requested)
     }
 
-    async fn apply_chunk(&self, entry: &JournalEntry, data: Bytes) -> Result<(), String> {
-        let offset = entry.chunk * self.chunk_size;
+    async fn apply_extent(&self, entry: &JournalEntry, data: Bytes) -> Result<(), String> {
         let op = if entry.zero {
             BlockOp::WriteZeroes {
-                offset,
+                offset: entry.offset,
                 length: entry.raw_len as u64,
                 punch: true,
                 fua: false,
             }
         } else {
             BlockOp::Write {
-                offset,
+                offset: entry.offset,
                 data,
                 fua: false,
             }
@@ -476,19 +470,27 @@ impl Receiver {
             .map_err(|err| err.to_string())
     }
 
+    /// Writes `entries` (staged in the journal, in order) to the secondary.
+    async fn apply_entries(&self, entries: &[JournalEntry]) -> Result<(), String> {
+        let mut at = 0u64;
+        for entry in entries {
+            let data = if entry.zero {
+                Bytes::new()
+            } else {
+                Bytes::from(self.journal.read_entry(at, entry.raw_len).await?)
+            };
+            at += entry.journal_bytes();
+            self.apply_extent(entry, data).await?;
+        }
+        Ok(())
+    }
+
     /// Applies the committed batch in the journal to the secondary.
     async fn apply(&mut self) -> Result<(), String> {
         self.status.applying = true;
         self.publish("applying").await;
         let entries = self.journal.index(self.header.entries).await?;
-        for (index, entry) in entries.iter().enumerate() {
-            let data = if entry.zero {
-                Bytes::new()
-            } else {
-                Bytes::from(self.journal.read_entry(index as u64, entry.raw_len).await?)
-            };
-            self.apply_chunk(entry, data).await?;
-        }
+        self.apply_entries(&entries).await?;
         run(&self.data, BlockOp::Flush)
             .await
             .map_err(|err| err.to_string())?;
@@ -775,7 +777,7 @@ async fn force_promote(gateway: &Arc<Gateway>, link: DrLinkRecord) -> Result<(),
         .unwrap_or_else(|| journal_volume_name(&volume));
     let header = Journal {
         volume: gateway.dr_follower(&journal_name),
-        layout: JournalLayout::for_volume(1, 4096),
+        layout: JournalLayout::for_volume(size_bytes),
     }
     .header()
     .await;

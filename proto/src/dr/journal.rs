@@ -7,8 +7,9 @@
 //! 0                 header (4 KiB): magic "TDRJ" (u32), version (u8), state (u8),
 //!                   chunk size (u32), point (u64), cut time (u64), entries (u64),
 //!                   BLAKE3 of the bytes before it (32)
-//! 4 KiB             index: entries × (chunk (u64), raw length (u32), flags (u32: ZERO))
-//! data offset       entry i's data at data offset + i × chunk size
+//! 4 KiB             index: entries × (volume offset (u64), raw length (u32), flags (u32: ZERO))
+//! data offset       the entries' data one after another, each from a 4 KiB boundary
+//!                   (zero entries take none)
 //! ```
 //! States: `Clean` (the secondary is at `point`; nothing staged counts),
 //! `Committed` (the batch of `point` is whole in the journal: apply it,
@@ -23,12 +24,13 @@ pub const JOURNAL_MAGIC: u32 = 0x5444_524a;
 pub const JOURNAL_VERSION: u8 = 1;
 pub const HEADER_BYTES: u64 = 4096;
 pub const INDEX_ENTRY_BYTES: u64 = 16;
-/// A batch holds this many chunks at most (1 GiB of 256 KiB chunks).
-pub const MAX_JOURNAL_ENTRIES: u64 = 4096;
+/// A batch holds this many extents at most ...
+pub const MAX_JOURNAL_ENTRIES: u64 = 65_536;
+/// ... and this many bytes (less for a smaller volume).
+pub const MAX_JOURNAL_DATA: u64 = 1 << 30;
+/// Entries' data start on this boundary.
+pub const ENTRY_ALIGN: u64 = 4096;
 pub const ENTRY_ZERO: u32 = 1;
-/// The storage engine's chunk size, for a journal made before any batch
-/// names one (a failback's).
-pub const ENGINE_CHUNK_BYTES: u64 = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalState {
@@ -48,24 +50,39 @@ pub struct JournalHeader {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalEntry {
-    pub chunk: u64,
+    /// Where the extent goes in the secondary (bytes).
+    pub offset: u64,
     pub raw_len: u32,
     pub zero: bool,
 }
 
-/// Where things are in a journal for chunks of `chunk_size`.
+impl JournalEntry {
+    /// The bytes its data takes in the journal.
+    pub fn journal_bytes(&self) -> u64 {
+        if self.zero {
+            0
+        } else {
+            (self.raw_len as u64).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
+        }
+    }
+}
+
+/// Where things are in the journal of a secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalLayout {
-    pub chunk_size: u64,
     pub max_entries: u64,
+    pub data_bytes: u64,
 }
 
 impl JournalLayout {
-    /// The layout for a secondary of `n_chunks` chunks.
-    pub fn for_volume(n_chunks: u64, chunk_size: u64) -> Self {
+    /// The layout for a secondary of `volume_bytes`.
+    pub fn for_volume(volume_bytes: u64) -> Self {
         Self {
-            chunk_size,
-            max_entries: n_chunks.clamp(1, MAX_JOURNAL_ENTRIES),
+            max_entries: MAX_JOURNAL_ENTRIES,
+            data_bytes: volume_bytes
+                .div_ceil(ENTRY_ALIGN)
+                .saturating_mul(ENTRY_ALIGN)
+                .clamp(ENTRY_ALIGN, MAX_JOURNAL_DATA),
         }
     }
 
@@ -78,13 +95,14 @@ impl JournalLayout {
         HEADER_BYTES + index.div_ceil(4096) * 4096
     }
 
-    pub fn entry_offset(&self, entry: u64) -> u64 {
-        self.data_offset() + entry * self.chunk_size
+    /// Whether one more `entry` fits after `entries` taking `used` bytes.
+    pub fn fits(&self, entries: u64, used: u64, entry: &JournalEntry) -> bool {
+        entries < self.max_entries && used + entry.journal_bytes() <= self.data_bytes
     }
 
     /// The journal volume's size.
     pub fn size_bytes(&self) -> u64 {
-        self.data_offset() + self.max_entries * self.chunk_size
+        self.data_offset() + self.data_bytes
     }
 }
 
@@ -143,7 +161,7 @@ impl JournalHeader {
 pub fn encode_index(entries: &[JournalEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * INDEX_ENTRY_BYTES as usize);
     for entry in entries {
-        out.extend_from_slice(&entry.chunk.to_be_bytes());
+        out.extend_from_slice(&entry.offset.to_be_bytes());
         out.extend_from_slice(&entry.raw_len.to_be_bytes());
         out.extend_from_slice(&(if entry.zero { ENTRY_ZERO } else { 0 }).to_be_bytes());
     }
@@ -162,7 +180,7 @@ pub fn decode_index(bytes: &[u8], entries: u64) -> Result<Vec<JournalEntry>, &'s
     Ok(bytes[..need as usize]
         .chunks_exact(INDEX_ENTRY_BYTES as usize)
         .map(|entry| JournalEntry {
-            chunk: u64::from_be_bytes(entry[..8].try_into().unwrap()),
+            offset: u64::from_be_bytes(entry[..8].try_into().unwrap()),
             raw_len: u32::from_be_bytes(entry[8..12].try_into().unwrap()),
             zero: u32::from_be_bytes(entry[12..16].try_into().unwrap()) & ENTRY_ZERO != 0,
         })
@@ -189,12 +207,12 @@ mod tests {
         assert!(JournalHeader::decode(&block).is_err());
         let entries = vec![
             JournalEntry {
-                chunk: 7,
+                offset: 7 << 12,
                 raw_len: 4096,
                 zero: false,
             },
             JournalEntry {
-                chunk: 9,
+                offset: 9 << 12,
                 raw_len: 4096,
                 zero: true,
             },
@@ -206,14 +224,26 @@ mod tests {
     }
 
     #[test]
-    fn the_layout_keeps_index_and_data_apart() {
-        let layout = JournalLayout::for_volume(40960, 256 << 10);
-        assert_eq!(layout.max_entries, MAX_JOURNAL_ENTRIES);
-        assert_eq!(layout.data_offset(), 4096 + (64 << 10));
-        assert!(layout.entry_offset(0) >= layout.index_offset() + 4096 * 16);
+    fn the_layout_keeps_index_and_data_apart_and_bounds_both() {
+        let layout = JournalLayout::for_volume(10 << 30);
+        assert_eq!(layout.data_bytes, MAX_JOURNAL_DATA);
+        assert_eq!(layout.data_offset(), 4096 + MAX_JOURNAL_ENTRIES * 16);
         assert_eq!(layout.size_bytes() % 4096, 0);
-        let small = JournalLayout::for_volume(4, 256 << 10);
-        assert_eq!(small.max_entries, 4);
-        assert_eq!(small.data_offset(), 8192);
+        let small = JournalLayout::for_volume(64 << 20);
+        assert_eq!(small.data_bytes, 64 << 20);
+        let extent = JournalEntry {
+            offset: 0,
+            raw_len: 5000,
+            zero: false,
+        };
+        assert_eq!(extent.journal_bytes(), 8192);
+        assert!(small.fits(0, (64 << 20) - 8192, &extent));
+        assert!(!small.fits(0, (64 << 20) - 4096, &extent));
+        assert!(!small.fits(MAX_JOURNAL_ENTRIES, 0, &extent));
+        let zero = JournalEntry {
+            zero: true,
+            ..extent
+        };
+        assert!(small.fits(0, 64 << 20, &zero));
     }
 }

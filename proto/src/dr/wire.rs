@@ -6,7 +6,7 @@
 //! generation and last applied point, the peer's gateways) or `Refused`
 //! (a code, the receiver's generation, a reason; the stream then ends).
 //! Then, in order: `HashRequest` → `Hashes` (the secondary's chunk hashes,
-//! for a comparison), any number of `Stage` (one chunk of the batch, no
+//! for a comparison), any number of `Stage` (one extent of the batch, no
 //! answer), and `Commit` → `Applied` once the secondary applied the batch
 //! atomically. A `Commit` flagged FINAL is a planned promote's last point:
 //! the secondary becomes primary at the generation `Applied` names.
@@ -24,12 +24,12 @@
 //! 3 Refused      code (u32), generation (u64), reason len (u16) reason
 //! 4 HashRequest  first chunk (u64), count (u32)
 //! 5 Hashes       first chunk (u64), count × hash (32 bytes)
-//! 6 Stage        point (u64), chunk (u64), raw length (u32), data  flags: COMPRESSED, ZERO
-//! 7 Commit       point (u64), cut time (u64, unix ms), chunks (u64)  flags: FINAL
+//! 6 Stage        point (u64), offset (u64), raw length (u32), data flags: COMPRESSED, ZERO
+//! 7 Commit       point (u64), cut time (u64, unix ms), extents (u64) flags: FINAL
 //! 8 Applied      point (u64), generation (u64)                      flags: HANDOVER
 //! ```
 //! Every size is checked before anything is allocated: payloads over
-//! [`MAX_DR_PAYLOAD`], chunks over [`MAX_DR_CHUNK`], hash requests over
+//! [`MAX_DR_PAYLOAD`], extents over [`MAX_DR_CHUNK`], hash requests over
 //! [`MAX_HASHES`], names over 63 bytes are errors.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -117,11 +117,12 @@ pub enum DrFrame {
         first: u64,
         hashes: Vec<[u8; 32]>,
     },
-    /// One chunk of batch `point`: zstd-compressed (`compressed`), or all
-    /// zeros (`zero`, no data), or as it is.
+    /// One extent of batch `point` (at byte `offset` of the volume):
+    /// zstd-compressed (`compressed`), or all zeros (`zero`, no data), or
+    /// as it is.
     Stage {
         point: u64,
-        chunk: u64,
+        offset: u64,
         raw_len: u32,
         compressed: bool,
         zero: bool,
@@ -209,14 +210,14 @@ pub fn encode_dr_frame(frame: &DrFrame, out: &mut BytesMut) {
         }
         DrFrame::Stage {
             point,
-            chunk,
+            offset,
             raw_len,
             compressed,
             zero,
             data,
         } => {
             payload.put_u64(*point);
-            payload.put_u64(*chunk);
+            payload.put_u64(*offset);
             payload.put_u32(*raw_len);
             payload.put_slice(data);
             let mut flags = 0;
@@ -396,24 +397,24 @@ pub fn decode_dr_frame(input: &mut BytesMut) -> Result<Option<DrFrame>, ProtoErr
             DrFrame::Hashes { first, hashes }
         }
         KIND_STAGE => {
-            need(&payload, 20, "stage without its chunk")?;
+            need(&payload, 20, "stage without its extent")?;
             let point = payload.get_u64();
-            let chunk = payload.get_u64();
+            let offset = payload.get_u64();
             let raw_len = payload.get_u32();
             let compressed = flags & FLAG_COMPRESSED != 0;
             let zero = flags & FLAG_ZERO != 0;
             if raw_len == 0 || raw_len > MAX_DR_CHUNK {
-                return Err(malformed("stage with a bad chunk length"));
+                return Err(malformed("stage with a bad extent length"));
             }
             if zero && payload.has_remaining() {
-                return Err(malformed("a zero chunk carries data"));
+                return Err(malformed("a zero extent carries data"));
             }
             if !zero && !compressed && payload.remaining() != raw_len as usize {
-                return Err(malformed("a raw chunk's data is not its length"));
+                return Err(malformed("a raw extent's data is not its length"));
             }
             DrFrame::Stage {
                 point,
-                chunk,
+                offset,
                 raw_len,
                 compressed,
                 zero,
@@ -493,7 +494,7 @@ mod tests {
         });
         round_trip(DrFrame::Stage {
             point: 5,
-            chunk: 77,
+            offset: 77 << 12,
             raw_len: 4,
             compressed: false,
             zero: false,
@@ -501,7 +502,7 @@ mod tests {
         });
         round_trip(DrFrame::Stage {
             point: 5,
-            chunk: 78,
+            offset: 78 << 12,
             raw_len: 4096,
             compressed: false,
             zero: true,
@@ -545,7 +546,7 @@ mod tests {
         encode_dr_frame(
             &DrFrame::Stage {
                 point: 1,
-                chunk: 1,
+                offset: 4096,
                 raw_len: 8,
                 compressed: false,
                 zero: false,

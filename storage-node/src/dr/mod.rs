@@ -5,4 +5,4 @@
 pub mod shipper;
 pub mod tracker;
 
-pub use tracker::{DrTracker, Gate, Origin};
+pub use tracker::{DrTracker, Extent, Gate, Origin, DR_BLOCK};

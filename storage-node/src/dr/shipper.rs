@@ -2,15 +2,18 @@
 //! keeps the master's DR gate true to the link's role and, while primary,
 //! ships batches to a gateway of the peer cluster:
 //!
-//! 1. a new session starts with a **comparison**: the changed-chunk set is
-//!    emptied, both sides' settled hashes are compared, and the chunks that
-//!    differ are the batch (so a new master, a restarted node or a long
-//!    outage needs no durable change log: what differs is recomputed);
-//! 2. after that each batch is the chunks written since the last one;
-//! 3. a batch's chunks are first read and staged while writes go on
-//!    (fuzzy), then the **cut**: writes are held off, the chunks written
-//!    meanwhile are read, writes go on, and those chunks are staged too.
-//!    So every chunk staged last holds its content at the cut instant;
+//! 1. a new session starts with a **comparison**: the changed-block set is
+//!    emptied, both sides' settled chunk hashes are compared, and the
+//!    chunks that differ are the batch (so a new master, a restarted node
+//!    or a long outage needs no durable change log: what differs is
+//!    recomputed);
+//! 2. after that each batch is the 4 KiB blocks written since the last one,
+//!    as extents;
+//! 3. a small batch is read whole at the **cut** (writes held off while it
+//!    is read from the local copy); a large one is first read and staged
+//!    while writes go on (fuzzy), then at the cut the extents written
+//!    meanwhile are read and staged too. Either way every extent staged
+//!    last holds its content at the cut instant;
 //! 4. `Commit` asks the secondary to apply it atomically; `Applied` makes
 //!    it the acknowledged point. A batch that fails is marked changed
 //!    again and the next session compares anyway.
@@ -28,7 +31,7 @@ use tether_proto::keys::Kind;
 use tether_tls::{Role, TlsContext};
 use tracing::Instrument;
 
-use super::Gate;
+use super::{Extent, Gate, DR_BLOCK};
 use crate::error::{NodeError, Result};
 use crate::group::master::MasterState;
 
@@ -131,14 +134,14 @@ struct Stats {
     point_unix_ms: u64,
     batches: u64,
     chunks_compared: u64,
-    chunks_shipped: u64,
+    extents_shipped: u64,
     bytes_raw: u64,
     bytes_wire: u64,
     /// (when, raw bytes) of recent batches, for the throughput.
     recent: std::collections::VecDeque<(Instant, u64)>,
     /// Since when writes wait for a point (none: nothing waits).
     waiting_since_ms: Option<u64>,
-    last_batch_chunks: u64,
+    last_batch_extents: u64,
     error: Option<String>,
 }
 
@@ -166,11 +169,11 @@ async fn publish(master: &MasterState, link: &DrLinkRecord, state: &str, stats: 
         link_state: state.into(),
         last_point: stats.point,
         last_point_unix_ms: stats.point_unix_ms,
-        lag_bytes: pending * master.volume.chunk_size(),
+        lag_bytes: pending * DR_BLOCK,
         lag_seconds,
         batches: stats.batches,
         chunks_compared: stats.chunks_compared,
-        chunks_shipped: stats.chunks_shipped,
+        extents_shipped: stats.extents_shipped,
         bytes_raw: stats.bytes_raw,
         bytes_wire: stats.bytes_wire,
         bytes_per_sec: (window as f64 / span) as u64,
@@ -324,7 +327,7 @@ async fn ship(
         let outcome = batch_once(master, &mut stream, stats, batch, false).await;
         match outcome {
             Ok(handover) => {
-                let state = if stats.last_batch_chunks == 0 {
+                let state = if stats.last_batch_extents == 0 {
                     "idle"
                 } else {
                     "shipping"
@@ -420,12 +423,12 @@ async fn connect(
     Err(last)
 }
 
-/// The chunks whose settled hashes differ between the two sides.
+/// The chunks whose settled hashes differ between the two sides, as extents.
 async fn compare(
     master: &MasterState,
     stream: &mut Stream,
     stats: &mut Stats,
-) -> std::result::Result<Vec<u64>, String> {
+) -> std::result::Result<Vec<Extent>, String> {
     let tree = master.volume.hash_tree();
     let leaves = tree.leaves();
     let mut differing = Vec::new();
@@ -444,7 +447,10 @@ async fn compare(
                 for (offset, hash) in hashes.iter().enumerate() {
                     let chunk = first + offset as u64;
                     if leaves[chunk as usize] != *hash {
-                        differing.push(chunk);
+                        let (chunk_size, size) =
+                            (master.volume.chunk_size(), master.volume.size_bytes());
+                        let at = chunk * chunk_size;
+                        differing.push((at, chunk_size.min(size.saturating_sub(at))));
                     }
                 }
             }
@@ -462,20 +468,20 @@ async fn compare(
     Ok(differing)
 }
 
-/// Stages one chunk as it is now.
+/// Stages one extent as it is now.
 async fn stage(
     master: &MasterState,
     stream: &mut Stream,
     stats: &mut Stats,
     point: u64,
-    chunk: u64,
+    offset: u64,
     data: Vec<u8>,
 ) -> std::result::Result<(), String> {
     let raw_len = data.len() as u32;
     let frame = if data.iter().all(|byte| *byte == 0) {
         DrFrame::Stage {
             point,
-            chunk,
+            offset,
             raw_len,
             compressed: false,
             zero: true,
@@ -493,7 +499,7 @@ async fn stage(
         {
             Some(packed) => DrFrame::Stage {
                 point,
-                chunk,
+                offset,
                 raw_len,
                 compressed: true,
                 zero: false,
@@ -501,7 +507,7 @@ async fn stage(
             },
             None => DrFrame::Stage {
                 point,
-                chunk,
+                offset,
                 raw_len,
                 compressed: false,
                 zero: false,
@@ -513,15 +519,17 @@ async fn stage(
         stats.bytes_wire += data.len() as u64;
     }
     stats.bytes_raw += raw_len as u64;
-    stats.chunks_shipped += 1;
+    stats.extents_shipped += 1;
     stream.send(&frame).await.map_err(|err| err.to_string())
 }
 
-async fn read_chunk(master: &MasterState, chunk: u64) -> Result<Vec<u8>> {
-    let chunk_size = master.volume.chunk_size();
-    let offset = chunk * chunk_size;
-    let length = chunk_size.min(master.volume.size_bytes().saturating_sub(offset));
+async fn read_extent(master: &MasterState, (offset, length): Extent) -> Result<Vec<u8>> {
+    let length = length.min(master.volume.size_bytes().saturating_sub(offset));
     master.volume.read(offset, length as u32).await
+}
+
+fn bytes_of(extents: &[Extent]) -> u64 {
+    extents.iter().map(|(_, length)| length).sum()
 }
 
 /// Ships `fuzzy` and what is written meanwhile as one crash-consistent
@@ -532,27 +540,26 @@ async fn batch_once(
     master: &MasterState,
     stream: &mut Stream,
     stats: &mut Stats,
-    fuzzy: Vec<u64>,
+    fuzzy: Vec<Extent>,
     final_point: bool,
 ) -> std::result::Result<bool, String> {
     let point = stats.point + 1;
-    let mut staged: Vec<u64> = Vec::new();
+    let mut staged: Vec<Extent> = Vec::new();
     let result = async {
         let mut pending = fuzzy;
-        let chunk_size = master.volume.chunk_size();
         let cut_unix_ms;
         let mut round = 0;
         loop {
-            // A small batch is read whole at the cut (each chunk ships
+            // A small batch is read whole at the cut (each extent ships
             // once); a large one is read while writes go on first.
-            let small = pending.len() as u64 * chunk_size <= CUT_BYTES;
+            let small = bytes_of(&pending) <= CUT_BYTES;
             if final_point || !small {
-                for chunk in &pending {
-                    let data = read_chunk(master, *chunk)
+                for extent in &pending {
+                    let data = read_extent(master, *extent)
                         .await
                         .map_err(|err| err.to_string())?;
-                    stage(master, stream, stats, point, *chunk, data).await?;
-                    staged.push(*chunk);
+                    stage(master, stream, stats, point, extent.0, data).await?;
+                    staged.push(*extent);
                 }
                 pending.clear();
             }
@@ -560,33 +567,35 @@ async fn batch_once(
                 cut_unix_ms = now_ms();
                 break;
             }
-            // The cut: writes wait while the chunks written since are read.
+            // The cut: writes wait while the extents written since are read.
             let held = master.dr.cut().await;
             let mut written = master.dr.take();
             if !pending.is_empty() {
-                written.append(&mut pending);
-                written.sort_unstable();
-                written.dedup();
+                // Extents of a comparison are whole chunks; the tracker's
+                // may overlap them: both go, the tracker's after (newer
+                // or equal bytes), as the receiver applies in order.
+                pending.append(&mut written);
+                written = pending.split_off(0);
             }
             round += 1;
-            if written.len() as u64 * chunk_size > CUT_BYTES && round < FUZZY_ROUNDS {
+            if bytes_of(&written) > CUT_BYTES && round < FUZZY_ROUNDS {
                 drop(held);
                 pending = written;
                 continue;
             }
             let mut cut = Vec::with_capacity(written.len());
-            for chunk in &written {
+            for extent in &written {
                 cut.push(
-                    read_chunk(master, *chunk)
+                    read_extent(master, *extent)
                         .await
                         .map_err(|err| err.to_string())?,
                 );
             }
             cut_unix_ms = now_ms();
             drop(held);
-            for (chunk, data) in written.iter().zip(cut) {
-                stage(master, stream, stats, point, *chunk, data).await?;
-                staged.push(*chunk);
+            for (extent, data) in written.iter().zip(cut) {
+                stage(master, stream, stats, point, extent.0, data).await?;
+                staged.push(*extent);
             }
             break;
         }
@@ -616,8 +625,8 @@ async fn batch_once(
             stats.point = point;
             stats.point_unix_ms = cut_unix_ms;
             stats.batches += 1;
-            stats.last_batch_chunks = staged.len() as u64;
-            let raw: u64 = staged.len() as u64 * master.volume.chunk_size();
+            stats.last_batch_extents = staged.len() as u64;
+            let raw = bytes_of(&staged);
             stats.recent.push_back((Instant::now(), raw));
             while stats
                 .recent

@@ -1,5 +1,5 @@
-//! What a master knows for DR: which chunks changed since the last batch
-//! was cut (memory only: a new master starts from a hash comparison with
+//! What a master knows for DR: which 4 KiB blocks changed since the last
+//! batch was cut (so a 4 KiB write ships 4 KiB, not its 256 KiB chunk) (memory only: a new master starts from a hash comparison with
 //! the secondary, see ARCHITECTURE.md "DR"), the barrier a cut takes, and
 //! whether the volume's DR role lets a client in.
 
@@ -30,6 +30,14 @@ pub enum Gate {
     /// Fenced (a newer generation exists elsewhere): nobody.
     Fenced = 2,
 }
+
+/// The tracking unit: what one changed bit stands for.
+pub const DR_BLOCK: u64 = 4096;
+/// The longest extent `take` hands out (one read, one frame).
+pub const MAX_EXTENT: u64 = 256 << 10;
+
+/// A byte range of the volume: (offset, length).
+pub type Extent = (u64, u64);
 
 #[derive(Default)]
 struct Dirty {
@@ -116,44 +124,50 @@ impl DrTracker {
         self.barrier.write().await
     }
 
-    /// Marks the chunks of `offset .. offset + length` changed.
-    pub fn mark(&self, offset: u64, length: u64, chunk_size: u64) {
+    /// Marks the blocks of `offset .. offset + length` changed.
+    pub fn mark(&self, offset: u64, length: u64) {
         if length == 0 {
             return;
         }
-        let (first, last) = (offset / chunk_size, (offset + length - 1) / chunk_size);
+        let (first, last) = (offset / DR_BLOCK, (offset + length - 1) / DR_BLOCK);
         let mut dirty = self.dirty.lock().unwrap();
-        for chunk in first..=last {
-            dirty.set(chunk);
+        for block in first..=last {
+            dirty.set(block);
         }
         drop(dirty);
         self.wrote.notify_one();
     }
 
-    /// The changed chunks, in order, and forgets them.
-    pub fn take(&self) -> Vec<u64> {
+    /// The changed blocks as extents in order (runs of blocks, at most
+    /// [`MAX_EXTENT`] each), and forgets them.
+    pub fn take(&self) -> Vec<Extent> {
         let dirty = std::mem::take(&mut *self.dirty.lock().unwrap());
-        let mut chunks = Vec::with_capacity(dirty.count as usize);
+        let mut extents: Vec<Extent> = Vec::new();
         for (word, bits) in dirty.bits.iter().enumerate() {
             let mut bits = *bits;
             while bits != 0 {
                 let bit = bits.trailing_zeros() as u64;
-                chunks.push(word as u64 * 64 + bit);
+                let offset = (word as u64 * 64 + bit) * DR_BLOCK;
+                match extents.last_mut() {
+                    Some((start, length)) if *start + *length == offset && *length < MAX_EXTENT => {
+                        *length += DR_BLOCK
+                    }
+                    _ => extents.push((offset, DR_BLOCK)),
+                }
                 bits &= bits - 1;
             }
         }
-        chunks
+        extents
     }
 
-    /// Marks `chunks` changed again (a batch that did not reach the peer).
-    pub fn restore(&self, chunks: &[u64]) {
-        let mut dirty = self.dirty.lock().unwrap();
-        for chunk in chunks {
-            dirty.set(*chunk);
+    /// Marks `extents` changed again (a batch that did not reach the peer).
+    pub fn restore(&self, extents: &[Extent]) {
+        for (offset, length) in extents {
+            self.mark(*offset, *length);
         }
     }
 
-    /// How many chunks changed since the last take.
+    /// How many blocks changed since the last take.
     pub fn pending(&self) -> u64 {
         self.dirty.lock().unwrap().count
     }
@@ -169,16 +183,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marks_come_back_in_order_once() {
+    fn marks_come_back_as_extents_in_order_once() {
         let tracker = DrTracker::default();
-        tracker.mark(0, 1, 4096);
-        tracker.mark(4096 * 70 - 1, 2, 4096);
-        tracker.mark(10, 10, 4096);
+        tracker.mark(0, 1);
+        tracker.mark(4096 * 70 - 1, 2);
+        tracker.mark(10, 10);
         assert_eq!(tracker.pending(), 3);
-        assert_eq!(tracker.take(), vec![0, 69, 70]);
+        assert_eq!(tracker.take(), vec![(0, 4096), (69 * 4096, 8192)]);
         assert!(tracker.take().is_empty());
-        tracker.restore(&[5, 3]);
-        assert_eq!(tracker.take(), vec![3, 5]);
+        tracker.restore(&[(5 * 4096, 4096), (3 * 4096, 4096)]);
+        assert_eq!(tracker.take(), vec![(3 * 4096, 4096), (5 * 4096, 4096)]);
+        // A long run is cut into extents of at most MAX_EXTENT.
+        tracker.mark(0, MAX_EXTENT * 2 + 4096);
+        assert_eq!(
+            tracker.take(),
+            vec![
+                (0, MAX_EXTENT),
+                (MAX_EXTENT, MAX_EXTENT),
+                (2 * MAX_EXTENT, 4096)
+            ]
+        );
     }
 
     #[test]

@@ -221,7 +221,7 @@ impl MasterState {
         // A cut (a planned promote's last) may have changed the role meanwhile.
         self.dr.admit(self.name(), origin)?;
         let result = self.run(op).await;
-        self.dr.mark(offset, length, self.volume.chunk_size());
+        self.dr.mark(offset, length);
         result
     }
 
