@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (commands, not tests): builds the release binaries, then runs
-# `bench SUITE` (suites: nbd, groups, security, federation, csi). Needs fio, qemu-nbd, nbd tools and etcd, as
+# `bench SUITE` (suites: nbd, groups, security, federation, csi, dr). Needs fio, qemu-nbd, nbd tools and etcd, as
 # scripts/test.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."

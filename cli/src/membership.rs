@@ -47,6 +47,11 @@ pub enum ClusterCommand {
         /// address this command calls).
         #[arg(long)]
         advertise: Option<String>,
+        /// The peer's gateways as this cluster reaches them (`host:port`,
+        /// comma-separated), if not the addresses they advertise (NAT, a
+        /// WAN proxy): where this cluster's DR shippers dial.
+        #[arg(long, value_delimiter = ',')]
+        peer_gateway: Vec<String>,
     },
     /// List DR peers.
     Peers,
@@ -178,6 +183,7 @@ pub fn run_cluster(
             endpoint,
             token,
             advertise,
+            peer_gateway,
         } => {
             let view: PeerView = client.post(
                 &format!("/v1/peers/{name}/link"),
@@ -187,6 +193,7 @@ pub fn run_cluster(
                     own_endpoint: advertise
                         .clone()
                         .unwrap_or_else(|| client.base().to_string()),
+                    peer_gateways: peer_gateway.clone(),
                 },
             )?;
             if json {

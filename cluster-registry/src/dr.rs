@@ -71,6 +71,7 @@ pub async fn view(
         status_of(store, cluster, Kind::DrReceived, volume)
             .await
             .as_ref(),
+        now_unix_ms(),
     ))
 }
 
@@ -83,7 +84,12 @@ pub async fn list(store: &dyn CoordStore, cluster: &str) -> Result<Vec<DrLinkVie
         if let Ok(link) = serde_json::from_slice::<DrLinkRecord>(&kv.value) {
             let shipped = status(store, cluster, &link.volume).await;
             let received = status_of(store, cluster, Kind::DrReceived, &link.volume).await;
-            views.push(DrLinkView::new(&link, shipped.as_ref(), received.as_ref()));
+            views.push(DrLinkView::new(
+                &link,
+                shipped.as_ref(),
+                received.as_ref(),
+                now_unix_ms(),
+            ));
         }
     }
     Ok(views)

@@ -202,18 +202,23 @@ pub async fn accept(
     Ok(())
 }
 
-/// Links with peer `name` at `endpoint`, which added this cluster and gave
-/// out `token`: fetches its CA (taken only if its hash is the token's),
-/// then has it accept this cluster over TLS that trusts that CA.
+/// Links with peer `name` at the request's endpoint, which added this
+/// cluster and gave out its token: fetches its CA (taken only if its hash
+/// is the token's), then has it accept this cluster over TLS that trusts
+/// that CA.
 pub async fn link(
     store: &dyn CoordStore,
     cluster: &str,
     own_ca_pem: &str,
-    own_endpoint: &str,
     name: &str,
-    endpoint: &str,
-    token: &str,
+    request: &tether_proto::dr::LinkPeerRequest,
 ) -> Result<PeerView, RegistryError> {
+    let (own_endpoint, endpoint, token, peer_gateways) = (
+        request.own_endpoint.as_str(),
+        request.endpoint.as_str(),
+        request.token.as_str(),
+        &request.peer_gateways,
+    );
     check_name(name)?;
     let failed = |reason: String| RegistryError::PeerFailed {
         endpoint: endpoint.to_string(),
@@ -264,7 +269,11 @@ pub async fn link(
         linked_unix_ms: Some(now_unix_ms()),
         endpoint: Some(endpoint.to_string()),
         ca_pem: Some(peer_ca),
-        gateways: accepted.gateways.clone(),
+        gateways: if peer_gateways.is_empty() {
+            accepted.gateways.clone()
+        } else {
+            peer_gateways.to_vec()
+        },
     };
     write(store, cluster, &record, revision).await?;
     tracing::info!(peer = %name, %endpoint, "DR peer linked");

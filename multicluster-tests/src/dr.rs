@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::harness::DevFederation;
 
 pub const SEQ_BLOCK: usize = 4096;
 
@@ -185,6 +188,110 @@ impl Drop for LinkCut {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// The DR peer's `federation.json` (`dev up --dr` puts it in DIR/dr).
+pub fn peer_info(federation: &DevFederation) -> anyhow::Result<Value> {
+    let path = federation.dir().join("dr/federation.json");
+    Ok(serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| path.display().to_string())?,
+    )?)
+}
+
+/// Pairs `central` with `dr`: `add-peer` there, `cluster link` here (with
+/// `peer_gateways` instead of what the peer's gateways advertise, if any).
+pub fn pair(federation: &DevFederation, peer_gateways: &[String]) -> anyhow::Result<String> {
+    let peer_admin = peer_info(federation)?["admin"]
+        .as_str()
+        .context("the peer's admin address")?
+        .to_string();
+    let added = federation.tether_peer("dr", &["cluster", "add-peer", "central"]);
+    if !added.status.success() {
+        bail!("add-peer: {}", String::from_utf8_lossy(&added.stderr));
+    }
+    let token = String::from_utf8(added.stdout)?.trim().to_string();
+    let gateways = peer_gateways.join(",");
+    let mut args = vec![
+        "cluster",
+        "link",
+        "dr",
+        "--endpoint",
+        &peer_admin,
+        "--token",
+        &token,
+    ];
+    if !gateways.is_empty() {
+        args.extend(["--peer-gateway", &gateways]);
+    }
+    federation.tether_ok(&args)
+}
+
+/// `tether dr status VOLUME -o json`, here or (`peer`) in the DR cluster.
+pub fn dr_status(
+    federation: &DevFederation,
+    peer: Option<&str>,
+    volume: &str,
+) -> anyhow::Result<Value> {
+    let args = ["-o", "json", "dr", "status", volume];
+    let output = match peer {
+        Some(peer) => federation.tether_peer(peer, &args),
+        None => federation.tether(&args),
+    };
+    if !output.status.success() {
+        bail!(
+            "dr status {volume}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Polls the status of `volume` (here, or in `peer`) until `done` holds,
+/// for at most `patience`.
+pub fn wait_dr(
+    federation: &DevFederation,
+    peer: Option<&str>,
+    volume: &str,
+    patience: std::time::Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let status = dr_status(federation, peer, volume)?;
+        if done(&status) {
+            return Ok(status);
+        }
+        if started.elapsed() > patience {
+            bail!("{what}: not within {patience:?}: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits until the primary's acknowledged point was cut after this call
+/// began with nothing left to ship: every write acknowledged before the
+/// call is on the secondary. That status.
+pub fn wait_caught_up(
+    federation: &DevFederation,
+    volume: &str,
+    patience: std::time::Duration,
+) -> anyhow::Result<Value> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    wait_dr(
+        federation,
+        None,
+        volume,
+        patience,
+        "the link catches up",
+        |status| {
+            status["last_point"].as_u64().unwrap_or(0) > 0
+                && status["last_point_unix_ms"].as_u64().unwrap_or(0) >= since
+                && status["lag_bytes"] == 0
+        },
+    )
 }
 
 #[cfg(test)]

@@ -13,5 +13,6 @@ pub mod clients;
 pub mod csi;
 pub mod dr;
 pub mod harness;
+pub mod link_shaper;
 pub mod raw_link;
 pub mod raw_nbd;

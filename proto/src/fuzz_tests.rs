@@ -5,6 +5,8 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::block::{decode_frame, encode_frame, Frame};
+use crate::dr::journal::{decode_index, JournalHeader};
+use crate::dr::wire::{self as dr_wire, DrFrame};
 use crate::link::{self, LinkFrame};
 use crate::nbd::{self, ExportCatalog, ExportInfo, ServerHandshake};
 
@@ -64,6 +66,24 @@ fn drain_link_frames(mut input: BytesMut) {
     }
 }
 
+fn drain_dr_frames(mut input: BytesMut) {
+    loop {
+        let before = input.len();
+        match dr_wire::decode_dr_frame(&mut input) {
+            Ok(Some(_)) => assert!(input.len() < before, "a decoded DR frame consumed nothing"),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The journal's header and index parsers, on what a damaged journal
+/// volume could hold.
+fn parse_journal(input: &[u8]) {
+    let _ = JournalHeader::decode(input);
+    let _ = decode_index(input, (input.len() / 16) as u64);
+    let _ = decode_index(input, u64::MAX);
+}
+
 fn drain_requests(mut input: BytesMut) {
     loop {
         let before = input.len();
@@ -83,6 +103,8 @@ fn random_bytes_never_panic_any_decoder() {
         drain_frames(BytesMut::from(&garbage[..]));
         drain_link_frames(BytesMut::from(&garbage[..]));
         drain_requests(BytesMut::from(&garbage[..]));
+        drain_dr_frames(BytesMut::from(&garbage[..]));
+        parse_journal(&garbage);
         let mut handshake = ServerHandshake::new();
         let _ = handshake.handle_input(&mut BytesMut::from(&garbage[..]), &AnyExport);
     }
@@ -140,6 +162,47 @@ fn bit_flipped_valid_input_never_panics() {
     ] {
         link::encode_link_frame(&frame, &mut links);
     }
+    let mut drs = BytesMut::new();
+    for frame in [
+        DrFrame::Hello(dr_wire::Hello {
+            volume: "db".into(),
+            generation: 2,
+            size_bytes: 1 << 30,
+            chunk_size: 256 << 10,
+            replicas: 1,
+            rpo_secs: 30,
+            encrypted: false,
+            zstd: true,
+            encryption: None,
+        }),
+        DrFrame::Stage {
+            point: 3,
+            offset: 8192,
+            raw_len: 4096,
+            compressed: true,
+            zero: false,
+            data: bytes::Bytes::from_static(b"zstd?"),
+        },
+        DrFrame::HashRequest { first: 0, count: 9 },
+        DrFrame::Commit {
+            point: 3,
+            cut_unix_ms: 1,
+            chunks: 1,
+            final_point: false,
+        },
+    ] {
+        dr_wire::encode_dr_frame(&frame, &mut drs);
+    }
+    let journal = BytesMut::from(
+        &crate::dr::journal::JournalHeader {
+            state: crate::dr::journal::JournalState::Committed,
+            chunk_size: 4096,
+            point: 7,
+            cut_unix_ms: 9,
+            entries: 2,
+        }
+        .encode()[..],
+    );
     let mut handshake = BytesMut::new();
     handshake.put_u32(nbd::FLAG_C_FIXED_NEWSTYLE);
     for option in [nbd::OPT_LIST, nbd::OPT_INFO, nbd::OPT_GO] {
@@ -149,7 +212,7 @@ fn bit_flipped_valid_input_never_panics() {
         handshake.put_slice(&[0, 0, 0, 1, b'x', 0, 0]);
     }
     for _ in 0..20_000 {
-        for valid in [&frames, &links, &handshake] {
+        for valid in [&frames, &links, &drs, &journal, &handshake] {
             let mut mutated = valid.clone();
             for _ in 0..=(rng.next() % 4) {
                 let at = (rng.next() as usize) % mutated.len();
@@ -158,6 +221,8 @@ fn bit_flipped_valid_input_never_panics() {
             drain_frames(mutated.clone());
             drain_link_frames(mutated.clone());
             drain_requests(mutated.clone());
+            drain_dr_frames(mutated.clone());
+            parse_journal(&mutated);
             let _ = ServerHandshake::new().handle_input(&mut mutated, &AnyExport);
         }
     }

@@ -354,11 +354,13 @@ impl pb::admin_server::Admin for AdminService {
             endpoint,
             token,
             own_endpoint,
+            peer_gateways,
         } = request.into_inner();
         let shape = tether_proto::dr::LinkPeerRequest {
             endpoint,
             token,
             own_endpoint,
+            peer_gateways,
         };
         let view = peers::link_peer(self.state.clone(), name, shape).await?;
         Ok(Response::new(convert("PeerView", &view)?))

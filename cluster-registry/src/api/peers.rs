@@ -62,10 +62,8 @@ pub(crate) async fn link_peer(
         state.store.as_ref(),
         &state.cluster,
         &own_ca(&state),
-        &request.own_endpoint,
         &name,
-        &request.endpoint,
-        &request.token,
+        &request,
     )
     .await
 }

@@ -19,6 +19,7 @@ pub(crate) async fn run(
         .await
 }
 
+#[derive(Clone)]
 pub(crate) struct Journal {
     pub volume: Arc<VolumeFollower>,
     pub layout: JournalLayout,

@@ -7,6 +7,7 @@
 
 mod journal;
 mod receiver;
+mod waves;
 
 pub(crate) use receiver::watch_forced_promotes;
 

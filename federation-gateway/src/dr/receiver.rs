@@ -13,16 +13,22 @@ use tether_common::dr_stream::DrStream;
 use tether_proto::dr::journal::{JournalEntry, JournalHeader, JournalLayout, JournalState};
 use tether_proto::dr::wire::{refused, DrFrame, Hello};
 use tether_proto::dr::{
-    journal_volume_name, DrLinkRecord, DrRole, DrSecondaryRequest, DrStatusRecord,
+    admit_batch, journal_volume_name, BatchVerdict, DrLinkRecord, DrRole, DrSecondaryRequest,
+    DrStatusRecord,
 };
 use tether_proto::keys::Kind;
 
 use super::journal::{run, Journal};
+use super::waves::Waves;
 use crate::Gateway;
 
 type Stream = DrStream<quinn::RecvStream, quinn::SendStream>;
 
 const RECEIVER_TTL: Duration = Duration::from_secs(5);
+/// Writes a receiver has in flight at once (journal, or secondary).
+const IN_FLIGHT: usize = 32;
+/// A batch's data kept in memory to apply from, at most.
+const CACHE_BYTES: u64 = 64 << 20;
 /// How long a new secondary may take to be created and get its masters.
 const CREATE_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -262,6 +268,13 @@ impl Receiver {
         let mut entries: Vec<JournalEntry> = Vec::new();
         // Journal data bytes the staged entries take.
         let mut used = 0u64;
+        // The staged entries' data, while it fits in memory (applied from
+        // here; the journal is read back only for what did not fit, and
+        // after a crash).
+        let mut cached: Vec<Option<Bytes>> = Vec::new();
+        let mut cached_bytes = 0u64;
+        let mut journal_writes = Waves::new(IN_FLIGHT);
+        let mut direct_writes = Waves::new(IN_FLIGHT);
         let mut batch: Option<u64> = None;
         // The batch being staged overflowed the journal: it goes straight
         // to the secondary, which is at no point until it commits.
@@ -330,21 +343,41 @@ impl Receiver {
                     };
                     if !direct && !self.journal.layout.fits(entries.len() as u64, used, &entry) {
                         tracing::warn!(point, entries = entries.len(), bytes = used, "the batch is larger than the journal: applying it directly; the secondary is at no consistent point until it commits");
+                        journal_writes.finish().await?;
                         self.header.state = JournalState::Seeding;
                         self.journal.set_header(&self.header).await?;
-                        self.apply_entries(&entries).await?;
+                        self.apply_entries(&entries, &cached).await?;
                         entries.clear();
+                        cached.clear();
+                        cached_bytes = 0;
                         used = 0;
                         direct = true;
                     }
                     if direct {
-                        self.apply_extent(&entry, data).await?;
+                        direct_writes
+                            .push(
+                                (entry.offset, entry.raw_len as u64),
+                                apply_extent(self.data.clone(), entry, data),
+                            )
+                            .await?;
                     } else {
                         if !zero {
-                            self.journal.write_entry(used, data).await?;
+                            let journal = self.journal.clone();
+                            let (at, bytes) = (used, data.clone());
+                            journal_writes
+                                .push((at, entry.journal_bytes()), async move {
+                                    journal.write_entry(at, bytes).await
+                                })
+                                .await?;
                         }
                         used += entry.journal_bytes();
                         entries.push(entry);
+                        if cached_bytes + data.len() as u64 <= CACHE_BYTES {
+                            cached_bytes += data.len() as u64;
+                            cached.push(Some(data));
+                        } else {
+                            cached.push(None);
+                        }
                     }
                     self.status.extents_shipped += 1;
                     self.status.bytes_raw += raw_len as u64;
@@ -367,14 +400,37 @@ impl Receiver {
                                 .into(),
                         );
                     }
+                    match admit_batch(
+                        self.link.role,
+                        self.link.generation,
+                        self.header.point,
+                        self.link.generation,
+                        point,
+                    ) {
+                        BatchVerdict::Apply => {}
+                        BatchVerdict::Duplicate => {
+                            return Err(format!(
+                                "batch {point} is applied already (point {})",
+                                self.header.point
+                            ));
+                        }
+                        BatchVerdict::Stale => {
+                            return Err(format!(
+                                "batch {point} is stale: this side is {:?} at generation {}",
+                                self.link.role, self.link.generation
+                            ));
+                        }
+                    }
                     let started = Instant::now();
                     if chunks == 0 && entries.is_empty() && !direct {
                         // An empty batch: the point moves, nothing to apply.
                     } else if direct {
+                        direct_writes.finish().await?;
                         run(&self.data, BlockOp::Flush)
                             .await
                             .map_err(|err| err.to_string())?;
                     } else {
+                        journal_writes.finish().await?;
                         if entries.len() as u64 != chunks {
                             return Err(format!(
                                 "batch {point} commits {chunks} chunks; {} were staged",
@@ -391,7 +447,12 @@ impl Receiver {
                             entries: entries.len() as u64,
                         };
                         self.journal.set_header(&self.header).await?;
-                        self.apply().await?;
+                        self.status.applying = true;
+                        self.apply_entries(&entries, &cached).await?;
+                        run(&self.data, BlockOp::Flush)
+                            .await
+                            .map_err(|err| err.to_string())?;
+                        self.status.applying = false;
                     }
                     self.header = JournalHeader {
                         state: JournalState::Clean,
@@ -403,6 +464,8 @@ impl Receiver {
                     self.journal.set_header(&self.header).await?;
                     direct = false;
                     entries.clear();
+                    cached.clear();
+                    cached_bytes = 0;
                     used = 0;
                     batch = None;
                     self.status.batches += 1;
@@ -449,48 +512,41 @@ impl Receiver {
             .is_some_and(|(link, _)| link.force_requested)
     }
 
-    async fn apply_extent(&self, entry: &JournalEntry, data: Bytes) -> Result<(), String> {
-        let op = if entry.zero {
-            BlockOp::WriteZeroes {
-                offset: entry.offset,
-                length: entry.raw_len as u64,
-                punch: true,
-                fua: false,
-            }
-        } else {
-            BlockOp::Write {
-                offset: entry.offset,
-                data,
-                fua: false,
-            }
-        };
-        run(&self.data, op)
-            .await
-            .map(|_| ())
-            .map_err(|err| err.to_string())
-    }
-
-    /// Writes `entries` (staged in the journal, in order) to the secondary.
-    async fn apply_entries(&self, entries: &[JournalEntry]) -> Result<(), String> {
+    /// Writes `entries` (staged in the journal, in order) to the secondary,
+    /// from `cached` where it holds their data, else from the journal.
+    async fn apply_entries(
+        &self,
+        entries: &[JournalEntry],
+        cached: &[Option<Bytes>],
+    ) -> Result<(), String> {
+        let mut writes = Waves::new(IN_FLIGHT);
         let mut at = 0u64;
-        for entry in entries {
-            let data = if entry.zero {
-                Bytes::new()
-            } else {
-                Bytes::from(self.journal.read_entry(at, entry.raw_len).await?)
-            };
+        for (index, entry) in entries.iter().enumerate() {
+            let (entry, position) = (*entry, at);
             at += entry.journal_bytes();
-            self.apply_extent(entry, data).await?;
+            let (data, journal) = (self.data.clone(), self.journal.clone());
+            let known = cached.get(index).cloned().flatten();
+            writes
+                .push((entry.offset, entry.raw_len as u64), async move {
+                    let bytes = match known {
+                        _ if entry.zero => Bytes::new(),
+                        Some(bytes) => bytes,
+                        None => Bytes::from(journal.read_entry(position, entry.raw_len).await?),
+                    };
+                    apply_extent(data, entry, bytes).await
+                })
+                .await?;
         }
-        Ok(())
+        writes.finish().await
     }
 
-    /// Applies the committed batch in the journal to the secondary.
+    /// Applies the committed batch in the journal to the secondary (after
+    /// a crash: its data is read back from the journal).
     async fn apply(&mut self) -> Result<(), String> {
         self.status.applying = true;
         self.publish("applying").await;
         let entries = self.journal.index(self.header.entries).await?;
-        self.apply_entries(&entries).await?;
+        self.apply_entries(&entries, &[]).await?;
         run(&self.data, BlockOp::Flush)
             .await
             .map_err(|err| err.to_string())?;
@@ -522,6 +578,32 @@ impl Receiver {
             let _ = self.gateway.store.put(&key, value, None).await;
         }
     }
+}
+
+/// Writes one extent to the secondary.
+async fn apply_extent(
+    data: Arc<VolumeFollower>,
+    entry: JournalEntry,
+    bytes: Bytes,
+) -> Result<(), String> {
+    let op = if entry.zero {
+        BlockOp::WriteZeroes {
+            offset: entry.offset,
+            length: entry.raw_len as u64,
+            punch: true,
+            fua: false,
+        }
+    } else {
+        BlockOp::Write {
+            offset: entry.offset,
+            data: bytes,
+            fua: false,
+        }
+    };
+    run(&data, op)
+        .await
+        .map(|_| ())
+        .map_err(|err| err.to_string())
 }
 
 async fn cas_link(gateway: &Gateway, link: &DrLinkRecord, revision: i64) -> Result<(), String> {

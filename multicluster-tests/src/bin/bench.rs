@@ -16,6 +16,8 @@ use clap::Parser;
 
 #[path = "../csi_bench.rs"]
 mod csi_bench;
+#[path = "../dr_bench.rs"]
+mod dr_bench;
 #[path = "../federation_bench.rs"]
 mod federation_bench;
 #[path = "../groups_bench.rs"]
@@ -283,6 +285,7 @@ fn main() -> anyhow::Result<()> {
         "security" => Some(security_bench::run),
         "federation" => Some(federation_bench::run),
         "csi" => Some(csi_bench::run),
+        "dr" => Some(dr_bench::run),
         _ => None,
     };
     if let Some(run) = suite {
@@ -296,7 +299,7 @@ fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         args.suite == "nbd",
-        "unknown suite {:?} (available: nbd, groups, security, federation, csi)",
+        "unknown suite {:?} (available: nbd, groups, security, federation, csi, dr)",
         args.suite
     );
     let work = tempfile::Builder::new()

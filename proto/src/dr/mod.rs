@@ -74,6 +74,10 @@ pub struct LinkPeerRequest {
     pub token: String,
     /// This cluster's admin API as the peer reaches it.
     pub own_endpoint: String,
+    /// The peer's gateways as this cluster reaches them (`host:port`), if
+    /// not the addresses the peer's gateways advertise (NAT, a WAN proxy).
+    #[serde(default)]
+    pub peer_gateways: Vec<String>,
 }
 
 /// `POST /v1/peers/accept` (open; the token is the credential): what the

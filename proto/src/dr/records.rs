@@ -56,9 +56,13 @@ pub struct DrStatusRecord {
     pub last_point_unix_ms: u64,
     /// Bytes written on the primary since that point (chunks × chunk size).
     pub lag_bytes: u64,
-    /// Seconds since the oldest write not in an acknowledged point (0 when
-    /// nothing is waiting).
+    /// Seconds the secondary is behind (0 when nothing is waiting), as of
+    /// `updated_unix_ms`.
     pub lag_seconds: f64,
+    /// Behind since (the last point's cut, when writes came after it):
+    /// readers compute the lag as of now from it.
+    #[serde(default)]
+    pub behind_since_unix_ms: Option<u64>,
     pub batches: u64,
     pub chunks_compared: u64,
     pub extents_shipped: u64,
@@ -71,6 +75,17 @@ pub struct DrStatusRecord {
     #[serde(default)]
     pub error: Option<String>,
     pub updated_unix_ms: u64,
+}
+
+impl DrStatusRecord {
+    /// How far behind the secondary is at `now` (unix ms): from when it
+    /// fell behind, or as last written.
+    pub fn lag_at(&self, now: u64) -> f64 {
+        match self.behind_since_unix_ms {
+            Some(since) => now.saturating_sub(since) as f64 / 1000.0,
+            None => self.lag_seconds,
+        }
+    }
 }
 
 /// `POST /v1/dr/links` (admin).
@@ -157,11 +172,13 @@ pub struct DrLinkView {
 
 impl DrLinkView {
     /// `shipped`: the shipper's status; `received`: the receiver's. A
-    /// secondary shows what it received, a primary what it shipped.
+    /// secondary shows what it received, a primary what it shipped; the
+    /// lag is as of `now_unix_ms`.
     pub fn new(
         link: &DrLinkRecord,
         shipped: Option<&DrStatusRecord>,
         received: Option<&DrStatusRecord>,
+        now_unix_ms: u64,
     ) -> Self {
         let status = match link.role {
             DrRole::Secondary => received.or(shipped),
@@ -169,6 +186,7 @@ impl DrLinkView {
         }
         .cloned()
         .unwrap_or_default();
+        let lag_seconds = status.lag_at(now_unix_ms);
         let role = match link.role {
             DrRole::Primary => "primary",
             DrRole::Secondary => "secondary",
@@ -180,12 +198,12 @@ impl DrLinkView {
             role: role.into(),
             generation: link.generation,
             rpo_secs: link.rpo_secs,
-            rpo_met: status.last_point > 0 && status.lag_seconds <= link.rpo_secs as f64,
+            rpo_met: status.last_point > 0 && lag_seconds <= link.rpo_secs as f64,
             link_state: status.link_state.clone(),
             last_point: status.last_point,
             last_point_unix_ms: status.last_point_unix_ms,
             lag_bytes: status.lag_bytes,
-            lag_seconds: status.lag_seconds,
+            lag_seconds,
             batches: status.batches,
             chunks_compared: status.chunks_compared,
             extents_shipped: status.extents_shipped,

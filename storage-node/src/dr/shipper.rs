@@ -19,6 +19,7 @@
 //!    again and the next session compares anyway.
 
 use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,10 +70,15 @@ pub fn initial_gate(master: &MasterState) {
 }
 
 fn gate_of(link: Option<DrLinkRecord>) -> Gate {
-    match link.map(|link| link.role) {
-        None | Some(DrRole::Primary) => Gate::Open,
-        Some(DrRole::Secondary) => Gate::Secondary,
-        Some(DrRole::Fenced) => Gate::Fenced,
+    match link {
+        None => Gate::Open,
+        Some(link)
+            if tether_proto::dr::may_serve(link.role, link.generation, link.generation, false) =>
+        {
+            Gate::Open
+        }
+        Some(link) if link.role == DrRole::Secondary => Gate::Secondary,
+        Some(_) => Gate::Fenced,
     }
 }
 
@@ -82,9 +88,63 @@ pub fn spawn(master: Arc<MasterState>) {
     tokio::spawn(run(master).instrument(span));
 }
 
+/// What the lag gauges need, shared with a ticker that keeps them current
+/// while a batch hangs on a cut link (the shipper itself is stuck then).
+#[derive(Default)]
+struct LagClock {
+    /// Primary and shipping: the gauges mean something.
+    active: AtomicBool,
+    point: AtomicU64,
+    point_unix_ms: AtomicU64,
+    started_ms: AtomicU64,
+    shipping_writes: AtomicBool,
+    rpo_secs: AtomicU64,
+}
+
+impl LagClock {
+    /// Behind since the last point's cut if any write came after it (the
+    /// writes a disaster would lose), or since shipping began without one.
+    fn behind_since(&self, pending: u64) -> Option<u64> {
+        let point_ms = self.point_unix_ms.load(Ordering::Acquire);
+        (pending > 0 || self.shipping_writes.load(Ordering::Acquire)).then_some(if point_ms > 0 {
+            point_ms
+        } else {
+            self.started_ms.load(Ordering::Acquire)
+        })
+    }
+
+    fn lag_seconds(&self, pending: u64, now: u64) -> f64 {
+        self.behind_since(pending)
+            .map_or(0.0, |since| now.saturating_sub(since) as f64 / 1000.0)
+    }
+
+    fn set_gauges(&self, volume: &str, pending: u64) {
+        let lag = self.lag_seconds(pending, now_ms());
+        let labels = [("volume", volume.to_string())];
+        metrics::gauge!("tether_dr_lag_seconds", &labels).set(lag);
+        metrics::gauge!("tether_dr_lag_bytes", &labels).set((pending * DR_BLOCK) as f64);
+        let missed = self.point.load(Ordering::Acquire) == 0
+            || lag > self.rpo_secs.load(Ordering::Acquire) as f64;
+        metrics::gauge!("tether_dr_rpo_missed", &labels).set(if missed { 1.0 } else { 0.0 });
+        metrics::gauge!("tether_dr_last_point", &labels)
+            .set(self.point.load(Ordering::Acquire) as f64);
+    }
+}
+
+/// Keeps the gauges of `master`'s link current every half second.
+async fn tick_gauges(master: Arc<MasterState>, clock: Arc<LagClock>) {
+    while !master.is_deposed() {
+        if clock.active.load(Ordering::Acquire) {
+            clock.set_gauges(master.name(), master.dr.pending());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn run(master: Arc<MasterState>) {
     let mut changes = master.ctx.mirror.subscribe();
     let mut stats = Stats::default();
+    tokio::spawn(tick_gauges(master.clone(), stats.clock.clone()).in_current_span());
     let mut pause = RETRY_FIRST;
     loop {
         if master.is_deposed() {
@@ -94,14 +154,25 @@ async fn run(master: Arc<MasterState>) {
         master
             .dr
             .set_gate(gate_of(link.as_ref().map(|(link, _)| link.clone())));
+        stats.clock.active.store(
+            link.as_ref()
+                .is_some_and(|(link, _)| link.role == DrRole::Primary),
+            Ordering::Release,
+        );
         if let Some((link, revision)) = link.filter(|(link, _)| link.role == DrRole::Primary) {
             if stats.generation != link.generation {
                 // A new primacy (a promote, a failback): its own counts.
+                let clock = stats.clock.clone();
+                clock.point.store(0, Ordering::Release);
+                clock.point_unix_ms.store(0, Ordering::Release);
+                clock.started_ms.store(now_ms(), Ordering::Release);
                 stats = Stats {
                     generation: link.generation,
+                    clock,
                     ..Stats::default()
                 };
             }
+            stats.clock.rpo_secs.store(link.rpo_secs, Ordering::Release);
             let batches = stats.batches;
             let result = ship(&master, &link, revision, &mut stats).await;
             if stats.batches > batches {
@@ -139,8 +210,7 @@ struct Stats {
     bytes_wire: u64,
     /// (when, raw bytes) of recent batches, for the throughput.
     recent: std::collections::VecDeque<(Instant, u64)>,
-    /// Since when writes wait for a point (none: nothing waits).
-    waiting_since_ms: Option<u64>,
+    clock: Arc<LagClock>,
     last_batch_extents: u64,
     error: Option<String>,
 }
@@ -148,17 +218,8 @@ struct Stats {
 async fn publish(master: &MasterState, link: &DrLinkRecord, state: &str, stats: &Stats) {
     let now = now_ms();
     let pending = master.dr.pending();
-    let lag_seconds = match (pending, stats.waiting_since_ms) {
-        (0, None) => 0.0,
-        _ => {
-            now.saturating_sub(
-                stats
-                    .point_unix_ms
-                    .max(stats.waiting_since_ms.unwrap_or(now)),
-            ) as f64
-                / 1000.0
-        }
-    };
+    let behind_since_ms = stats.clock.behind_since(pending);
+    let lag_seconds = stats.clock.lag_seconds(pending, now);
     let window: u64 = stats.recent.iter().map(|(_, bytes)| bytes).sum();
     let span = stats
         .recent
@@ -171,6 +232,7 @@ async fn publish(master: &MasterState, link: &DrLinkRecord, state: &str, stats: 
         last_point_unix_ms: stats.point_unix_ms,
         lag_bytes: pending * DR_BLOCK,
         lag_seconds,
+        behind_since_unix_ms: behind_since_ms,
         batches: stats.batches,
         chunks_compared: stats.chunks_compared,
         extents_shipped: stats.extents_shipped,
@@ -181,17 +243,7 @@ async fn publish(master: &MasterState, link: &DrLinkRecord, state: &str, stats: 
         error: stats.error.clone(),
         updated_unix_ms: now,
     };
-    let labels = [("volume", master.name().to_string())];
-    metrics::gauge!("tether_dr_lag_seconds", &labels).set(lag_seconds);
-    metrics::gauge!("tether_dr_lag_bytes", &labels).set(status.lag_bytes as f64);
-    metrics::gauge!("tether_dr_rpo_missed", &labels).set(
-        if stats.point == 0 || lag_seconds > link.rpo_secs as f64 {
-            1.0
-        } else {
-            0.0
-        },
-    );
-    metrics::gauge!("tether_dr_last_point", &labels).set(stats.point as f64);
+    stats.clock.set_gauges(master.name(), pending);
     let key = master.ctx.key(Kind::DrStatus, master.name());
     if let Ok(value) = serde_json::to_vec(&status) {
         if let Err(err) = master.ctx.store.put(&key, value, None).await {
@@ -283,6 +335,7 @@ async fn ship(
     };
     if stats.point < applied {
         stats.point = applied;
+        stats.clock.point.store(applied, Ordering::Release);
     }
     stats.error = None;
     tracing::info!(peer = %link.peer, applied, "DR session open; comparing with the secondary");
@@ -321,10 +374,12 @@ async fn ship(
                 master.dr.take()
             }
         };
-        if stats.waiting_since_ms.is_none() {
-            stats.waiting_since_ms = Some(now_ms());
+        if !batch.is_empty() {
+            stats.clock.shipping_writes.store(true, Ordering::Release);
+            publish(master, link, "shipping", stats).await;
         }
         let outcome = batch_once(master, &mut stream, stats, batch, false).await;
+        stats.clock.shipping_writes.store(false, Ordering::Release);
         match outcome {
             Ok(handover) => {
                 let state = if stats.last_batch_extents == 0 {
@@ -624,6 +679,11 @@ async fn batch_once(
         Ok((cut_unix_ms, handover)) => {
             stats.point = point;
             stats.point_unix_ms = cut_unix_ms;
+            stats.clock.point.store(point, Ordering::Release);
+            stats
+                .clock
+                .point_unix_ms
+                .store(cut_unix_ms, Ordering::Release);
             stats.batches += 1;
             stats.last_batch_extents = staged.len() as u64;
             let raw = bytes_of(&staged);
@@ -635,7 +695,6 @@ async fn batch_once(
             {
                 stats.recent.pop_front();
             }
-            stats.waiting_since_ms = (master.dr.pending() > 0).then(now_ms);
             tracing::debug!(
                 point,
                 chunks = staged.len(),
@@ -668,6 +727,11 @@ async fn hand_over(
         return Err(fail(format!(
             "the last point did not reach the peer: {err}"
         )));
+    }
+    let drained = stats.point;
+    if !tether_proto::dr::may_complete_planned_promote(stats.point, drained) {
+        drop(held);
+        return Err(fail("the last point was not acknowledged".into()));
     }
     let Some((current, revision)) = master.ctx.mirror.dr_link(master.name()) else {
         return Err(fail("the DR link vanished during the handover".into()));
