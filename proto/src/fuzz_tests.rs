@@ -200,6 +200,7 @@ fn bit_flipped_valid_input_never_panics() {
             point: 7,
             cut_unix_ms: 9,
             entries: 2,
+            batch_sum: [3; 32],
         }
         .encode()[..],
     );

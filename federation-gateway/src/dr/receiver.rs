@@ -10,7 +10,9 @@ use bytes::Bytes;
 use coord_store::{Compare, Txn, TxnOp};
 use master_follower::{BlockOp, VolumeFollower};
 use tether_common::dr_stream::DrStream;
-use tether_proto::dr::journal::{JournalEntry, JournalHeader, JournalLayout, JournalState};
+use tether_proto::dr::journal::{
+    batch_sum, encode_index, JournalEntry, JournalHeader, JournalLayout, JournalState,
+};
 use tether_proto::dr::wire::{refused, DrFrame, Hello};
 use tether_proto::dr::{
     admit_batch, journal_volume_name, BatchVerdict, DrLinkRecord, DrRole, DrSecondaryRequest,
@@ -208,6 +210,7 @@ impl Receiver {
                 point: 0,
                 cut_unix_ms: 0,
                 entries: 0,
+                batch_sum: [0; 32],
             },
             status: DrStatusRecord::default(),
         }
@@ -274,6 +277,8 @@ impl Receiver {
         let mut cached: Vec<Option<Bytes>> = Vec::new();
         let mut cached_bytes = 0u64;
         let mut journal_writes = Waves::new(IN_FLIGHT);
+        // Over the staged entries' data, in order: the batch sum's part.
+        let mut data_hasher = blake3::Hasher::new();
         let mut direct_writes = Waves::new(IN_FLIGHT);
         let mut batch: Option<u64> = None;
         // The batch being staged overflowed the journal: it goes straight
@@ -351,6 +356,7 @@ impl Receiver {
                         cached.clear();
                         cached_bytes = 0;
                         used = 0;
+                        data_hasher = blake3::Hasher::new();
                         direct = true;
                     }
                     if direct {
@@ -362,6 +368,7 @@ impl Receiver {
                             .await?;
                     } else {
                         if !zero {
+                            data_hasher.update(&data);
                             let journal = self.journal.clone();
                             let (at, bytes) = (used, data.clone());
                             journal_writes
@@ -437,14 +444,18 @@ impl Receiver {
                                 entries.len()
                             ));
                         }
+                        // Index and header go with the data under one flush:
+                        // the header's sum tells a whole batch from a torn one.
+                        let index = encode_index(&entries);
                         self.journal.write_index(&entries).await?;
-                        self.journal.flush().await?;
+                        let data_hash = *std::mem::take(&mut data_hasher).finalize().as_bytes();
                         self.header = JournalHeader {
                             state: JournalState::Committed,
                             chunk_size: self.chunk_size as u32,
                             point,
                             cut_unix_ms,
                             entries: entries.len() as u64,
+                            batch_sum: batch_sum(&data_hash, &index),
                         };
                         self.journal.set_header(&self.header).await?;
                         self.status.applying = true;
@@ -460,7 +471,9 @@ impl Receiver {
                         point,
                         cut_unix_ms,
                         entries: 0,
+                        batch_sum: [0; 32],
                     };
+                    data_hasher = blake3::Hasher::new();
                     self.journal.set_header(&self.header).await?;
                     direct = false;
                     entries.clear();
@@ -543,9 +556,31 @@ impl Receiver {
     /// Applies the committed batch in the journal to the secondary (after
     /// a crash: its data is read back from the journal).
     async fn apply(&mut self) -> Result<(), String> {
+        let entries = self.journal.index(self.header.entries).await?;
+        let mut data_hash = blake3::Hasher::new();
+        let mut at = 0u64;
+        for entry in &entries {
+            if !entry.zero {
+                data_hash.update(&self.journal.read_entry(at, entry.raw_len).await?);
+            }
+            at += entry.journal_bytes();
+        }
+        let sum = batch_sum(data_hash.finalize().as_bytes(), &encode_index(&entries));
+        if sum != self.header.batch_sum {
+            // Its flush never finished: nothing of it reached the secondary.
+            tracing::warn!(point = self.header.point, "the committed batch is not whole in the journal; the secondary is at the point before it");
+            self.header = JournalHeader {
+                state: JournalState::Clean,
+                point: self.header.point.saturating_sub(1),
+                cut_unix_ms: 0,
+                entries: 0,
+                batch_sum: [0; 32],
+                ..self.header
+            };
+            return self.journal.set_header(&self.header).await;
+        }
         self.status.applying = true;
         self.publish("applying").await;
-        let entries = self.journal.index(self.header.entries).await?;
         self.apply_entries(&entries, &[]).await?;
         run(&self.data, BlockOp::Flush)
             .await

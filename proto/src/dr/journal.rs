@@ -6,6 +6,7 @@
 //! ```text
 //! 0                 header (4 KiB): magic "TDRJ" (u32), version (u8), state (u8),
 //!                   chunk size (u32), point (u64), cut time (u64), entries (u64),
+//!                   batch sum (32: [`batch_sum`] of the index and data),
 //!                   BLAKE3 of the bytes before it (32)
 //! 4 KiB             index: entries × (volume offset (u64), raw length (u32), flags (u32: ZERO))
 //! data offset       the entries' data one after another, each from a 4 KiB boundary
@@ -15,10 +16,13 @@
 //! `Committed` (the batch of `point` is whole in the journal: apply it,
 //! again if need be, then write `Clean`), `Seeding` (no point yet: chunks
 //! go straight to the secondary, which is at no consistent point).
-//! Writes in order: entries and index, flush, header `Committed`, flush,
-//! apply to the secondary, flush, header `Clean`, flush. A crash before the
-//! first header write leaves the old point; after it, the batch is applied
-//! again (same bytes to the same chunks) before anything else.
+//! Writes in order: entries, index and header `Committed` (its batch sum
+//! over the index and the entries' data), flush, apply to the secondary,
+//! flush, header `Clean`, flush. After a crash a `Committed` header whose
+//! sum matches what the journal holds is applied again (same bytes to the
+//! same places) before anything else; one whose sum does not match never
+//! became durable as a whole, and the secondary is still at the point
+//! before it.
 
 pub const JOURNAL_MAGIC: u32 = 0x5444_524a;
 pub const JOURNAL_VERSION: u8 = 1;
@@ -46,6 +50,18 @@ pub struct JournalHeader {
     pub point: u64,
     pub cut_unix_ms: u64,
     pub entries: u64,
+    /// [`batch_sum`] of the committed batch (zeros otherwise).
+    pub batch_sum: [u8; 32],
+}
+
+/// What a committed header vouches for: BLAKE3 over the BLAKE3 of the
+/// entries' data (non-zero entries, in order, each its raw length) and
+/// the encoded index.
+pub fn batch_sum(data_hash: &[u8; 32], index: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(data_hash);
+    hasher.update(index);
+    *hasher.finalize().as_bytes()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +132,7 @@ impl JournalHeader {
         out.extend_from_slice(&self.point.to_be_bytes());
         out.extend_from_slice(&self.cut_unix_ms.to_be_bytes());
         out.extend_from_slice(&self.entries.to_be_bytes());
+        out.extend_from_slice(&self.batch_sum);
         let sum = blake3::hash(&out);
         out.extend_from_slice(sum.as_bytes());
         out.resize(HEADER_BYTES as usize, 0);
@@ -125,10 +142,10 @@ impl JournalHeader {
     /// The header in `block`; `Ok(None)` for a journal never written (all
     /// zeros), an error for anything else that is not a whole header.
     pub fn decode(block: &[u8]) -> Result<Option<Self>, &'static str> {
-        if block.len() < 66 {
+        if block.len() < 98 {
             return Err("short journal header");
         }
-        if block[..66].iter().all(|byte| *byte == 0) {
+        if block[..98].iter().all(|byte| *byte == 0) {
             return Ok(None);
         }
         let u32_at = |at: usize| u32::from_be_bytes(block[at..at + 4].try_into().unwrap());
@@ -139,7 +156,7 @@ impl JournalHeader {
         if block[4] != JOURNAL_VERSION {
             return Err("journal header version unknown");
         }
-        if blake3::hash(&block[..34]).as_bytes() != &block[34..66] {
+        if blake3::hash(&block[..66]).as_bytes() != &block[66..98] {
             return Err("journal header checksum does not match");
         }
         let state = match block[5] {
@@ -154,6 +171,7 @@ impl JournalHeader {
             point: u64_at(10),
             cut_unix_ms: u64_at(18),
             entries: u64_at(26),
+            batch_sum: block[34..66].try_into().unwrap(),
         }))
     }
 }
@@ -199,6 +217,7 @@ mod tests {
             point: 42,
             cut_unix_ms: 1_700_000_000_000,
             entries: 3,
+            batch_sum: [9; 32],
         };
         let mut block = header.encode();
         assert_eq!(JournalHeader::decode(&block), Ok(Some(header)));

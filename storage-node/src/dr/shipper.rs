@@ -40,7 +40,7 @@ type Stream = DrStream<quinn::RecvStream, quinn::SendStream>;
 
 /// Shipping runs this often at least when writes keep coming (so a batch
 /// stays small), and the status is refreshed this often when idle.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(50);
 const IDLE_STATUS: Duration = Duration::from_secs(1);
 /// Pauses between failed sessions: doubling from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
