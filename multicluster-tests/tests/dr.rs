@@ -276,6 +276,45 @@ fn a_dr_link_seeds_written_chunks_only_ships_changes_and_a_planned_promote_loses
         "the seed of 8 MiB (32 chunks) shipped {shipped} chunks: {seeded}"
     );
     assert!(seeded["bytes_raw"].as_u64().unwrap() <= 34 * chunk);
+    // The same link over gRPC (the same operations behind both front ends);
+    // creating a secondary is for this cluster's gateways only.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let tls = tether_tls::TlsContext::new(
+            &tether_tls::Credentials::load(&dir.join("admin")).unwrap(),
+        )
+        .unwrap();
+        let admin_addr = federation_json(&dir)["admin"].as_str().unwrap().to_string();
+        let mut admin = admin_grpc::connect(&admin_addr, tls).unwrap();
+        let view = admin
+            .get_dr_status(admin_grpc::pb::VolumeName { name: "db".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(view.role, "primary");
+        assert_eq!(view.peer, "dr");
+        assert!(view.last_point >= seeded["last_point"].as_u64().unwrap());
+        let listed = admin
+            .list_dr_links(admin_grpc::pb::Empty {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.links.len(), 1);
+        let refused = admin
+            .create_dr_secondary(admin_grpc::pb::DrSecondaryRequest {
+                volume: "other".into(),
+                peer: "dr".into(),
+                size_bytes: 1 << 20,
+                replicas: 1,
+                rpo_secs: 30,
+                generation: 1,
+                chunk_size: 256 << 10,
+                encryption: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    });
     assert_eq!(seeded["role"], "primary");
     assert_eq!(seeded["rpo_met"], true);
     // Random data does not shrink: it went as it is.

@@ -366,6 +366,68 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(convert("PeerView", &view)?))
     }
 
+    async fn link_dr(
+        &self,
+        request: Request<pb::DrLinkRequest>,
+    ) -> Result<Response<pb::DrLinkView>, Status> {
+        self.admit(&request, Access::Admin, "LinkDr").await?;
+        let shape = convert("DrLinkRequest", request.get_ref())?;
+        let view = super::dr::link(self.state.clone(), shape).await?;
+        Ok(Response::new(convert("DrLinkView", &view)?))
+    }
+
+    async fn list_dr_links(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::DrLinkList>, Status> {
+        self.admit(&request, Access::Admin, "ListDrLinks").await?;
+        let listed = super::dr::list(self.state.clone()).await?;
+        Ok(Response::new(pb::DrLinkList {
+            links: all("DrLinkView", &listed)?,
+        }))
+    }
+
+    async fn get_dr_status(
+        &self,
+        request: Request<pb::VolumeName>,
+    ) -> Result<Response<pb::DrLinkView>, Status> {
+        self.admit(&request, Access::Admin, "GetDrStatus").await?;
+        let view = super::dr::status(self.state.clone(), request.into_inner().name).await?;
+        Ok(Response::new(convert("DrLinkView", &view)?))
+    }
+
+    async fn promote_dr(
+        &self,
+        request: Request<pb::DrPromoteRequest>,
+    ) -> Result<Response<pb::DrLinkView>, Status> {
+        self.admit(&request, Access::Admin, "PromoteDr").await?;
+        let pb::DrPromoteRequest { volume, force } = request.into_inner();
+        let view = super::dr::promote(self.state.clone(), volume, force).await?;
+        Ok(Response::new(convert("DrLinkView", &view)?))
+    }
+
+    async fn failback_dr(
+        &self,
+        request: Request<pb::VolumeName>,
+    ) -> Result<Response<pb::DrLinkView>, Status> {
+        self.admit(&request, Access::Admin, "FailbackDr").await?;
+        let view = super::dr::failback(self.state.clone(), request.into_inner().name).await?;
+        Ok(Response::new(convert("DrLinkView", &view)?))
+    }
+
+    async fn create_dr_secondary(
+        &self,
+        request: Request<pb::DrSecondaryRequest>,
+    ) -> Result<Response<pb::VolumeList>, Status> {
+        self.admit(&request, Access::Gateway, "CreateDrSecondary")
+            .await?;
+        let shape = convert("DrSecondaryRequest", request.get_ref())?;
+        let views = super::dr::create_secondary(self.state.clone(), shape).await?;
+        Ok(Response::new(pb::VolumeList {
+            volumes: all("VolumeView", &views)?,
+        }))
+    }
+
     async fn list_peers(
         &self,
         request: Request<pb::Empty>,
