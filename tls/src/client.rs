@@ -19,6 +19,9 @@ pub enum CallError {
     Refused(String),
 }
 
+/// The largest answer read (the admin API's biggest lists are far smaller).
+const MAX_ANSWER_BYTES: u64 = 16 << 20;
+
 #[derive(serde::Deserialize)]
 struct ErrorBody {
     error: String,
@@ -75,9 +78,13 @@ where
             .timeout(timeout)
             .build();
         match send(&agent).map_err(|err| *err) {
-            Ok(response) => response
-                .into_json()
-                .map_err(|err| CallError::Refused(format!("unreadable answer: {err}"))),
+            // Bounded: a peer (a DR peer's registry before it is trusted,
+            // say) cannot make the caller read without end.
+            Ok(response) => {
+                use std::io::Read;
+                serde_json::from_reader(response.into_reader().take(MAX_ANSWER_BYTES))
+                    .map_err(|err| CallError::Refused(format!("unreadable answer: {err}")))
+            }
             Err(ureq::Error::Status(status, response)) => {
                 let text = response.into_string().unwrap_or_default();
                 let reason = serde_json::from_str::<ErrorBody>(&text)

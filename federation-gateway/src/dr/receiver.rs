@@ -276,6 +276,7 @@ impl Receiver {
         // after a crash).
         let mut cached: Vec<Option<Bytes>> = Vec::new();
         let mut cached_bytes = 0u64;
+        let mut cache_permits: Vec<tokio::sync::OwnedSemaphorePermit> = Vec::new();
         let mut journal_writes = Waves::new(IN_FLIGHT);
         // Over the staged entries' data, in order: the batch sum's part.
         let mut data_hasher = blake3::Hasher::new();
@@ -354,6 +355,7 @@ impl Receiver {
                         self.apply_entries(&entries, &cached).await?;
                         entries.clear();
                         cached.clear();
+                        cache_permits.clear();
                         cached_bytes = 0;
                         used = 0;
                         data_hasher = blake3::Hasher::new();
@@ -379,11 +381,25 @@ impl Receiver {
                         }
                         used += entry.journal_bytes();
                         entries.push(entry);
-                        if cached_bytes + data.len() as u64 <= CACHE_BYTES {
-                            cached_bytes += data.len() as u64;
-                            cached.push(Some(data));
-                        } else {
-                            cached.push(None);
+                        // Held against the gateway's byte budget too: many
+                        // streams cannot make it hold more than it would for
+                        // satellites.
+                        let permit = (cached_bytes + data.len() as u64 <= CACHE_BYTES)
+                            .then(|| {
+                                self.gateway
+                                    .shared_bytes
+                                    .clone()
+                                    .try_acquire_many_owned(data.len() as u32)
+                                    .ok()
+                            })
+                            .flatten();
+                        match permit {
+                            Some(permit) => {
+                                cached_bytes += data.len() as u64;
+                                cached.push(Some(data));
+                                cache_permits.push(permit);
+                            }
+                            None => cached.push(None),
                         }
                     }
                     self.status.extents_shipped += 1;
@@ -440,7 +456,7 @@ impl Receiver {
                         journal_writes.finish().await?;
                         if entries.len() as u64 != chunks {
                             return Err(format!(
-                                "batch {point} commits {chunks} chunks; {} were staged",
+                                "batch {point} commits {chunks} extents; {} were staged",
                                 entries.len()
                             ));
                         }
@@ -478,6 +494,7 @@ impl Receiver {
                     direct = false;
                     entries.clear();
                     cached.clear();
+                    cache_permits.clear();
                     cached_bytes = 0;
                     used = 0;
                     batch = None;

@@ -201,6 +201,9 @@ async fn run(master: Arc<MasterState>) {
 #[derive(Default)]
 struct Stats {
     generation: u64,
+    /// Since a comparison in this master's life the changed set holds
+    /// every write the secondary lacks beyond `point`.
+    tracking: bool,
     point: u64,
     point_unix_ms: u64,
     batches: u64,
@@ -333,21 +336,32 @@ async fn ship(
         }
         other => return Err(fail(format!("answered the hello with {other:?}"))),
     };
+    // The secondary is at the point this master last shipped, and the
+    // changed set holds everything since (a failed batch puts its extents
+    // back): resume from there. Otherwise (a new master, a secondary at
+    // another point) compare.
+    let resume = stats.tracking && applied == stats.point;
     if stats.point < applied {
         stats.point = applied;
         stats.clock.point.store(applied, Ordering::Release);
     }
     stats.error = None;
-    tracing::info!(peer = %link.peer, applied, "DR session open; comparing with the secondary");
-    publish(master, link, "comparing", stats).await;
-    // The comparison finds everything written before it; writes from now on
-    // are in the changed set.
-    let _ = master.dr.take();
-    master.volume.settle().await?;
-    let differing = compare(master, &mut stream, stats)
-        .await
-        .map_err(|err| fail(err.to_string()))?;
-    let mut first = Some(differing);
+    let mut first = if resume {
+        tracing::info!(peer = %link.peer, applied, pending_blocks = master.dr.pending(), "DR session open; resuming from the last acknowledged point");
+        None
+    } else {
+        tracing::info!(peer = %link.peer, applied, "DR session open; comparing with the secondary");
+        publish(master, link, "comparing", stats).await;
+        // The comparison finds everything written before it; writes from
+        // now on are in the changed set.
+        let _ = master.dr.take();
+        master.volume.settle().await?;
+        let differing = compare(master, &mut stream, stats)
+            .await
+            .map_err(|err| fail(err.to_string()))?;
+        stats.tracking = true;
+        Some(differing)
+    };
     let mut last_status = Instant::now();
     loop {
         if master.is_deposed() {

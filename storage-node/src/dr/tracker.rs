@@ -129,7 +129,10 @@ impl DrTracker {
         if length == 0 {
             return;
         }
-        let (first, last) = (offset / DR_BLOCK, (offset + length - 1) / DR_BLOCK);
+        let (first, last) = (
+            offset / DR_BLOCK,
+            offset.saturating_add(length - 1) / DR_BLOCK,
+        );
         let mut dirty = self.dirty.lock().unwrap();
         for block in first..=last {
             dirty.set(block);

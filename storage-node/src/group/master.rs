@@ -221,7 +221,12 @@ impl MasterState {
         // A cut (a planned promote's last) may have changed the role meanwhile.
         self.dr.admit(self.name(), origin)?;
         let result = self.run(op).await;
-        self.dr.mark(offset, length);
+        // Only what is inside the volume (an out-of-range request changed
+        // nothing, and its numbers may be anything a client sent).
+        let end = offset.saturating_add(length).min(self.volume.size_bytes());
+        if end > offset {
+            self.dr.mark(offset, end - offset);
+        }
         result
     }
 
