@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use coord_store::{Compare, CoordStore, Txn, TxnOp};
+use coord_store::CoordStore;
 use tether_proto::admin::CreateVolumeRequest;
 use tether_proto::dr::journal::JournalLayout;
 use tether_proto::dr::{
@@ -103,21 +103,10 @@ async fn put(
     revision: i64,
 ) -> Result<bool, RegistryError> {
     let key = key(cluster, Kind::DrLinks, &link.volume);
-    let done = store
-        .txn(Txn {
-            compares: vec![Compare::ModRevision {
-                key: key.clone(),
-                revision,
-            }],
-            success: vec![TxnOp::Put {
-                key,
-                value: serde_json::to_vec(link).expect("a link record serializes"),
-                lease: None,
-            }],
-            failure: vec![],
-        })
-        .await?;
-    Ok(done.succeeded)
+    let value = serde_json::to_vec(link).expect("a link record serializes");
+    Ok(coord_store::put_if_revision(store, &key, value, revision)
+        .await?
+        .is_some())
 }
 
 fn linked_peer_check(

@@ -51,6 +51,32 @@ pub struct Lease {
     pub ttl: Duration,
 }
 
+/// Puts `value` at `key` only if the key's mod revision is still
+/// `revision` (0: the key is absent): a compare-and-swap. The store's new
+/// revision if it was written, `None` if the key had moved on.
+pub async fn put_if_revision(
+    store: &dyn CoordStore,
+    key: &str,
+    value: Vec<u8>,
+    revision: i64,
+) -> Result<Option<i64>> {
+    let done = store
+        .txn(Txn {
+            compares: vec![Compare::ModRevision {
+                key: key.to_string(),
+                revision,
+            }],
+            success: vec![TxnOp::Put {
+                key: key.to_string(),
+                value,
+                lease: None,
+            }],
+            failure: vec![],
+        })
+        .await?;
+    Ok(done.succeeded.then_some(done.revision))
+}
+
 /// etcd counts lease TTLs in whole seconds: a TTL it cannot express is
 /// refused rather than silently rounded (a master fenced on 3.9 s while etcd
 /// expires at 3 s could answer after another node took its lock).

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use coord_store::{Compare, Txn, TxnOp};
 use master_follower::{BlockOp, VolumeFollower};
 use tether_common::dr_stream::DrStream;
 use tether_proto::dr::journal::{
@@ -660,33 +659,21 @@ async fn apply_extent(
 
 async fn cas_link(gateway: &Gateway, link: &DrLinkRecord, revision: i64) -> Result<(), String> {
     let key = gateway.key(Kind::DrLinks, &link.volume);
-    let done = gateway
-        .store
-        .txn(Txn {
-            compares: vec![Compare::ModRevision {
-                key: key.clone(),
-                revision,
-            }],
-            success: vec![TxnOp::Put {
-                key,
-                value: serde_json::to_vec(link).expect("a link record serializes"),
-                lease: None,
-            }],
-            failure: vec![],
-        })
+    let value = serde_json::to_vec(link).expect("a link record serializes");
+    let Some(written) = coord_store::put_if_revision(gateway.store.as_ref(), &key, value, revision)
         .await
-        .map_err(|err| err.to_string())?;
-    if !done.succeeded {
+        .map_err(|err| err.to_string())?
+    else {
         return Err(format!(
             "the DR link record of {} changed meanwhile",
             link.volume
         ));
-    }
+    };
     // Later checks read the mirror: wait until it has the change.
     let mut changes = gateway.mirror.subscribe();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
-        changes.wait_for(|revision| *revision >= done.revision),
+        changes.wait_for(|revision| *revision >= written),
     )
     .await;
     Ok(())

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use coord_store::{Compare, Txn, TxnOp};
 use tether_common::dr_stream::DrStream;
 use tether_proto::dr::wire::{refused, DrFrame, Hello, DR_ALPN, MAX_HASHES};
 use tether_proto::dr::{DrLinkRecord, DrRole, DrStatusRecord};
@@ -778,23 +777,10 @@ async fn fence(master: &MasterState, link: &DrLinkRecord, revision: i64, newer: 
 async fn cas_link(master: &MasterState, link: &DrLinkRecord, revision: i64) -> Result<()> {
     let key = master.ctx.key(Kind::DrLinks, master.name());
     let value = serde_json::to_vec(link).expect("a link record serializes");
-    let done = master
-        .ctx
-        .store
-        .txn(Txn {
-            compares: vec![Compare::ModRevision {
-                key: key.clone(),
-                revision,
-            }],
-            success: vec![TxnOp::Put {
-                key,
-                value,
-                lease: None,
-            }],
-            failure: vec![],
-        })
-        .await?;
-    if !done.succeeded {
+    if coord_store::put_if_revision(master.ctx.store.as_ref(), &key, value, revision)
+        .await?
+        .is_none()
+    {
         return Err(link_error(
             master,
             link,
