@@ -109,6 +109,30 @@ async fn put(
         .is_some())
 }
 
+/// A new link record, no request pending.
+fn new_link(
+    volume: &str,
+    peer: &str,
+    role: DrRole,
+    generation: u64,
+    rpo_secs: u64,
+    replicas: u32,
+) -> DrLinkRecord {
+    DrLinkRecord {
+        volume: volume.to_string(),
+        peer: peer.to_string(),
+        role,
+        generation,
+        rpo_secs,
+        replicas,
+        journal_volume: None,
+        handover_requested: false,
+        failback_requested: false,
+        force_requested: false,
+        created_unix_ms: now_unix_ms(),
+    }
+}
+
 fn linked_peer_check(
     peers: &[tether_proto::dr::PeerView],
     peer: &str,
@@ -161,19 +185,14 @@ pub async fn link(
             reason: "DR needs names of 59 characters at most (the journal adds -drj)".into(),
         });
     }
-    let link = DrLinkRecord {
-        volume: volume.clone(),
-        peer: request.to.clone(),
-        role: DrRole::Primary,
-        generation: 1,
-        rpo_secs: request.rpo_secs,
-        replicas: request.replicas,
-        journal_volume: None,
-        handover_requested: false,
-        failback_requested: false,
-        force_requested: false,
-        created_unix_ms: now_unix_ms(),
-    };
+    let link = new_link(
+        volume,
+        &request.to,
+        DrRole::Primary,
+        1,
+        request.rpo_secs,
+        request.replicas,
+    );
     if !put(store, cluster, &link, 0).await? {
         return Err(RegistryError::DrLinkState {
             volume: volume.clone(),
@@ -213,17 +232,15 @@ pub async fn record_secondary(
     }
     let layout = JournalLayout::for_volume(request.size_bytes);
     let link = DrLinkRecord {
-        volume: volume.clone(),
-        peer: request.peer.clone(),
-        role: DrRole::Secondary,
-        generation: request.generation,
-        rpo_secs: request.rpo_secs,
-        replicas: request.replicas,
         journal_volume: Some(journal.clone()),
-        handover_requested: false,
-        failback_requested: false,
-        force_requested: false,
-        created_unix_ms: now_unix_ms(),
+        ..new_link(
+            volume,
+            &request.peer,
+            DrRole::Secondary,
+            request.generation,
+            request.rpo_secs,
+            request.replicas,
+        )
     };
     // The record first: the secondary's master starts with its gate shut
     // to everything but the receiver.

@@ -353,7 +353,7 @@ async fn ship(
         publish(master, link, "comparing", stats).await;
         // The comparison finds everything written before it; writes from
         // now on are in the changed set.
-        let _ = master.dr.take();
+        master.dr.start_tracking().await;
         master.volume.settle().await?;
         let differing = compare(master, &mut stream, stats)
             .await

@@ -3,7 +3,7 @@
 //! the secondary, see ARCHITECTURE.md "DR"), the barrier a cut takes, and
 //! whether the volume's DR role lets a client in.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::{Notify, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -64,6 +64,8 @@ pub struct DrTracker {
     /// the cut (applied and marked) or wholly after.
     barrier: RwLock<()>,
     dirty: Mutex<Dirty>,
+    /// Marks are kept only while the volume ships (no cost otherwise).
+    tracking: AtomicBool,
     wrote: Notify,
     gate: AtomicU8,
 }
@@ -73,6 +75,7 @@ impl Default for DrTracker {
         Self {
             barrier: RwLock::new(()),
             dirty: Mutex::default(),
+            tracking: AtomicBool::new(false),
             wrote: Notify::new(),
             gate: AtomicU8::new(Gate::Open as u8),
         }
@@ -124,9 +127,19 @@ impl DrTracker {
         self.barrier.write().await
     }
 
-    /// Marks the blocks of `offset .. offset + length` changed.
+    /// Starts keeping marks, from the empty set: the caller compares the
+    /// two sides next, which finds everything written before. Taken under
+    /// the cut barrier, so no write is between its check and its mark.
+    pub async fn start_tracking(&self) {
+        let _held = self.cut().await;
+        self.tracking.store(true, Ordering::Release);
+        *self.dirty.lock().unwrap() = Dirty::default();
+    }
+
+    /// Marks the blocks of `offset .. offset + length` changed (while
+    /// tracking; the caller holds [`hold`](Self::hold)).
     pub fn mark(&self, offset: u64, length: u64) {
-        if length == 0 {
+        if length == 0 || !self.tracking.load(Ordering::Acquire) {
             return;
         }
         let (first, last) = (
@@ -185,9 +198,13 @@ impl DrTracker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn marks_come_back_as_extents_in_order_once() {
+    #[tokio::test]
+    async fn marks_come_back_as_extents_in_order_once() {
         let tracker = DrTracker::default();
+        // Not tracking: nothing kept.
+        tracker.mark(0, 1);
+        assert_eq!(tracker.pending(), 0);
+        tracker.start_tracking().await;
         tracker.mark(0, 1);
         tracker.mark(4096 * 70 - 1, 2);
         tracker.mark(10, 10);
