@@ -45,7 +45,9 @@ const IDLE_STATUS: Duration = Duration::from_secs(1);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Chunks read under the cut barrier at most; more go fuzzy first.
+/// Bytes read into memory under the cut barrier at most; more go fuzzy
+/// first, and what is still more after the fuzzy rounds is staged
+/// straight from the copy under the barrier.
 const CUT_BYTES: u64 = 32 << 20;
 /// Fuzzy rounds before a cut holds writes for whatever is left.
 const FUZZY_ROUNDS: usize = 3;
@@ -650,6 +652,21 @@ async fn batch_once(
                 drop(held);
                 pending = written;
                 continue;
+            }
+            if bytes_of(&written) > CUT_BYTES {
+                // Still more than memory should hold after the fuzzy
+                // rounds: stage it straight from the copy while writes
+                // wait (bounded memory, a longer pause).
+                for extent in &written {
+                    let data = read_extent(master, *extent)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    stage(master, stream, stats, point, extent.0, data).await?;
+                    staged.push(*extent);
+                }
+                cut_unix_ms = now_ms();
+                drop(held);
+                break;
             }
             let mut cut = Vec::with_capacity(written.len());
             for extent in &written {
