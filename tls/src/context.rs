@@ -116,6 +116,16 @@ impl TlsContext {
             ClientAuth::Optional => builder.allow_unauthenticated().build(),
         }
         .expect("a non-empty root store makes a verifier");
+        self.server_config_verified_by(verifier, alpn)
+    }
+
+    /// A server config presenting this holder's certificate, its clients
+    /// checked by `verifier`.
+    fn server_config_verified_by(
+        self: &Arc<Self>,
+        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+        alpn: Vec<Vec<u8>>,
+    ) -> Arc<ServerConfig> {
         let mut config = ServerConfig::builder_with_provider(crate::provider())
             .with_safe_default_protocol_versions()
             .expect("ring supports the default versions")
@@ -138,13 +148,7 @@ impl TlsContext {
                 .build()
                 .expect("a non-empty root store makes a verifier");
         let verifier = Arc::new(crate::peer_trust::WithPeers { own, peers });
-        let mut config = ServerConfig::builder_with_provider(crate::provider())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(self.resolver());
-        config.alpn_protocols = alpn;
-        Arc::new(config)
+        self.server_config_verified_by(verifier, alpn)
     }
 
     pub fn client_config(self: &Arc<Self>) -> Arc<ClientConfig> {
@@ -152,10 +156,20 @@ impl TlsContext {
     }
 
     pub fn client_config_with_alpn(self: &Arc<Self>, alpn: Vec<Vec<u8>>) -> ClientConfig {
+        self.client_config_with_roots(self.roots.clone(), alpn)
+    }
+
+    /// A client config presenting this holder's certificate to servers
+    /// that chain to `roots`.
+    fn client_config_with_roots(
+        self: &Arc<Self>,
+        roots: Arc<RootCertStore>,
+        alpn: Vec<Vec<u8>>,
+    ) -> ClientConfig {
         let mut config = ClientConfig::builder_with_provider(crate::provider())
             .with_safe_default_protocol_versions()
             .expect("ring supports the default versions")
-            .with_root_certificates(self.roots.clone())
+            .with_root_certificates(roots)
             .with_client_cert_resolver(self.resolver());
         config.alpn_protocols = alpn;
         config
@@ -179,13 +193,7 @@ impl TlsContext {
                 reason: format!("the DR peer's CA: {err}"),
             })?;
         }
-        let mut config = ClientConfig::builder_with_provider(crate::provider())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_root_certificates(roots)
-            .with_client_cert_resolver(self.resolver());
-        config.alpn_protocols = alpn;
-        Ok(config)
+        Ok(self.client_config_with_roots(Arc::new(roots), alpn))
     }
 
     /// Opens TLS over `stream` to the holder of `server`, checking the
