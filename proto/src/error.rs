@@ -1,8 +1,8 @@
 use thiserror::Error;
 
-/// A protocol violation by the peer, in NBD or in Tether's block frames.
-/// Every variant ends the connection: the stream is no longer in a state
-/// both sides agree on.
+/// A protocol violation by the peer, in NBD or in Tether's block frames
+/// (every such variant ends the connection: the stream is no longer in a
+/// state both sides agree on), or a damaged on-disk file.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProtoError {
     #[error("client did not set the fixed-newstyle flag (client flags {client_flags:#x})")]
@@ -35,6 +35,13 @@ pub enum ProtoError {
     UnknownFrameKind { kind: u8 },
     #[error("block frame {seq} carries {length} payload bytes, over the limit of {max}")]
     FrameTooLarge { seq: u64, length: u32, max: u32 },
+    /// An on-disk file the node cannot trust: the copy is quarantined.
+    #[error("{file}: {field} {reason}")]
+    BadOnDisk {
+        file: &'static str,
+        field: &'static str,
+        reason: String,
+    },
     #[error("block frame {seq} (kind {kind}) is malformed: {reason}")]
     MalformedFrame {
         seq: u64,

@@ -13,11 +13,13 @@
 //! - [`group`]: the volume-group protocol's decisions (promotion, epochs,
 //!   the in-sync replica set, fencing), shared with the model checker.
 //! - [`link`]: satellite ⇄ gateway frames (one QUIC stream per volume).
+//! - [`disk`]: the on-disk formats of a volume's files.
 //! - [`admin`]: the JSON shapes of the admin API; [`federation`]: clusters
 //!   and grants.
 
 pub mod admin;
 pub mod block;
+pub mod disk;
 pub mod dr;
 mod error;
 pub mod federation;

@@ -31,7 +31,7 @@ pub enum NodeError {
         path: String,
         reason: String,
     },
-    #[error("volume {volume}: size {} is not a positive multiple of 512 bytes", human(*size_bytes))]
+    #[error("volume {volume}: size {} is not a positive multiple of 512 bytes of at most 1 PiB", human(*size_bytes))]
     BadSize { volume: String, size_bytes: u64 },
     #[error("volume {volume}: cannot shrink from {} to {} (shrinking a block device loses data)", human(*current), human(*requested))]
     ShrinkRefused {

@@ -255,3 +255,55 @@ async fn concurrent_writes_to_one_chunk_leave_a_true_hash() {
     volume.settle().await.unwrap();
     assert_hashes_match_data(&volume).await;
 }
+
+/// A copy whose files were damaged on disk (a metadata field out of range, a
+/// hashes file of another format) is quarantined when the pool opens: the
+/// node refuses that one copy with the reason and goes on serving the rest,
+/// instead of dividing by zero, allocating without bound or trusting hashes
+/// it cannot read.
+#[tokio::test]
+async fn damaged_on_disk_formats_quarantine_the_copy_not_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let volumes = dir.path().join("volumes");
+    {
+        let pool = pool(dir.path(), 1 << 30);
+        for name in ["good", "zero-chunk", "huge", "no-extents", "bad-hashes"] {
+            pool.create(name, 8 * MIB).await.unwrap();
+        }
+        pool.get("good")
+            .unwrap()
+            .write(0, Bytes::from(vec![9u8; 4096]), true)
+            .await
+            .unwrap();
+    }
+    let edit_meta = |name: &str, field: &str, value: serde_json::Value| {
+        let path = volumes.join(name).join("volume.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        meta[field] = value;
+        std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    };
+    edit_meta("zero-chunk", "chunk_size_bytes", 0.into());
+    edit_meta("huge", "size_bytes", (1u64 << 62).into());
+    edit_meta("no-extents", "extent_chunks", 0.into());
+    let hashes = volumes.join("bad-hashes").join("hashes");
+    let mut bytes = std::fs::read(&hashes).unwrap();
+    bytes[..8].copy_from_slice(b"NOTHASH!");
+    std::fs::write(&hashes, bytes).unwrap();
+
+    let pool = pool(dir.path(), 1 << 30);
+    let good = pool.get("good").expect("the undamaged copy is served");
+    assert_eq!(good.read(0, 4096).await.unwrap(), vec![9u8; 4096]);
+    let quarantined = pool.quarantined();
+    for (name, names_the_fault) in [
+        ("zero-chunk", "chunk_size_bytes"),
+        ("huge", "size_bytes"),
+        ("no-extents", "extent_chunks"),
+        ("bad-hashes", "hashes"),
+    ] {
+        let reason = quarantined
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is quarantined: {quarantined:?}"));
+        assert!(reason.contains(names_the_fault), "{name}: {reason}");
+    }
+}

@@ -38,12 +38,14 @@ fn check_encryption(encryption: &tether_proto::admin::EncryptionSpec) -> ApiResu
 }
 
 fn check_size(size_bytes: u64) -> ApiResult<()> {
-    if size_bytes == 0 || !size_bytes.is_multiple_of(512) {
+    let max = tether_proto::disk::meta::MAX_VOLUME_BYTES;
+    if size_bytes == 0 || !size_bytes.is_multiple_of(512) || size_bytes > max {
         return Err(RegistryError::Invalid {
             field: "size",
             reason: format!(
-                "{} ({size_bytes} bytes) is not a positive multiple of 512 bytes",
-                tether_common::size::format_size(size_bytes)
+                "{} ({size_bytes} bytes) is not a positive multiple of 512 bytes of at most {}",
+                tether_common::size::format_size(size_bytes),
+                tether_common::size::format_size(max),
             ),
         });
     }

@@ -35,12 +35,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::io::{zero_range, IoEngine};
-use super::meta::VolumeMeta;
+use super::meta::{self, VolumeMeta};
 use crate::error::{NodeError, Result};
 use crate::hashlist::{chunk_hash, ActivityLog, ChunkHash, HashTree};
 
-const HASHES_HEADER_LEN: u64 = 4096;
-const HASHES_MAGIC: &[u8; 8] = b"TTHASHL1";
+use tether_proto::disk::hashes::{self, HEADER_LEN as HASHES_HEADER_LEN};
+use tether_proto::disk::meta::MAX_VOLUME_BYTES;
 
 /// Behaviour switches for one volume.
 #[derive(Debug, Clone, Copy)]
@@ -197,7 +197,10 @@ impl Volume {
     /// fsynced. Blocking.
     pub fn initialize(dir: &Path, meta: VolumeMeta) -> Result<()> {
         let name = meta.name.clone();
-        if meta.size_bytes == 0 || !meta.size_bytes.is_multiple_of(512) {
+        if meta.size_bytes == 0
+            || !meta.size_bytes.is_multiple_of(512)
+            || meta.size_bytes > MAX_VOLUME_BYTES
+        {
             return Err(NodeError::BadSize {
                 volume: name,
                 size_bytes: meta.size_bytes,
@@ -215,11 +218,8 @@ impl Volume {
         let hashes_path = dir.join("hashes");
         let hashes =
             File::create(&hashes_path).map_err(io_err(&name, "create hashes", &hashes_path))?;
-        let mut header = vec![0u8; HASHES_HEADER_LEN as usize];
-        header[..8].copy_from_slice(HASHES_MAGIC);
-        header[8..16].copy_from_slice(&meta.chunk_size_bytes.to_le_bytes());
         hashes
-            .write_all_at(&header, 0)
+            .write_all_at(&hashes::encode_header(meta.chunk_size_bytes), 0)
             .map_err(io_err(&name, "write hashes", &hashes_path))?;
         write_leaves(&hashes, 0, &vec![zero; meta.n_chunks() as usize])
             .and_then(|_| hashes.sync_all())
@@ -228,7 +228,7 @@ impl Volume {
         let log_path = dir.join("activity.log");
         let _ = std::fs::remove_file(&log_path);
         ActivityLog::create(&log_path).map_err(io_err(&name, "create activity log", &log_path))?;
-        meta.store(&dir.join("volume.json"))
+        meta::store(&meta, &dir.join("volume.json"))
     }
 
     /// Opens a volume, rehashing the extents its activity log marks.
@@ -238,7 +238,7 @@ impl Volume {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let meta = VolumeMeta::load(&dir_name, &meta_path)?;
+        let meta = meta::load(&dir_name, &meta_path)?;
         let name = meta.name.clone();
         let open_rw = |path: &Path, op| {
             std::fs::OpenOptions::new()
@@ -252,6 +252,21 @@ impl Volume {
         let hashes_path = dir.join("hashes");
         let hashes = open_rw(&hashes_path, "open hashes")?;
         let n_chunks = meta.n_chunks();
+        let bad_hashes = |err: tether_proto::ProtoError| NodeError::BadMetadata {
+            volume: name.clone(),
+            path: hashes_path.display().to_string(),
+            reason: err.to_string(),
+        };
+        let mut header = vec![0u8; HASHES_HEADER_LEN as usize];
+        hashes
+            .read_exact_at(&mut header, 0)
+            .map_err(io_err(&name, "read hashes", &hashes_path))?;
+        hashes::check_header(&header, meta.chunk_size_bytes).map_err(bad_hashes)?;
+        let hashes_len = hashes
+            .metadata()
+            .map_err(io_err(&name, "read hashes", &hashes_path))?
+            .len();
+        hashes::check_len(hashes_len, n_chunks).map_err(bad_hashes)?;
         let mut leaf_bytes = vec![0u8; (n_chunks * 32) as usize];
         hashes
             .read_exact_at(&mut leaf_bytes, HASHES_HEADER_LEN)
@@ -726,7 +741,7 @@ impl Volume {
                 requested: new_size,
             });
         }
-        if !new_size.is_multiple_of(512) {
+        if !new_size.is_multiple_of(512) || new_size > MAX_VOLUME_BYTES {
             return Err(NodeError::BadSize {
                 volume: self.name.clone(),
                 size_bytes: new_size,
@@ -749,7 +764,7 @@ impl Volume {
         )
         .and_then(|_| self.hashes.sync_data())
         .map_err(io_err(&self.name, "grow hashes", &self.dir.join("hashes")))?;
-        meta.store(&self.dir.join("volume.json"))?;
+        meta::store(&meta, &self.dir.join("volume.json"))?;
         {
             let mut state = self.state.lock().unwrap();
             Arc::make_mut(&mut state.tree).grow(new_chunks, self.zero_chunk_hash);

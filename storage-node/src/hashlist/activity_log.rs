@@ -5,23 +5,16 @@
 //! are rehashed. Most writes land in an already-marked extent and cost no
 //! metadata I/O, as with DRBD's activity log.
 //!
-//! File layout: two slots of [`SLOT_LEN`] bytes, written alternately so a
-//! torn write of one leaves the other intact. Each slot:
-//! ```text
-//! magic "TTHALOG1" (8) | sequence (u64 LE) | n_extents (u64 LE) |
-//! BLAKE3 of the bitmap (32) | bitmap (n_extents bits, LSB first)
-//! ```
-//! The valid slot with the highest sequence wins.
+//! File layout: two slots, written alternately so a torn write of one leaves
+//! the other intact; the slot format is `tether_proto::disk::activity_log`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-const MAGIC: &[u8; 8] = b"TTHALOG1";
-const HEADER_LEN: usize = 8 + 8 + 8 + 32;
-/// Room for (64 KiB - header) × 8 extents: about 8 PiB of volume at 16 MiB per extent.
-pub const SLOT_LEN: u64 = 64 * 1024;
+pub use tether_proto::disk::activity_log::SLOT_LEN;
+use tether_proto::disk::activity_log::{decode_slot, encode_slot};
 
 /// The on-disk side of the activity log.
 pub struct ActivityLog {
@@ -56,7 +49,7 @@ impl ActivityLog {
         for slot in 0..2 {
             let mut buf = vec![0u8; SLOT_LEN as usize];
             file.read_exact_at(&mut buf, slot * SLOT_LEN)?;
-            if let Some((sequence, marked)) = parse_slot(&buf) {
+            if let Some((sequence, marked)) = decode_slot(&buf) {
                 if best
                     .as_ref()
                     .is_none_or(|(best_sequence, _)| sequence > *best_sequence)
@@ -86,41 +79,10 @@ impl ActivityLog {
         let sequence = self
             .next_sequence
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let bitmap: Vec<u8> = bits.iter().flat_map(|word| word.to_le_bytes()).collect();
-        let bitmap = &bitmap[..(n_extents.div_ceil(8) as usize).min(bitmap.len())];
-        assert!(
-            HEADER_LEN + bitmap.len() <= SLOT_LEN as usize,
-            "activity log slot overflow"
-        );
-        let mut slot = Vec::with_capacity(HEADER_LEN + bitmap.len());
-        slot.extend_from_slice(MAGIC);
-        slot.extend_from_slice(&sequence.to_le_bytes());
-        slot.extend_from_slice(&n_extents.to_le_bytes());
-        slot.extend_from_slice(blake3::hash(bitmap).as_bytes());
-        slot.extend_from_slice(bitmap);
+        let slot = encode_slot(sequence, bits, n_extents).expect("activity log slot overflow");
         self.file.write_all_at(&slot, (sequence % 2) * SLOT_LEN)?;
         self.file.sync_data()
     }
-}
-
-fn parse_slot(buf: &[u8]) -> Option<(u64, Vec<u64>)> {
-    if &buf[..8] != MAGIC {
-        return None;
-    }
-    let sequence = u64::from_le_bytes(buf[8..16].try_into().ok()?);
-    let n_extents = u64::from_le_bytes(buf[16..24].try_into().ok()?);
-    let bitmap_len = n_extents.div_ceil(8) as usize;
-    if HEADER_LEN + bitmap_len > buf.len() {
-        return None;
-    }
-    let bitmap = &buf[HEADER_LEN..HEADER_LEN + bitmap_len];
-    if blake3::hash(bitmap).as_bytes() != &buf[24..56] {
-        return None;
-    }
-    let marked = (0..n_extents)
-        .filter(|extent| bitmap[(extent / 8) as usize] & (1 << (extent % 8)) != 0)
-        .collect();
-    Some((sequence, marked))
 }
 
 #[cfg(test)]
