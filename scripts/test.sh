@@ -40,3 +40,5 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # does not build it.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+# Every cargo fuzz target, 20 s each from the committed seeds (crashes fail).
+./scripts/fuzz.sh

@@ -2,6 +2,7 @@
 //! for a local federation, and the daemons themselves (`tether daemon ...`,
 //! so one binary is all a developer needs to build).
 
+mod audit;
 mod client;
 mod csi;
 mod csi_node;
@@ -72,6 +73,9 @@ enum Commands {
     /// Disaster recovery: volumes replicated to a paired cluster.
     #[command(subcommand)]
     Dr(dr::DrCommand),
+    /// The audit log: every admin action, who by, when, and how it ended.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Storage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -388,6 +392,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             membership::run_grant(&admin_client(&cli)?, command, cli.output == Output::Json)
         }
         Commands::Dr(command) => dr::run(&admin_client(&cli)?, command, cli.output == Output::Json),
+        Commands::Audit(command) => {
+            audit::run(&admin_client(&cli)?, command, cli.output == Output::Json)
+        }
         Commands::Node(NodeCommand::List { cluster }) => {
             let mut nodes: Vec<NodeView> = admin_client(&cli)?.get("/v1/nodes")?;
             if let Some(cluster) = cluster {

@@ -9,6 +9,7 @@
 //! Read first: [`api::router`] (the endpoints, one module per concern), [`placement`].
 
 pub mod api;
+pub mod audit;
 pub mod dr;
 mod error;
 pub mod federation;

@@ -662,10 +662,12 @@ impl DevFederation {
 }
 
 impl DevFederation {
-    /// The cluster's etcd revision now (how many writes it has taken), read
-    /// with the dev admin's credential.
-    pub fn store_revision(&self) -> anyhow::Result<i64> {
-        use coord_store::CoordStore;
+    /// Runs `op` on the cluster's etcd, connected with the dev admin's
+    /// credential (what an attacker holding etcd could do, too).
+    pub fn with_store<T>(
+        &self,
+        op: impl AsyncFnOnce(&coord_store::EtcdStore) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let endpoints: Vec<String> = self.info["clusters"][0]["etcd"]["endpoints"]
             .as_array()
             .context("an etcd federation")?
@@ -679,6 +681,14 @@ impl DevFederation {
         runtime.block_on(async {
             let tls = tether_tls::TlsContext::new(&credentials)?;
             let store = coord_store::EtcdStore::connect(&endpoints, Some(tls)).await?;
+            op(&store).await
+        })
+    }
+
+    /// The cluster's etcd revision now (how many writes it has taken).
+    pub fn store_revision(&self) -> anyhow::Result<i64> {
+        use coord_store::CoordStore;
+        self.with_store(async |store| {
             let (_, revision) = store.get_prefix("/tether/revision-probe/").await?;
             Ok(revision)
         })

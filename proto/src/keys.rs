@@ -19,6 +19,8 @@
 //! | `dr-received` | volume | `dr::DrStatusRecord` (the receiver's) |
 //! | `dr-receivers` | volume | the gateway receiving its batches (leased) |
 //! | `gateways` | gateway | `dr::GatewayRecord` (leased) |
+//! | `audit` | sequence, 20 digits | `audit::AuditEntry` |
+//! | `audit-head` | `head` | `audit::AuditHead` (the newest entry) |
 
 /// What a key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,10 +41,12 @@ pub enum Kind {
     DrReceived,
     DrReceivers,
     Gateways,
+    Audit,
+    AuditHead,
 }
 
 impl Kind {
-    const ALL: [Kind; 16] = [
+    const ALL: [Kind; 18] = [
         Kind::Volumes,
         Kind::Groups,
         Kind::Locks,
@@ -59,6 +63,8 @@ impl Kind {
         Kind::DrReceived,
         Kind::DrReceivers,
         Kind::Gateways,
+        Kind::Audit,
+        Kind::AuditHead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +85,8 @@ impl Kind {
             Kind::DrReceived => "dr-received",
             Kind::DrReceivers => "dr-receivers",
             Kind::Gateways => "gateways",
+            Kind::Audit => "audit",
+            Kind::AuditHead => "audit-head",
         }
     }
 }
@@ -128,6 +136,16 @@ impl ClusterKeys {
     /// Every grant of one satellite starts with this.
     pub fn grants_prefix(&self, satellite: &str) -> String {
         format!("{}{satellite}/", self.kind_prefix(Kind::Grants))
+    }
+
+    /// `audit/{seq}`, zero-padded so keys sort in log order.
+    pub fn audit_entry(&self, seq: u64) -> String {
+        self.key(Kind::Audit, &format!("{seq:020}"))
+    }
+
+    /// `audit-head/head`.
+    pub fn audit_head(&self) -> String {
+        self.key(Kind::AuditHead, "head")
     }
 
     /// A key of this cluster as its kind and name.

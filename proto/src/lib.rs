@@ -14,15 +14,19 @@
 //!   the in-sync replica set, fencing), shared with the model checker.
 //! - [`link`]: satellite ⇄ gateway frames (one QUIC stream per volume).
 //! - [`disk`]: the on-disk formats of a volume's files.
+//! - [`audit`]: the hash-chained audit log of admin actions.
 //! - [`admin`]: the JSON shapes of the admin API; [`federation`]: clusters
 //!   and grants.
 
 pub mod admin;
+pub mod audit;
 pub mod block;
 pub mod disk;
 pub mod dr;
 mod error;
 pub mod federation;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_harness;
 pub mod group;
 pub mod keys;
 pub mod link;

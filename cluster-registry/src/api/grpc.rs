@@ -27,12 +27,16 @@ impl AdminService {
     }
 
     /// The caller of `request`, admitted to `access` (`method` names the call).
-    async fn admit<T>(
+    /// Also leaves the message's naming fields for the audit log.
+    async fn admit<T: serde::Serialize>(
         &self,
         request: &Request<T>,
         access: Access,
         method: &str,
     ) -> Result<Option<Caller>, Status> {
+        if let Some(note) = request.extensions().get::<super::audit::AuditNote>() {
+            note.note(request.get_ref());
+        }
         let Some(peer) = request.extensions().get::<Peer>() else {
             return Err(Status::internal("no peer on the request"));
         };
@@ -40,7 +44,7 @@ impl AdminService {
         Ok(crate::security::admit(&self.state, peer, access, &what).await?)
     }
 
-    async fn caller<T>(
+    async fn caller<T: serde::Serialize>(
         &self,
         request: &Request<T>,
         access: Access,
@@ -374,6 +378,16 @@ impl pb::admin_server::Admin for AdminService {
         let shape = convert("DrLinkRequest", request.get_ref())?;
         let view = super::dr::link(self.state.clone(), shape).await?;
         Ok(Response::new(convert("DrLinkView", &view)?))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::AuditQuery>,
+    ) -> Result<Response<pb::AuditList>, Status> {
+        self.admit(&request, Access::Admin, "ListAudit").await?;
+        let listed =
+            super::audit::list(self.state.clone(), request.get_ref().since_unix_ms).await?;
+        Ok(Response::new(convert("AuditList", &listed)?))
     }
 
     async fn list_dr_links(

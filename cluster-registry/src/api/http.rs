@@ -97,6 +97,7 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
         .route("/v1/dr/links/{volume}/promote", post(promote_dr))
         .route("/v1/dr/links/{volume}/failback", post(failback_dr))
         .route("/v1/dr/secondaries", post(create_dr_secondary))
+        .route("/v1/audit", get(list_audit))
 }
 
 /// The OpenAPI document of the JSON API.
@@ -141,7 +142,8 @@ pub(crate) fn routes(state: &AppState) -> RouteTable {
         dr_status,
         promote_dr,
         failback_dr,
-        create_dr_secondary
+        create_dr_secondary,
+        list_audit
     )
 )]
 pub struct ApiDoc;
@@ -182,6 +184,21 @@ async fn remove_satellite(
     Path(name): Path<String>,
 ) -> ApiResult<Json<ClusterView>> {
     Ok(Json(federation::remove_satellite(state, name).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    since_unix_ms: u64,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(("since_unix_ms" = Option<u64>, Query)),
+    responses((status = 200, body = tether_proto::audit::AuditList), (status = "default", body = ErrorBody, description = ERROR)))]
+async fn list_audit(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<Json<tether_proto::audit::AuditList>> {
+    Ok(Json(super::audit::list(state, query.since_unix_ms).await?))
 }
 
 #[derive(serde::Deserialize)]

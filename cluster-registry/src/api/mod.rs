@@ -36,14 +36,19 @@
 //! | POST | /v1/dr/links/{volume}/promote | `DrPromoteRequest` → `DrLinkView` (waits for the switch) |
 //! | POST | /v1/dr/links/{volume}/failback | → `DrLinkView` (returns at once) |
 //! | POST | /v1/dr/secondaries | `DrSecondaryRequest` → `[VolumeView]` (a gateway of this cluster) |
+//! | GET | /v1/audit | `?since_unix_ms=T` → `AuditList` (every admin action, hash-chained) |
 //!
 //! Every call comes over mutual TLS; [`crate::security::Access`] says which
 //! role each operation needs, for both front ends. Satellites may call the volume routes (not verify), scoped by
 //! their grants (`grants::Caller`).
 //!
+//! Every action (not reads), on either front end and refused or not, is
+//! appended to the audit log ([`audit`], `crate::audit`).
+//!
 //! Errors are `ErrorBody` with a 4xx/5xx status.
 
 mod attach;
+mod audit;
 mod dr;
 mod federation;
 mod grpc;
@@ -96,10 +101,15 @@ pub type WatchCounts = Arc<std::sync::Mutex<std::collections::HashMap<String, us
 /// admits its own caller), on one listener.
 pub fn router(state: AppState) -> Router {
     let json = http::routes(&state).into_router().with_state(state.clone());
-    let grpc = admin_grpc::pb::admin_server::AdminServer::new(grpc::AdminService::new(state));
+    let grpc =
+        admin_grpc::pb::admin_server::AdminServer::new(grpc::AdminService::new(state.clone()));
     Router::new()
         .route_service("/tether.admin.v1.Admin/{*method}", grpc)
         .merge(json)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            audit::record_action,
+        ))
         .layer(axum::middleware::from_fn(record_request))
 }
 
