@@ -42,3 +42,5 @@ cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
 # Every cargo fuzz target, 20 s each from the committed seeds (crashes fail).
 ./scripts/fuzz.sh
+# Both Helm charts: lint, render, validate against the Kubernetes schemas.
+./scripts/charts.sh

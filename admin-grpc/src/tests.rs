@@ -126,8 +126,9 @@ fn node_shapes() {
         quarantined: labels(),
     });
     round_trip::<_, pb::JoinTokenRequest>(JoinTokenRequest {
-        node: Some("node-4".into()),
+        node: None,
         ttl_seconds: Some(60),
+        uses: Some(3),
     });
     round_trip::<_, pb::JoinTokenResponse>(JoinTokenResponse {
         token: "t".into(),

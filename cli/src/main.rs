@@ -3,6 +3,7 @@
 //! so one binary is all a developer needs to build).
 
 mod audit;
+mod ca;
 mod client;
 mod csi;
 mod csi_node;
@@ -84,7 +85,7 @@ enum Commands {
     Volume(VolumeCommand),
     /// The cluster's CA: issue credentials (run where the control plane's state is).
     #[command(subcommand)]
-    Ca(CaCommand),
+    Ca(ca::CaCommand),
     /// A satellite's CSI services, called by hand (as the external-provisioner would).
     Csi(csi::CsiArgs),
     /// Run a daemon in the foreground (what `dev up` starts).
@@ -175,12 +176,16 @@ enum NodeCommand {
         #[arg(long)]
         cluster: Option<String>,
     },
-    /// Mint a one-time join token for a new node (give it to `tether-node
+    /// Mint a join token for a new node (give it to `tether-node
     /// --join-token-file`); only its hash is kept, and it expires.
     JoinToken {
         /// The only name the token may join as (default: any name not in use).
         #[arg(long)]
         name: Option<String>,
+        /// How many nodes may join with it (a DaemonSet's bootstrap token;
+        /// not with --name).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
         /// How long the token lives.
         #[arg(long, default_value = "1h", value_parser = tether_common::size::parse_duration)]
         ttl: std::time::Duration,
@@ -251,42 +256,6 @@ enum VolumeCommand {
         name: String,
         #[arg(long)]
         repair: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum CaCommand {
-    /// Issue a credential (tls.crt, tls.key at 0600, ca.crt) into --out,
-    /// e.g. an admin's for `tether --credentials DIR`; a client's (for NBD
-    /// over TLS) in the files qemu and libnbd read: ca-cert.pem,
-    /// client-cert.pem, client-key.pem.
-    Issue {
-        /// The registry's --state-dir (its CA is in state-dir/ca) ...
-        #[arg(long, required_unless_present = "ca_cert")]
-        state_dir: Option<PathBuf>,
-        /// ... or the operator's CA certificate and key.
-        #[arg(long, requires = "ca_key")]
-        ca_cert: Option<PathBuf>,
-        #[arg(long, requires = "ca_cert")]
-        ca_key: Option<PathBuf>,
-        #[arg(long, requires = "ca_cert")]
-        ca_chain: Option<PathBuf>,
-        #[arg(long, default_value = "central")]
-        cluster: String,
-        /// admin, node, gateway, or client (an NBD consumer).
-        #[arg(long, default_value = "admin")]
-        role: String,
-        /// A host name or IP the certificate is also valid for (repeatable;
-        /// what clients dial to reach a gateway or node).
-        #[arg(long = "san", value_name = "HOST")]
-        sans: Vec<String>,
-        /// Who holds it (an operator's name, or a node's).
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value = "365d", value_parser = tether_common::size::parse_duration)]
-        lifetime: std::time::Duration,
     },
 }
 
@@ -444,12 +413,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Commands::Node(NodeCommand::JoinToken { name, ttl }) => {
+        Commands::Node(NodeCommand::JoinToken { name, ttl, uses }) => {
             let answer: tether_proto::admin::JoinTokenResponse = admin_client(&cli)?.post(
                 "/v1/join-tokens",
                 &tether_proto::admin::JoinTokenRequest {
                     node: name.clone(),
                     ttl_seconds: Some(ttl.as_secs().max(1)),
+                    uses: Some(*uses),
                 },
             )?;
             if cli.output == Output::Json {
@@ -459,59 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Commands::Volume(volume) => run_volume(&cli, volume),
-        Commands::Ca(CaCommand::Issue {
-            state_dir,
-            ca_cert,
-            ca_key,
-            ca_chain,
-            cluster,
-            role,
-            sans,
-            name,
-            out,
-            lifetime,
-        }) => {
-            use tether_tls::{CertificateAuthority, Identity, Role};
-            let role = match role.as_str() {
-                "admin" => Role::Admin,
-                "node" => Role::Node,
-                "client" => Role::Client,
-                "gateway" => Role::Gateway,
-                "dr-peer" => Role::DrPeer,
-                other => anyhow::bail!(
-                    "--role {other}: issue admin, node, gateway, dr-peer or client credentials"
-                ),
-            };
-            let ca = match (ca_cert, ca_key, state_dir) {
-                (Some(cert), Some(key), _) => {
-                    CertificateAuthority::from_files(cert, key, ca_chain.as_deref())?
-                }
-                (_, _, Some(state_dir)) => {
-                    let dir = state_dir.join(cluster_registry::security::CA_DIR);
-                    anyhow::ensure!(
-                        dir.join("ca.key").exists(),
-                        "no CA in {} (is --state-dir the registry's?)",
-                        dir.display()
-                    );
-                    CertificateAuthority::load_or_create(&dir, cluster)?
-                }
-                _ => anyhow::bail!("pass --state-dir, or --ca-cert and --ca-key"),
-            };
-            let identity = Identity::new(cluster, role, name);
-            let sans = tether_tls::certificate_addresses(sans)?;
-            let credentials = ca.issue_credentials(&identity, &sans, *lifetime)?;
-            match role {
-                Role::Client => credentials.save_for_nbd_client(out)?,
-                _ => credentials.save(out)?,
-            }
-            println!(
-                "issued {} to {} (valid {} days)",
-                identity.uri(),
-                out.display(),
-                lifetime.as_secs() / 86400
-            );
-            Ok(())
-        }
+        Commands::Ca(command) => ca::run(command),
     }
 }
 

@@ -4,7 +4,10 @@
 //! keeps only its BLAKE3 hash, under `join-tokens/{hash}`, bound to a lease
 //! that expires it. A join consumes the token by compare-and-delete before
 //! anything is signed, so a token works once: a leaked token that was used
-//! is worthless, and one bound to a name mints nothing else. Independently
+//! is worthless, and one bound to a name mints nothing else. A node
+//! bootstrap token may be minted for several joins (`--uses N`, for a
+//! DaemonSet's nodes, as kubeadm's bootstrap tokens): each join counts it
+//! down under the same compare-and-swap, the last deletes it. Independently
 //! of tokens, a name whose node is registered and alive is never issued
 //! again (`security::join`).
 
@@ -37,7 +40,18 @@ pub struct TokenRecord {
     pub expires_unix_ms: u64,
     #[serde(default)]
     pub purpose: TokenPurpose,
+    /// Joins left (a node bootstrap token for a DaemonSet admits several;
+    /// every other token one).
+    #[serde(default = "one_use")]
+    pub uses: u32,
 }
+
+fn one_use() -> u32 {
+    1
+}
+
+/// Most joins one node token may admit.
+pub const MAX_USES: u32 = 10_000;
 
 /// Longest a token may live.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -55,7 +69,30 @@ pub async fn mint(
     node: Option<&str>,
     ttl: Duration,
 ) -> Result<(String, TokenRecord), RegistryError> {
-    mint_for(store, cluster, TokenPurpose::Node, node, ttl).await
+    mint_uses(store, cluster, node, ttl, 1).await
+}
+
+/// [`mint`] for `uses` node joins (not for a named node: a name joins once).
+pub async fn mint_uses(
+    store: &dyn CoordStore,
+    cluster: &str,
+    node: Option<&str>,
+    ttl: Duration,
+    uses: u32,
+) -> Result<(String, TokenRecord), RegistryError> {
+    if !(1..=MAX_USES).contains(&uses) {
+        return Err(RegistryError::Invalid {
+            field: "uses",
+            reason: format!("{uses}: a join token admits from 1 to {MAX_USES} joins"),
+        });
+    }
+    if uses > 1 && node.is_some() {
+        return Err(RegistryError::Invalid {
+            field: "uses",
+            reason: "a token bound to a node name admits one join".into(),
+        });
+    }
+    mint_counted(store, cluster, TokenPurpose::Node, node, ttl, uses).await
 }
 
 /// [`mint`] for a purpose.
@@ -65,6 +102,17 @@ pub async fn mint_for(
     purpose: TokenPurpose,
     node: Option<&str>,
     ttl: Duration,
+) -> Result<(String, TokenRecord), RegistryError> {
+    mint_counted(store, cluster, purpose, node, ttl, 1).await
+}
+
+async fn mint_counted(
+    store: &dyn CoordStore,
+    cluster: &str,
+    purpose: TokenPurpose,
+    node: Option<&str>,
+    ttl: Duration,
+    uses: u32,
 ) -> Result<(String, TokenRecord), RegistryError> {
     if ttl.is_zero() || ttl > MAX_TTL {
         return Err(RegistryError::Invalid {
@@ -84,6 +132,7 @@ pub async fn mint_for(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64),
         purpose,
+        uses,
     };
     let lease = store.grant_lease(ttl).await?;
     store
@@ -93,7 +142,7 @@ pub async fn mint_for(
             Some(lease.id),
         )
         .await?;
-    tracing::info!(node = ?node, ?purpose, ttl_secs = ttl.as_secs(), "minted a join token");
+    tracing::info!(node = ?node, ?purpose, uses, ttl_secs = ttl.as_secs(), "minted a join token");
     Ok((token, record))
 }
 
@@ -147,12 +196,27 @@ pub async fn redeem_for(
             )));
         }
     }
+    // The last use deletes the token; an earlier one counts it down (same
+    // lease, so it still expires when it was minted to).
+    let spend = if record.uses > 1 {
+        TxnOp::Put {
+            key: key.clone(),
+            value: serde_json::to_vec(&TokenRecord {
+                uses: record.uses - 1,
+                ..record
+            })
+            .expect("token record serializes"),
+            lease: stored.lease,
+        }
+    } else {
+        TxnOp::Delete { key: key.clone() }
+    };
     let consume = Txn {
         compares: vec![Compare::ModRevision {
-            key: key.clone(),
+            key,
             revision: stored.mod_revision,
         }],
-        success: vec![TxnOp::Delete { key }],
+        success: vec![spend],
         failure: vec![],
     };
     if !store.txn(consume).await?.succeeded {
@@ -166,5 +230,39 @@ fn purpose_name(purpose: TokenPurpose) -> &'static str {
         TokenPurpose::Node => "node",
         TokenPurpose::Satellite => "satellite",
         TokenPurpose::DrPeer => "DR peer",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coord_store::EmbeddedStore;
+
+    /// A DaemonSet's nodes join with one bootstrap token (as kubeadm's
+    /// nodes do): it admits as many joins as it was minted for, then none.
+    #[tokio::test]
+    async fn a_token_minted_for_n_joins_admits_n_nodes_and_then_no_more() {
+        let store = EmbeddedStore::in_memory();
+        let ttl = Duration::from_secs(60);
+        let (token, record) = mint_uses(&store, "c", None, ttl, 3).await.unwrap();
+        assert_eq!(record.uses, 3);
+        for node in ["node-a", "node-b", "node-c"] {
+            redeem(&store, "c", &token, node).await.unwrap();
+        }
+        let refused = redeem(&store, "c", &token, "node-d").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("unknown, used or expired"),
+            "{refused}"
+        );
+
+        // A token bound to a name joins once, whatever it asks for.
+        let bound = mint_uses(&store, "c", Some("node-e"), ttl, 2)
+            .await
+            .unwrap_err();
+        assert!(bound.to_string().contains("one join"), "{bound}");
+        let too_many = mint_uses(&store, "c", None, ttl, MAX_USES + 1)
+            .await
+            .unwrap_err();
+        assert!(too_many.to_string().contains("uses"), "{too_many}");
     }
 }

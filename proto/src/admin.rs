@@ -418,7 +418,7 @@ pub struct JoinRequest {
     pub addresses: Vec<String>,
 }
 
-/// `POST /v1/join-tokens` (admin): a one-time token for a new node.
+/// `POST /v1/join-tokens` (admin): a token for a new node (or `uses` of them).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct JoinTokenRequest {
     /// The only name the token may join as (none: any name not in use).
@@ -427,6 +427,10 @@ pub struct JoinTokenRequest {
     /// How long the token lives (default one hour, at most seven days).
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// How many nodes may join with it (default 1; more for a DaemonSet's
+    /// bootstrap token; not with `node`).
+    #[serde(default)]
+    pub uses: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]

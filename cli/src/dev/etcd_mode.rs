@@ -203,6 +203,7 @@ pub(super) fn up_with_etcd(
                     &tether_proto::admin::JoinTokenRequest {
                         node: Some(name.clone()),
                         ttl_seconds: Some(DEV_JOIN_TOKEN_TTL.as_secs()),
+                        uses: None,
                     },
                 )?;
                 let file = write_join_token(&data_dir, &token.token)?;

@@ -48,17 +48,18 @@ pub(crate) async fn list_nodes(state: AppState) -> ApiResult<Vec<NodeView>> {
     Ok(views)
 }
 
-/// `POST /v1/join-tokens`: a one-time token a new node joins with.
+/// `POST /v1/join-tokens`: a token a new node (or `uses` nodes) joins with.
 pub(crate) async fn mint_join_token(
     state: AppState,
     request: JoinTokenRequest,
 ) -> ApiResult<JoinTokenResponse> {
     let ttl = std::time::Duration::from_secs(request.ttl_seconds.unwrap_or(3600));
-    let (token, record) = crate::join_tokens::mint(
+    let (token, record) = crate::join_tokens::mint_uses(
         state.store.as_ref(),
         &state.cluster,
         request.node.as_deref(),
         ttl,
+        request.uses.unwrap_or(1),
     )
     .await?;
     Ok(JoinTokenResponse {
