@@ -53,6 +53,16 @@ impl SequencedWriter {
         })
     }
 
+    /// Whether the writer still runs (it stops at a refused write).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The counter [`Self::acked`] reads, for a sampler on another thread.
+    pub fn acked_counter(&self) -> Arc<AtomicU64> {
+        self.acked.clone()
+    }
+
     /// The last write the server acknowledged.
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Acquire)

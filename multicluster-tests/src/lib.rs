@@ -12,6 +12,7 @@
 pub mod clients;
 pub mod csi;
 pub mod dr;
+pub mod faults;
 pub mod harness;
 pub mod link_shaper;
 pub mod raw_link;

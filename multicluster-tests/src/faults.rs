@@ -1,0 +1,284 @@
+//! The whole-federation fault suite's tools: a seeded schedule of faults
+//! (kill -9, SIGSTOP past the lease, partitions), the partitions themselves
+//! (iptables rules, matched per process by putting it in its own cgroup v2
+//! group: every daemon here shares loopback, so ports alone cannot tell
+//! node-1's etcd traffic from node-2's), restarting a killed process with
+//! the command line it had, and the report (times as p50/p99/max).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// xorshift64*: a schedule that a seed reproduces.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+
+/// A process moved into its own cgroup v2 group, so iptables can match its
+/// packets (`-m cgroup --path`). Dropping it moves the process back.
+pub struct Isolated {
+    path: String,
+    pid: u32,
+}
+
+impl Isolated {
+    pub fn new(name: &str, pid: u32) -> anyhow::Result<Self> {
+        let path = format!("tether-faults/{name}-{pid}");
+        let dir = Path::new(CGROUP_ROOT).join(&path);
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", dir.display()))?;
+        Ok(Isolated { path, pid })
+    }
+
+    /// The iptables match arguments for this process's packets.
+    pub fn matcher(&self) -> Vec<String> {
+        vec![
+            "-m".into(),
+            "cgroup".into(),
+            "--path".into(),
+            self.path.clone(),
+        ]
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            Path::new(CGROUP_ROOT).join("cgroup.procs"),
+            self.pid.to_string(),
+        );
+        let _ = std::fs::remove_dir(Path::new(CGROUP_ROOT).join(&self.path));
+    }
+}
+
+/// An iptables rule in place while this lives.
+pub struct Rule {
+    args: Vec<String>,
+}
+
+fn iptables(action: &str, args: &[String]) -> anyhow::Result<()> {
+    let output = Command::new("iptables")
+        .arg(action)
+        .args(args)
+        .output()
+        .context("running iptables")?;
+    if !output.status.success() {
+        bail!(
+            "iptables {action} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Rule {
+    /// `iptables -I CHAIN ARGS… -j DROP`.
+    pub fn drop(chain: &str, args: &[String]) -> anyhow::Result<Self> {
+        let mut full = vec![chain.to_string()];
+        full.extend_from_slice(args);
+        full.extend(["-j".to_string(), "DROP".to_string()]);
+        iptables("-I", &full)?;
+        Ok(Rule { args: full })
+    }
+}
+
+impl Drop for Rule {
+    fn drop(&mut self) {
+        let _ = iptables("-D", &self.args);
+    }
+}
+
+/// Packets from `isolated` to TCP `port` on loopback are dropped.
+pub fn cut_tcp_from(isolated: &Isolated, port: u16) -> anyhow::Result<Rule> {
+    let mut args = vec!["-o".to_string(), "lo".into()];
+    args.extend(isolated.matcher());
+    args.extend([
+        "-p".into(),
+        "tcp".into(),
+        "--dport".into(),
+        port.to_string(),
+    ]);
+    Rule::drop("OUTPUT", &args)
+}
+
+/// Every packet to `protocol` `port` on loopback is dropped (the listener
+/// is partitioned from all its clients).
+pub fn cut_port(protocol: &str, port: u16) -> anyhow::Result<Rule> {
+    Rule::drop(
+        "INPUT",
+        &[
+            "-i".into(),
+            "lo".into(),
+            "-p".into(),
+            protocol.into(),
+            "--dport".into(),
+            port.to_string(),
+        ],
+    )
+}
+
+/// The port of `host:port`.
+pub fn port_of(endpoint: &str) -> anyhow::Result<u16> {
+    let tail = endpoint
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    Ok(tail
+        .rsplit_once(':')
+        .with_context(|| format!("{endpoint} has no port"))?
+        .1
+        .trim_end_matches('/')
+        .parse()?)
+}
+
+/// A process's command line, read before it is killed so it can be started again.
+pub fn cmdline(pid: u32) -> anyhow::Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("process {pid} is not running"))?;
+    Ok(raw
+        .split(|byte| *byte == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect())
+}
+
+/// Starts `cmdline` again, appending to `log`.
+pub fn respawn(cmdline: &[String], log: &Path) -> anyhow::Result<Child> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(Command::new(&cmdline[0])
+        .args(&cmdline[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file))
+        .spawn()?)
+}
+
+/// p50, p99 and max of `times`, in seconds (zeros when there are none).
+pub fn percentiles(times: &[Duration]) -> (f64, f64, f64) {
+    if times.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mut sorted: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), *sorted.last().expect("not empty"))
+}
+
+/// Samples counters (writers' acknowledged writes) every 10 ms on its own
+/// thread, so the stall a fault causes is measured while it lasts.
+/// Each sample: when, and every counter's value then.
+type Samples = Arc<Mutex<Vec<(Instant, Vec<u64>)>>>;
+
+pub struct Progress {
+    samples: Samples,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(counters: Vec<Arc<AtomicU64>>) -> Self {
+        let samples: Samples = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (into, stopped) = (samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Acquire) {
+                let now: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Acquire)).collect();
+                into.lock().unwrap().push((Instant::now(), now));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Progress {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until every counter in `live` moved after `healed` (or `limit`
+    /// past it); each counter's longest time without moving from `start` on.
+    pub fn stalls(
+        &self,
+        start: Instant,
+        healed: Instant,
+        live: &[bool],
+        limit: Duration,
+    ) -> Vec<Duration> {
+        loop {
+            let samples = self.samples.lock().unwrap();
+            let window: Vec<&(Instant, Vec<u64>)> =
+                samples.iter().filter(|(at, _)| *at >= start).collect();
+            let n = live.len();
+            let mut longest = vec![Duration::ZERO; n];
+            let mut moved_after = vec![false; n];
+            if let Some((first_at, first)) = window.first() {
+                let mut last_at = vec![*first_at; n];
+                let mut last = first.clone();
+                for (at, values) in &window[1..] {
+                    for i in 0..n {
+                        if values[i] > last[i] {
+                            longest[i] = longest[i].max(*at - last_at[i]);
+                            last_at[i] = *at;
+                            last[i] = values[i];
+                            if *at > healed {
+                                moved_after[i] = true;
+                            }
+                        }
+                    }
+                }
+                let now = window.last().map_or(*first_at, |(at, _)| *at);
+                let done = (0..n).all(|i| moved_after[i] || !live[i]);
+                if done || now > healed + limit {
+                    for i in 0..n {
+                        if !moved_after[i] && live[i] {
+                            longest[i] = longest[i].max(now - last_at[i]);
+                        }
+                    }
+                    return longest;
+                }
+            }
+            drop(samples);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Forgets samples before `before` (the run is long; memory is not).
+    pub fn forget_before(&self, before: Instant) {
+        self.samples.lock().unwrap().retain(|(at, _)| *at >= before);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

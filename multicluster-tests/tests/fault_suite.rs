@@ -1,0 +1,417 @@
+//! The whole-federation fault suite: a central cluster of 3 nodes with 2
+//! satellites and a paired DR cluster, verifying writers on a replicated
+//! volume, a DR-linked one and one volume on each satellite, and a seeded
+//! random schedule of faults: kill -9 and restart of a node, SIGSTOP past
+//! its lease, a node cut from etcd, master cut from replica, satellites cut
+//! from the gateways, the DC-to-DC link cut, a gateway killed and started
+//! again. Each writer (`scripts/sequenced_writes.py`, libnbd) puts write i
+//! in block i mod 512 and logs every acknowledgement; at the end every
+//! volume, and the DR copy after a planned promote, must hold exactly a
+//! prefix of its writer's writes that includes every acknowledged one.
+//!
+//! `FAULT_SECONDS` (default 180, what CI runs) sets how long faults go on;
+//! `FAULT_SEED` replays a schedule. The report (seed, every fault, the
+//! longest stall each writer saw per fault as p50/p99/max, client errors,
+//! acknowledged writes lost) is printed and written to
+//! `target/fault-report.txt`. For an hour:
+//! `FAULT_SECONDS=3600 cargo test -p multicluster-tests --test fault_suite -- --nocapture`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use multicluster_tests::dr::{block_sequences, prefix_point, SequencedWriter};
+use multicluster_tests::faults::{
+    cmdline, cut_port, cut_tcp_from, percentiles, port_of, respawn, Isolated, Progress, Rng,
+};
+use multicluster_tests::harness::DevFederation;
+
+const BLOCKS: u64 = 512;
+/// A writer that makes no progress this long after a fault is healed has
+/// not recovered: the suite fails.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(90);
+
+struct Writer {
+    volume: String,
+    uri: String,
+    writer: Option<SequencedWriter>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    KillNode,
+    StopNode,
+    NodeFromEtcd,
+    MasterFromReplica,
+    SatellitesFromGateways,
+    DcLink,
+    KillGateway,
+}
+
+const KINDS: [Kind; 7] = [
+    Kind::KillNode,
+    Kind::StopNode,
+    Kind::NodeFromEtcd,
+    Kind::MasterFromReplica,
+    Kind::SatellitesFromGateways,
+    Kind::DcLink,
+    Kind::KillGateway,
+];
+
+fn acked(writers: &[Writer]) -> Vec<u64> {
+    writers
+        .iter()
+        .map(|w| w.writer.as_ref().map_or(0, SequencedWriter::acked))
+        .collect()
+}
+
+#[test]
+fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults() {
+    let seconds: u64 = std::env::var("FAULT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180);
+    let seed: u64 = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let mut rng = Rng::new(seed);
+    let mut report = String::new();
+    writeln!(report, "fault suite: seed {seed}, {seconds} s of faults").unwrap();
+    println!("fault suite seed {seed} (FAULT_SEED={seed} replays it)");
+
+    let federation = DevFederation::builder()
+        .nodes(3)
+        .satellites(2)
+        .dr()
+        .start()
+        .unwrap();
+    multicluster_tests::dr::pair(&federation, &[]).unwrap();
+    let dir = federation.dir().to_path_buf();
+
+    // One node presents the central volumes and is never faulted: its NBD
+    // clients are the writers (a presenter's death is its clients' death).
+    let (_, repl_uri, presenter) = federation.create_presented("repl", "64MiB", 2);
+    federation
+        .tether_ok(&[
+            "volume",
+            "create",
+            "drv",
+            "--size",
+            "64MiB",
+            "--replicas",
+            "2",
+        ])
+        .unwrap();
+    federation.wait_in_sync("drv", Duration::from_secs(60));
+    let drv_socket = dir.join("drv.sock");
+    let drv_uri = federation
+        .tether_ok(&[
+            "volume",
+            "attach",
+            "drv",
+            "--nbd",
+            &format!("unix:{}", drv_socket.display()),
+            "--node",
+            &presenter,
+        ])
+        .unwrap()
+        .trim()
+        .to_string();
+    federation
+        .tether_ok(&["dr", "link", "drv", "--to", "dr", "--rpo", "10s"])
+        .unwrap();
+    let (_, sat1_uri) = federation
+        .attach_on_satellite(
+            "sat1",
+            &["--size", "64MiB", "--replicas", "2"],
+            "satellite-1",
+        )
+        .unwrap();
+    let (_, sat2_uri) = federation
+        .attach_on_satellite(
+            "sat2",
+            &["--size", "64MiB", "--replicas", "2"],
+            "satellite-2",
+        )
+        .unwrap();
+    let mut writers: Vec<Writer> = [
+        ("repl", repl_uri),
+        ("drv", drv_uri),
+        ("sat1", sat1_uri),
+        ("sat2", sat2_uri),
+    ]
+    .into_iter()
+    .map(|(volume, uri)| Writer {
+        volume: volume.into(),
+        writer: Some(SequencedWriter::start(&uri, BLOCKS, u64::MAX / 2).unwrap()),
+        uri,
+    })
+    .collect();
+    let started = Instant::now();
+    while acked(&writers).contains(&0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "writers did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let progress = Progress::start(
+        writers
+            .iter()
+            .map(|w| w.writer.as_ref().unwrap().acked_counter())
+            .collect(),
+    );
+    let targets: Vec<String> = federation
+        .nodes()
+        .iter()
+        .map(|node| node["name"].as_str().unwrap().to_string())
+        .filter(|name| *name != presenter)
+        .collect();
+    let etcd_port = port_of(
+        federation.info["clusters"][0]["etcd"]["endpoints"][0]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut gateways: Vec<(String, String, u32, std::path::PathBuf)> = federation.gateways();
+    let peer_gateways: Vec<String> = multicluster_tests::dr::peer_info(&federation).unwrap()
+        ["clusters"][0]["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["endpoint"].as_str().unwrap().to_string())
+        .collect();
+    let mut respawned = Vec::new();
+
+    let mut stalls: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
+    let mut client_errors: Vec<String> = Vec::new();
+    let mut unrecovered: Vec<String> = Vec::new();
+    let faults_started = Instant::now();
+    let mut count = 0;
+    while faults_started.elapsed() < Duration::from_secs(seconds) {
+        let kind = *rng.pick(&KINDS);
+        let target = rng.pick(&targets).clone();
+        let hold = Duration::from_millis(2000 + rng.below(3000));
+        let at = faults_started.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let what = match kind {
+            Kind::KillNode => {
+                let args = federation.kill_node(&target);
+                std::thread::sleep(hold);
+                federation.start_node(&target, &args);
+                format!("kill -9 {target}, restarted after {hold:?}")
+            }
+            Kind::StopNode => {
+                federation.pause_node(&target);
+                std::thread::sleep(hold + Duration::from_secs(2));
+                federation.resume_node(&target);
+                format!(
+                    "SIGSTOP {target} for {:?} (lease 2 s)",
+                    hold + Duration::from_secs(2)
+                )
+            }
+            Kind::NodeFromEtcd => {
+                let isolated = Isolated::new(&target, federation.node_pid(&target)).unwrap();
+                let cut = cut_tcp_from(&isolated, etcd_port).unwrap();
+                std::thread::sleep(hold);
+                drop(cut);
+                drop(isolated);
+                format!("{target} cut from etcd for {hold:?}")
+            }
+            Kind::MasterFromReplica => {
+                let view = federation.tether_json(&["volume", "get", "repl"]).unwrap();
+                let replica = multicluster_tests::harness::replicas_of(&view)
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| target.clone());
+                let port = port_of(&federation.block_addr(&replica)).unwrap();
+                let cut = cut_port("tcp", port).unwrap();
+                std::thread::sleep(hold);
+                drop(cut);
+                format!("master of repl cut from its replica {replica} for {hold:?}")
+            }
+            Kind::SatellitesFromGateways => {
+                let cuts: Vec<_> = gateways
+                    .iter()
+                    .map(|(_, endpoint, _, _)| cut_port("udp", port_of(endpoint).unwrap()).unwrap())
+                    .collect();
+                std::thread::sleep(hold);
+                drop(cuts);
+                format!("satellites cut from every gateway for {hold:?}")
+            }
+            Kind::DcLink => {
+                let cuts: Vec<_> = peer_gateways
+                    .iter()
+                    .map(|endpoint| cut_port("udp", port_of(endpoint).unwrap()).unwrap())
+                    .collect();
+                std::thread::sleep(hold);
+                drop(cuts);
+                format!("DC-to-DC link cut for {hold:?}")
+            }
+            Kind::KillGateway => {
+                let index = rng.below(gateways.len() as u64) as usize;
+                let (name, _, pid, log) = gateways[index].clone();
+                let args = cmdline(pid).unwrap();
+                federation.kill9(pid as u64);
+                std::thread::sleep(Duration::from_millis(500));
+                let child = respawn(&args, &log).unwrap();
+                gateways[index].2 = child.id();
+                respawned.push(child);
+                format!("kill -9 gateway {name}, restarted after 0.5 s")
+            }
+        };
+        let during = start.elapsed();
+        let live: Vec<bool> = writers.iter().map(|w| w.writer.is_some()).collect();
+        let longest = progress.stalls(start, start + during, &live, RECOVERY_LIMIT);
+        progress.forget_before(Instant::now());
+        for (writer, stall) in writers.iter_mut().zip(&longest) {
+            if writer.writer.is_none() {
+                continue;
+            }
+            stalls.entry(kind).or_default().push(*stall);
+            if *stall > during + RECOVERY_LIMIT {
+                unrecovered.push(format!(
+                    "{}: no write for {stall:?} after {what}",
+                    writer.volume
+                ));
+            }
+        }
+        // A writer that stopped got an error from its NBD client.
+        for writer in &mut writers {
+            let stopped = writer.writer.as_mut().is_some_and(|w| !w.running());
+            if stopped {
+                let (last, stderr) = writer.writer.take().unwrap().wait().unwrap();
+                client_errors.push(format!(
+                    "{} after write {last} ({what}): {}",
+                    writer.volume,
+                    stderr.trim()
+                ));
+            }
+        }
+        count += 1;
+        writeln!(
+            report,
+            "{at:7.1}s  {what}: longest stall per writer {:?}",
+            writers
+                .iter()
+                .zip(&longest)
+                .map(|(w, s)| format!("{}={:.2}s", w.volume, s.as_secs_f64()))
+                .collect::<Vec<_>>()
+        )
+        .unwrap();
+        // Settle before the next fault: both copies in sync again, so one
+        // fault at a time is what the volumes must survive.
+        for volume in ["repl", "drv", "sat1", "sat2"] {
+            federation.wait_in_sync(volume, Duration::from_secs(120));
+        }
+    }
+
+    drop(progress);
+    // The end: stop the writers, then check every volume against its log.
+    let mut lost = 0u64;
+    let mut finals = BTreeMap::new();
+    for writer in &mut writers {
+        let Some(running) = writer.writer.take() else {
+            continue;
+        };
+        let acked = running.acked();
+        drop(running);
+        let image = dir.join(format!("{}.final", writer.volume));
+        multicluster_tests::clients::nbdcopy_out(&writer.uri, &image).unwrap();
+        let seqs = block_sequences(&std::fs::read(&image).unwrap(), BLOCKS).unwrap();
+        let point = prefix_point(&seqs, BLOCKS)
+            .unwrap_or_else(|err| panic!("volume {}: {err}", writer.volume));
+        lost += acked.saturating_sub(point);
+        writeln!(
+            report,
+            "volume {}: {acked} writes acknowledged, holds writes 1..={point}",
+            writer.volume
+        )
+        .unwrap();
+        finals.insert(writer.volume.clone(), point);
+        federation.assert_copies_identical(&writer.volume);
+    }
+    // The DR copy, after a planned promote (it loses nothing): the same point.
+    let promoted = federation.tether_peer("dr", &["dr", "promote", "drv"]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    let socket = dir.join("drv-dr.sock");
+    let attached = federation.tether_peer(
+        "dr",
+        &[
+            "volume",
+            "attach",
+            "drv",
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ],
+    );
+    assert!(attached.status.success(), "{attached:?}");
+    let dr_uri = String::from_utf8(attached.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let image = dir.join("drv-dr.final");
+    multicluster_tests::clients::nbdcopy_out(&dr_uri, &image).unwrap();
+    let dr_point = prefix_point(
+        &block_sequences(&std::fs::read(&image).unwrap(), BLOCKS).unwrap(),
+        BLOCKS,
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "DR copy of drv after a planned promote: writes 1..={dr_point}"
+    )
+    .unwrap();
+    if let Some(primary) = finals.get("drv") {
+        lost += primary.saturating_sub(dr_point);
+    }
+
+    writeln!(report, "faults: {count}").unwrap();
+    writeln!(
+        report,
+        "longest stall per writer per fault (failover / reconnect), by kind:"
+    )
+    .unwrap();
+    for (kind, times) in &stalls {
+        let (p50, p99, max) = percentiles(times);
+        writeln!(
+            report,
+            "  {kind:?}: n={} p50 {p50:.2}s p99 {p99:.2}s max {max:.2}s",
+            times.len()
+        )
+        .unwrap();
+    }
+    let all: Vec<Duration> = stalls.values().flatten().copied().collect();
+    let (p50, p99, max) = percentiles(&all);
+    writeln!(
+        report,
+        "  all: n={} p50 {p50:.2}s p99 {p99:.2}s max {max:.2}s",
+        all.len()
+    )
+    .unwrap();
+    writeln!(report, "client errors: {}", client_errors.len()).unwrap();
+    for error in &client_errors {
+        writeln!(report, "  {error}").unwrap();
+    }
+    writeln!(report, "acknowledged writes lost: {lost}").unwrap();
+    println!("{report}");
+    let target_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _ = std::fs::write(target_dir.join("fault-report.txt"), &report);
+    for mut child in respawned {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    assert_eq!(lost, 0, "acknowledged writes were lost:\n{report}");
+    assert!(
+        unrecovered.is_empty(),
+        "writers did not recover: {unrecovered:?}\n{report}"
+    );
+}
