@@ -304,6 +304,27 @@ pub fn wait_caught_up(
     )
 }
 
+/// Attaches `volume` in the DR cluster on a Unix socket in the federation's
+/// directory; its NBD URI.
+pub fn attach_in_dr(federation: &DevFederation, volume: &str) -> String {
+    let socket = federation.dir().join(format!("{volume}-dr.sock"));
+    let attached = federation.tether_peer(
+        "dr",
+        &[
+            "volume",
+            "attach",
+            volume,
+            "--nbd",
+            &format!("unix:{}", socket.display()),
+        ],
+    );
+    assert!(attached.status.success(), "{attached:?}");
+    String::from_utf8(attached.stdout)
+        .expect("a URI")
+        .trim()
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

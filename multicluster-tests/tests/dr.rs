@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use multicluster_tests::dr::attach_in_dr;
 use multicluster_tests::harness::DevFederation;
 use serde_json::Value;
 
@@ -380,22 +381,7 @@ fn a_dr_link_seeds_written_chunks_only_ships_changes_and_a_planned_promote_loses
     assert!(qemu_io(&uri, &["read 0 4k"]).is_err());
 
     // The new primary holds every byte.
-    let socket = dir.join("db-dr.sock");
-    let attached = federation.tether_peer(
-        "dr",
-        &[
-            "volume",
-            "attach",
-            "db",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ],
-    );
-    assert!(attached.status.success(), "{attached:?}");
-    let dr_uri = String::from_utf8(attached.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let dr_uri = attach_in_dr(&federation, "db");
     let copy = dir.join("dr.bin");
     nbdcopy_out(&dr_uri, &copy).unwrap();
     assert_eq!(file_hash(&copy, 64 << 20).unwrap(), expected);
@@ -430,26 +416,6 @@ fn wait_status(
         Ok(status) => status,
         Err(err) => panic!("{err}\n{}", federation.log_tails(40)),
     }
-}
-
-/// Attaches `volume` in the DR cluster on a socket; its NBD URI.
-fn attach_in_dr(federation: &DevFederation, volume: &str) -> String {
-    let socket = federation.dir().join(format!("{volume}-dr.sock"));
-    let attached = federation.tether_peer(
-        "dr",
-        &[
-            "volume",
-            "attach",
-            volume,
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ],
-    );
-    assert!(attached.status.success(), "{attached:?}");
-    String::from_utf8(attached.stdout)
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 fn image(uri: &str, path: &Path) -> Vec<u8> {

@@ -341,22 +341,7 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
     // The DR copy, after a planned promote (it loses nothing): the same point.
     let promoted = federation.tether_peer("dr", &["dr", "promote", "drv"]);
     assert!(promoted.status.success(), "{promoted:?}");
-    let socket = dir.join("drv-dr.sock");
-    let attached = federation.tether_peer(
-        "dr",
-        &[
-            "volume",
-            "attach",
-            "drv",
-            "--nbd",
-            &format!("unix:{}", socket.display()),
-        ],
-    );
-    assert!(attached.status.success(), "{attached:?}");
-    let dr_uri = String::from_utf8(attached.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let dr_uri = multicluster_tests::dr::attach_in_dr(&federation, "drv");
     let image = dir.join("drv-dr.final");
     multicluster_tests::clients::nbdcopy_out(&dr_uri, &image).unwrap();
     let dr_point = prefix_point(

@@ -49,3 +49,14 @@ pub enum ProtoError {
         reason: &'static str,
     },
 }
+
+impl ProtoError {
+    /// A damaged on-disk `file`, its `field` and what is wrong with it.
+    pub fn on_disk(file: &'static str, field: &'static str, reason: String) -> Self {
+        ProtoError::BadOnDisk {
+            file,
+            field,
+            reason,
+        }
+    }
+}

@@ -51,11 +51,7 @@ pub fn check_len(len: u64, n_chunks: u64) -> Result<(), ProtoError> {
 }
 
 fn bad(field: &'static str, reason: String) -> ProtoError {
-    ProtoError::BadOnDisk {
-        file: FILE,
-        field,
-        reason,
-    }
+    ProtoError::on_disk(FILE, field, reason)
 }
 
 #[cfg(test)]

@@ -125,11 +125,7 @@ impl VolumeMeta {
 }
 
 fn bad(field: &'static str, reason: String) -> ProtoError {
-    ProtoError::BadOnDisk {
-        file: FILE,
-        field,
-        reason,
-    }
+    ProtoError::on_disk(FILE, field, reason)
 }
 
 #[cfg(test)]
