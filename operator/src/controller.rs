@@ -165,7 +165,8 @@ pub async fn apply_dr_link(resource: Arc<DrLink>, ctx: &Context) -> Result<Actio
     Ok(Action::requeue(DR_REPORT))
 }
 
-async fn satellite_changed(
+/// A SatelliteCluster's reconcile, finalizer included (what the controller runs).
+pub async fn satellite_changed(
     resource: Arc<SatelliteCluster>,
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
@@ -189,7 +190,8 @@ async fn satellite_changed(
     .map_err(|err| OperatorError::Finalizer(err.to_string()))
 }
 
-async fn grant_changed(
+/// A VolumeGrant's reconcile, finalizer included.
+pub async fn grant_changed(
     resource: Arc<VolumeGrant>,
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
