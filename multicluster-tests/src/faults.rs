@@ -180,6 +180,26 @@ pub fn respawn(cmdline: &[String], log: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
+/// Processes the suite started again: `dev down` knows only the pids it
+/// started, so these are killed when this goes (also when a test panics).
+#[derive(Default)]
+pub struct Respawned(Vec<Child>);
+
+impl Respawned {
+    pub fn push(&mut self, child: Child) {
+        self.0.push(child);
+    }
+}
+
+impl Drop for Respawned {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// p50, p99 and max of `times`, in seconds (zeros when there are none).
 pub fn percentiles(times: &[Duration]) -> (f64, f64, f64) {
     if times.is_empty() {

@@ -4,7 +4,8 @@
 //! random schedule of faults: kill -9 and restart of a node, SIGSTOP past
 //! its lease, a node cut from etcd, master cut from replica, satellites cut
 //! from the gateways, the DC-to-DC link cut, a gateway killed and started
-//! again. Each writer (`scripts/sequenced_writes.py`, libnbd) puts write i
+//! again, a node of the DR cluster and the central registry killed and
+//! started again. Each writer (`scripts/sequenced_writes.py`, libnbd) puts write i
 //! in block i mod 512 and logs every acknowledgement; at the end every
 //! volume, and the DR copy after a planned promote, must hold exactly a
 //! prefix of its writer's writes that includes every acknowledged one.
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use multicluster_tests::dr::{block_sequences, prefix_point, SequencedWriter};
 use multicluster_tests::faults::{
-    cmdline, cut_port, cut_tcp_from, percentiles, port_of, respawn, Isolated, Progress, Rng,
+    cmdline, cut_port, cut_tcp_from, percentiles, port_of, respawn, Isolated, Progress, Respawned,
+    Rng,
 };
 use multicluster_tests::harness::DevFederation;
 
@@ -46,9 +48,11 @@ enum Kind {
     SatellitesFromGateways,
     DcLink,
     KillGateway,
+    KillPeerNode,
+    KillRegistry,
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 9] = [
     Kind::KillNode,
     Kind::StopNode,
     Kind::NodeFromEtcd,
@@ -56,6 +60,8 @@ const KINDS: [Kind; 7] = [
     Kind::SatellitesFromGateways,
     Kind::DcLink,
     Kind::KillGateway,
+    Kind::KillPeerNode,
+    Kind::KillRegistry,
 ];
 
 fn acked(writers: &[Writer]) -> Vec<u64> {
@@ -188,7 +194,24 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
         .iter()
         .map(|g| g["endpoint"].as_str().unwrap().to_string())
         .collect();
-    let mut respawned = Vec::new();
+    let mut respawned = Respawned::default();
+    let peer = multicluster_tests::dr::peer_info(&federation).unwrap();
+    // (name, pid, log) of the DR cluster's nodes, and the central registry.
+    let mut peer_nodes: Vec<(String, u32, std::path::PathBuf)> = peer["clusters"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| {
+            (
+                node["name"].as_str().unwrap().to_string(),
+                node["pid"].as_u64().unwrap() as u32,
+                node["log"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let registry = &federation.info["clusters"][0]["registry"];
+    let mut registry_pid = registry["pid"].as_u64().unwrap() as u32;
+    let registry_log: std::path::PathBuf = registry["log"].as_str().unwrap().into();
 
     let mut stalls: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
     let mut client_errors: Vec<String> = Vec::new();
@@ -265,6 +288,26 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
                 gateways[index].2 = child.id();
                 respawned.push(child);
                 format!("kill -9 gateway {name}, restarted after 0.5 s")
+            }
+            Kind::KillPeerNode => {
+                let index = rng.below(peer_nodes.len() as u64) as usize;
+                let (name, pid, log) = peer_nodes[index].clone();
+                let args = cmdline(pid).unwrap();
+                federation.kill9(pid as u64);
+                std::thread::sleep(hold);
+                let child = respawn(&args, &log).unwrap();
+                peer_nodes[index].1 = child.id();
+                respawned.push(child);
+                format!("kill -9 DR-cluster node {name}, restarted after {hold:?}")
+            }
+            Kind::KillRegistry => {
+                let args = cmdline(registry_pid).unwrap();
+                federation.kill9(registry_pid as u64);
+                std::thread::sleep(hold);
+                let child = respawn(&args, &registry_log).unwrap();
+                registry_pid = child.id();
+                respawned.push(child);
+                format!("kill -9 the central registry, restarted after {hold:?}")
             }
         };
         let during = start.elapsed();
@@ -389,10 +432,7 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
     println!("{report}");
     let target_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
     let _ = std::fs::write(target_dir.join("fault-report.txt"), &report);
-    for mut child in respawned {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(respawned);
 
     assert_eq!(lost, 0, "acknowledged writes were lost:\n{report}");
     assert!(
