@@ -57,6 +57,13 @@ pub fn run(client: &AdminClient, command: &AuditCommand, json: bool) -> anyhow::
             );
         }
     }
+    if listed.omitted > 0 {
+        eprintln!(
+            "{} older entries not shown (at most {} are): narrow with --since",
+            listed.omitted,
+            tether_proto::audit::MAX_LISTED
+        );
+    }
     match &listed.broken {
         None => {
             eprintln!("audit chain intact");

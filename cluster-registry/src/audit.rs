@@ -7,7 +7,9 @@
 //! with its hash.
 
 use coord_store::{Compare, CoordStore, Txn, TxnOp};
-use tether_proto::audit::{self, AuditDraft, AuditEntry, AuditHead, AuditList, RETAINED_ENTRIES};
+use tether_proto::audit::{
+    self, AuditDraft, AuditEntry, AuditHead, AuditList, MAX_LISTED, RETAINED_ENTRIES,
+};
 use tether_proto::keys::{ClusterKeys, Kind};
 
 use crate::api::decode;
@@ -91,12 +93,53 @@ pub async fn list(
         break (entries, head);
     };
     let checked = audit::verify(&entries, head.as_ref());
+    let mut matching: Vec<AuditEntry> = entries
+        .into_iter()
+        .filter(|entry| entry.at_unix_ms >= since_unix_ms)
+        .collect();
+    let omitted = matching.len().saturating_sub(MAX_LISTED);
+    matching.drain(..omitted);
     Ok(AuditList {
-        entries: entries
-            .into_iter()
-            .filter(|entry| entry.at_unix_ms >= since_unix_ms)
-            .collect(),
+        entries: matching,
         intact: checked.is_ok(),
         broken: checked.err(),
+        omitted: omitted as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coord_store::EmbeddedStore;
+
+    /// Past the retention, the oldest entries go and the rest still
+    /// verifies (the oldest kept anchors it); an answer lists at most
+    /// MAX_LISTED, the newest, and says how many it left out.
+    #[tokio::test]
+    async fn the_log_prunes_to_its_retention_and_answers_are_bounded() {
+        let store = EmbeddedStore::in_memory();
+        for i in 0..(RETAINED_ENTRIES + 5) {
+            let draft = AuditDraft {
+                at_unix_ms: 1_000 + i,
+                identity: "tether://c/admin/ops".into(),
+                action: format!("POST /v1/volumes/v{i}/resize"),
+                outcome: "ok".into(),
+                status: 200,
+                ..Default::default()
+            };
+            append(&store, "c", draft).await.unwrap();
+        }
+        let listed = list(&store, "c", 0).await.unwrap();
+        assert!(listed.intact, "{:?}", listed.broken);
+        assert_eq!(listed.entries.len(), MAX_LISTED);
+        assert_eq!(listed.omitted, RETAINED_ENTRIES - MAX_LISTED as u64);
+        assert_eq!(listed.entries.last().unwrap().seq, RETAINED_ENTRIES + 5);
+        let (kept, _) = store
+            .get_prefix(&ClusterKeys::new("c").kind_prefix(Kind::Audit))
+            .await
+            .unwrap();
+        assert_eq!(kept.len() as u64, RETAINED_ENTRIES);
+        let recent = list(&store, "c", 1_000 + RETAINED_ENTRIES).await.unwrap();
+        assert_eq!((recent.entries.len(), recent.omitted), (5, 0));
+    }
 }

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub const RETAINED_ENTRIES: u64 = 4096;
 /// Longest `target` or `outcome` text kept in an entry.
 pub const MAX_TEXT: usize = 512;
+/// Longest `identity`, `peer` or `action` kept (a path is the caller's to choose).
+pub const MAX_NAME: usize = 256;
+/// Most entries one answer carries (the newest that match): an answer stays
+/// well under gRPC's 4 MiB message limit.
+pub const MAX_LISTED: usize = 1000;
 /// The `prev_hash` of the first entry ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -69,6 +74,10 @@ pub struct AuditList {
     /// Where the chain breaks, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<String>,
+    /// Older matching entries left out (at most [`MAX_LISTED`] are listed):
+    /// ask again with a later `since`.
+    #[serde(default)]
+    pub omitted: u64,
 }
 
 fn entry_hash(seq: u64, draft: &AuditDraft, prev_hash: &str) -> String {
@@ -92,9 +101,13 @@ fn entry_hash(seq: u64, draft: &AuditDraft, prev_hash: &str) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-fn clip(mut text: String) -> String {
-    if text.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
+fn clip(text: String) -> String {
+    clip_to(text, MAX_TEXT)
+}
+
+fn clip_to(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
         while !text.is_char_boundary(end) {
             end -= 1;
         }
@@ -106,6 +119,9 @@ fn clip(mut text: String) -> String {
 /// The entry that follows `head` (none: the first entry).
 pub fn chain(head: Option<&AuditHead>, draft: AuditDraft) -> AuditEntry {
     let draft = AuditDraft {
+        identity: clip_to(draft.identity, MAX_NAME),
+        peer: clip_to(draft.peer, MAX_NAME),
+        action: clip_to(draft.action, MAX_NAME),
         target: clip(draft.target),
         outcome: clip(draft.outcome),
         ..draft
@@ -257,10 +273,12 @@ mod tests {
             None,
             AuditDraft {
                 target: "é".repeat(MAX_TEXT),
+                action: format!("POST /{}", "a".repeat(100_000)),
                 ..Default::default()
             },
         );
         assert!(entry.target.len() <= MAX_TEXT);
+        assert!(entry.action.len() <= MAX_NAME);
         assert_eq!(recompute(&entry), entry.hash);
     }
 }
