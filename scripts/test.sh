@@ -40,6 +40,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # does not build it.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+# The fault suite's report (cargo test shows a passing test's output only on failure).
+if [ -f target/fault-report.txt ]; then
+  cat target/fault-report.txt
+fi
 # Every cargo fuzz target, 20 s each from the committed seeds (crashes fail).
 ./scripts/fuzz.sh
 # Both Helm charts: lint, render, validate against the Kubernetes schemas.
