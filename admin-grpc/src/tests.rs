@@ -218,3 +218,26 @@ fn federation_shapes() {
         }],
     });
 }
+
+#[test]
+fn the_audit_list_round_trips_through_its_message() {
+    use tether_proto::audit::{chain, AuditDraft, AuditList};
+    let entry = chain(
+        None,
+        AuditDraft {
+            at_unix_ms: 7,
+            identity: "tether://central/admin/ops".into(),
+            peer: "127.0.0.1:4000".into(),
+            action: "gRPC ResizeVolume".into(),
+            target: "name=db size_bytes=1".into(),
+            outcome: "ok".into(),
+            status: 200,
+        },
+    );
+    round_trip::<_, pb::AuditList>(AuditList {
+        entries: vec![entry],
+        intact: true,
+        broken: None,
+        omitted: 3,
+    });
+}

@@ -49,11 +49,11 @@ pub fn run(client: &AdminClient, command: &AuditCommand, json: bool) -> anyhow::
             println!(
                 "{:<6} {:<24} {:<36} {:<40} {:<30} {}",
                 entry.seq,
-                utc(entry.at_unix_ms),
-                entry.identity,
-                entry.action,
-                entry.target,
-                entry.outcome
+                utc(entry.record.at_unix_ms),
+                entry.record.identity,
+                entry.record.action,
+                entry.record.target,
+                entry.record.outcome
             );
         }
     }

@@ -95,7 +95,7 @@ pub async fn list(
     let checked = audit::verify(&entries, head.as_ref());
     let mut matching: Vec<AuditEntry> = entries
         .into_iter()
-        .filter(|entry| entry.at_unix_ms >= since_unix_ms)
+        .filter(|entry| entry.record.at_unix_ms >= since_unix_ms)
         .collect();
     let omitted = matching.len().saturating_sub(MAX_LISTED);
     matching.drain(..omitted);

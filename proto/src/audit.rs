@@ -18,11 +18,29 @@ pub const MAX_LISTED: usize = 1000;
 /// The `prev_hash` of the first entry ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One admin action, as it is stored.
+/// One admin action, as it is stored: the action, chained.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Position in the log: 1 for the first entry, then one more each time.
     pub seq: u64,
+    #[serde(flatten)]
+    pub record: AuditDraft,
+    pub prev_hash: String,
+    /// BLAKE3 of the previous hash, `seq` and every field of `record`.
+    pub hash: String,
+}
+
+/// The newest entry's position and hash, stored beside the entries so that
+/// removing the newest entries is noticed too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// What an entry records: who, from where, what, when, and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditDraft {
     pub at_unix_ms: u64,
     /// The caller's certificate identity (`tether://CLUSTER/ROLE/NAME`), or
     /// `anonymous` for token calls made without one.
@@ -37,29 +55,6 @@ pub struct AuditEntry {
     /// `ok`, or the error the caller got.
     pub outcome: String,
     /// HTTP status (gRPC calls: the HTTP status of the gRPC response).
-    pub status: u16,
-    pub prev_hash: String,
-    /// BLAKE3 of the previous hash and every field above.
-    pub hash: String,
-}
-
-/// The newest entry's position and hash, stored beside the entries so that
-/// removing the newest entries is noticed too.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditHead {
-    pub seq: u64,
-    pub hash: String,
-}
-
-/// An entry before it is chained.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AuditDraft {
-    pub at_unix_ms: u64,
-    pub identity: String,
-    pub peer: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
     pub status: u16,
 }
 
@@ -133,29 +128,14 @@ pub fn chain(head: Option<&AuditHead>, draft: AuditDraft) -> AuditEntry {
     let hash = entry_hash(seq, &draft, &prev_hash);
     AuditEntry {
         seq,
-        at_unix_ms: draft.at_unix_ms,
-        identity: draft.identity,
-        peer: draft.peer,
-        action: draft.action,
-        target: draft.target,
-        outcome: draft.outcome,
-        status: draft.status,
+        record: draft,
         prev_hash,
         hash,
     }
 }
 
 fn recompute(entry: &AuditEntry) -> String {
-    let draft = AuditDraft {
-        at_unix_ms: entry.at_unix_ms,
-        identity: entry.identity.clone(),
-        peer: entry.peer.clone(),
-        action: entry.action.clone(),
-        target: entry.target.clone(),
-        outcome: entry.outcome.clone(),
-        status: entry.status,
-    };
-    entry_hash(entry.seq, &draft, &entry.prev_hash)
+    entry_hash(entry.seq, &entry.record, &entry.prev_hash)
 }
 
 /// Checks the retained entries (oldest first) against each other and the
@@ -244,7 +224,7 @@ mod tests {
         verify(&entries[2..], Some(&head)).unwrap();
 
         let mut edited = entries.clone();
-        edited[2].outcome = "refused".into();
+        edited[2].record.outcome = "refused".into();
         assert!(verify(&edited, Some(&head))
             .unwrap_err()
             .contains("entry 3"));
@@ -277,8 +257,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(entry.target.len() <= MAX_TEXT);
-        assert!(entry.action.len() <= MAX_NAME);
+        assert!(entry.record.target.len() <= MAX_TEXT);
+        assert!(entry.record.action.len() <= MAX_NAME);
         assert_eq!(recompute(&entry), entry.hash);
     }
 }

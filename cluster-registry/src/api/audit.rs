@@ -140,7 +140,8 @@ pub(crate) async fn record_action(
     };
     match crate::audit::append(state.store.as_ref(), &state.cluster, draft.clone()).await {
         Ok(entry) => {
-            tracing::info!(audit_seq = entry.seq, audit_hash = %entry.hash, identity = %entry.identity, peer = %entry.peer, action = %entry.action, target = %entry.target, outcome = %entry.outcome, status = entry.status, "admin action");
+            let record = &entry.record;
+            tracing::info!(audit_seq = entry.seq, audit_hash = %entry.hash, identity = %record.identity, peer = %record.peer, action = %record.action, target = %record.target, outcome = %record.outcome, status = record.status, "admin action");
         }
         Err(err) => {
             metrics::counter!("tether_audit_append_failures_total").increment(1);
