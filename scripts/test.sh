@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test Tether has. Installs the Debian packages the tests need
 # (etcd-server, fio, fuse3, libnbd-bin, python3-libnbd, qemu-utils, rsync,
-# e2fsprogs, xfsprogs, iptables)
+# e2fsprogs, xfsprogs, iptables, iproute2)
 # when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 # iptables, for the DR tests' cut of the link between the datacentres.
 command -v iptables >/dev/null || need+=(iptables)
+# ss, for the fault tests' cut of connections a process has open already.
+command -v ss >/dev/null || need+=(iproute2)
 # libnbd's Python module, for test clients that issue raw aio requests.
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || need+=(python3-libnbd)
 if [ ${#need[@]} -gt 0 ]; then

@@ -5,7 +5,7 @@
 //! node-1's etcd traffic from node-2's), restarting a killed process with
 //! the command line it had, and the report (times as p50/p99/max).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,8 +113,11 @@ impl Drop for Rule {
     }
 }
 
-/// Packets from `isolated` to TCP `port` on loopback are dropped.
-pub fn cut_tcp_from(isolated: &Isolated, port: u16) -> anyhow::Result<Rule> {
+/// Packets from `isolated` to TCP `port` on loopback are dropped: those of
+/// connections it opens from now on (matched by its cgroup) and those of
+/// the connections it has open already (matched by their ports: a socket
+/// keeps the cgroup it was created in).
+pub fn cut_tcp_from(isolated: &Isolated, port: u16) -> anyhow::Result<Vec<Rule>> {
     let mut args = vec!["-o".to_string(), "lo".into()];
     args.extend(isolated.matcher());
     args.extend([
@@ -123,7 +126,41 @@ pub fn cut_tcp_from(isolated: &Isolated, port: u16) -> anyhow::Result<Rule> {
         "--dport".into(),
         port.to_string(),
     ]);
-    Rule::drop("OUTPUT", &args)
+    let mut rules = vec![Rule::drop("OUTPUT", &args)?];
+    for local in connections_to(isolated.pid, port)? {
+        let args: Vec<String> = ["-o", "lo", "-p", "tcp", "--sport", &local.to_string()]
+            .into_iter()
+            .chain(["--dport", &port.to_string()])
+            .map(str::to_string)
+            .collect();
+        rules.push(Rule::drop("OUTPUT", &args)?);
+    }
+    Ok(rules)
+}
+
+/// The local ports of `pid`'s established TCP connections to `port`, as `ss` lists them.
+fn connections_to(pid: u32, port: u16) -> anyhow::Result<Vec<u16>> {
+    let output = Command::new("ss")
+        .args([
+            "-Htnp",
+            "state",
+            "established",
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .context("running ss")?;
+    if !output.status.success() {
+        bail!("ss: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let owner = format!("pid={pid},");
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&owner))
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter_map(|local| local.rsplit_once(':')?.1.parse().ok())
+        .collect())
 }
 
 /// Every packet to `protocol` `port` on loopback is dropped (the listener
@@ -301,4 +338,134 @@ impl Drop for Progress {
             let _ = thread.join();
         }
     }
+}
+
+/// A node's pool on a filesystem of its own, a small ext4 on a loop
+/// device, which [`SmallPool::fill`] can fill to its last block: a full
+/// pool as a node sees one (ENOSPC from the kernel), not a simulated one.
+/// Unmounted (lazily: the node may still hold files) on drop.
+pub struct SmallPool {
+    mountpoint: PathBuf,
+}
+
+impl SmallPool {
+    /// Moves node `name`'s pool onto a new ext4 of `bytes`: stops the
+    /// node, copies its data dir onto the new filesystem mounted in its
+    /// place, and starts it again.
+    pub fn put(
+        federation: &crate::harness::DevFederation,
+        name: &str,
+        bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let data_dir = PathBuf::from(
+            federation.node(name)["data_dir"]
+                .as_str()
+                .context("node has a data_dir")?,
+        );
+        let cmdline = federation.kill_node_gracefully(name);
+        let image = federation.dir().join(format!("{name}-pool.ext4"));
+        let old = federation.dir().join(format!("{name}-pool.old"));
+        std::fs::File::create(&image)?.set_len(bytes)?;
+        // No blocks reserved for root: the nodes run as root, and a pool
+        // full for them is full.
+        run("mkfs.ext4", &["-q", "-F", "-m", "0", path_str(&image)?])?;
+        std::fs::rename(&data_dir, &old)?;
+        std::fs::create_dir(&data_dir)?;
+        run(
+            "mount",
+            &["-o", "loop", path_str(&image)?, path_str(&data_dir)?],
+        )?;
+        let pool = SmallPool {
+            mountpoint: data_dir.clone(),
+        };
+        run(
+            "cp",
+            &[
+                "-a",
+                &format!("{}/.", path_str(&old)?),
+                path_str(&data_dir)?,
+            ],
+        )?;
+        std::fs::remove_dir_all(&old)?;
+        federation.start_node(name, &cmdline);
+        Ok(pool)
+    }
+
+    /// Takes every free block with ballast files; the pool has room again
+    /// when the answer drops.
+    pub fn fill(&self) -> anyhow::Result<Ballast> {
+        let dir = self.mountpoint.join("ballast");
+        std::fs::create_dir_all(&dir)?;
+        // All but the last MiB at once (fallocate needs room for its own
+        // extent tree), the rest block by block until ENOSPC.
+        let free = free_bytes(&self.mountpoint)?.saturating_sub(1 << 20);
+        let big = dir.join("big");
+        run("fallocate", &["-l", &free.to_string(), path_str(&big)?])?;
+        let mut file = std::fs::File::create(dir.join("rest"))?;
+        let block = vec![0u8; 4096];
+        loop {
+            use std::io::Write;
+            match file.write_all(&block).and_then(|_| file.sync_data()) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(28) => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(Ballast { dir })
+    }
+}
+
+impl Drop for SmallPool {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+    }
+}
+
+/// The files filling a [`SmallPool`]; removed on drop.
+pub struct Ballast {
+    dir: PathBuf,
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().context("path is not UTF-8")
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes free on the filesystem holding `path`, as `df` counts them.
+fn free_bytes(path: &Path) -> anyhow::Result<u64> {
+    let output = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .context("running df")?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .context("df printed no size")?
+        .trim()
+        .parse()
+        .context("df's size")
 }

@@ -208,6 +208,145 @@ fn a_paused_master_is_fenced_and_its_late_writes_do_not_win() {
     federation.assert_copies_identical("fence");
 }
 
+/// The first 64 KiB of `node`'s copy of `volume`, read from its data file.
+fn head_of_copy(federation: &DevFederation, node: &str, volume: &str) -> Vec<u8> {
+    use std::io::Read;
+    let data = std::path::Path::new(federation.node(node)["data_dir"].as_str().unwrap())
+        .join("volumes")
+        .join(volume)
+        .join("data");
+    let mut head = vec![0; 64 << 10];
+    std::fs::File::open(data)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    head
+}
+
+/// The byte `head` is filled with, if it is one pattern.
+fn pattern_of(head: &[u8]) -> Option<u8> {
+    head.iter().all(|byte| *byte == head[0]).then_some(head[0])
+}
+
+/// A master admits a write, then must wait to issue it (an overlapping
+/// write ahead of it waits for a replica that does not answer) and loses
+/// its lease meanwhile. Its successor brings the old master's copy back
+/// with Delta Sync. The queued write must never land on that copy
+/// afterwards: the copy is in sync again and would silently differ.
+#[test]
+fn a_write_the_old_master_admitted_never_lands_after_its_successor_took_over() {
+    use multicluster_tests::faults::{cut_tcp_from, port_of, Isolated};
+    let federation = DevFederation::builder().nodes(4).start().unwrap();
+    let (view, uri, _) = federation.create_presented("late", "64MiB", 3);
+    // The old master waits this long for the replica that does not answer:
+    // long enough for the takeover and the Delta Sync to finish first.
+    let old = view["master"].as_str().unwrap().to_string();
+    let mut cmdline = federation.kill_node_gracefully(&old);
+    cmdline.extend(["--replica-timeout".into(), "20s".into()]);
+    federation.start_node(&old, &cmdline);
+    federation.wait_in_sync("late", SYNC_TIMEOUT);
+    // Make it master again: stop the others, so it is the only copy left.
+    let others: Vec<String> = copies_of(&view)
+        .into_iter()
+        .filter(|copy| *copy != old)
+        .collect();
+    let stopped: Vec<Vec<String>> = others
+        .iter()
+        .map(|node| federation.kill_node_gracefully(node))
+        .collect();
+    federation.wait_volume("late", Duration::from_secs(30), "old master back", |view| {
+        view["master"] == old.as_str()
+    });
+    for (node, cmdline) in others.iter().zip(&stopped) {
+        federation.start_node(node, cmdline);
+    }
+    federation.wait_in_sync("late", SYNC_TIMEOUT);
+    qemu_io(&uri, &["write -P 0x11 0 64k", "flush"]).unwrap();
+
+    let (silent, witness) = (others[0].clone(), others[1].clone());
+    let isolated = Isolated::new("old-master", federation.node_pid(&old)).unwrap();
+    let to_silent =
+        cut_tcp_from(&isolated, port_of(&federation.block_addr(&silent)).unwrap()).unwrap();
+    // Two overlapping writes: the first waits for the silent replica, the
+    // second is admitted and queued behind it.
+    let writes = {
+        let uri = uri.clone();
+        std::thread::spawn(move || {
+            qemu_io(
+                &uri,
+                &[
+                    "aio_write -P 0x22 0 64k",
+                    "aio_write -P 0x33 0 64k",
+                    "aio_flush",
+                ],
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while head_of_copy(&federation, &witness, "late")[0] == 0x11 {
+        assert!(
+            Instant::now() < deadline,
+            "the first write never reached {witness}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The old master loses its lease; a replica takes over and the
+    // presenter sends both writes again to it.
+    let etcd_port = port_of(
+        federation.info["clusters"][0]["etcd"]["endpoints"][0]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let from_etcd = cut_tcp_from(&isolated, etcd_port).unwrap();
+    writes.join().unwrap().unwrap();
+    let successor = federation.tether_json(&["volume", "get", "late"]).unwrap()["master"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(successor, old);
+    qemu_io(&uri, &["write -P 0x44 0 64k", "flush"]).unwrap();
+    // The old master's copy comes back by Delta Sync while its queued write
+    // still waits for the silent replica.
+    drop(from_etcd);
+    federation.wait_in_sync("late", SYNC_TIMEOUT);
+    let gave_up = |federation: &DevFederation| {
+        federation
+            .node_log(&old)
+            .lines()
+            .filter(|line| line.contains("replica did not take a write") && line.contains(&silent))
+            .count()
+    };
+    assert_eq!(
+        gave_up(&federation),
+        0,
+        "the old master gave up on {silent} before the sync finished: the test proves nothing"
+    );
+    assert_eq!(
+        pattern_of(&head_of_copy(&federation, &old, "late")),
+        Some(0x44)
+    );
+    // The first write gives up on the silent replica; the queued one runs
+    // (and gives up on it too, another 20 s later).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while gave_up(&federation) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the old master's writes never finished"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(to_silent);
+    drop(isolated);
+    assert_eq!(
+        pattern_of(&head_of_copy(&federation, &old, "late")),
+        Some(0x44),
+        "the old master's queued write landed on its copy after the takeover"
+    );
+    qemu_io(&uri, &["read -P 0x44 0 64k"]).unwrap();
+    federation.assert_copies_identical("late");
+}
+
 #[test]
 fn random_faults_under_load_leave_every_copy_identical() {
     let federation = DevFederation::builder().nodes(4).start().unwrap();

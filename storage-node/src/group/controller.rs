@@ -69,10 +69,7 @@ async fn control(ctx: Arc<GroupContext>, volume: Arc<Volume>) {
             let since = *lock_free_since.get_or_insert_with(Instant::now);
             if let Some((group, revision)) = group {
                 let last_master_gone = ctx.mirror.node(&group.master).is_none();
-                let took_part = ctx
-                    .newest_epoch(&name, volume.dir())
-                    .load(Ordering::Acquire)
-                    >= group.epoch;
+                let took_part = ctx.fence(&name, volume.dir()).newest() >= group.epoch;
                 let eligible = group.in_sync(&ctx.node)
                     && took_part
                     && ctx.lease_clock.valid()
@@ -106,7 +103,9 @@ async fn take_over(
     let lease = ctx.lease.load(Ordering::Acquire);
     // The copy takes part in the new epoch before it exists: a crash after
     // the transaction must not leave the only ISR member ineligible.
-    if let Err(err) = ctx.see_epoch(name, volume.dir(), next.epoch).await {
+    // Raising the fence also waits out any write still running under the
+    // epoch this copy replicated.
+    if let Err(err) = ctx.fence(name, volume.dir()).raise(next.epoch).await {
         tracing::error!(error = %err, "recording the epoch failed; not taking the lock");
         return None;
     }

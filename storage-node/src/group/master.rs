@@ -49,6 +49,9 @@ pub struct MasterState {
     pub ctx: Arc<GroupContext>,
     pub volume: Arc<Volume>,
     pub epoch: u64,
+    /// The local copy's fence: a local write is issued only while no newer
+    /// epoch has been seen, and a newer one waits for it.
+    fence: Arc<super::EpochFence>,
     /// The node lease the lock is bound to: a new lease means the lock is gone.
     lease: i64,
     deposed: AtomicBool,
@@ -81,6 +84,7 @@ impl MasterState {
         lease: i64,
     ) -> Arc<Self> {
         Arc::new(Self {
+            fence: ctx.fence(volume.name(), volume.dir()),
             ctx,
             volume,
             epoch: record.epoch,
@@ -308,6 +312,7 @@ impl MasterState {
         frame: Frame,
         local: impl std::future::Future<Output = Result<()>>,
     ) -> Result<()> {
+        let local = self.fenced(local);
         let members = self.members.read().await;
         self.check()?;
         let alone = members
@@ -419,6 +424,25 @@ impl MasterState {
             return Err(err);
         }
         self.check()
+    }
+
+    /// Issues a local write only while this epoch is the newest the copy has
+    /// seen and the lease holds, and keeps a newer epoch from being recorded
+    /// until the write is done (`fence.rs`). The write may have waited since
+    /// it was admitted: for an overlapping one, or in a paused process.
+    async fn fenced(&self, local: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+        let refused = |master: &Self| {
+            master.depose();
+            NodeError::NotMaster {
+                volume: master.name().to_string(),
+                epoch: master.epoch,
+            }
+        };
+        let Ok(_admitted) = self.fence.admit(self.epoch).await else {
+            return Err(refused(self));
+        };
+        self.check()?;
+        local.await
     }
 
     /// Holds the range of `chunk_idx` (Delta Sync's copy of it): live writes

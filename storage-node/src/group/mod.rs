@@ -5,6 +5,7 @@
 //!   locks, nodes), fed by one watch per node;
 //! - [`controller`]: per local copy, takes the lock when this copy may and
 //!   steps down when it must;
+//! - [`fence`]: each copy's newest epoch, and the gate its writes pass;
 //! - [`master`]: the master's write path (all-ISR acknowledgement, ISR
 //!   shrinking, fencing by lease deadline);
 //! - [`sync`]: Delta Sync, bringing a copy back by hash-tree comparison;
@@ -17,6 +18,7 @@
 //! shared with the model checker.
 
 pub mod controller;
+pub mod fence;
 pub mod master;
 pub mod order;
 pub mod presenter;
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use coord_store::CoordStore;
 
+pub use fence::EpochFence;
 pub use master::MasterState;
 pub use mirror::Mirror;
 pub use presenter::Presenter;
@@ -99,8 +102,8 @@ pub struct GroupContext {
     pub sync_rate_limit: u64,
     /// The masters this node runs, by volume.
     pub masters: RwLock<HashMap<String, Arc<MasterState>>>,
-    /// The newest epoch each local copy has seen (rule 3: replicas refuse older).
-    pub epochs: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    /// Each local copy's epoch fence (rule 3: its writes of older epochs are refused).
+    pub epochs: RwLock<HashMap<String, Arc<EpochFence>>>,
     /// Replication streams are admitted one at a time (each checks the
     /// store, then records the epoch), so two admissions never interleave.
     pub admissions: tokio::sync::Mutex<()>,
@@ -123,42 +126,20 @@ impl GroupContext {
         self.masters.read().unwrap().get(volume).cloned()
     }
 
-    /// The newest epoch the local copy of `volume` has seen, persisted in the
-    /// volume's directory so a restarted replica still refuses a deposed master.
-    pub fn newest_epoch(&self, volume: &str, dir: &Path) -> Arc<AtomicU64> {
-        if let Some(epoch) = self.epochs.read().unwrap().get(volume) {
-            return epoch.clone();
+    /// The epoch fence of the local copy of `volume` (in `dir`): the newest
+    /// epoch it has seen, kept in the copy's directory so a restarted replica
+    /// still refuses a deposed master, and the gate its writes pass.
+    pub fn fence(&self, volume: &str, dir: &Path) -> Arc<EpochFence> {
+        if let Some(fence) = self.epochs.read().unwrap().get(volume) {
+            return fence.clone();
         }
-        let stored = std::fs::read_to_string(dir.join("epoch"))
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(0);
+        let loaded = Arc::new(EpochFence::load(dir));
         self.epochs
             .write()
             .unwrap()
             .entry(volume.to_string())
-            .or_insert_with(|| Arc::new(AtomicU64::new(stored)))
+            .or_insert(loaded)
             .clone()
-    }
-
-    /// Raises the newest epoch seen for a local copy; durable before it returns.
-    pub async fn see_epoch(&self, volume: &str, dir: &Path, epoch: u64) -> std::io::Result<()> {
-        let newest = self.newest_epoch(volume, dir);
-        if newest.fetch_max(epoch, Ordering::AcqRel) >= epoch {
-            return Ok(());
-        }
-        persist_epoch(dir, epoch).await
-    }
-
-    /// Records `epoch`, which the store confirmed is the volume's current
-    /// one, as the newest seen: raises it, or lowers a newer one that no
-    /// store ever held (written by an older version that believed a peer).
-    pub async fn confirm_epoch(&self, volume: &str, dir: &Path, epoch: u64) -> std::io::Result<()> {
-        let newest = self.newest_epoch(volume, dir);
-        if newest.swap(epoch, Ordering::AcqRel) == epoch {
-            return Ok(());
-        }
-        persist_epoch(dir, epoch).await
     }
 
     pub fn forget(&self, volume: &str) {
@@ -167,23 +148,6 @@ impl GroupContext {
             master.depose();
         }
     }
-}
-
-/// Writes a copy's `epoch` file durably (temporary file, fdatasync, rename,
-/// directory fsync).
-async fn persist_epoch(dir: &Path, epoch: u64) -> std::io::Result<()> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let temp = dir.join("epoch.tmp");
-        let mut file = std::fs::File::create(&temp)?;
-        writeln!(file, "{epoch}")?;
-        file.sync_data()?;
-        std::fs::rename(&temp, dir.join("epoch"))?;
-        std::fs::File::open(&dir)?.sync_all()
-    })
-    .await
-    .expect("epoch write does not panic")
 }
 
 #[cfg(test)]

@@ -24,13 +24,12 @@
 //! and the listener takes at most [`MAX_STREAMS`] streams.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tether_proto::keys::Kind;
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::block::{decode_frame, encode_frame, Frame, DR_APPLY_SUFFIX};
-use tether_proto::group::{replica_admits, GroupRecord};
+use tether_proto::group::GroupRecord;
 use tether_tls::TlsContext;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -110,7 +109,7 @@ enum Role {
     },
     Replica {
         volume: Arc<Volume>,
-        newest: Arc<std::sync::atomic::AtomicU64>,
+        fence: Arc<super::EpochFence>,
         /// The tree a Delta Sync is comparing against, taken (after settling)
         /// when the master asks for the root.
         tree: Arc<Mutex<Option<Arc<HashTree>>>>,
@@ -247,8 +246,10 @@ async fn serve_stream<S>(
                 match admit_master(&ctx, &name, &from, epoch).await {
                     Admission::Refused(answer) => (answer, None),
                     Admission::Admitted => {
-                        let newest = ctx.newest_epoch(&name, volume.dir());
-                        if let Err(err) = ctx.confirm_epoch(&name, volume.dir(), epoch).await {
+                        let fence = ctx.fence(&name, volume.dir());
+                        // Waits for this copy's writes of older epochs (its
+                        // own old master's among them) before any of the new.
+                        if let Err(err) = fence.confirm(epoch).await {
                             tracing::error!(volume = %name, error = %err, "recording the epoch failed");
                             (Frame::Ack { seq: 0, error: EIO }, None)
                         } else {
@@ -262,7 +263,7 @@ async fn serve_stream<S>(
                                 Frame::Ack { seq: 0, error: 0 },
                                 Some(Role::Replica {
                                     volume,
-                                    newest,
+                                    fence,
                                     tree: Arc::new(Mutex::new(None)),
                                 }),
                             )
@@ -327,9 +328,9 @@ async fn serve_stream<S>(
                                 }
                                 Role::Replica {
                                     volume,
-                                    newest,
+                                    fence,
                                     tree,
-                                } => replica_request(volume, newest, tree, frame).await,
+                                } => replica_request(volume, fence, tree, frame).await,
                             };
                             let _ = replies.send((answer, charge)).await;
                         }
@@ -487,7 +488,7 @@ async fn client_request(ctx: &GroupContext, name: &str, origin: Origin, frame: F
 /// A master's frame, applied to this node's copy.
 async fn replica_request(
     volume: &Volume,
-    newest: &std::sync::atomic::AtomicU64,
+    fence: &super::EpochFence,
     tree: &Mutex<Option<Arc<HashTree>>>,
     frame: Frame,
 ) -> Frame {
@@ -500,13 +501,12 @@ async fn replica_request(
         | Frame::ChunkData { epoch, .. } => *epoch,
         _ => return Frame::Ack { seq, error: EINVAL },
     };
-    let seen = newest.load(Ordering::Acquire);
-    if !replica_admits(seen, epoch) {
-        return Frame::StaleEpoch {
-            seq,
-            newest_epoch: seen,
-        };
-    }
+    // Held until the frame is applied: a newer master's Delta Sync begins
+    // only after it.
+    let _admitted = match fence.admit(epoch).await {
+        Ok(admitted) => admitted,
+        Err(newest_epoch) => return Frame::StaleEpoch { seq, newest_epoch },
+    };
     let done = |result: Result<()>, writes: bool| match result {
         Ok(()) => Frame::Ack { seq, error: 0 },
         Err(err) => {
