@@ -17,6 +17,7 @@ pub enum ClusterCommand {
     /// List clusters: this one and its satellites, with state and last seen.
     List,
     /// Add a satellite; prints its one-time join token (only its hash is kept).
+    /// Again while it has not joined: a new token, and the earlier one stops working.
     AddSatellite {
         name: String,
         /// How long the token lives.

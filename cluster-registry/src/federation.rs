@@ -117,6 +117,7 @@ pub async fn add_satellite(
                 certificate_not_after_unix_ms: None,
                 last_seen_unix_ms: None,
                 revoked_unix_ms: None,
+                join_token_hash: None,
             };
             let created = store
                 .txn(Txn {
@@ -138,6 +139,25 @@ pub async fn add_satellite(
     }
     let (token, token_record) =
         join_tokens::mint_for(store, cluster, TokenPurpose::Satellite, Some(name), ttl).await?;
+    // The newest token is the only one that joins: the one it replaces may
+    // be the one that leaked (it stays in the store until it expires, and
+    // is refused as superseded).
+    let mut superseded = None;
+    let hash = join_tokens::token_hash(&token);
+    update(store, cluster, name, |record| {
+        if record.state != ClusterState::Pending {
+            return Err(RegistryError::ClusterExists {
+                name: name.into(),
+                state: format!("{} (it joined meanwhile)", record.state.as_str()),
+            });
+        }
+        superseded = record.join_token_hash.replace(hash.clone());
+        Ok(())
+    })
+    .await?;
+    if superseded.is_some() {
+        tracing::info!(satellite = %name, "satellite's earlier join token superseded");
+    }
     tracing::info!(satellite = %name, "satellite added; join token minted");
     Ok(AddSatelliteResponse {
         name: name.into(),
@@ -168,8 +188,16 @@ pub async fn redeem_join(
                 reason: "it has joined already".into(),
             })
         }
-        Some(_) => {
-            join_tokens::redeem_for(store, cluster, TokenPurpose::Satellite, token, name).await
+        Some((record, _)) => {
+            join_tokens::redeem_for(
+                store,
+                cluster,
+                TokenPurpose::Satellite,
+                token,
+                name,
+                record.join_token_hash.as_deref(),
+            )
+            .await
         }
     }
 }

@@ -56,9 +56,14 @@ pub const MAX_USES: u32 = 10_000;
 /// Longest a token may live.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// What the store keeps of `token`: its BLAKE3 hash, hex.
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.trim().as_bytes()).to_hex().to_string()
+}
+
 fn key(cluster: &str, token: &str) -> String {
-    let hash = blake3::hash(token.trim().as_bytes()).to_hex();
-    tether_proto::keys::ClusterKeys::new(cluster).key(tether_proto::keys::Kind::JoinTokens, &hash)
+    tether_proto::keys::ClusterKeys::new(cluster)
+        .key(tether_proto::keys::Kind::JoinTokens, &token_hash(token))
 }
 
 /// Makes a token valid for `ttl` (rounded up to whole seconds), for `node`
@@ -154,17 +159,19 @@ pub async fn redeem(
     token: &str,
     node: &str,
 ) -> Result<(), RegistryError> {
-    redeem_for(store, cluster, TokenPurpose::Node, token, node).await
+    redeem_for(store, cluster, TokenPurpose::Node, token, node, None).await
 }
 
 /// [`redeem`] for a purpose: a token of another purpose is refused, and
-/// left unused.
+/// left unused; so is one whose hash is not `newest` when that is given
+/// (a newer token was minted for the name since).
 pub async fn redeem_for(
     store: &dyn CoordStore,
     cluster: &str,
     purpose: TokenPurpose,
     token: &str,
     node: &str,
+    newest: Option<&str>,
 ) -> Result<(), RegistryError> {
     let refused = |reason: &str| RegistryError::BadJoinToken {
         node: node.to_string(),
@@ -195,6 +202,12 @@ pub async fn redeem_for(
                 purpose_name(record.purpose)
             )));
         }
+    }
+    if newest.is_some_and(|newest| newest != token_hash(token)) {
+        return Err(refused(&format!(
+            "the join token was superseded: adding the {} again minted a newer one",
+            purpose_name(record.purpose)
+        )));
     }
     // The last use deletes the token; an earlier one counts it down (same
     // lease, so it still expires when it was minted to).

@@ -191,7 +191,7 @@ pub async fn accept(
     if record.state == PeerState::Linked {
         return Err(refused("it is linked already".into()));
     }
-    join_tokens::redeem_for(store, cluster, TokenPurpose::DrPeer, secret, name).await?;
+    join_tokens::redeem_for(store, cluster, TokenPurpose::DrPeer, secret, name, None).await?;
     record.state = PeerState::Linked;
     record.linked_unix_ms = Some(now_unix_ms());
     record.endpoint = Some(request.endpoint.clone());

@@ -124,6 +124,7 @@ mod tests {
             certificate_not_after_unix_ms: None,
             last_seen_unix_ms: None,
             revoked_unix_ms: None,
+            join_token_hash: None,
         };
         assert!(standing("edge", Some(&record)).is_ok());
         record.state = ClusterState::Revoked;

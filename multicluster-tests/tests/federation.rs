@@ -62,6 +62,17 @@ fn satellites_join_once_with_their_token_and_removal_cuts_them_off() {
         "{err}"
     );
 
+    // Adding it again (its token lost, or leaked) supersedes the first token.
+    let newer = federation
+        .tether_ok(&["cluster", "add-satellite", "edge-1"])
+        .unwrap();
+    let superseded = federation.join_satellite("edge-1", &token).unwrap_err();
+    assert!(
+        superseded.to_string().contains("superseded"),
+        "{superseded}"
+    );
+    let token = newer;
+
     let credentials = federation.join_satellite("edge-1", &token).unwrap();
     let clusters = federation.tether_json(&["cluster", "list"]).unwrap();
     let edge = cluster(&clusters, "edge-1");

@@ -245,18 +245,36 @@ fn a_write_the_old_master_admitted_never_lands_after_its_successor_took_over() {
     cmdline.extend(["--replica-timeout".into(), "20s".into()]);
     federation.start_node(&old, &cmdline);
     federation.wait_in_sync("late", SYNC_TIMEOUT);
-    // Make it master again: stop the others, so it is the only copy left.
+    // Make it master again: stop the others one by one, so it is the only
+    // copy left. A new master's ISR is itself alone until its Delta Sync
+    // takes the others back (rule 4), so each stop waits for that first.
     let others: Vec<String> = copies_of(&view)
         .into_iter()
         .filter(|copy| *copy != old)
         .collect();
-    let stopped: Vec<Vec<String>> = others
-        .iter()
-        .map(|node| federation.kill_node_gracefully(node))
-        .collect();
-    federation.wait_volume("late", Duration::from_secs(30), "old master back", |view| {
-        view["master"] == old.as_str()
-    });
+    let mut stopped: Vec<Vec<String>> = Vec::new();
+    for node in &others {
+        stopped.push(federation.kill_node_gracefully(node));
+        let gone = &others[..stopped.len()];
+        federation.wait_volume("late", Duration::from_secs(30), "a live master", |view| {
+            let master = view["master"].as_str().unwrap_or_default();
+            let in_sync = |node: &str| {
+                view["copies"].as_array().is_some_and(|copies| {
+                    copies
+                        .iter()
+                        .any(|copy| copy["node"] == node && copy["state"] == "in-sync")
+                })
+            };
+            !master.is_empty()
+                && !gone.iter().any(|node| node == master)
+                && in_sync(master)
+                && in_sync(&old)
+        });
+    }
+    assert_eq!(
+        federation.tether_json(&["volume", "get", "late"]).unwrap()["master"],
+        old.as_str()
+    );
     for (node, cmdline) in others.iter().zip(&stopped) {
         federation.start_node(node, cmdline);
     }

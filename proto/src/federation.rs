@@ -56,6 +56,11 @@ pub struct ClusterRecord {
     pub last_seen_unix_ms: Option<u64>,
     #[serde(default)]
     pub revoked_unix_ms: Option<u64>,
+    /// While pending: the BLAKE3 hash (hex) of its newest join token. Adding
+    /// a pending satellite again mints a new token and supersedes the old
+    /// one, which then joins nothing (it may be the one that leaked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token_hash: Option<String>,
 }
 
 /// How stale `last_seen_unix_ms` may get before a call refreshes it.

@@ -16,6 +16,7 @@
 //! `tla/VolumeGroup.tla` states the same protocol in TLA+.
 
 pub mod dr;
+pub mod fence;
 pub mod ordering;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -123,3 +123,38 @@ fn without_the_final_acknowledgement_a_planned_promote_loses_a_write() {
     );
     println!("counterexample: {:?}", discovery.unwrap().into_actions());
 }
+
+#[test]
+fn a_write_the_old_master_admitted_is_refused_by_its_copys_fence_after_the_takeover() {
+    let checker = tether_model::fence::FenceModel {
+        writes: 3,
+        without_fence: false,
+    }
+    .checker()
+    .spawn_bfs()
+    .join();
+    println!(
+        "fence model, a queued write of the old master, a takeover, 2 writes, a Delta Sync: {} states ({} unique)",
+        checker.state_count(),
+        checker.unique_state_count()
+    );
+    checker.assert_properties();
+}
+
+#[test]
+fn without_the_fence_the_old_masters_queued_write_lands_on_a_copy_back_in_sync() {
+    let checker = tether_model::fence::FenceModel {
+        writes: 3,
+        without_fence: true,
+    }
+    .checker()
+    .spawn_bfs()
+    .join();
+    let discovery =
+        checker.discovery("an ISR copy holds the master's block once nothing is in flight");
+    assert!(
+        discovery.is_some(),
+        "a write checked only when admitted must be able to land after the sync"
+    );
+    println!("counterexample: {:?}", discovery.unwrap().into_actions());
+}
