@@ -5,14 +5,15 @@
 //! its lease, a node cut from etcd, master cut from replica, satellites cut
 //! from the gateways, the DC-to-DC link cut, a gateway killed and started
 //! again, a node of the DR cluster and the central registry killed and
-//! started again, and one node's pool (its own small ext4) filled to the
-//! last block. Each writer (`scripts/sequenced_writes.py`, libnbd) puts write i
+//! started again, the central etcd killed and started again, and one
+//! node's pool (its own small ext4) filled to the last block. Each writer (`scripts/sequenced_writes.py`, libnbd) puts write i
 //! in block i mod 512 and logs every acknowledgement; at the end every
 //! volume, and the DR copy after a planned promote, must hold exactly a
 //! prefix of its writer's writes that includes every acknowledged one.
 //!
 //! `FAULT_SECONDS` (default 180, what CI runs) sets how long faults go on;
-//! `FAULT_SEED` replays a schedule. The report (seed, every fault, the
+//! `FAULT_SEED` replays a schedule; `FAULT_KINDS=KillEtcd,FullPool` draws
+//! only from those kinds. The report (seed, every fault, the
 //! longest stall each writer saw per fault as p50/p99/max, client errors,
 //! acknowledged writes lost) is printed and written to
 //! `target/fault-report.txt`. For an hour:
@@ -52,9 +53,10 @@ enum Kind {
     KillPeerNode,
     KillRegistry,
     FullPool,
+    KillEtcd,
 }
 
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 11] = [
     Kind::KillNode,
     Kind::StopNode,
     Kind::NodeFromEtcd,
@@ -65,6 +67,7 @@ const KINDS: [Kind; 10] = [
     Kind::KillPeerNode,
     Kind::KillRegistry,
     Kind::FullPool,
+    Kind::KillEtcd,
 ];
 
 fn acked(writers: &[Writer]) -> Vec<u64> {
@@ -90,6 +93,19 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
                 .as_nanos() as u64
         });
     let mut rng = Rng::new(seed);
+    // FAULT_KINDS=KillEtcd,FullPool: only these (names as in the report).
+    let kinds: Vec<Kind> = match std::env::var("FAULT_KINDS") {
+        Ok(names) => names
+            .split(',')
+            .map(|name| {
+                *KINDS
+                    .iter()
+                    .find(|kind| format!("{kind:?}") == name.trim())
+                    .unwrap_or_else(|| panic!("FAULT_KINDS: no fault {name}; they are {KINDS:?}"))
+            })
+            .collect(),
+        Err(_) => KINDS.to_vec(),
+    };
     let mut report = String::new();
     writeln!(report, "fault suite: seed {seed}, {seconds} s of faults").unwrap();
     println!("fault suite seed {seed} (FAULT_SEED={seed} replays it)");
@@ -218,6 +234,9 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
     let registry = &federation.info["clusters"][0]["registry"];
     let mut registry_pid = registry["pid"].as_u64().unwrap() as u32;
     let registry_log: std::path::PathBuf = registry["log"].as_str().unwrap().into();
+    let etcd = &federation.info["clusters"][0]["etcd"];
+    let mut etcd_pid = etcd["pid"].as_u64().unwrap() as u32;
+    let etcd_log: std::path::PathBuf = etcd["log"].as_str().unwrap().into();
 
     let mut stalls: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
     let mut client_errors: Vec<String> = Vec::new();
@@ -225,7 +244,7 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
     let faults_started = Instant::now();
     let mut count = 0;
     while faults_started.elapsed() < Duration::from_secs(seconds) {
-        let kind = *rng.pick(&KINDS);
+        let kind = *rng.pick(&kinds);
         let target = rng.pick(&targets).clone();
         let hold = Duration::from_millis(2000 + rng.below(3000));
         let at = faults_started.elapsed().as_secs_f64();
@@ -314,6 +333,15 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
                 registry_pid = child.id();
                 respawned.push(child);
                 format!("kill -9 the central registry, restarted after {hold:?}")
+            }
+            Kind::KillEtcd => {
+                let args = cmdline(etcd_pid).unwrap();
+                federation.kill9(etcd_pid as u64);
+                std::thread::sleep(hold);
+                let child = respawn(&args, &etcd_log).unwrap();
+                etcd_pid = child.id();
+                respawned.push(child);
+                format!("kill -9 the central etcd, restarted after {hold:?}")
             }
             Kind::FullPool => {
                 let ballast = small_pool.fill().unwrap();
