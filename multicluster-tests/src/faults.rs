@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::clients::run;
+
 /// xorshift64*: a schedule that a seed reproduces.
 pub struct Rng(u64);
 
@@ -439,29 +441,9 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("path is not UTF-8")
 }
 
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// Bytes free on the filesystem holding `path`, as `df` counts them.
 fn free_bytes(path: &Path) -> anyhow::Result<u64> {
-    let output = Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(path)
-        .output()
-        .context("running df")?;
-    String::from_utf8_lossy(&output.stdout)
+    run("df", &["--output=avail", "-B1", path_str(path)?])?
         .lines()
         .nth(1)
         .context("df printed no size")?
