@@ -38,6 +38,27 @@ pub struct ClusterEntry {
     pub gateway: Option<GatewayEntry>,
     #[serde(default)]
     pub gateways: Vec<GatewayEntry>,
+    /// The cluster's hosts in network namespaces of their own (`dev up --netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkEntry>,
+}
+
+/// The bridge `dev up --netns` joins a cluster's hosts on: its address
+/// (`address`, in the root namespace) is where etcd, the registry and the
+/// gateways listen; each node and satellite is a host of `10.88.INDEX.0/24`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkEntry {
+    pub bridge: String,
+    pub index: u8,
+    pub address: String,
+}
+
+/// A host of a [`NetworkEntry`]: a network namespace with one address on the bridge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostEntry {
+    /// Its name for `ip netns exec`.
+    pub netns: String,
+    pub address: String,
 }
 
 /// The local etcd: `endpoints` of every member; `pid`, ports, `data_dir`
@@ -76,6 +97,7 @@ impl EtcdEntry {
                 log_path: self.log.clone(),
                 client_port: self.client_port,
                 peer_port: self.peer_port,
+                host: endpoint_host(&self.endpoints[0]),
             }];
         }
         self.members
@@ -86,6 +108,7 @@ impl EtcdEntry {
                 log_path: member.log.clone(),
                 client_port: member.client_port,
                 peer_port: member.peer_port,
+                host: endpoint_host(&member.endpoint),
             })
             .collect()
     }
@@ -97,6 +120,16 @@ impl EtcdEntry {
             self.members.iter().map(|member| member.pid).collect()
         }
     }
+}
+
+/// The host of an etcd endpoint (`https://HOST:PORT`).
+fn endpoint_host(endpoint: &str) -> String {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    rest.rsplit_once(':')
+        .map_or(rest, |(host, _)| host)
+        .to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +149,9 @@ pub struct NodeEntry {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub metrics: String,
+    /// Its network namespace (`dev up --netns`); restart it in there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +175,9 @@ pub struct SatelliteEntry {
     /// Its CSI identity and controller services (a Unix socket).
     #[serde(default)]
     pub csi_socket: Option<PathBuf>,
+    /// Its network namespace (`dev up --netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostEntry>,
 }
 
 impl Federation {

@@ -132,6 +132,12 @@ enum DevCommand {
         /// Each node's over-provisioning (tether-node --overprovision), e.g. 200%.
         #[arg(long)]
         overprovision: Option<String>,
+        /// Each node and satellite in a network namespace of its own, on a
+        /// bridge per cluster (10.88.N.0/24) where etcd, the registry and
+        /// the gateways listen: partitions are then iptables rules inside a
+        /// host. Needs root and iproute2; a new federation only.
+        #[arg(long)]
+        netns: bool,
     },
     /// Stop the federation in --dir (its data stays; `dev up` brings it back).
     Down,
@@ -795,6 +801,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
             gateways,
             satellites,
             dr,
+            netns,
         } => {
             anyhow::ensure!(*nodes >= 1, "--nodes must be at least 1");
             anyhow::ensure!(
@@ -830,6 +837,7 @@ fn run_dev(cli: &Cli, command: &DevCommand) -> anyhow::Result<()> {
                 satellites: *satellites,
                 cluster: "central".into(),
                 dr: *dr,
+                netns: *netns,
             })?;
             if cli.output == Output::Json {
                 return print_json(&federation);

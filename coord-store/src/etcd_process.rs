@@ -64,10 +64,13 @@ pub struct EtcdMemberSpec {
     pub log_path: PathBuf,
     pub client_port: u16,
     pub peer_port: u16,
+    /// The address it listens on (client and peer ports): 127.0.0.1 unless
+    /// its clients are in other network namespaces.
+    pub host: String,
 }
 
 impl EtcdMemberSpec {
-    /// Member `index` (0-based) of a local cluster, on free ports unless given.
+    /// Member `index` (0-based) of a local cluster on 127.0.0.1, on free ports unless given.
     pub fn local(
         index: usize,
         data_dir: PathBuf,
@@ -85,6 +88,7 @@ impl EtcdMemberSpec {
             log_path,
             client_port,
             peer_port,
+            host: "127.0.0.1".into(),
         }
     }
 }
@@ -132,7 +136,12 @@ impl EtcdProcess {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let initial_cluster = members
             .iter()
-            .map(|member| format!("{}={scheme}://127.0.0.1:{}", member.name, member.peer_port))
+            .map(|member| {
+                format!(
+                    "{}={scheme}://{}:{}",
+                    member.name, member.host, member.peer_port
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut started = Vec::new();
@@ -164,8 +173,8 @@ impl EtcdProcess {
                 reason: format!("opening {}: {err}", log_path.display()),
             })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
-        let peer_url = format!("{scheme}://127.0.0.1:{peer_port}");
+        let client_url = format!("{scheme}://{}:{client_port}", member.host);
+        let peer_url = format!("{scheme}://{}:{peer_port}", member.host);
         let mut command = Command::new(etcd);
         if let Some(tls) = tls {
             let (cert, key, ca) = (

@@ -1,9 +1,10 @@
 //! The whole-federation fault suite's tools: a seeded schedule of faults
 //! (kill -9, SIGSTOP past the lease, partitions), the partitions themselves
-//! (iptables rules, matched per process by putting it in its own cgroup v2
-//! group: every daemon here shares loopback, so ports alone cannot tell
-//! node-1's etcd traffic from node-2's), restarting a killed process with
-//! the command line it had, and the report (times as p50/p99/max).
+//! (iptables rules inside a host's network namespace under `dev up
+//! --netns`; on a federation whose daemons share loopback, rules matched
+//! per process by putting it in its own cgroup v2 group), restarting a
+//! killed process with the command line it had (in its namespace), and the
+//! report (times as p50/p99/max).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,21 +78,33 @@ impl Drop for Isolated {
     }
 }
 
-/// An iptables rule in place while this lives.
+/// An iptables rule in place while this lives, in a host's network
+/// namespace or the root one.
 pub struct Rule {
+    netns: Option<String>,
     args: Vec<String>,
 }
 
-fn iptables(action: &str, args: &[String]) -> anyhow::Result<()> {
-    let output = Command::new("iptables")
+fn iptables(netns: Option<&str>, action: &str, args: &[String]) -> anyhow::Result<()> {
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, "iptables"]);
+            command
+        }
+        None => Command::new("iptables"),
+    };
+    let output = command
+        .arg("-w")
         .arg(action)
         .args(args)
         .output()
         .context("running iptables")?;
     if !output.status.success() {
         bail!(
-            "iptables {action} {}: {}",
+            "iptables {action} {} (in {}): {}",
             args.join(" "),
+            netns.unwrap_or("the root namespace"),
             String::from_utf8_lossy(&output.stderr)
         );
     }
@@ -99,20 +112,62 @@ fn iptables(action: &str, args: &[String]) -> anyhow::Result<()> {
 }
 
 impl Rule {
-    /// `iptables -I CHAIN ARGS… -j DROP`.
+    /// `iptables -I CHAIN ARGS… -j DROP` in the root namespace.
     pub fn drop(chain: &str, args: &[String]) -> anyhow::Result<Self> {
+        Self::drop_in(None, chain, args)
+    }
+
+    /// `iptables -I CHAIN ARGS… -j DROP` inside `netns` (the root namespace if none).
+    pub fn drop_in(netns: Option<&str>, chain: &str, args: &[String]) -> anyhow::Result<Self> {
         let mut full = vec![chain.to_string()];
         full.extend_from_slice(args);
         full.extend(["-j".to_string(), "DROP".to_string()]);
-        iptables("-I", &full)?;
-        Ok(Rule { args: full })
+        iptables(netns, "-I", &full)?;
+        Ok(Rule {
+            netns: netns.map(str::to_string),
+            args: full,
+        })
     }
 }
 
 impl Drop for Rule {
     fn drop(&mut self) {
-        let _ = iptables("-D", &self.args);
+        let _ = iptables(self.netns.as_deref(), "-D", &self.args);
     }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| arg.to_string()).collect()
+}
+
+/// Inside host `netns`, every packet to `address` on `protocol` `port` is
+/// dropped: its open connections stall as new ones do.
+pub fn cut_host_from_port(
+    netns: &str,
+    address: &str,
+    protocol: &str,
+    port: u16,
+) -> anyhow::Result<Rule> {
+    let port = port.to_string();
+    Rule::drop_in(
+        Some(netns),
+        "OUTPUT",
+        &strings(&["-d", address, "-p", protocol, "--dport", &port]),
+    )
+}
+
+/// Inside host `netns`, everything to and from `address` is dropped.
+pub fn cut_host_from_host(netns: &str, address: &str) -> anyhow::Result<Vec<Rule>> {
+    Ok(vec![
+        Rule::drop_in(Some(netns), "OUTPUT", &strings(&["-d", address]))?,
+        Rule::drop_in(Some(netns), "INPUT", &strings(&["-s", address]))?,
+    ])
+}
+
+/// In the root namespace, packets from the hosts of `subnet` to `address`
+/// (another cluster's bridge, where its gateways listen) are dropped.
+pub fn cut_subnet_from(subnet: &str, address: &str) -> anyhow::Result<Rule> {
+    Rule::drop("INPUT", &strings(&["-s", subnet, "-d", address]))
 }
 
 /// Packets from `isolated` to TCP `port` on loopback are dropped: those of
@@ -207,11 +262,25 @@ pub fn cmdline(pid: u32) -> anyhow::Result<Vec<String>> {
 
 /// Starts `cmdline` again, appending to `log`.
 pub fn respawn(cmdline: &[String], log: &Path) -> anyhow::Result<Child> {
+    respawn_in(None, cmdline, log)
+}
+
+/// Starts `cmdline` again inside network namespace `netns` (a host of `dev
+/// up --netns`) when given, appending to `log`.
+pub fn respawn_in(netns: Option<&str>, cmdline: &[String], log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    Ok(Command::new(&cmdline[0])
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(&cmdline[0]);
+            command
+        }
+        None => Command::new(&cmdline[0]),
+    };
+    Ok(command
         .args(&cmdline[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::from(file.try_clone()?))

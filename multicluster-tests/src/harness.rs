@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +43,7 @@ pub struct FederationBuilder {
     satellites: usize,
     overprovision: Option<String>,
     dr: bool,
+    netns: bool,
 }
 
 impl Default for FederationBuilder {
@@ -58,6 +59,7 @@ impl Default for FederationBuilder {
             satellites: 0,
             overprovision: None,
             dr: false,
+            netns: false,
         }
     }
 }
@@ -110,6 +112,11 @@ impl FederationBuilder {
     /// Also the DR peer cluster (`dev up --dr`), in `DIR/dr`.
     pub fn dr(mut self) -> Self {
         self.dr = true;
+        self
+    }
+    /// Each node and satellite in a network namespace of its own (`dev up --netns`).
+    pub fn netns(mut self) -> Self {
+        self.netns = true;
         self
     }
     pub fn start(self) -> anyhow::Result<DevFederation> {
@@ -177,6 +184,9 @@ impl DevFederation {
         }
         if self.builder.dr {
             args.push("--dr".into());
+        }
+        if self.builder.netns {
+            args.push("--netns".into());
         }
         if self.builder.etcd_members != 1 {
             args.push(format!("--etcd-members={}", self.builder.etcd_members));
@@ -411,16 +421,17 @@ impl DevFederation {
         args
     }
 
-    /// Starts node `name` again with the command line it had, logging to its log.
+    /// Node `name`'s host under `dev up --netns`: (network namespace, address).
+    pub fn node_host(&self, name: &str) -> Option<(String, String)> {
+        host_of(&self.node(name))
+    }
+
+    /// Starts node `name` again with the command line it had, in its
+    /// network namespace if it has one, logging to its log.
     pub fn start_node(&self, name: &str, cmdline: &[String]) {
         let log = self.node(name)["log"].as_str().unwrap().to_string();
-        let file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-        let child = Command::new(&cmdline[0])
-            .args(&cmdline[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
+        let netns = self.node_host(name).map(|(netns, _)| netns);
+        let child = crate::faults::respawn_in(netns.as_deref(), cmdline, Path::new(&log))
             .expect("node restarts");
         self.restarted
             .lock()
@@ -502,6 +513,16 @@ impl Drop for DevFederation {
     }
 }
 
+/// The `host` of a node's or satellite's entry in `federation.json`:
+/// (network namespace, address).
+pub fn host_of(entry: &Value) -> Option<(String, String)> {
+    let host = entry.get("host")?;
+    Some((
+        host["netns"].as_str()?.to_string(),
+        host["address"].as_str()?.to_string(),
+    ))
+}
+
 fn send_signal(pid: i32, signal: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
@@ -531,6 +552,13 @@ pub fn wait_gone(pid: u32) {
 /// The replicas in a `volume get -o json` view.
 pub fn replicas_of(view: &Value) -> Vec<String> {
     copies_where(view, |copy| copy["role"] == "replica")
+}
+
+/// The node holding the master copy in a `volume get -o json` view.
+pub fn master_of(view: &Value) -> Option<String> {
+    copies_where(view, |copy| copy["role"] == "master")
+        .into_iter()
+        .next()
 }
 
 /// Every node holding a copy in a `volume get -o json` view.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use multicluster_tests::clients::qemu_io;
-use multicluster_tests::harness::DevFederation;
+use multicluster_tests::harness::{host_of, DevFederation};
 
 fn fails_with(federation: &DevFederation, args: &[&str], expected: &str) {
     let output = federation.tether(args);
@@ -539,4 +539,98 @@ fn thin_volumes_promise_what_the_overprovisioning_ratio_allows() {
             "{node}"
         );
     }
+}
+
+/// The host entries (`dev up --netns`) of every node and satellite, with their pids.
+fn hosts(federation: &DevFederation) -> Vec<(String, String, u32)> {
+    let entries = federation.info["clusters"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(federation.info["satellites"].as_array().unwrap())
+        .cloned()
+        .collect::<Vec<_>>();
+    entries
+        .iter()
+        .map(|entry| {
+            let (netns, address) = host_of(entry).unwrap_or_else(|| panic!("no host: {entry}"));
+            (netns, address, entry["pid"].as_u64().unwrap() as u32)
+        })
+        .collect()
+}
+
+#[test]
+fn dev_up_netns_runs_each_node_and_satellite_as_a_host_and_down_removes_them() {
+    use std::os::unix::fs::MetadataExt;
+    let federation = DevFederation::builder()
+        .nodes(2)
+        .satellites(1)
+        .netns()
+        .start()
+        .unwrap();
+    let bridge = federation.info["clusters"][0]["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = hosts(&federation);
+    assert_eq!(before.len(), 3, "{}", federation.info);
+    let mut addresses: Vec<&str> = before.iter().map(|(_, a, _)| a.as_str()).collect();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3, "one address per host: {before:?}");
+    for (netns, address, pid) in &before {
+        // The process is in its host's namespace, not the root one.
+        let namespace = std::fs::metadata(format!("/run/netns/{netns}")).unwrap();
+        let its = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+        assert_eq!(its.ino(), namespace.ino(), "{pid} is in {netns}");
+        let root = std::fs::metadata("/proc/self/ns/net").unwrap();
+        assert_ne!(its.ino(), root.ino());
+        assert!(address.starts_with("10.88."), "{address}");
+    }
+    for node in ["node-1", "node-2"] {
+        let (_, address) = federation.node_host(node).unwrap();
+        assert!(
+            federation
+                .block_addr(node)
+                .starts_with(&format!("{address}:")),
+            "{node} serves block frames on its host's address"
+        );
+    }
+    // Data through a node and through the satellite (gateway on the bridge).
+    let uri = federation.create_attached("keep", "64MiB").unwrap();
+    qemu_io(&uri, &["write -P 0x5a 1M 2M", "flush"]).unwrap();
+    let (_, on_satellite) = federation
+        .attach_on_satellite(
+            "far",
+            &["--size", "64MiB", "--replicas", "2"],
+            "satellite-1",
+        )
+        .unwrap();
+    qemu_io(&on_satellite, &["write -P 0x3c 0 1M", "flush"]).unwrap();
+
+    federation.down().unwrap();
+    for (netns, _, _) in &before {
+        assert!(
+            !std::path::Path::new("/run/netns").join(netns).exists(),
+            "{netns} removed"
+        );
+    }
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "bridge {bridge} removed"
+    );
+
+    let federation = federation.up().unwrap();
+    let after: Vec<(String, String)> = hosts(&federation)
+        .into_iter()
+        .map(|(netns, address, _)| (netns, address))
+        .collect();
+    let expected: Vec<(String, String)> = before
+        .into_iter()
+        .map(|(netns, address, _)| (netns, address))
+        .collect();
+    assert_eq!(after, expected, "the same hosts come back");
+    qemu_io(&uri, &["read -P 0x5a 1M 2M", "read -P 0 0 1M"]).unwrap();
+    qemu_io(&on_satellite, &["read -P 0x3c 0 1M", "read -P 0 1M 1M"]).unwrap();
 }

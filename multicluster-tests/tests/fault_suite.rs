@@ -1,5 +1,8 @@
 //! The whole-federation fault suite: a central cluster of 3 nodes with 2
-//! satellites and a paired DR cluster, verifying writers on a replicated
+//! satellites and a paired DR cluster of 3 nodes, each node and satellite
+//! a host in its own network namespace (`dev up --netns`; partitions are
+//! iptables rules inside a host, or between the two clusters' bridges in
+//! the root namespace), verifying writers on a replicated
 //! volume, a DR-linked one and one volume on each satellite, and a seeded
 //! random schedule of faults: kill -9 and restart of a node, SIGSTOP past
 //! its lease, a node cut from etcd, master cut from replica, satellites cut
@@ -25,15 +28,18 @@ use std::time::{Duration, Instant};
 
 use multicluster_tests::dr::{block_sequences, prefix_point, SequencedWriter};
 use multicluster_tests::faults::{
-    cmdline, cut_port, cut_tcp_from, percentiles, port_of, respawn, Isolated, Progress, Respawned,
-    Rng, SmallPool,
+    cmdline, cut_host_from_host, cut_host_from_port, cut_subnet_from, percentiles, port_of,
+    respawn, respawn_in, Progress, Respawned, Rng, SmallPool,
 };
-use multicluster_tests::harness::DevFederation;
+use multicluster_tests::harness::{host_of, DevFederation};
 
 const BLOCKS: u64 = 512;
 /// A writer that makes no progress this long after a fault is healed has
 /// not recovered: the suite fails.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(90);
+/// A DC-to-DC cut (2 s or longer) that left the DR copy less behind than
+/// this did not cut the link.
+const DC_CUT_MIN_LAG: f64 = 1.0;
 
 struct Writer {
     volume: String,
@@ -114,6 +120,7 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
         .nodes(3)
         .satellites(2)
         .dr()
+        .netns()
         .start()
         .unwrap();
     multicluster_tests::dr::pair(&federation, &[]).unwrap();
@@ -209,17 +216,27 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
     )
     .unwrap();
     let mut gateways: Vec<(String, String, u32, std::path::PathBuf)> = federation.gateways();
-    let peer_gateways: Vec<String> = multicluster_tests::dr::peer_info(&federation).unwrap()
-        ["clusters"][0]["gateways"]
+    let mut respawned = Respawned::default();
+    let peer = multicluster_tests::dr::peer_info(&federation).unwrap();
+    // Each cluster's bridge: where its etcd, registry and gateways listen.
+    let network = |info: &serde_json::Value| -> (String, String) {
+        let network = &info["clusters"][0]["network"];
+        let address = network["address"].as_str().expect("--netns").to_string();
+        let subnet = format!("{}.0/24", address.rsplit_once('.').unwrap().0);
+        (address, subnet)
+    };
+    let (central_address, central_subnet) = network(&federation.info);
+    let (peer_address, peer_subnet) = network(&peer);
+    // The satellites' hosts.
+    let satellite_hosts: Vec<String> = federation.info["satellites"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| g["endpoint"].as_str().unwrap().to_string())
+        .map(|satellite| host_of(satellite).expect("a satellite's host").0)
         .collect();
-    let mut respawned = Respawned::default();
-    let peer = multicluster_tests::dr::peer_info(&federation).unwrap();
-    // (name, pid, log) of the DR cluster's nodes, and the central registry.
-    let mut peer_nodes: Vec<(String, u32, std::path::PathBuf)> = peer["clusters"][0]["nodes"]
+    // (name, pid, log, network namespace) of the DR cluster's nodes.
+    let mut peer_nodes: Vec<(String, u32, std::path::PathBuf, String)> = peer["clusters"][0]
+        ["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -228,6 +245,7 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
                 node["name"].as_str().unwrap().to_string(),
                 node["pid"].as_u64().unwrap() as u32,
                 node["log"].as_str().unwrap().into(),
+                host_of(node).expect("a DR node's host").0,
             )
         })
         .collect();
@@ -241,6 +259,7 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
     let mut stalls: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
     let mut client_errors: Vec<String> = Vec::new();
     let mut unrecovered: Vec<String> = Vec::new();
+    let mut ineffective: Vec<String> = Vec::new();
     let faults_started = Instant::now();
     let mut count = 0;
     while faults_started.elapsed() < Duration::from_secs(seconds) {
@@ -266,42 +285,58 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
                 )
             }
             Kind::NodeFromEtcd => {
-                let isolated = Isolated::new(&target, federation.node_pid(&target)).unwrap();
-                let cut = cut_tcp_from(&isolated, etcd_port).unwrap();
+                let (netns, _) = federation.node_host(&target).unwrap();
+                let cut = cut_host_from_port(&netns, &central_address, "tcp", etcd_port).unwrap();
                 std::thread::sleep(hold);
                 drop(cut);
-                drop(isolated);
                 format!("{target} cut from etcd for {hold:?}")
             }
             Kind::MasterFromReplica => {
                 let view = federation.tether_json(&["volume", "get", "repl"]).unwrap();
+                let master =
+                    multicluster_tests::harness::master_of(&view).unwrap_or_else(|| target.clone());
                 let replica = multicluster_tests::harness::replicas_of(&view)
                     .first()
                     .cloned()
-                    .unwrap_or_else(|| target.clone());
-                let port = port_of(&federation.block_addr(&replica)).unwrap();
-                let cut = cut_port("tcp", port).unwrap();
+                    .unwrap_or_else(|| presenter.clone());
+                let (netns, _) = federation.node_host(&master).unwrap();
+                let (_, replica_address) = federation.node_host(&replica).unwrap();
+                let cut = cut_host_from_host(&netns, &replica_address).unwrap();
                 std::thread::sleep(hold);
                 drop(cut);
-                format!("master of repl cut from its replica {replica} for {hold:?}")
+                format!("master {master} of repl cut from its replica {replica} for {hold:?}")
             }
             Kind::SatellitesFromGateways => {
-                let cuts: Vec<_> = gateways
+                let cuts: Vec<_> = satellite_hosts
                     .iter()
-                    .map(|(_, endpoint, _, _)| cut_port("udp", port_of(endpoint).unwrap()).unwrap())
+                    .flat_map(|netns| {
+                        gateways.iter().map(|(_, endpoint, _, _)| {
+                            let port = port_of(endpoint).unwrap();
+                            cut_host_from_port(netns, &central_address, "udp", port).unwrap()
+                        })
+                    })
                     .collect();
                 std::thread::sleep(hold);
                 drop(cuts);
                 format!("satellites cut from every gateway for {hold:?}")
             }
             Kind::DcLink => {
-                let cuts: Vec<_> = peer_gateways
-                    .iter()
-                    .map(|endpoint| cut_port("udp", port_of(endpoint).unwrap()).unwrap())
-                    .collect();
+                // Each datacentre's hosts from the other's bridge, both ways.
+                let cuts = [
+                    cut_subnet_from(&central_subnet, &peer_address).unwrap(),
+                    cut_subnet_from(&peer_subnet, &central_address).unwrap(),
+                ];
                 std::thread::sleep(hold);
+                // The cut holds: drv's DR copy fell behind by about as long.
+                let lag = multicluster_tests::dr::dr_status(&federation, None, "drv")
+                    .ok()
+                    .and_then(|status| status["lag_seconds"].as_f64())
+                    .unwrap_or(0.0);
                 drop(cuts);
-                format!("DC-to-DC link cut for {hold:?}")
+                if lag < DC_CUT_MIN_LAG {
+                    ineffective.push(format!("DC-to-DC cut of {hold:?}: DR lag only {lag:.1}s"));
+                }
+                format!("DC-to-DC link cut for {hold:?} (DR lag at heal {lag:.1}s)")
             }
             Kind::KillGateway => {
                 let index = rng.below(gateways.len() as u64) as usize;
@@ -316,11 +351,11 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
             }
             Kind::KillPeerNode => {
                 let index = rng.below(peer_nodes.len() as u64) as usize;
-                let (name, pid, log) = peer_nodes[index].clone();
+                let (name, pid, log, netns) = peer_nodes[index].clone();
                 let args = cmdline(pid).unwrap();
                 federation.kill9(pid as u64);
                 std::thread::sleep(hold);
-                let child = respawn(&args, &log).unwrap();
+                let child = respawn_in(Some(&netns), &args, &log).unwrap();
                 peer_nodes[index].1 = child.id();
                 respawned.push(child);
                 format!("kill -9 DR-cluster node {name}, restarted after {hold:?}")
@@ -493,6 +528,10 @@ fn the_federation_loses_no_acknowledged_write_under_a_random_schedule_of_faults(
     assert!(
         diverged.is_empty(),
         "in-sync copies differ after the faults:\n{report}"
+    );
+    assert!(
+        ineffective.is_empty(),
+        "partitions that did not cut: {ineffective:?}\n{report}"
     );
     assert!(
         unrecovered.is_empty(),

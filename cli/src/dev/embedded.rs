@@ -34,7 +34,7 @@ pub(super) fn up_embedded(
             (1..=options.nodes).map(|i| format!("node-{i}")).collect(),
         ),
     };
-    let trust = prepare_trust(dir, CLUSTER)?;
+    let trust = prepare_trust(dir, CLUSTER, LOOPBACK)?;
     let log = dir.join("logs").join("federation.log");
     let mut args = vec![
         "dev".into(),
@@ -62,8 +62,8 @@ pub(super) fn up_embedded(
         let before = previous_cluster
             .as_ref()
             .and_then(|cluster| cluster.gateways.iter().find(|g| g.name == name));
-        gateway_credentials(dir, CLUSTER, &name)?;
-        let endpoint = gateway_endpoint(before);
+        gateway_credentials(dir, CLUSTER, &name, LOOPBACK)?;
+        let endpoint = gateway_endpoint(before, LOOPBACK);
         let ready_file = dir.join(CLUSTER).join(&name).join("ready");
         let _ = std::fs::remove_file(&ready_file);
         args.push(format!("--gateway={name}={endpoint}"));
@@ -99,6 +99,7 @@ pub(super) fn up_embedded(
             name,
             pid,
             log: log.clone(),
+            host: None,
         })
         .collect();
     let ready = wait_ready(&admin, &trust.admin_dir, node_names.len(), &mut children)
@@ -120,6 +121,7 @@ pub(super) fn up_embedded(
             data_dir: dir.join(CLUSTER).join(name),
             log: log.clone(),
             metrics: metrics.clone(),
+            host: None,
         })
         .collect();
     Ok(Federation {
@@ -138,6 +140,7 @@ pub(super) fn up_embedded(
             nodes,
             gateway: gateways.first().cloned(),
             gateways,
+            network: None,
         }],
         satellites,
         peers: vec![],
@@ -163,7 +166,7 @@ pub struct ServeOptions {
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store: Arc<dyn CoordStore> =
         Arc::new(EmbeddedStore::open(&options.dir.join("store.json"))?);
-    let trust = prepare_trust(&options.dir, CLUSTER)?;
+    let trust = prepare_trust(&options.dir, CLUSTER, LOOPBACK)?;
     let trust_pem = std::fs::read_to_string(&trust.ca_cert)?;
     tether_common::telemetry::serve_metrics(options.metrics_addr)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -1,9 +1,12 @@
 //! `dev up` with etcd: a local etcd, and a process each for the registry,
-//! every node, every gateway and every satellite.
+//! every node, every gateway and every satellite; with `--netns`, each
+//! node and satellite in a network namespace of its own.
 
 use super::*;
 
-use super::federation_daemons::{dev_credentials, start_gateways, start_satellites};
+use super::netns::{self, HostKind};
+
+use super::federation_daemons::{dev_credentials, start_gateways, start_satellites, ControlPlane};
 
 pub(super) fn up_with_etcd(
     dir: &Path,
@@ -12,7 +15,47 @@ pub(super) fn up_with_etcd(
     previous_satellites: &[SatelliteEntry],
 ) -> anyhow::Result<Federation> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let trust = prepare_trust(dir, &options.cluster)?;
+    // The hosts' network: the one the cluster had, or a new one if asked for.
+    let previous_network = previous_cluster.as_ref().and_then(|c| c.network.clone());
+    if options.netns && previous_cluster.is_some() && previous_network.is_none() {
+        eprintln!("note: the federation in {} runs without --netns and comes back so; --netns applies only to a new directory", dir.display());
+    }
+    let network = match &previous_network {
+        Some(previous) => Some(netns::network_for(Some(previous))?),
+        None if options.netns && previous_cluster.is_none() => Some(netns::network_for(None)?),
+        None => None,
+    };
+    let new_network = network.is_some() && previous_network.is_none();
+    let control_host = network
+        .as_ref()
+        .map_or(LOOPBACK.to_string(), |network| network.address.clone());
+    let result = up_on_network(
+        dir,
+        options,
+        previous_cluster,
+        previous_satellites,
+        &runtime,
+        network.as_ref(),
+        &control_host,
+    );
+    if result.is_err() && new_network {
+        if let Some(network) = &network {
+            netns::remove(network, &[]);
+        }
+    }
+    result
+}
+
+fn up_on_network(
+    dir: &Path,
+    options: &UpOptions,
+    previous_cluster: Option<ClusterEntry>,
+    previous_satellites: &[SatelliteEntry],
+    runtime: &tokio::runtime::Runtime,
+    network: Option<&crate::federation::NetworkEntry>,
+    control_host: &str,
+) -> anyhow::Result<Federation> {
+    let trust = prepare_trust(dir, &options.cluster, control_host)?;
     let admin_credentials = tether_tls::Credentials::load(&trust.admin_dir)?;
     let etcd_tls = coord_store::etcd_process::EtcdTls {
         cert_file: trust.etcd_tls_dir.join("tls.crt"),
@@ -30,12 +73,15 @@ pub(super) fn up_with_etcd(
                 } else {
                     format!("-{}", index + 1)
                 };
-                EtcdMemberSpec::local(
-                    index,
-                    dir.join(&options.cluster).join(format!("etcd{suffix}")),
-                    dir.join("logs").join(format!("etcd{suffix}.log")),
-                    None,
-                )
+                EtcdMemberSpec {
+                    host: control_host.to_string(),
+                    ..EtcdMemberSpec::local(
+                        index,
+                        dir.join(&options.cluster).join(format!("etcd{suffix}")),
+                        dir.join("logs").join(format!("etcd{suffix}.log")),
+                        None,
+                    )
+                }
             })
             .collect(),
     };
@@ -108,7 +154,7 @@ pub(super) fn up_with_etcd(
         let keep = |addr: Option<String>| -> String {
             match addr {
                 Some(addr) if running_registry.is_some() || port_free(&addr) => addr,
-                _ => format!("127.0.0.1:{}", free_port()),
+                _ => format!("{control_host}:{}", free_port()),
             }
         };
         let admin_listen = keep(
@@ -131,6 +177,7 @@ pub(super) fn up_with_etcd(
                         "registry".into(),
                         format!("--cluster={}", options.cluster),
                         format!("--listen={admin_listen}"),
+                        format!("--tls-name={}", host_names(control_host).join(",")),
                         format!("--etcd={endpoint}"),
                         format!("--metrics-addr={registry_metrics}"),
                         format!("--state-dir={}", trust.control_dir.display()),
@@ -169,7 +216,7 @@ pub(super) fn up_with_etcd(
                 .collect(),
         };
         let mut nodes = Vec::new();
-        for (name, metrics) in node_names {
+        for (index, (name, metrics)) in node_names.into_iter().enumerate() {
             let running = previous_cluster
                 .as_ref()
                 .and_then(|cluster| cluster.nodes.iter().find(|node| node.name == name))
@@ -178,10 +225,22 @@ pub(super) fn up_with_etcd(
                 nodes.push(running.clone());
                 continue;
             }
-            let metrics = if port_free(&metrics) {
-                metrics
-            } else {
-                format!("127.0.0.1:{}", free_port())
+            let host = network
+                .map(|network| netns::host(network, &name, HostKind::Node(index + 1)))
+                .transpose()?;
+            // In its own namespace a node listens on its host's address;
+            // the metrics port was picked on loopback and stays.
+            let metrics = match &host {
+                Some(host) => format!(
+                    "{}:{}",
+                    host.address,
+                    metrics
+                        .rsplit_once(':')
+                        .and_then(|(_, port)| port.parse().ok())
+                        .unwrap_or_else(free_port)
+                ),
+                None if port_free(&metrics) => metrics,
+                None => format!("127.0.0.1:{}", free_port()),
             };
             let data_dir = dir.join(&options.cluster).join(&name);
             let log = dir.join("logs").join(format!("{name}.log"));
@@ -218,6 +277,10 @@ pub(super) fn up_with_etcd(
             if !options.hash_upkeep {
                 args.push("--no-hash-upkeep".into());
             }
+            if let Some(host) = &host {
+                args.push(format!("--block-listen={}:0", host.address));
+                args.push(format!("--control-listen={}:0", host.address));
+            }
             // A DR shipper's credential, for the peer cluster's gateways.
             dev_credentials(
                 dir,
@@ -225,14 +288,16 @@ pub(super) fn up_with_etcd(
                 tether_tls::Role::DrPeer,
                 &name,
                 &data_dir.join("dr-tls"),
+                control_host,
             )?;
-            let child = spawn_self(&args, &log)?;
+            let child = spawn_self_in(host.as_ref().map(|h| h.netns.as_str()), &args, &log)?;
             nodes.push(NodeEntry {
                 name: name.clone(),
                 pid: child.id(),
                 data_dir,
                 log: log.clone(),
                 metrics,
+                host,
             });
             children.push((name, child, log));
         }
@@ -242,8 +307,11 @@ pub(super) fn up_with_etcd(
             &options.cluster,
             options.gateways,
             previous_cluster.as_ref(),
-            &endpoint,
-            &admin_listen.to_string(),
+            &ControlPlane {
+                etcd: &endpoint,
+                admin: &admin_listen,
+                host: control_host,
+            },
             &mut children,
         )?;
         let satellites = start_satellites(
@@ -255,6 +323,7 @@ pub(super) fn up_with_etcd(
             &admin,
             &trust.ca_cert,
             &gateways,
+            network,
             &mut children,
         )?;
         Ok(Federation {
@@ -268,6 +337,7 @@ pub(super) fn up_with_etcd(
                 nodes,
                 gateway: gateways.first().cloned(),
                 gateways,
+                network: network.cloned(),
             }],
             satellites,
             peers: vec![],

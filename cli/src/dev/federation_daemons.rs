@@ -3,28 +3,39 @@
 //! one-time token, joined, each with its own state directory).
 
 use super::*;
+use crate::federation::NetworkEntry;
 
-/// Issues gateway `name` its credential (if missing or due), valid for the
-/// loopback address satellites dial.
+/// Issues gateway `name` its credential (if missing or due), valid for
+/// `host`, the address satellites dial.
 pub(super) fn gateway_credentials(
     dir: &Path,
     cluster: &str,
     name: &str,
+    host: &str,
 ) -> anyhow::Result<PathBuf> {
     let tls_dir = dir.join(cluster).join(name).join("tls");
-    dev_credentials(dir, cluster, tether_tls::Role::Gateway, name, &tls_dir)?;
+    dev_credentials(
+        dir,
+        cluster,
+        tether_tls::Role::Gateway,
+        name,
+        &tls_dir,
+        host,
+    )?;
     tether_common::protected::mark(&dir.join(cluster).join(name), "a dev gateway's state")?;
     Ok(tls_dir)
 }
 
 /// Issues `name` a credential of `role` from the dev CA into `tls_dir`
-/// (if missing or due): gateways', and nodes' `dr-peer` credentials.
+/// (if missing or due), naming `host` too: gateways', and nodes' `dr-peer`
+/// credentials.
 pub(super) fn dev_credentials(
     dir: &Path,
     cluster: &str,
     role: tether_tls::Role,
     name: &str,
     tls_dir: &Path,
+    host: &str,
 ) -> anyhow::Result<()> {
     use tether_tls::{CertificateAuthority, Credentials, Identity};
     let ca = CertificateAuthority::load_or_create(
@@ -36,12 +47,8 @@ pub(super) fn dev_credentials(
     let identity = Identity::new(cluster, role, name);
     if !Credentials::load(tls_dir).is_ok_and(|credentials| still_good(&credentials, &identity, &ca))
     {
-        ca.issue_credentials(
-            &identity,
-            &["127.0.0.1".into(), "localhost".into()],
-            DEV_CERT_LIFETIME,
-        )?
-        .save(tls_dir)?;
+        ca.issue_credentials(&identity, &host_names(host), DEV_CERT_LIFETIME)?
+            .save(tls_dir)?;
     }
     Ok(())
 }
@@ -60,12 +67,12 @@ pub(super) fn gateway_names(count: usize, previous: Option<&ClusterEntry>) -> Ve
     }
 }
 
-/// A gateway's QUIC endpoint: the one it had if still free, else a new one.
-pub(super) fn gateway_endpoint(before: Option<&GatewayEntry>) -> String {
+/// A gateway's QUIC endpoint: the one it had if still free, else a new one on `host`.
+pub(super) fn gateway_endpoint(before: Option<&GatewayEntry>, host: &str) -> String {
     match before {
         Some(gateway) if udp_port_free(&gateway.endpoint) => gateway.endpoint.clone(),
         _ => loop {
-            let candidate = format!("127.0.0.1:{}", free_port());
+            let candidate = format!("{host}:{}", free_port());
             if udp_port_free(&candidate) {
                 break candidate;
             }
@@ -153,6 +160,16 @@ pub(super) fn wait_joined(
     }
 }
 
+/// Where a cluster's control plane is, for the gateways `dev up` starts.
+pub(super) struct ControlPlane<'a> {
+    /// etcd's endpoints, comma-separated.
+    pub etcd: &'a str,
+    /// The registry's admin API, `host:port`.
+    pub admin: &'a str,
+    /// The address the gateways listen on (loopback, or the cluster's bridge).
+    pub host: &'a str,
+}
+
 /// Starts the gateways not running yet (each keeps its address if it is
 /// still free) and waits until each serves.
 pub(super) fn start_gateways(
@@ -160,10 +177,10 @@ pub(super) fn start_gateways(
     cluster: &str,
     count: usize,
     previous: Option<&ClusterEntry>,
-    etcd: &str,
-    admin: &str,
+    control: &ControlPlane,
     children: &mut Vec<(String, Child, PathBuf)>,
 ) -> anyhow::Result<Vec<GatewayEntry>> {
+    let ControlPlane { etcd, admin, host } = *control;
     let names = gateway_names(count, previous);
     let mut gateways = Vec::new();
     let mut waiting = Vec::new();
@@ -173,8 +190,8 @@ pub(super) fn start_gateways(
             gateways.push(running.clone());
             continue;
         }
-        let tls_dir = gateway_credentials(dir, cluster, &name)?;
-        let endpoint = gateway_endpoint(before);
+        let tls_dir = gateway_credentials(dir, cluster, &name, host)?;
+        let endpoint = gateway_endpoint(before, host);
         let metrics = match before.and_then(|gateway| gateway.metrics.clone()) {
             Some(metrics) if port_free(&metrics) => metrics,
             _ => format!("127.0.0.1:{}", free_port()),
@@ -213,7 +230,7 @@ pub(super) fn start_gateways(
 
 /// Starts the satellites not running yet: each is added (a one-time
 /// token) on its first start, joins with it, and is waited for until the
-/// registry lists it joined.
+/// registry lists it joined. With `network`, satellite `k` is its host `k`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn start_satellites(
     dir: &Path,
@@ -224,12 +241,13 @@ pub(super) fn start_satellites(
     admin: &str,
     ca_cert: &Path,
     gateways: &[GatewayEntry],
+    network: Option<&NetworkEntry>,
     children: &mut Vec<(String, Child, PathBuf)>,
 ) -> anyhow::Result<Vec<SatelliteEntry>> {
     let names = satellite_names(count, previous);
     let endpoints: Vec<String> = gateways.iter().map(|g| g.endpoint.clone()).collect();
     let mut satellites = Vec::new();
-    for name in names {
+    for (index, name) in names.into_iter().enumerate() {
         if let Some(running) = previous.iter().find(|s| s.name == name && alive(s.pid)) {
             satellites.push(running.clone());
             continue;
@@ -256,15 +274,65 @@ pub(super) fn start_satellites(
         if let Some(file) = satellite_join_token(client, &name, &state_dir)? {
             args.push(format!("--join-token-file={}", file.display()));
         }
-        let child = spawn_self(&args, &log)?;
+        let host = network
+            .map(|network| netns::host(network, &name, netns::HostKind::Satellite(index + 1)))
+            .transpose()?;
+        let child = spawn_self_in(host.as_ref().map(|h| h.netns.as_str()), &args, &log)?;
         satellites.push(SatelliteEntry {
             name: name.clone(),
             pid: child.id(),
             log: log.clone(),
             csi_socket: Some(state_dir.join("csi.sock")),
+            host,
         });
         children.push((name, child, log));
     }
     wait_joined(client, &satellites, children)?;
+    wait_satellite_exports(client, &satellites, children)?;
     Ok(satellites)
+}
+
+/// Waits until every Unix-socket export the satellites had is served
+/// again (a satellite brings its attachments back after it joined), so
+/// `dev up` returns with their clients able to connect. An encrypted
+/// volume's waits for its key and is not waited for.
+fn wait_satellite_exports(
+    client: &AdminClient,
+    satellites: &[SatelliteEntry],
+    children: &mut [(String, Child, PathBuf)],
+) -> anyhow::Result<()> {
+    let volumes: Vec<tether_proto::admin::VolumeView> = client.get("/v1/volumes")?;
+    let sockets: Vec<PathBuf> = volumes
+        .iter()
+        .filter(|volume| volume.encryption.is_none())
+        .flat_map(|volume| &volume.attachments)
+        .filter(|attachment| satellites.iter().any(|s| s.name == attachment.from))
+        .filter_map(|attachment| unix_socket_of(&attachment.uri))
+        .collect();
+    let started = Instant::now();
+    for socket in sockets {
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            check_children(children)?;
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "a satellite did not serve {} again within {READY_TIMEOUT:?}; see its log",
+                    socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// The socket of an `nbd+unix:///NAME?socket=PATH` URI.
+fn unix_socket_of(uri: &str) -> Option<PathBuf> {
+    if !uri.starts_with("nbd+unix://") && !uri.starts_with("nbds+unix://") {
+        return None;
+    }
+    let query = uri.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("socket="))
+        .map(PathBuf::from)
 }

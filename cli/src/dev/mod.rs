@@ -25,6 +25,7 @@ use crate::client::AdminClient;
 mod embedded;
 mod etcd_mode;
 mod federation_daemons;
+mod netns;
 
 use embedded::up_embedded;
 pub use embedded::{serve, ServeOptions};
@@ -59,8 +60,9 @@ struct DevTrust {
 
 /// Makes (or reloads) the cluster's CA and join token the registry will
 /// use, and issues the CLI's admin credential and etcd's certificate from
-/// it when missing or due for renewal.
-fn prepare_trust(dir: &Path, cluster: &str) -> anyhow::Result<DevTrust> {
+/// it when missing or due for renewal. etcd's certificate names
+/// `control_host` too, the address it listens on.
+fn prepare_trust(dir: &Path, cluster: &str, control_host: &str) -> anyhow::Result<DevTrust> {
     use tether_tls::{CertificateAuthority, Credentials, Identity, Role};
     let control_dir = dir.join(cluster).join("control");
     let ca = CertificateAuthority::load_or_create(
@@ -103,7 +105,7 @@ fn prepare_trust(dir: &Path, cluster: &str) -> anyhow::Result<DevTrust> {
     issue_if_due(
         &etcd_tls_dir,
         Identity::new(cluster, Role::Store, "etcd"),
-        &["127.0.0.1".into(), "localhost".into()],
+        &host_names(control_host),
     )?;
     // Pools, the registry's state, etcd's data and every credential: no
     // client-chosen path (an NBD socket) may land in there.
@@ -119,6 +121,19 @@ fn prepare_trust(dir: &Path, cluster: &str) -> anyhow::Result<DevTrust> {
         admin_dir,
     })
 }
+
+/// The names a dev server's certificate carries: loopback, and the
+/// address it listens on (`--netns`: its bridge's).
+fn host_names(host: &str) -> Vec<String> {
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    if !names.iter().any(|name| name == host) {
+        names.push(host.to_string());
+    }
+    names
+}
+
+/// Where a cluster's etcd, registry and gateways listen without `--netns`.
+const LOOPBACK: &str = "127.0.0.1";
 
 /// How long the join token `dev up` mints for a node without a certificate lives.
 const DEV_JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -182,6 +197,9 @@ pub struct UpOptions {
     pub cluster: String,
     /// Start a DR peer cluster beside it too (etcd mode), in `DIR/dr`.
     pub dr: bool,
+    /// Each node and satellite in a network namespace of its own (etcd
+    /// mode, root; a new federation only: one brought back keeps its way).
+    pub netns: bool,
 }
 
 /// True if nothing listens on `addr` now (it can be bound).
@@ -219,10 +237,24 @@ fn log_file(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
 /// Starts `tether ARGS` in the background, logging to `log`, in its own
 /// process group (a Ctrl-C aimed at this CLI does not reach it).
 fn spawn_self(args: &[String], log: &Path) -> anyhow::Result<Child> {
+    spawn_self_in(None, args, log)
+}
+
+/// [`spawn_self`] inside network namespace `netns` when given (`ip netns
+/// exec` execs tether: the child's pid is tether's).
+fn spawn_self_in(netns: Option<&str>, args: &[String], log: &Path) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the tether executable")?;
     let (stdout, stderr) = log_file(log)?;
-    Command::new(exe)
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -277,6 +309,10 @@ pub fn up(options: UpOptions) -> anyhow::Result<Federation> {
     if use_etcd && find_etcd().is_none() {
         bail!("this federation was created with etcd, and no `etcd` is on PATH now (Debian: apt-get install etcd-server)");
     }
+    anyhow::ensure!(
+        !options.netns || use_etcd,
+        "--netns needs etcd mode (a host per process; the embedded federation is one process)"
+    );
     let previous_satellites: Vec<SatelliteEntry> = previous
         .as_ref()
         .map(|federation| federation.satellites.clone())
@@ -469,6 +505,18 @@ pub fn down(dir: &Path) -> anyhow::Result<usize> {
     take_down_csi_stagings(dir);
     for pid in pids {
         stop_pid(pid);
+    }
+    // The hosts' namespaces and the bridge go too (`dev up` makes them again).
+    for cluster in &federation.clusters {
+        if let Some(network) = &cluster.network {
+            let hosts: Vec<&crate::federation::HostEntry> = cluster
+                .nodes
+                .iter()
+                .filter_map(|node| node.host.as_ref())
+                .chain(federation.satellites.iter().filter_map(|s| s.host.as_ref()))
+                .collect();
+            netns::remove(network, &hosts);
+        }
     }
     for peer in &federation.peers {
         running += down(&peer.dir).with_context(|| format!("stopping DR peer {}", peer.name))?;
